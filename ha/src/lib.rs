@@ -1,0 +1,1 @@
+//! Tandem HA: arrives with the HA issue (roles, membership, replication).

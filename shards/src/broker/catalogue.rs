@@ -1,0 +1,308 @@
+//! The configuration (queues, exchanges, bindings) as every shard sees it, and its
+//! single ordering point on shard 0: requests go there, are validated against the
+//! authoritative copy, then broadcast; the requester hears back only after every
+//! shard applied the change (a barrier), so a link attached after a declare or a
+//! bind sees it on whichever shard its messages are routed.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::{ConfigDone, Shard, ShardMsg};
+use crate::amqp::performative::{condition, ErrorCondition};
+use crate::exchange::{Binding, BindingKey, Exchange, ExchangeType, BUILT_IN};
+use crate::placement::shard_of;
+use crate::queue::QueueSettings;
+
+/// What a queue is, for routing: its owner and how it was declared.
+#[derive(Debug, Clone)]
+pub struct QueueEntry {
+    pub owner: usize,
+    pub settings: QueueSettings,
+}
+
+/// A requested configuration change.
+#[derive(Debug, Clone)]
+pub enum ConfigOp {
+    /// Declare a queue (no-op if it exists); `name: None` generates a temporary
+    /// name; `bind` also binds it (private subscription queues).
+    DeclareQueue {
+        name: Option<String>,
+        settings: QueueSettings,
+        bind: Option<(String, BindingKey)>,
+    },
+    DeleteQueue { name: String, if_unused: bool },
+    DeclareExchange { name: String, kind: ExchangeType },
+    DeleteExchange { name: String },
+    Bind { exchange: String, queue: String, key: BindingKey },
+    Unbind { exchange: String, queue: String, key: BindingKey },
+}
+
+/// An applied configuration change, as broadcast to every shard.
+#[derive(Debug, Clone)]
+pub enum ConfigEvent {
+    QueueDeclared {
+        name: Arc<str>,
+        owner: usize,
+        settings: QueueSettings,
+    },
+    QueueDeleted { name: Arc<str> },
+    ExchangeDeclared { name: Arc<str>, kind: ExchangeType },
+    ExchangeDeleted { name: Arc<str> },
+    Bound { exchange: Arc<str>, binding: Binding },
+    Unbound { exchange: Arc<str>, binding: Binding },
+}
+
+/// Shard 0's record of a change in flight.
+pub(super) struct Barrier {
+    origin: usize,
+    req: u64,
+    waiting: usize,
+    result: Result<ConfigDone, ErrorCondition>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Catalogue {
+    pub queues: HashMap<Arc<str>, QueueEntry>,
+    pub exchanges: HashMap<Arc<str>, Exchange>,
+}
+
+impl Default for Catalogue {
+    fn default() -> Self {
+        Catalogue::new()
+    }
+}
+
+impl Catalogue {
+    pub fn new() -> Catalogue {
+        let exchanges = BUILT_IN
+            .iter()
+            .map(|(name, kind)| (Arc::<str>::from(*name), Exchange::new(name, *kind)))
+            .collect();
+        Catalogue {
+            queues: HashMap::new(),
+            exchanges,
+        }
+    }
+
+    pub fn apply(&mut self, ev: &ConfigEvent) {
+        match ev {
+            ConfigEvent::QueueDeclared { name, owner, settings } => {
+                self.queues.insert(
+                    name.clone(),
+                    QueueEntry {
+                        owner: *owner,
+                        settings: settings.clone(),
+                    },
+                );
+            }
+            ConfigEvent::QueueDeleted { name } => {
+                self.queues.remove(name);
+                for ex in self.exchanges.values_mut() {
+                    ex.unbind_queue(name);
+                }
+            }
+            ConfigEvent::ExchangeDeclared { name, kind } => {
+                self.exchanges
+                    .entry(name.clone())
+                    .or_insert_with(|| Exchange::new(name, *kind));
+            }
+            ConfigEvent::ExchangeDeleted { name } => {
+                self.exchanges.remove(name);
+            }
+            ConfigEvent::Bound { exchange, binding } => {
+                if let Some(ex) = self.exchanges.get_mut(exchange) {
+                    ex.bind(binding.clone());
+                }
+            }
+            ConfigEvent::Unbound { exchange, binding } => {
+                if let Some(ex) = self.exchanges.get_mut(exchange) {
+                    ex.unbind(binding);
+                }
+            }
+        }
+    }
+
+    /// Validates a request against this (authoritative) copy and says what changes.
+    fn plan(&self, op: ConfigOp, shards: usize, temp_name: impl FnOnce() -> String) -> Result<(Vec<ConfigEvent>, ConfigDone), ErrorCondition> {
+        match op {
+            ConfigOp::DeclareQueue { name, settings, bind } => {
+                let name: Arc<str> = name.unwrap_or_else(temp_name).into();
+                if name.is_empty() {
+                    return Err(ErrorCondition::new(condition::INVALID_FIELD, "a queue name cannot be empty"));
+                }
+                if self.exchanges.contains_key(&name) {
+                    return Err(ErrorCondition::new(
+                        condition::NOT_ALLOWED,
+                        format!("'{name}' is an exchange, not a queue"),
+                    ));
+                }
+                let mut events = Vec::new();
+                let owner = match self.queues.get(&name) {
+                    Some(existing) => existing.owner,
+                    None => {
+                        let owner = shard_of(&name, shards);
+                        events.push(ConfigEvent::QueueDeclared {
+                            name: name.clone(),
+                            owner,
+                            settings,
+                        });
+                        owner
+                    }
+                };
+                if let Some((exchange, key)) = bind {
+                    let exchange = self.exchange_named(&exchange)?;
+                    events.push(ConfigEvent::Bound {
+                        exchange,
+                        binding: Binding {
+                            queue: name.clone(),
+                            key,
+                        },
+                    });
+                }
+                Ok((
+                    events,
+                    ConfigDone {
+                        queue: Some((name, owner)),
+                    },
+                ))
+            }
+            ConfigOp::DeleteQueue { name, .. } => {
+                let Some((name, _)) = self.queues.get_key_value(name.as_str()) else {
+                    return Err(ErrorCondition::new(condition::NOT_FOUND, format!("queue '{name}' not found")));
+                };
+                Ok((vec![ConfigEvent::QueueDeleted { name: name.clone() }], ConfigDone { queue: None }))
+            }
+            ConfigOp::DeclareExchange { name, kind } => {
+                if let Some(ex) = self.exchanges.get(name.as_str()) {
+                    if ex.kind != kind {
+                        return Err(ErrorCondition::new(
+                            condition::PRECONDITION_FAILED,
+                            format!("exchange '{name}' exists with type {}", ex.kind.as_str()),
+                        ));
+                    }
+                    return Ok((Vec::new(), ConfigDone { queue: None }));
+                }
+                if self.queues.contains_key(name.as_str()) {
+                    return Err(ErrorCondition::new(condition::NOT_ALLOWED, format!("'{name}' is a queue")));
+                }
+                Ok((
+                    vec![ConfigEvent::ExchangeDeclared {
+                        name: name.into(),
+                        kind,
+                    }],
+                    ConfigDone { queue: None },
+                ))
+            }
+            ConfigOp::DeleteExchange { name } => {
+                if BUILT_IN.iter().any(|(n, _)| *n == name) {
+                    return Err(ErrorCondition::new(condition::NOT_ALLOWED, format!("'{name}' is built in")));
+                }
+                let exchange = self.exchange_named(&name)?;
+                Ok((vec![ConfigEvent::ExchangeDeleted { name: exchange }], ConfigDone { queue: None }))
+            }
+            ConfigOp::Bind { exchange, queue, key } | ConfigOp::Unbind { exchange, queue, key } => {
+                // (Both arms share validation; the caller's op decides the event.)
+                let exchange = self.exchange_named(&exchange)?;
+                let Some((queue, _)) = self.queues.get_key_value(queue.as_str()) else {
+                    return Err(ErrorCondition::new(condition::NOT_FOUND, format!("queue '{queue}' not found")));
+                };
+                let binding = Binding {
+                    queue: queue.clone(),
+                    key,
+                };
+                Ok((vec![ConfigEvent::Bound { exchange, binding }], ConfigDone { queue: None }))
+            }
+        }
+    }
+
+    fn exchange_named(&self, name: &str) -> Result<Arc<str>, ErrorCondition> {
+        self.exchanges
+            .get_key_value(name)
+            .map(|(n, _)| n.clone())
+            .ok_or_else(|| ErrorCondition::new(condition::NOT_FOUND, format!("exchange '{name}' not found")))
+    }
+}
+
+impl Shard {
+    /// Shard 0: validate, apply here, broadcast, and reply once all shards applied.
+    pub(super) fn on_config_request(&mut self, origin: usize, req: u64, op: ConfigOp) {
+        let unbind = matches!(op, ConfigOp::Unbind { .. });
+        let temp = self.next_temp;
+        let planned = self
+            .catalogue
+            .plan(op, self.shards(), || format!("tmp.{}", uuid_like(temp)));
+        self.next_temp += 1;
+        let (mut events, done) = match planned {
+            Ok(p) => p,
+            Err(e) => {
+                self.send(origin, ShardMsg::ConfigReply { req, result: Err(e) });
+                return;
+            }
+        };
+        if unbind {
+            events = events
+                .into_iter()
+                .map(|ev| match ev {
+                    ConfigEvent::Bound { exchange, binding } => ConfigEvent::Unbound { exchange, binding },
+                    other => other,
+                })
+                .collect();
+        }
+        for ev in &events {
+            self.apply_config(ev);
+        }
+        let others = self.shards() - 1;
+        if events.is_empty() || others == 0 {
+            self.send(origin, ShardMsg::ConfigReply { req, result: Ok(done) });
+            return;
+        }
+        let barrier = self.next_barrier;
+        self.next_barrier += 1;
+        self.barriers.insert(
+            barrier,
+            Barrier {
+                origin,
+                req,
+                waiting: others,
+                result: Ok(done),
+            },
+        );
+        for shard in 1..self.shards() {
+            self.send(
+                shard,
+                ShardMsg::Config {
+                    events: events.clone(),
+                    barrier,
+                },
+            );
+        }
+    }
+
+    pub(super) fn on_config_applied(&mut self, barrier: u64) {
+        let Some(b) = self.barriers.get_mut(&barrier) else {
+            return;
+        };
+        b.waiting -= 1;
+        if b.waiting == 0 {
+            if let Some(b) = self.barriers.remove(&barrier) {
+                self.send(
+                    b.origin,
+                    ShardMsg::ConfigReply {
+                        req: b.req,
+                        result: b.result,
+                    },
+                );
+            }
+        }
+    }
+}
+
+/// A short unique-enough suffix for temporary names: counter and process start.
+fn uuid_like(n: u64) -> String {
+    let pid = std::process::id();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("{pid:x}-{nanos:08x}-{n}")
+}

@@ -1,0 +1,479 @@
+//! One shard's broker state and logic, without I/O: the connections it serves,
+//! the queues it owns, its replica of the configuration, and the messages it
+//! exchanges with other shards. The glommio layer (`runtime`) feeds it socket
+//! bytes and ring messages and carries out what it leaves in its outboxes.
+//!
+//! - `mod.rs` (this file): shard state, cross-shard messages, queue-owner side.
+//! - `catalogue.rs`: the configuration replica and its single ordering point.
+//! - `link.rs`: the connection side: attaches, publishes, deliveries, settlement.
+
+mod catalogue;
+mod link;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::amqp::connection::{Connection, LinkKey};
+use crate::amqp::performative::{condition, ErrorCondition};
+use crate::queue::{AckTo, ConsumerRef, Delivery, EnqueueOutcome, Queue, QueueSettings, QueueStats, Settlement};
+
+pub use catalogue::{Catalogue, ConfigEvent, ConfigOp};
+use link::{Conn, PendingAck};
+
+/// Settings every shard needs (the daemon maps its configuration onto this).
+#[derive(Debug, Clone)]
+pub struct BrokerSettings {
+    pub shards: usize,
+    /// SASL: require authentication (PLAIN against `users`); otherwise ANONYMOUS too.
+    pub auth: bool,
+    pub users: HashMap<String, String>,
+    pub max_connections: usize,
+    pub max_frame_size: u32,
+    pub idle_timeout: Option<Duration>,
+    /// Credit granted to each publishing link.
+    pub link_credit: u32,
+    pub default_queue: QueueSettings,
+    pub auto_create_queues: bool,
+    pub container_id: String,
+    /// Largest message reassembled from frames.
+    pub max_message_size: usize,
+}
+
+impl Default for BrokerSettings {
+    fn default() -> Self {
+        BrokerSettings {
+            shards: 1,
+            auth: false,
+            users: HashMap::new(),
+            max_connections: 500,
+            max_frame_size: 65536,
+            idle_timeout: None,
+            link_credit: 500,
+            default_queue: QueueSettings {
+                max_size: 100 * 1024 * 1024,
+                ..Default::default()
+            },
+            auto_create_queues: true,
+            container_id: "tandem".into(),
+            max_message_size: 100 * 1024 * 1024,
+        }
+    }
+}
+
+/// What shards tell each other. Each ordered pair of shards has one FIFO ring.
+#[derive(Debug)]
+pub enum ShardMsg {
+    /// To shard 0, the configuration's ordering point.
+    ConfigRequest { origin: usize, req: u64, op: ConfigOp },
+    /// From shard 0: apply these and confirm with `ConfigApplied{barrier}`.
+    Config { events: Vec<ConfigEvent>, barrier: u64 },
+    ConfigApplied { barrier: u64 },
+    /// From shard 0 once every shard applied the change.
+    ConfigReply {
+        req: u64,
+        result: Result<ConfigDone, ErrorCondition>,
+    },
+    /// Publisher shard → queue owner.
+    Enqueue {
+        queue: Arc<str>,
+        message: Bytes,
+        ack: Option<AckTo>,
+    },
+    /// Queue owner → publisher shard: stored (or refused).
+    Ack {
+        token: u64,
+        rejected: Option<ErrorCondition>,
+    },
+    /// Consumer shard → queue owner.
+    Subscribe {
+        queue: Arc<str>,
+        consumer: ConsumerRef,
+        browse: bool,
+        settled: bool,
+    },
+    Credit {
+        queue: Arc<str>,
+        consumer: ConsumerRef,
+        credit: u32,
+        drain: bool,
+    },
+    Settle {
+        queue: Arc<str>,
+        consumer: ConsumerRef,
+        position: u64,
+        how: Settlement,
+    },
+    Unsubscribe {
+        queue: Arc<str>,
+        consumer: ConsumerRef,
+        delivered: Vec<u64>,
+    },
+    /// Queue owner → consumer shard.
+    Deliver { queue: Arc<str>, delivery: Delivery },
+    Drained { consumer: ConsumerRef, unused: u32 },
+    /// The queue a consumer reads from was deleted.
+    ConsumerGone { consumer: ConsumerRef, error: ErrorCondition },
+    /// Management: counters of the queues a shard owns.
+    StatsRequest { origin: usize, req: u64 },
+    StatsReply { req: u64, queues: Vec<(Arc<str>, QueueStats)> },
+}
+
+/// What a successful configuration request produced.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigDone {
+    /// The queue concerned (a generated name for temporary queues), and its owner.
+    pub queue: Option<(Arc<str>, usize)>,
+}
+
+/// One shard's broker.
+pub struct Shard {
+    pub id: usize,
+    pub settings: Arc<BrokerSettings>,
+    pub catalogue: Catalogue,
+    queues: HashMap<Arc<str>, Queue>,
+    conns: HashMap<u64, Conn>,
+    next_conn: u64,
+    /// Messages waiting to go to each shard (index `id` is processed locally).
+    outbox: Vec<VecDeque<ShardMsg>>,
+    /// Connections with output to write.
+    dirty: Vec<u64>,
+    /// Publishes waiting for their queues' acks, by token.
+    acks: HashMap<u64, PendingAck>,
+    next_token: u64,
+    /// Requests to shard 0 awaiting their reply, by request id.
+    requests: HashMap<u64, link::Waiting>,
+    next_req: u64,
+    /// Shard 0 only: changes waiting for every shard's confirmation.
+    barriers: HashMap<u64, catalogue::Barrier>,
+    next_barrier: u64,
+    /// Temporary-name counter.
+    next_temp: u64,
+    started: Instant,
+    /// Routing scratch space, reused per message.
+    route_buf: Vec<Arc<str>>,
+    deliveries_buf: Vec<Delivery>,
+    acks_buf: Vec<AckTo>,
+    /// Statistics requests in progress (management), by request id.
+    stats_wait: HashMap<u64, (usize, Vec<(Arc<str>, QueueStats)>)>,
+}
+
+impl Shard {
+    pub fn new(id: usize, settings: Arc<BrokerSettings>) -> Shard {
+        let shards = settings.shards;
+        Shard {
+            id,
+            settings,
+            catalogue: Catalogue::new(),
+            queues: HashMap::new(),
+            conns: HashMap::new(),
+            next_conn: 1,
+            outbox: (0..shards).map(|_| VecDeque::new()).collect(),
+            dirty: Vec::new(),
+            acks: HashMap::new(),
+            next_token: 1,
+            requests: HashMap::new(),
+            next_req: 1,
+            barriers: HashMap::new(),
+            next_barrier: 1,
+            next_temp: 1,
+            started: Instant::now(),
+            route_buf: Vec::new(),
+            deliveries_buf: Vec::new(),
+            acks_buf: Vec::new(),
+            stats_wait: HashMap::new(),
+        }
+    }
+
+    pub fn shards(&self) -> usize {
+        self.settings.shards
+    }
+
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    pub fn connection_count(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Queues a message for shard `to` (processed in place when `to` is us).
+    fn send(&mut self, to: usize, msg: ShardMsg) {
+        self.outbox[to].push_back(msg);
+    }
+
+    fn mark_dirty(&mut self, conn: u64) {
+        if !self.dirty.contains(&conn) {
+            self.dirty.push(conn);
+        }
+    }
+
+    /// Processes local messages until none are left. Call after every input.
+    pub fn run_local(&mut self) {
+        while let Some(msg) = self.outbox[self.id].pop_front() {
+            self.on_shard_msg(msg);
+        }
+        self.flush_acks();
+    }
+
+    /// The outbox for another shard (the runtime moves it onto the ring).
+    pub fn outbox_for(&mut self, shard: usize) -> &mut VecDeque<ShardMsg> {
+        &mut self.outbox[shard]
+    }
+
+    /// Connections that have output to write since the last call.
+    pub fn take_dirty(&mut self, into: &mut Vec<u64>) {
+        into.append(&mut self.dirty);
+    }
+
+    /// Handles one message from a shard (ourselves included).
+    pub fn on_shard_msg(&mut self, msg: ShardMsg) {
+        match msg {
+            ShardMsg::ConfigRequest { origin, req, op } => self.on_config_request(origin, req, op),
+            ShardMsg::Config { events, barrier } => {
+                for ev in &events {
+                    self.apply_config(ev);
+                }
+                self.send(0, ShardMsg::ConfigApplied { barrier });
+            }
+            ShardMsg::ConfigApplied { barrier } => self.on_config_applied(barrier),
+            ShardMsg::ConfigReply { req, result } => self.on_config_reply(req, result),
+            ShardMsg::Enqueue { queue, message, ack } => self.on_enqueue(&queue, message, ack),
+            ShardMsg::Ack { token, rejected } => self.on_ack(token, rejected),
+            ShardMsg::Subscribe {
+                queue,
+                consumer,
+                browse,
+                settled,
+            } => match self.queues.get_mut(&queue) {
+                Some(q) => q.subscribe(consumer, browse, settled),
+                None => self.send(
+                    consumer.shard,
+                    ShardMsg::ConsumerGone {
+                        consumer,
+                        error: ErrorCondition::new(condition::NOT_FOUND, format!("queue '{queue}' no longer exists")),
+                    },
+                ),
+            },
+            ShardMsg::Credit {
+                queue,
+                consumer,
+                credit,
+                drain,
+            } => {
+                let mut out = std::mem::take(&mut self.deliveries_buf);
+                let left = match self.queues.get_mut(&queue) {
+                    Some(q) => q.add_credit(consumer, credit, drain, &mut out),
+                    None => drain.then_some(credit),
+                };
+                self.send_deliveries(&queue, &mut out);
+                self.deliveries_buf = out;
+                if let Some(unused) = left {
+                    self.send(consumer.shard, ShardMsg::Drained { consumer, unused });
+                }
+            }
+            ShardMsg::Settle {
+                queue,
+                consumer,
+                position,
+                how,
+            } => {
+                if let Some(q) = self.queues.get_mut(&queue) {
+                    q.settle(consumer, position, how);
+                }
+                self.after_dequeue(&queue);
+            }
+            ShardMsg::Unsubscribe {
+                queue,
+                consumer,
+                delivered,
+            } => {
+                let delete = match self.queues.get_mut(&queue) {
+                    Some(q) => q.unsubscribe(consumer, &delivered),
+                    None => false,
+                };
+                if delete {
+                    let req = self.next_req;
+                    self.next_req += 1;
+                    self.send(
+                        0,
+                        ShardMsg::ConfigRequest {
+                            origin: self.id,
+                            req,
+                            op: ConfigOp::DeleteQueue {
+                                name: queue.to_string(),
+                                if_unused: true,
+                            },
+                        },
+                    );
+                } else {
+                    self.after_dequeue(&queue);
+                }
+            }
+            ShardMsg::Deliver { queue, delivery } => self.on_deliver(queue, delivery),
+            ShardMsg::Drained { consumer, unused } => self.on_drained(consumer, unused),
+            ShardMsg::ConsumerGone { consumer, error } => self.on_consumer_gone(consumer, error),
+            ShardMsg::StatsRequest { origin, req } => {
+                let queues = self.queues.iter().map(|(n, q)| (n.clone(), q.stats())).collect();
+                self.send(origin, ShardMsg::StatsReply { req, queues });
+            }
+            ShardMsg::StatsReply { req, queues } => {
+                if let Some((left, acc)) = self.stats_wait.get_mut(&req) {
+                    acc.extend(queues);
+                    *left -= 1;
+                }
+            }
+        }
+    }
+
+    // -----------------------------------------------------------------------
+    // Queue-owner side
+
+    fn on_enqueue(&mut self, queue: &Arc<str>, message: Bytes, ack: Option<AckTo>) {
+        let Some(q) = self.queues.get_mut(queue) else {
+            if let Some(ack) = ack {
+                let error = ErrorCondition::new(condition::NOT_FOUND, format!("queue '{queue}' no longer exists"));
+                self.send(
+                    ack.shard,
+                    ShardMsg::Ack {
+                        token: ack.token,
+                        rejected: Some(error),
+                    },
+                );
+            }
+            return;
+        };
+        match q.enqueue(message, ack) {
+            EnqueueOutcome::Stored => {
+                if let Some(ack) = ack {
+                    self.send(
+                        ack.shard,
+                        ShardMsg::Ack {
+                            token: ack.token,
+                            rejected: None,
+                        },
+                    );
+                }
+            }
+            EnqueueOutcome::Held => {}
+            EnqueueOutcome::Rejected => {
+                if let Some(ack) = ack {
+                    let error = ErrorCondition::new(
+                        condition::RESOURCE_LIMIT_EXCEEDED,
+                        format!("queue '{queue}' is full (limit policy reject)"),
+                    );
+                    self.send(
+                        ack.shard,
+                        ShardMsg::Ack {
+                            token: ack.token,
+                            rejected: Some(error),
+                        },
+                    );
+                }
+            }
+        }
+        let mut out = std::mem::take(&mut self.deliveries_buf);
+        if let Some(q) = self.queues.get_mut(queue) {
+            q.dispatch(&mut out);
+        }
+        self.send_deliveries(queue, &mut out);
+        self.deliveries_buf = out;
+    }
+
+    /// After messages left a queue: admit held publishes, dispatch.
+    fn after_dequeue(&mut self, queue: &Arc<str>) {
+        let mut acks = std::mem::take(&mut self.acks_buf);
+        let mut out = std::mem::take(&mut self.deliveries_buf);
+        if let Some(q) = self.queues.get_mut(queue) {
+            q.admit_held(&mut acks);
+            q.dispatch(&mut out);
+        }
+        for ack in acks.drain(..) {
+            self.send(
+                ack.shard,
+                ShardMsg::Ack {
+                    token: ack.token,
+                    rejected: None,
+                },
+            );
+        }
+        self.send_deliveries(queue, &mut out);
+        self.acks_buf = acks;
+        self.deliveries_buf = out;
+    }
+
+    fn send_deliveries(&mut self, queue: &Arc<str>, out: &mut Vec<Delivery>) {
+        for delivery in out.drain(..) {
+            let to = delivery.consumer.shard;
+            self.send(
+                to,
+                ShardMsg::Deliver {
+                    queue: queue.clone(),
+                    delivery,
+                },
+            );
+        }
+    }
+
+    /// Creates or drops owned queues as configuration events say.
+    fn apply_config(&mut self, ev: &ConfigEvent) {
+        self.catalogue.apply(ev);
+        match ev {
+            ConfigEvent::QueueDeclared { name, owner, settings } if *owner == self.id => {
+                self.queues
+                    .entry(name.clone())
+                    .or_insert_with(|| Queue::new(name.clone(), settings.clone()));
+            }
+            ConfigEvent::QueueDeleted { name } => {
+                if let Some(mut q) = self.queues.remove(name) {
+                    let error = ErrorCondition::new("amqp:resource-deleted", format!("queue '{name}' was deleted"));
+                    for consumer in q.consumer_refs() {
+                        self.send(
+                            consumer.shard,
+                            ShardMsg::ConsumerGone {
+                                consumer,
+                                error: error.clone(),
+                            },
+                        );
+                    }
+                    for ack in q.drain_held() {
+                        self.send(
+                            ack.shard,
+                            ShardMsg::Ack {
+                                token: ack.token,
+                                rejected: Some(error.clone()),
+                            },
+                        );
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Counters of the queues this shard owns.
+    pub fn local_queue_stats(&self) -> Vec<(Arc<str>, QueueStats)> {
+        self.queues.iter().map(|(n, q)| (n.clone(), q.stats())).collect()
+    }
+
+    /// A new connection; returns its id.
+    pub fn add_connection(&mut self, engine: Connection, peer: String) -> u64 {
+        let id = self.next_conn;
+        self.next_conn += 1;
+        self.conns.insert(id, Conn::new(engine, peer));
+        self.mark_dirty(id);
+        id
+    }
+}
+
+/// Tags we put on deliveries: the queue position, big-endian.
+fn delivery_tag(position: u64) -> [u8; 8] {
+    position.to_be_bytes()
+}
+
+/// A link's identity for the queue side.
+fn consumer_ref(shard: usize, conn: u64, link: LinkKey) -> ConsumerRef {
+    ConsumerRef { shard, conn, link }
+}

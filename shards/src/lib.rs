@@ -1,0 +1,18 @@
+//! tandem-shards: the broker engine, one instance per core.
+//!
+//! - [`amqp`]: the AMQP 1.0 codec, framing, performatives, message sections and the
+//!   sans-I/O connection engine (used by the broker and by [`client`]).
+//! - [`queue`], [`exchange`], [`placement`]: nodes, routing, and which shard owns a queue.
+//! - [`broker`]: one shard's state and logic, without I/O.
+//! - [`runtime`]: the thin glommio layer: executors, sockets, rings and doorbells.
+//! - [`client`]: a small blocking AMQP client for tools, tests and (later) HA links.
+//! - [`url`], [`duration`]: parsing of broker URLs and durations.
+
+pub mod amqp;
+pub mod broker;
+pub mod exchange;
+pub mod placement;
+pub mod queue;
+pub mod runtime;
+pub mod url;
+pub mod duration;

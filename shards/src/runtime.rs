@@ -1,0 +1,533 @@
+//! The thin glommio layer: one pinned executor per shard, `SO_REUSEPORT`
+//! listeners, a reader and a writer task per connection, and one bounded `rtrb`
+//! ring per ordered pair of shards with a doorbell (a one-slot glommio shared
+//! channel) so an idle shard sleeps instead of spinning. Everything it does to
+//! broker state goes through [`Shard`]'s methods; nothing here knows AMQP.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
+use glommio::channels::shared_channel::{self, ConnectedSender, SharedReceiver, SharedSender};
+use glommio::net::{TcpListener, TcpStream};
+use glommio::{LocalExecutorBuilder, Placement};
+
+use crate::amqp::codec::Value;
+use crate::amqp::connection::{Connection, ConnectionConfig, Sasl};
+use crate::amqp::performative::{condition, ErrorCondition};
+use crate::broker::{BrokerSettings, Shard, ShardMsg};
+
+/// Messages a ring holds before the sender keeps them in its outbox instead.
+const RING_CAPACITY: usize = 16 * 1024;
+/// How long a closing connection waits for the peer's close.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// Why the broker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("port {port} on {interface} is already in use (another broker running?); choose another with --port")]
+    PortInUse { interface: String, port: u16 },
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+    #[error(
+        "cannot start the io_uring runtime: {reason}. Tandem needs Linux 5.8+ with io_uring enabled \
+         (sysctl kernel.io_uring_disabled=0; containers must not block io_uring_setup via seccomp) \
+         and enough locked memory (ulimit -l is {memlock}; raise it, e.g. `ulimit -l 65536` or \
+         LimitMEMLOCK= in systemd)"
+    )]
+    Runtime { reason: String, memlock: String },
+    #[error("shard {shard} failed to start: {reason}")]
+    Shard { shard: usize, reason: String },
+}
+
+/// A running broker: its address, and how to stop it.
+pub struct Running {
+    pub addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    handles: Vec<glommio::ExecutorJoinHandle<()>>,
+}
+
+impl Running {
+    /// Closes every connection politely and waits for the shards to finish.
+    pub fn shutdown(self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for h in self.handles {
+            let _ = h.join();
+        }
+    }
+}
+
+fn memlock_limit() -> String {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut r) } != 0 {
+        return "unknown".into();
+    }
+    if r.rlim_cur == libc::RLIM_INFINITY {
+        "unlimited".into()
+    } else {
+        format!("{} KiB", r.rlim_cur / 1024)
+    }
+}
+
+/// Checks that an io_uring executor can be created here at all.
+fn check_runtime() -> Result<(), StartError> {
+    LocalExecutorBuilder::new(Placement::Unbound)
+        .make()
+        .map(drop)
+        .map_err(|e| StartError::Runtime {
+            reason: e.to_string(),
+            memlock: memlock_limit(),
+        })
+}
+
+fn listener_socket(addr: SocketAddr) -> std::io::Result<socket2::Socket> {
+    let domain = if addr.is_ipv6() {
+        socket2::Domain::IPV6
+    } else {
+        socket2::Domain::IPV4
+    };
+    let s = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    s.set_reuse_port(true)?;
+    s.set_reuse_address(true)?;
+    s.bind(&addr.into())?;
+    s.listen(1024)?;
+    Ok(s)
+}
+
+/// Starts `settings.shards` shards listening on `bind` (port 0 picks one).
+pub fn start(settings: BrokerSettings, bind: SocketAddr) -> Result<Running, StartError> {
+    check_runtime()?;
+    let n = settings.shards.max(1);
+    // With SO_REUSEPORT a second broker of the same user could bind the same port
+    // silently; a plain bind first proves the port is free.
+    if bind.port() != 0 {
+        if let Err(e) = std::net::TcpListener::bind(bind) {
+            return Err(if e.kind() == std::io::ErrorKind::AddrInUse {
+                StartError::PortInUse {
+                    interface: bind.ip().to_string(),
+                    port: bind.port(),
+                }
+            } else {
+                StartError::Listen { addr: bind, source: e }
+            });
+        }
+    }
+    let first = listener_socket(bind).map_err(|source| StartError::Listen { addr: bind, source })?;
+    let addr = first
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .ok_or_else(|| StartError::Listen {
+            addr: bind,
+            source: std::io::Error::other("no local address"),
+        })?;
+    let mut listeners = vec![first];
+    for _ in 1..n {
+        listeners.push(listener_socket(addr).map_err(|source| StartError::Listen { addr, source })?);
+    }
+
+    // Rings and doorbells for every ordered pair (i -> j).
+    type Out = Option<(rtrb::Producer<ShardMsg>, SharedSender<()>)>;
+    type In = Option<(rtrb::Consumer<ShardMsg>, SharedReceiver<()>)>;
+    let mut outgoing: Vec<Vec<Out>> = (0..n).map(|_| (0..n).map(|_| None).collect()).collect();
+    let mut incoming: Vec<Vec<In>> = (0..n).map(|_| (0..n).map(|_| None).collect()).collect();
+    for i in 0..n {
+        for j in 0..n {
+            if i != j {
+                let (p, c) = rtrb::RingBuffer::new(RING_CAPACITY);
+                let (bell_tx, bell_rx) = shared_channel::new_bounded(1);
+                outgoing[i][j] = Some((p, bell_tx));
+                incoming[j][i] = Some((c, bell_rx));
+            }
+        }
+    }
+
+    let cores: Vec<usize> = core_ids();
+    let stop = Arc::new(AtomicBool::new(false));
+    let conn_count = Arc::new(AtomicUsize::new(0));
+    let settings = Arc::new(settings);
+    let (ready_tx, ready_rx) = mpsc::channel::<Result<usize, (usize, String)>>();
+    let mut handles = Vec::new();
+    for (id, ((listener, out), inc)) in listeners.into_iter().zip(outgoing).zip(incoming).enumerate() {
+        let placement = if n <= cores.len() {
+            Placement::Fixed(cores[id])
+        } else {
+            Placement::Unbound
+        };
+        let settings = settings.clone();
+        let stop = stop.clone();
+        let ready = ready_tx.clone();
+        let conn_count = conn_count.clone();
+        let fd = listener.into_raw_fd();
+        let handle = LocalExecutorBuilder::new(placement)
+            .name(&format!("shard-{id}"))
+            .spawn(move || async move {
+                shard_main(id, settings, fd, out, inc, stop, conn_count, ready).await;
+            })
+            .map_err(|e| StartError::Shard {
+                shard: id,
+                reason: e.to_string(),
+            })?;
+        handles.push(handle);
+    }
+    drop(ready_tx);
+    for _ in 0..n {
+        match ready_rx.recv() {
+            Ok(Ok(_)) => {}
+            Ok(Err((shard, reason))) => return Err(StartError::Shard { shard, reason }),
+            Err(_) => {
+                return Err(StartError::Shard {
+                    shard: 0,
+                    reason: "a shard exited during start-up".into(),
+                })
+            }
+        }
+    }
+    Ok(Running { addr, stop, handles })
+}
+
+fn core_ids() -> Vec<usize> {
+    // SAFETY: sched_getaffinity fills the set we pass.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let ok = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) } == 0;
+    if !ok {
+        return Vec::new();
+    }
+    (0..libc::CPU_SETSIZE as usize)
+        .filter(|c| unsafe { libc::CPU_ISSET(*c, &set) })
+        .collect()
+}
+
+/// What one shard's tasks share (single-threaded: `Rc`/`RefCell`, no locks).
+struct Runtime {
+    id: usize,
+    shard: RefCell<Shard>,
+    producers: RefCell<Vec<Option<rtrb::Producer<ShardMsg>>>>,
+    bells: Vec<Option<ConnectedSender<()>>>,
+    /// Wakes each connection's writer task.
+    writers: RefCell<HashMap<u64, LocalSender<()>>>,
+    /// Some outbox could not go onto a full ring; retry soon.
+    overflow: Cell<bool>,
+    dirty: RefCell<Vec<u64>>,
+}
+
+impl Runtime {
+    /// After any change to shard state: process local messages, move outboxes onto
+    /// rings (ringing each doorbell once), wake writers with output.
+    fn after_step(&self) {
+        let mut shard = self.shard.borrow_mut();
+        shard.run_local();
+        let mut producers = self.producers.borrow_mut();
+        for (to, producer) in producers.iter_mut().enumerate() {
+            let Some(producer) = producer else { continue };
+            let outbox = shard.outbox_for(to);
+            let mut pushed = false;
+            while let Some(msg) = outbox.pop_front() {
+                match producer.push(msg) {
+                    Ok(()) => pushed = true,
+                    Err(rtrb::PushError::Full(msg)) => {
+                        outbox.push_front(msg);
+                        self.overflow.set(true);
+                        break;
+                    }
+                }
+            }
+            if pushed {
+                if let Some(bell) = &self.bells[to] {
+                    let _ = bell.try_send(());
+                }
+            }
+        }
+        let mut dirty = self.dirty.borrow_mut();
+        shard.take_dirty(&mut dirty);
+        let writers = self.writers.borrow();
+        for id in dirty.drain(..) {
+            if let Some(w) = writers.get(&id) {
+                let _ = w.try_send(());
+            }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn shard_main(
+    id: usize,
+    settings: Arc<BrokerSettings>,
+    listener_fd: i32,
+    outgoing: Vec<Option<(rtrb::Producer<ShardMsg>, SharedSender<()>)>>,
+    incoming: Vec<Option<(rtrb::Consumer<ShardMsg>, SharedReceiver<()>)>>,
+    stop: Arc<AtomicBool>,
+    conn_count: Arc<AtomicUsize>,
+    ready: mpsc::Sender<Result<usize, (usize, String)>>,
+) {
+    // SAFETY: the fd is a listening socket we created and handed over.
+    let listener = unsafe { TcpListener::from_raw_fd(listener_fd) };
+    // Connecting a shared channel waits for the other side to connect too, so the
+    // receiving ends connect in their own tasks before we connect our senders.
+    let rt_slot: Rc<RefCell<Option<Rc<Runtime>>>> = Rc::new(RefCell::new(None));
+    let (rt_ready_tx, rt_ready_rx) = local_channel::new_bounded::<()>(1);
+    let rt_ready_rx = Rc::new(rt_ready_rx);
+    for (from, slot) in incoming.into_iter().enumerate() {
+        let Some((mut ring, bell)) = slot else { continue };
+        let rt_slot = rt_slot.clone();
+        let rt_ready = rt_ready_rx.clone();
+        glommio::spawn_local(async move {
+            let bell = bell.connect().await;
+            let rt = loop {
+                if let Some(rt) = rt_slot.borrow().clone() {
+                    break rt;
+                }
+                if rt_ready.recv().await.is_none() {
+                    // Closed: the runtime is set now, or start-up failed.
+                    match rt_slot.borrow().clone() {
+                        Some(rt) => break rt,
+                        None => return,
+                    }
+                }
+            };
+            while bell.recv().await.is_some() {
+                {
+                    let mut shard = rt.shard.borrow_mut();
+                    while let Ok(msg) = ring.pop() {
+                        shard.on_shard_msg(msg);
+                    }
+                }
+                rt.after_step();
+            }
+            tracing::debug!(shard = rt.id, from, "ring closed");
+        })
+        .detach();
+    }
+    let mut producers = Vec::new();
+    let mut bells = Vec::new();
+    for slot in outgoing {
+        match slot {
+            Some((p, bell)) => {
+                producers.push(Some(p));
+                bells.push(Some(bell.connect().await));
+            }
+            None => {
+                producers.push(None);
+                bells.push(None);
+            }
+        }
+    }
+    let rt = Rc::new(Runtime {
+        id,
+        shard: RefCell::new(Shard::new(id, settings.clone())),
+        producers: RefCell::new(producers),
+        bells,
+        writers: RefCell::new(HashMap::new()),
+        overflow: Cell::new(false),
+        dirty: RefCell::new(Vec::new()),
+    });
+    *rt_slot.borrow_mut() = Some(rt.clone());
+    drop(rt_ready_tx);
+    let _ = ready.send(Ok(id));
+    tracing::debug!(shard = id, "shard running");
+
+    let accept_rt = rt.clone();
+    let accept_stop = stop.clone();
+    glommio::spawn_local(async move {
+        loop {
+            let stream = match listener.accept().await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(shard = accept_rt.id, "accept failed: {e}");
+                    continue;
+                }
+            };
+            if accept_stop.load(Ordering::Relaxed) {
+                break;
+            }
+            if conn_count.fetch_add(1, Ordering::Relaxed) >= settings.max_connections {
+                conn_count.fetch_sub(1, Ordering::Relaxed);
+                tracing::warn!("connection refused: max-connections ({}) reached", settings.max_connections);
+                continue;
+            }
+            serve(&accept_rt, stream, &settings, conn_count.clone());
+        }
+    })
+    .detach();
+
+    // Housekeeping: ring overflow retries and the stop flag.
+    loop {
+        let wait = if rt.overflow.get() {
+            Duration::from_millis(1)
+        } else {
+            Duration::from_millis(50)
+        };
+        glommio::timer::sleep(wait).await;
+        if rt.overflow.replace(false) {
+            rt.after_step();
+        }
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+    }
+    let ids = rt.shard.borrow().conn_ids();
+    for cid in ids {
+        rt.shard.borrow_mut().conn_close(
+            cid,
+            ErrorCondition::new(condition::CONNECTION_FORCED, "broker is shutting down"),
+        );
+    }
+    rt.after_step();
+    let deadline = Instant::now() + CLOSE_GRACE;
+    while rt.shard.borrow().connection_count() > 0 && Instant::now() < deadline {
+        glommio::timer::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Starts the reader and writer tasks of a new connection.
+fn serve(rt: &Rc<Runtime>, stream: TcpStream, settings: &Arc<BrokerSettings>, conn_count: Arc<AtomicUsize>) {
+    let _ = stream.set_nodelay(true);
+    let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+    // The writer gets its own descriptor for the socket so reads and writes can be
+    // in flight at once without a lock.
+    // SAFETY: dup of a valid open socket; the new fd is owned by the new stream.
+    let dup = unsafe { libc::dup(stream.as_raw_fd()) };
+    if dup < 0 {
+        conn_count.fetch_sub(1, Ordering::Relaxed);
+        return;
+    }
+    let write_half = unsafe { TcpStream::from_raw_fd(dup) };
+    let engine = Connection::server(connection_config(settings, rt.id), Instant::now());
+    let id = rt.shard.borrow_mut().add_connection(engine, peer.clone());
+    tracing::debug!(shard = rt.id, conn = id, %peer, "accepted");
+    let (wake_tx, wake_rx) = local_channel::new_bounded(1);
+    rt.writers.borrow_mut().insert(id, wake_tx);
+    glommio::spawn_local(read_loop(rt.clone(), id, stream)).detach();
+    glommio::spawn_local(write_loop(rt.clone(), id, write_half, wake_rx, conn_count)).detach();
+}
+
+fn connection_config(settings: &BrokerSettings, shard: usize) -> ConnectionConfig {
+    let users = settings.users.clone();
+    let auth = settings.auth;
+    let authenticator = Box::new(move |mechanism: &str, response: &[u8]| -> Option<String> {
+        match mechanism {
+            "ANONYMOUS" if !auth => Some("anonymous".into()),
+            "PLAIN" => {
+                // authzid NUL authcid NUL password
+                let mut parts = response.split(|b| *b == 0);
+                let _authzid = parts.next()?;
+                let user = std::str::from_utf8(parts.next()?).ok()?;
+                let pass = std::str::from_utf8(parts.next()?).ok()?;
+                if !auth || users.get(user).is_some_and(|p| p == pass) {
+                    Some(user.to_owned())
+                } else {
+                    None
+                }
+            }
+            _ => None,
+        }
+    });
+    let mechanisms = if auth {
+        vec!["PLAIN".to_owned()]
+    } else {
+        vec!["ANONYMOUS".to_owned(), "PLAIN".to_owned()]
+    };
+    ConnectionConfig {
+        container_id: settings.container_id.clone(),
+        max_frame_size: settings.max_frame_size,
+        channel_max: 255,
+        idle_timeout: settings.idle_timeout,
+        properties: Some(Value::Map(vec![
+            (Value::symbol("product"), Value::string("tandem")),
+            (Value::symbol("version"), Value::string(env!("CARGO_PKG_VERSION"))),
+            (Value::symbol("tandem.shard"), Value::Uint(shard as u32)),
+        ])),
+        max_message_size: settings.max_message_size,
+        hostname: None,
+        sasl: Sasl::Server {
+            mechanisms,
+            authenticator,
+            require: auth,
+        },
+    }
+}
+
+async fn read_loop(rt: Rc<Runtime>, id: u64, mut stream: TcpStream) {
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    loop {
+        if buf.capacity() - buf.len() < 8 * 1024 {
+            buf.reserve(64 * 1024);
+        }
+        let start = buf.len();
+        let room = buf.capacity() - start;
+        buf.resize(start + room, 0);
+        let n = stream.read(&mut buf[start..]).await.unwrap_or(0);
+        buf.truncate(start + n);
+        if n == 0 {
+            rt.shard.borrow_mut().conn_eof(id);
+            rt.after_step();
+            break;
+        }
+        rt.shard.borrow_mut().conn_input(id, &mut buf, Instant::now());
+        rt.after_step();
+        if rt.shard.borrow().conn_closed(id) {
+            break;
+        }
+    }
+}
+
+async fn write_loop(rt: Rc<Runtime>, id: u64, mut stream: TcpStream, wake: LocalReceiver<()>, conn_count: Arc<AtomicUsize>) {
+    let mut closing_since: Option<Instant> = None;
+    loop {
+        let out = rt.shard.borrow_mut().conn_output(id);
+        if let Some(bytes) = out {
+            if stream.write_all(&bytes).await.is_err() {
+                break;
+            }
+            rt.shard.borrow_mut().conn_wrote(id, Instant::now());
+            continue;
+        }
+        if rt.shard.borrow().conn_closed(id) {
+            break;
+        }
+        let now = Instant::now();
+        if rt.shard.borrow().conn_closing(id) {
+            let since = *closing_since.get_or_insert(now);
+            if now.duration_since(since) > CLOSE_GRACE {
+                break;
+            }
+        }
+        let deadline = rt.shard.borrow_mut().conn_tick(id, now);
+        rt.after_step();
+        if rt.shard.borrow().conn_has_output(id) {
+            continue; // the tick wrote a heartbeat or a close
+        }
+        let wait = deadline
+            .map(|d| d.saturating_duration_since(now))
+            .unwrap_or(Duration::from_secs(1))
+            .clamp(Duration::from_millis(1), Duration::from_secs(1));
+        futures_lite::future::or(
+            async {
+                wake.recv().await;
+            },
+            glommio::timer::sleep(wait),
+        )
+        .await;
+    }
+    let _ = stream.flush().await;
+    // SAFETY: shutting down our own socket wakes the reader, which then exits.
+    unsafe {
+        libc::shutdown(stream.as_raw_fd(), libc::SHUT_RDWR);
+    }
+    rt.shard.borrow_mut().remove_connection(id);
+    rt.writers.borrow_mut().remove(&id);
+    rt.after_step();
+    conn_count.fetch_sub(1, Ordering::Relaxed);
+}

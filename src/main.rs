@@ -1,0 +1,151 @@
+//! `tandemd`: the Tandem broker daemon. Reads the configuration (TOML file and
+//! qpidd-style flags), checks what the runtime needs, starts one shard per core,
+//! prints where it listens, and shuts down cleanly on SIGTERM or SIGINT.
+
+mod config;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::path::Path;
+use std::process::ExitCode;
+
+use tandem_shards::broker::BrokerSettings;
+use tandem_shards::queue::{LimitPolicy, QueueSettings};
+use tandem_shards::runtime;
+
+use config::Config;
+
+fn main() -> ExitCode {
+    let cfg = match Config::load(std::env::args_os()) {
+        Ok(cfg) => cfg,
+        Err(e) => e.exit(),
+    };
+    init_logging(&cfg);
+    match run(&cfg) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("tandemd: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(cfg: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.log_enable));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    if cfg.log_to_stderr {
+        builder.with_writer(std::io::stderr).init();
+    } else {
+        builder.with_writer(std::io::sink).init();
+    }
+}
+
+fn run(cfg: &Config) -> Result<(), String> {
+    if cfg.ha.cluster {
+        return Err("ha-cluster = yes: HA clustering is not built yet in this version (see README, 'What works')".into());
+    }
+    std::fs::create_dir_all(&cfg.data_dir)
+        .map_err(|e| format!("data-dir {}: cannot create: {e}", cfg.data_dir.display()))?;
+    let users = match &cfg.users_file {
+        Some(path) => load_users(path)?,
+        None if cfg.auth => {
+            return Err("auth = yes needs users-file (a file of user:password lines) so PLAIN logins can succeed".into())
+        }
+        None => HashMap::new(),
+    };
+    let bind = resolve(&cfg.interface, cfg.port)?;
+    let settings = BrokerSettings {
+        shards: cfg.worker_threads,
+        auth: cfg.auth,
+        users,
+        max_connections: cfg.max_connections,
+        max_frame_size: cfg.max_frame_size,
+        idle_timeout: (!cfg.idle_timeout.is_zero()).then_some(cfg.idle_timeout),
+        link_credit: cfg.link_credit,
+        default_queue: QueueSettings {
+            max_size: cfg.default_max_queue_size,
+            max_count: cfg.default_max_queue_count,
+            policy: match cfg.default_limit_policy {
+                config::LimitPolicy::Flow => LimitPolicy::Flow,
+                config::LimitPolicy::Reject => LimitPolicy::Reject,
+                config::LimitPolicy::Ring => LimitPolicy::Ring,
+            },
+            ..Default::default()
+        },
+        auto_create_queues: cfg.auto_create_queues,
+        container_id: format!("tandemd-{}", std::process::id()),
+        ..Default::default()
+    };
+    // Block the stop signals before the shard threads exist, so they inherit the
+    // mask and only this thread receives them (in sigwait below).
+    let signals = stop_signals();
+    // SAFETY: pthread_sigmask with a valid set.
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &signals, std::ptr::null_mut()) };
+
+    let running = runtime::start(settings, bind).map_err(|e| e.to_string())?;
+    tracing::info!(
+        "listening on {} with {} shards, data-dir {}, auth {}",
+        running.addr,
+        cfg.worker_threads,
+        cfg.data_dir.display(),
+        if cfg.auth { "yes" } else { "no" }
+    );
+    // The one stdout line scripts and tests wait for.
+    println!("tandemd listening on amqp://{} ({} shards)", running.addr, cfg.worker_threads);
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+
+    let mut sig: libc::c_int = 0;
+    // SAFETY: sigwait on the blocked set.
+    unsafe { libc::sigwait(&signals, &mut sig) };
+    tracing::info!("signal {sig}: shutting down");
+    running.shutdown();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn stop_signals() -> libc::sigset_t {
+    // SAFETY: sigemptyset/sigaddset initialise the set we own.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        set
+    }
+}
+
+fn resolve(interface: &str, port: u16) -> Result<SocketAddr, String> {
+    if let Ok(ip) = interface.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, port));
+    }
+    (interface, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("interface '{interface}': cannot resolve: {e}"))?
+        .next()
+        .ok_or_else(|| format!("interface '{interface}': no address"))
+}
+
+/// Reads `user:password` lines (blank lines and `#` comments allowed).
+fn load_users(path: &Path) -> Result<HashMap<String, String>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("users-file {}: {e}", path.display()))?;
+    let mut users = HashMap::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let Some((user, pass)) = line.split_once(':') else {
+            return Err(format!(
+                "users-file {} line {}: expected user:password",
+                path.display(),
+                n + 1
+            ));
+        };
+        users.insert(user.trim().to_owned(), pass.to_owned());
+    }
+    Ok(users)
+}
