@@ -106,7 +106,7 @@ impl Exchange {
     /// The queues a message goes to (each at most once).
     pub fn route(&self, msg: &RoutingInfo<'_>, out: &mut Vec<Arc<str>>) {
         for b in &self.bindings {
-            if self.matches(&b.key, msg) && !out.iter().any(|q| *q == b.queue) {
+            if self.matches(&b.key, msg) && !out.contains(&b.queue) {
                 out.push(b.queue.clone());
             }
         }

@@ -16,3 +16,4 @@ pub mod queue;
 pub mod runtime;
 pub mod url;
 pub mod duration;
+pub mod client;

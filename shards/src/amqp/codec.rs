@@ -889,7 +889,7 @@ impl Decoder {
             ctor = self.u8()?;
         }
         // Zero-width element types could claim billions of elements in a few bytes.
-        let zero_width = matches!(ctor, 0x40 | 0x41 | 0x42 | 0x43 | 0x44 | 0x45);
+        let zero_width = matches!(ctor, 0x40..=0x45);
         if zero_width && count > 65536 {
             return Err(CodecError::Malformed {
                 at,

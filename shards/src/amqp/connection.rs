@@ -65,7 +65,9 @@ pub struct ConnectionConfig {
     pub sasl: Sasl,
 }
 
-/// What the engine tells its application.
+/// What the engine tells its application. (Events are moved once from the engine
+/// to its application; boxing the rare large ones would not pay for itself.)
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     /// Server: SASL finished (user `None` for an unauthenticated plain header).
@@ -418,7 +420,7 @@ impl Connection {
             self.sasl_failed(2, "expected sasl-init");
             return false;
         };
-        if !mechanisms.iter().any(|m| *m == mechanism) {
+        if !mechanisms.contains(&mechanism) {
             self.sasl_failed(1, &format!("mechanism {mechanism} not offered"));
             return false;
         }
@@ -979,25 +981,18 @@ impl Connection {
         local
     }
 
-    /// Client: attaches a link; `Event::Attached` follows with the peer's answer.
-    pub fn attach(
-        &mut self,
-        channel: u16,
-        name: &str,
-        role: Role,
-        source: Source,
-        target: Target,
-        snd_settle_mode: Option<u8>,
-        properties: Option<Value>,
-    ) -> Option<LinkKey> {
+    /// Client: attaches a link described by `attach` (its handle and initial
+    /// delivery count are filled in here); `Event::Attached` follows with the
+    /// peer's answer.
+    pub fn attach(&mut self, channel: u16, mut attach: Attach) -> Option<LinkKey> {
         let s = self.sessions.get_mut(&channel)?;
         let handle = s.next_handle;
         s.next_handle += 1;
         s.links.insert(
             handle,
             LinkState {
-                name: name.to_owned(),
-                role,
+                name: attach.name.clone(),
+                role: attach.role,
                 remote_handle: None,
                 delivery_count: 0,
                 credit: 0,
@@ -1006,20 +1001,8 @@ impl Connection {
                 detached: false,
             },
         );
-        let attach = Attach {
-            name: name.to_owned(),
-            handle,
-            role,
-            snd_settle_mode,
-            rcv_settle_mode: None,
-            source: Some(source),
-            target: Some(target),
-            initial_delivery_count: if role == Role::Sender { Some(0) } else { None },
-            max_message_size: None,
-            offered_capabilities: None,
-            desired_capabilities: None,
-            properties,
-        };
+        attach.handle = handle;
+        attach.initial_delivery_count = (attach.role == Role::Sender).then_some(0);
         write_frame(&mut self.out, channel, &Performative::Attach(attach));
         Some(LinkKey { channel, handle })
     }

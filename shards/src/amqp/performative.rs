@@ -391,6 +391,7 @@ pub struct Close {
 }
 
 /// A frame body of the AMQP (non-SASL) layer.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Performative {
     Open(Open),

@@ -128,6 +128,10 @@ pub struct ConfigDone {
     pub queue: Option<(Arc<str>, usize)>,
 }
 
+/// Queue counters being gathered from every shard: shards still to answer, and
+/// what arrived so far.
+type StatsGather = (usize, Vec<(Arc<str>, QueueStats)>);
+
 /// One shard's broker.
 pub struct Shard {
     pub id: usize,
@@ -157,7 +161,7 @@ pub struct Shard {
     deliveries_buf: Vec<Delivery>,
     acks_buf: Vec<AckTo>,
     /// Statistics requests in progress (management), by request id.
-    stats_wait: HashMap<u64, (usize, Vec<(Arc<str>, QueueStats)>)>,
+    stats_wait: HashMap<u64, StatsGather>,
 }
 
 impl Shard {
