@@ -1183,34 +1183,27 @@ impl Connection {
             };
             let start = begin_frame(out, FRAME_AMQP, link.channel);
             let perf_start = out.len();
-            Performative::Transfer(Transfer {
-                handle: link.handle,
-                delivery_id: first.then_some(delivery_id),
-                delivery_tag: first.then(|| Bytes::copy_from_slice(tag)),
-                message_format: first.then_some(0),
-                settled: first.then_some(settled),
-                more: false,
-                ..Default::default()
-            })
-            .encode(out);
-            let header_len = out.len() - start;
-            let room = max_frame.saturating_sub(header_len + 1).max(1);
-            let chunk = (payload.len() - offset).min(room);
-            let more = offset + chunk < payload.len();
-            if more {
-                // Rewrite the performative with more=true; the flag sits at a fixed
-                // field position, so re-encode rather than patch bytes.
-                out.truncate(perf_start);
+            let transfer = |more: bool| {
                 Performative::Transfer(Transfer {
                     handle: link.handle,
                     delivery_id: first.then_some(delivery_id),
                     delivery_tag: first.then(|| Bytes::copy_from_slice(tag)),
                     message_format: first.then_some(0),
                     settled: first.then_some(settled),
-                    more: true,
+                    more,
                     ..Default::default()
                 })
-                .encode(out);
+            };
+            // Measure with more=true (the longer encoding), so the frame fits
+            // either way; re-encode shorter when this is the last frame.
+            transfer(true).encode(out);
+            let header_len = out.len() - start;
+            let room = max_frame.saturating_sub(header_len).max(1);
+            let chunk = (payload.len() - offset).min(room);
+            let more = offset + chunk < payload.len();
+            if !more {
+                out.truncate(perf_start);
+                transfer(false).encode(out);
             }
             out.put_slice(&payload[offset..offset + chunk]);
             end_frame(out, start);

@@ -600,7 +600,7 @@ impl Shard {
                 *buffer = waiting;
             }
         }
-        let credit = c.engine.credit(link).min(credit.max(c.engine.credit(link)));
+        let credit = c.engine.credit(link);
         let Some(LinkRole::Consumer {
             queue,
             owner,
