@@ -217,7 +217,7 @@ impl Shard {
                 ..
             } => self.on_publish(id, link, delivery_id, settled, payload),
             Event::Disposition { channel, disposition } => self.on_disposition(id, channel, disposition),
-            Event::Credit { link, credit, drain } => self.on_credit(id, link, credit, drain),
+            Event::Credit { link, drain, .. } => self.on_credit(id, link, drain),
             Event::Detached { link, .. } => self.on_detached(id, link),
             Event::Closed { error, by_peer } => {
                 if let Some(e) = error {
@@ -390,9 +390,8 @@ impl Shard {
             },
         );
         // Credit the client granted before our attach reply is in the engine already.
-        let credit = self.conns.get(&id).map(|c| c.engine.credit(link)).unwrap_or(0);
-        if credit > 0 {
-            self.on_credit(id, link, credit, false);
+        if self.conns.get(&id).is_some_and(|c| c.engine.credit(link) > 0) {
+            self.on_credit(id, link, false);
         }
     }
 
@@ -579,7 +578,7 @@ impl Shard {
     // Consuming
 
     /// The client changed the credit of a link we send on: ask the queue for more.
-    fn on_credit(&mut self, id: u64, link: LinkKey, credit: u32, drain: bool) {
+    fn on_credit(&mut self, id: u64, link: LinkKey, drain: bool) {
         let me = self.id;
         let Some(c) = self.conns.get_mut(&id) else {
             return;
