@@ -356,6 +356,45 @@ impl Client {
             .ok_or(ClientError::Timeout(self.timeout, "settlement"))
     }
 
+    /// Exchanges bytes with the broker for up to `wait` (or less when bytes arrive).
+    pub fn poll(&mut self, wait: Duration) -> Result<(), ClientError> {
+        if let Some(why) = &self.closed {
+            return Err(ClientError::Closed(why.clone()));
+        }
+        self.pump(wait)
+    }
+
+    /// Outcomes of unsettled sends that arrived so far, removed from the client.
+    pub fn take_outcomes(&mut self) -> Vec<(u32, DeliveryState)> {
+        self.outcomes.drain().collect()
+    }
+
+    /// Messages already received and not yet taken.
+    pub fn take_received(&mut self) -> Vec<Received> {
+        self.inbox.drain(..).collect()
+    }
+
+    /// Settles deliveries `first..=last` of our session at once.
+    pub fn settle_range(&mut self, first: u32, last: u32, state: DeliveryState) -> Result<(), ClientError> {
+        self.conn.disposition(self.channel, Role::Receiver, first, last, true, Some(&state));
+        Ok(())
+    }
+
+    /// Writes whatever the engine has queued, without waiting for input.
+    pub fn flush(&mut self) -> Result<(), ClientError> {
+        if self.conn.has_output() {
+            let out = self.conn.output().split();
+            self.stream.write_all(&out)?;
+            self.conn.wrote(Instant::now());
+        }
+        Ok(())
+    }
+
+    /// Sends without waiting: `None` when the link has no credit now.
+    pub fn try_send(&mut self, link: LinkKey, tag: &[u8], payload: &[u8], settled: bool) -> Option<u32> {
+        self.conn.send(link, tag, payload, settled)
+    }
+
     /// The next message on any receiver, waiting up to `wait`.
     pub fn receive(&mut self, wait: Duration) -> Result<Option<Received>, ClientError> {
         let deadline = Instant::now() + wait;

@@ -32,7 +32,7 @@ pub struct LinkKey {
 
 /// Decides SASL logins on the server side: mechanism and initial response in,
 /// authenticated user name out (`None` refuses).
-pub type Authenticator = Box<dyn Fn(&str, &[u8]) -> Option<String>>;
+pub type Authenticator = Box<dyn Fn(&str, &[u8]) -> Option<String> + Send>;
 
 /// How this end authenticates.
 pub enum Sasl {
