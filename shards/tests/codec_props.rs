@@ -188,8 +188,7 @@ fn same(a: &Value, b: &Value) -> bool {
         }
         (Value::Map(x), Value::Map(y)) => {
             x.len() == y.len()
-                && x
-                    .iter()
+                && x.iter()
                     .zip(y)
                     .all(|((ka, va), (kb, vb))| same(ka, kb) && same(va, vb))
         }
@@ -287,7 +286,15 @@ fn target() -> BoxedStrategy<Target> {
         opt_value(),
     )
         .prop_map(
-            |(address, durable, expiry_policy, timeout, dynamic, dynamic_node_properties, capabilities)| {
+            |(
+                address,
+                durable,
+                expiry_policy,
+                timeout,
+                dynamic,
+                dynamic_node_properties,
+                capabilities,
+            )| {
                 Target {
                     address,
                     durable,
@@ -313,18 +320,20 @@ fn open() -> BoxedStrategy<Performative> {
         opt_value(),
         opt_value(),
     )
-        .prop_map(|(container_id, hostname, mfs, cmax, idle, offered, desired, properties)| {
-            Performative::Open(Open {
-                container_id,
-                hostname,
-                max_frame_size: mfs,
-                channel_max: cmax,
-                idle_timeout: idle,
-                offered_capabilities: offered,
-                desired_capabilities: desired,
-                properties,
-            })
-        })
+        .prop_map(
+            |(container_id, hostname, mfs, cmax, idle, offered, desired, properties)| {
+                Performative::Open(Open {
+                    container_id,
+                    hostname,
+                    max_frame_size: mfs,
+                    channel_max: cmax,
+                    idle_timeout: idle,
+                    offered_capabilities: offered,
+                    desired_capabilities: desired,
+                    properties,
+                })
+            },
+        )
         .boxed()
 }
 
@@ -337,16 +346,18 @@ fn begin() -> BoxedStrategy<Performative> {
         option::of(any::<u32>()),
         opt_value(),
     )
-        .prop_map(|(remote_channel, next_out, in_win, out_win, handle_max, properties)| {
-            Performative::Begin(Begin {
-                remote_channel,
-                next_outgoing_id: next_out,
-                incoming_window: in_win,
-                outgoing_window: out_win,
-                handle_max,
-                properties,
-            })
-        })
+        .prop_map(
+            |(remote_channel, next_out, in_win, out_win, handle_max, properties)| {
+                Performative::Begin(Begin {
+                    remote_channel,
+                    next_outgoing_id: next_out,
+                    incoming_window: in_win,
+                    outgoing_window: out_win,
+                    handle_max,
+                    properties,
+                })
+            },
+        )
         .boxed()
 }
 
@@ -366,7 +377,20 @@ fn attach() -> BoxedStrategy<Performative> {
         opt_value(),
     )
         .prop_map(
-            |(name, handle, role, snd, rcv, source, target, idc, mms, offered, desired, properties)| {
+            |(
+                name,
+                handle,
+                role,
+                snd,
+                rcv,
+                source,
+                target,
+                idc,
+                mms,
+                offered,
+                desired,
+                properties,
+            )| {
                 Performative::Attach(Attach {
                     name,
                     handle,
@@ -400,7 +424,18 @@ fn flow() -> BoxedStrategy<Performative> {
         any::<bool>(),
     )
         .prop_map(
-            |(next_in, in_win, next_out, out_win, handle, count, credit, available, drain, echo)| {
+            |(
+                next_in,
+                in_win,
+                next_out,
+                out_win,
+                handle,
+                count,
+                credit,
+                available,
+                drain,
+                echo,
+            )| {
                 Performative::Flow(Flow {
                     next_incoming_id: next_in,
                     incoming_window: in_win,
@@ -482,13 +517,16 @@ fn performative() -> BoxedStrategy<Performative> {
         flow(),
         transfer(),
         disposition(),
-        (small_or_any_u32(), any::<bool>(), option::of(error_condition())).prop_map(
-            |(handle, closed, error)| Performative::Detach(Detach {
+        (
+            small_or_any_u32(),
+            any::<bool>(),
+            option::of(error_condition())
+        )
+            .prop_map(|(handle, closed, error)| Performative::Detach(Detach {
                 handle,
                 closed,
                 error
-            })
-        ),
+            })),
         option::of(error_condition()).prop_map(|error| Performative::End(End { error })),
         option::of(error_condition()).prop_map(|error| Performative::Close(Close { error })),
     ]
@@ -579,7 +617,11 @@ fn hostile_message() -> BoxedStrategy<Vec<u8>> {
 /// A read buffer of frames: a frame header (often near-valid) and body bytes.
 fn hostile_frames() -> BoxedStrategy<Vec<u8>> {
     let frame = (
-        prop_oneof![Just(None), (0u32..2048).prop_map(Some), any::<u32>().prop_map(Some)],
+        prop_oneof![
+            Just(None),
+            (0u32..2048).prop_map(Some),
+            any::<u32>().prop_map(Some)
+        ],
         prop_oneof![Just(2u8), any::<u8>()],
         prop_oneof![Just(0u8), Just(1u8), any::<u8>()],
         any::<u16>(),

@@ -199,8 +199,12 @@ fn large_message_is_split_into_frames_and_reassembled() {
     let (client_link, server_link) = p.attach(ch, Role::Sender, "q");
     p.server.grant_credit(server_link, 1, false);
     p.run();
+    p.server.grant_credit(server_link, 2, false);
+    p.run();
     let body: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
-    p.client.send(client_link, b"big", &body, false).expect("credit");
+    let first = p.client.send(client_link, b"big", &body, false).expect("credit");
+    let second = p.client.send(client_link, b"small", b"x", false).expect("credit");
+    assert_eq!(second, first + 1, "delivery ids count messages, not frames");
     p.run();
     let payloads: Vec<_> = p
         .server_events
@@ -210,7 +214,7 @@ fn large_message_is_split_into_frames_and_reassembled() {
             _ => None,
         })
         .collect();
-    assert_eq!(payloads.len(), 1, "one complete delivery: {:?}", p.server_events.iter().map(|e| format!("{e:?}").chars().take(200).collect::<String>()).collect::<Vec<_>>());
+    assert_eq!(payloads.len(), 2, "two complete deliveries: {:?}", p.server_events.iter().map(|e| format!("{e:?}").chars().take(200).collect::<String>()).collect::<Vec<_>>());
     assert_eq!(&payloads[0][..], &body[..]);
     assert!(p.server.is_open(), "no frame exceeded the limit");
 }

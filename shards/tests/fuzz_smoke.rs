@@ -111,9 +111,17 @@ fn conversations() -> Vec<Vec<u8>> {
     frame(&mut publish, 0, open.clone());
     frame(&mut publish, 0, begin.clone());
     frame(&mut publish, 0, attach("pub", 0, Role::Sender, "q"));
-    transfer_frame(&mut publish, transfer(0, 0, true, false), b"\x00\x53\x77\xa1\x05hel");
+    transfer_frame(
+        &mut publish,
+        transfer(0, 0, true, false),
+        b"\x00\x53\x77\xa1\x05hel",
+    );
     transfer_frame(&mut publish, transfer(0, 0, false, false), b"lo");
-    transfer_frame(&mut publish, transfer(0, 1, false, true), b"\x00\x53\x77\x40");
+    transfer_frame(
+        &mut publish,
+        transfer(0, 1, false, true),
+        b"\x00\x53\x77\x40",
+    );
     frame(
         &mut publish,
         0,
@@ -176,7 +184,11 @@ fn conversations() -> Vec<Vec<u8>> {
             batchable: false,
         }),
     );
-    frame(&mut consume, 0, attach("!refused", 1, Role::Receiver, "nowhere"));
+    frame(
+        &mut consume,
+        0,
+        attach("!refused", 1, Role::Receiver, "nowhere"),
+    );
     frame(&mut consume, 0, Performative::End(End { error: None }));
 
     // SASL first: the body adds no AMQP header when its control bit says so.

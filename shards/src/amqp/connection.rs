@@ -153,7 +153,10 @@ struct Partial {
 
 struct Session {
     remote_channel: Option<u16>,
+    /// Transfer-id of our next transfer frame (session flow control counts frames).
     next_outgoing_id: u32,
+    /// Delivery-id of our next message (one per delivery, however many frames).
+    next_delivery_id: u32,
     /// Peer's window for our transfers, computed from its last flow/begin.
     remote_incoming_window: u32,
     next_incoming_id: u32,
@@ -1171,7 +1174,8 @@ impl Connection {
         }
         state.credit -= 1;
         state.delivery_count = state.delivery_count.wrapping_add(1);
-        let delivery_id = s.next_outgoing_id;
+        let delivery_id = s.next_delivery_id;
+        s.next_delivery_id = s.next_delivery_id.wrapping_add(1);
         let mut offset = 0;
         let mut first = true;
         loop {
@@ -1327,6 +1331,7 @@ impl Session {
         Session {
             remote_channel: None,
             next_outgoing_id: 0,
+            next_delivery_id: 0,
             remote_incoming_window: 0,
             next_incoming_id: 0,
             links: HashMap::new(),

@@ -180,7 +180,11 @@ class Client(MessagingHandler):
 
     def on_connection_closed(self, event):
         if self._is_current(event) and self.finishing:
+            # The broker has answered our close, so everything we sent has been
+            # read. Stop now: left alone, the reactor would first sit out its
+            # ~3 s idle poll before noticing the cancelled deadline timer.
             self.deadline_task.cancel()
+            self.container.stop()
 
     # --- errors: any of these ends the client --------------------------------
 
