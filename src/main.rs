@@ -34,7 +34,9 @@ fn main() -> ExitCode {
 fn init_logging(cfg: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.log_enable));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false)
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     if cfg.log_to_stderr {
         builder.with_writer(std::io::stderr).init();
@@ -94,7 +96,10 @@ fn run(cfg: &Config) -> Result<(), String> {
         if cfg.auth { "yes" } else { "no" }
     );
     // The one stdout line scripts and tests wait for.
-    println!("tandemd listening on amqp://{} ({} shards)", running.addr, cfg.worker_threads);
+    println!(
+        "tandemd listening on amqp://{} ({} shards)",
+        running.addr, cfg.worker_threads
+    );
     use std::io::Write;
     let _ = std::io::stdout().flush();
 
@@ -131,7 +136,8 @@ fn resolve(interface: &str, port: u16) -> Result<SocketAddr, String> {
 
 /// Reads `user:password` lines (blank lines and `#` comments allowed).
 fn load_users(path: &Path) -> Result<HashMap<String, String>, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("users-file {}: {e}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("users-file {}: {e}", path.display()))?;
     let mut users = HashMap::new();
     for (n, line) in text.lines().enumerate() {
         let line = line.trim();

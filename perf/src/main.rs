@@ -92,13 +92,19 @@ fn main() -> ExitCode {
 
 fn throughput(t: &Throughput) -> Result<bool, String> {
     if t.size < 8 {
-        return Err(format!("--size {}: must be at least 8 (the sequence number)", t.size));
+        return Err(format!(
+            "--size {}: must be at least 8 (the sequence number)",
+            t.size
+        ));
     }
     let url: BrokerUrl = t.url.parse().map_err(|e| format!("--url: {e}"))?;
     let receiver = {
         let (url, t) = (url.clone(), t.clone());
-        let mut client = Client::connect(&url, &ClientOptions::default()).map_err(|e| e.to_string())?;
-        let link = client.receiver(&t.address, t.window).map_err(|e| e.to_string())?;
+        let mut client =
+            Client::connect(&url, &ClientOptions::default()).map_err(|e| e.to_string())?;
+        let link = client
+            .receiver(&t.address, t.window)
+            .map_err(|e| e.to_string())?;
         std::thread::spawn(move || receive(&mut client, link, &t))
     };
     let start = Instant::now();
@@ -182,7 +188,11 @@ fn send(url: &BrokerUrl, t: &Throughput) -> Result<SendReport, ClientError> {
     Ok(report)
 }
 
-fn receive(client: &mut Client, link: tandem_shards::amqp::connection::LinkKey, t: &Throughput) -> Result<RecvReport, ClientError> {
+fn receive(
+    client: &mut Client,
+    link: tandem_shards::amqp::connection::LinkKey,
+    t: &Throughput,
+) -> Result<RecvReport, ClientError> {
     let mut seen = vec![false; t.messages as usize];
     let mut report = RecvReport {
         received: 0,

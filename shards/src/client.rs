@@ -20,7 +20,10 @@ use crate::url::BrokerUrl;
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("cannot connect to {addr}: {source}")]
-    Connect { addr: String, source: std::io::Error },
+    Connect {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("connection lost: {0}")]
     Io(#[from] std::io::Error),
     #[error("connection closed by the broker: {0}")]
@@ -87,22 +90,41 @@ impl Client {
             let resolved = match target.to_socket_addrs() {
                 Ok(mut a) => a.next(),
                 Err(e) => {
-                    last = Some(ClientError::Connect { addr: target, source: e });
+                    last = Some(ClientError::Connect {
+                        addr: target,
+                        source: e,
+                    });
                     continue;
                 }
             };
             let Some(sock) = resolved else { continue };
             match TcpStream::connect_timeout(&sock, timeout) {
-                Ok(stream) => return Client::handshake(stream, url, addr.host.clone(), opts, timeout),
-                Err(e) => last = Some(ClientError::Connect { addr: target, source: e }),
+                Ok(stream) => {
+                    return Client::handshake(stream, url, addr.host.clone(), opts, timeout)
+                }
+                Err(e) => {
+                    last = Some(ClientError::Connect {
+                        addr: target,
+                        source: e,
+                    })
+                }
             }
         }
         Err(last.unwrap_or(ClientError::Closed("no address in URL".into())))
     }
 
-    fn handshake(stream: TcpStream, url: &BrokerUrl, host: String, opts: &ClientOptions, timeout: Duration) -> Result<Client, ClientError> {
+    fn handshake(
+        stream: TcpStream,
+        url: &BrokerUrl,
+        host: String,
+        opts: &ClientOptions,
+        timeout: Duration,
+    ) -> Result<Client, ClientError> {
         stream.set_nodelay(true)?;
-        let credentials = url.user.clone().map(|u| (u, url.password.clone().unwrap_or_default()));
+        let credentials = url
+            .user
+            .clone()
+            .map(|u| (u, url.password.clone().unwrap_or_default()));
         let properties = (!opts.properties.is_empty()).then(|| {
             Value::Map(
                 opts.properties
@@ -122,7 +144,10 @@ impl Client {
             properties,
             max_message_size: 256 * 1024 * 1024,
             hostname: Some(host),
-            sasl: Sasl::Client { credentials, skip: false },
+            sasl: Sasl::Client {
+                credentials,
+                skip: false,
+            },
         };
         let conn = Connection::client(cfg, Instant::now());
         let mut c = Client {
@@ -156,7 +181,8 @@ impl Client {
             self.stream.write_all(&out)?;
             self.conn.wrote(Instant::now());
         }
-        self.stream.set_read_timeout(Some(wait.max(Duration::from_millis(1))))?;
+        self.stream
+            .set_read_timeout(Some(wait.max(Duration::from_millis(1))))?;
         let mut chunk = [0u8; 64 * 1024];
         match self.stream.read(&mut chunk) {
             Ok(0) => self.conn.input_eof(),
@@ -164,7 +190,11 @@ impl Client {
                 self.read_buf.extend_from_slice(&chunk[..n]);
                 self.conn.input(&mut self.read_buf, Instant::now());
             }
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
             Err(e) => return Err(e.into()),
         }
         while let Some(ev) = self.conn.poll_event() {
@@ -185,7 +215,11 @@ impl Client {
             }
             Event::Begun { .. } => self.begun = true,
             Event::Attached { link, attach } => {
-                let refused = if attach.role == Role::Sender { attach.source.is_none() } else { attach.target.is_none() };
+                let refused = if attach.role == Role::Sender {
+                    attach.source.is_none()
+                } else {
+                    attach.target.is_none()
+                };
                 self.link_properties.insert(link, attach.properties.clone());
                 if !refused {
                     self.attached.insert(link, attach);
@@ -193,8 +227,12 @@ impl Client {
             }
             Event::Detached { link, error, .. } => {
                 self.attached.remove(&link);
-                self.refused
-                    .insert(link, error.map(|e| e.to_string()).unwrap_or_else(|| "detached".into()));
+                self.refused.insert(
+                    link,
+                    error
+                        .map(|e| e.to_string())
+                        .unwrap_or_else(|| "detached".into()),
+                );
             }
             Event::Transfer {
                 link,
@@ -222,13 +260,21 @@ impl Client {
                 }
             }
             Event::Closed { error, .. } => {
-                self.closed = Some(error.map(|e| e.to_string()).unwrap_or_else(|| "closed".into()));
+                self.closed = Some(
+                    error
+                        .map(|e| e.to_string())
+                        .unwrap_or_else(|| "closed".into()),
+                );
             }
             Event::Credit { .. } | Event::Ended { .. } | Event::Authenticated { .. } => {}
         }
     }
 
-    fn wait_for(&mut self, what: &'static str, done: impl Fn(&Client) -> bool) -> Result<(), ClientError> {
+    fn wait_for(
+        &mut self,
+        what: &'static str,
+        done: impl Fn(&Client) -> bool,
+    ) -> Result<(), ClientError> {
         let deadline = Instant::now() + self.timeout;
         loop {
             if done(self) {
@@ -245,8 +291,19 @@ impl Client {
         }
     }
 
-    fn attach(&mut self, role: Role, source: Source, target: Target, settled: bool) -> Result<LinkKey, ClientError> {
-        let address = if role == Role::Sender { target.address.clone() } else { source.address.clone() }.unwrap_or_default();
+    fn attach(
+        &mut self,
+        role: Role,
+        source: Source,
+        target: Target,
+        settled: bool,
+    ) -> Result<LinkKey, ClientError> {
+        let address = if role == Role::Sender {
+            target.address.clone()
+        } else {
+            source.address.clone()
+        }
+        .unwrap_or_default();
         self.next_link += 1;
         let attach = Attach {
             name: format!("{}-{}-{}", address, std::process::id(), self.next_link),
@@ -266,7 +323,9 @@ impl Client {
             .conn
             .attach(self.channel, attach)
             .ok_or_else(|| ClientError::Closed("session is gone".into()))?;
-        self.wait_for("attach", |c| c.attached.contains_key(&link) || c.refused.contains_key(&link))?;
+        self.wait_for("attach", |c| {
+            c.attached.contains_key(&link) || c.refused.contains_key(&link)
+        })?;
         if let Some(error) = self.refused.remove(&link) {
             return Err(ClientError::Refused { address, error });
         }
@@ -323,7 +382,12 @@ impl Client {
     }
 
     /// Sends one message, waiting for credit; returns its delivery id.
-    pub fn send(&mut self, link: LinkKey, payload: &[u8], settled: bool) -> Result<u32, ClientError> {
+    pub fn send(
+        &mut self,
+        link: LinkKey,
+        payload: &[u8],
+        settled: bool,
+    ) -> Result<u32, ClientError> {
         let deadline = Instant::now() + self.timeout;
         let mut tag_source = [0u8; 8];
         loop {
@@ -375,8 +439,20 @@ impl Client {
     }
 
     /// Settles deliveries `first..=last` of our session at once.
-    pub fn settle_range(&mut self, first: u32, last: u32, state: DeliveryState) -> Result<(), ClientError> {
-        self.conn.disposition(self.channel, Role::Receiver, first, last, true, Some(&state));
+    pub fn settle_range(
+        &mut self,
+        first: u32,
+        last: u32,
+        state: DeliveryState,
+    ) -> Result<(), ClientError> {
+        self.conn.disposition(
+            self.channel,
+            Role::Receiver,
+            first,
+            last,
+            true,
+            Some(&state),
+        );
         Ok(())
     }
 
@@ -391,7 +467,13 @@ impl Client {
     }
 
     /// Sends without waiting: `None` when the link has no credit now.
-    pub fn try_send(&mut self, link: LinkKey, tag: &[u8], payload: &[u8], settled: bool) -> Option<u32> {
+    pub fn try_send(
+        &mut self,
+        link: LinkKey,
+        tag: &[u8],
+        payload: &[u8],
+        settled: bool,
+    ) -> Option<u32> {
         self.conn.send(link, tag, payload, settled)
     }
 
@@ -416,8 +498,14 @@ impl Client {
     /// Settles a received message with `state` (accepted, released, ...).
     pub fn settle(&mut self, m: &Received, state: DeliveryState) -> Result<(), ClientError> {
         if !m.settled {
-            self.conn
-                .disposition(self.channel, Role::Receiver, m.delivery_id, m.delivery_id, true, Some(&state));
+            self.conn.disposition(
+                self.channel,
+                Role::Receiver,
+                m.delivery_id,
+                m.delivery_id,
+                true,
+                Some(&state),
+            );
             self.pump(Duration::from_millis(0))?;
         }
         Ok(())

@@ -52,7 +52,10 @@ pub enum BindingKey {
     /// Exact subject (direct) or topic pattern (topic).
     Key(String),
     /// Headers match: `all` or `any` of these application properties.
-    Headers { match_all: bool, values: Vec<(String, Value)> },
+    Headers {
+        match_all: bool,
+        values: Vec<(String, Value)>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -116,8 +119,12 @@ impl Exchange {
         match (key, self.kind) {
             (BindingKey::All, _) | (_, ExchangeType::Fanout) => true,
             (BindingKey::Key(k), ExchangeType::Direct) => msg.subject == Some(k.as_str()),
-            (BindingKey::Key(p), ExchangeType::Topic) => topic_matches(p, msg.subject.unwrap_or("")),
-            (BindingKey::Headers { match_all, values }, _) => headers_match(*match_all, values, msg.properties),
+            (BindingKey::Key(p), ExchangeType::Topic) => {
+                topic_matches(p, msg.subject.unwrap_or(""))
+            }
+            (BindingKey::Headers { match_all, values }, _) => {
+                headers_match(*match_all, values, msg.properties)
+            }
             (BindingKey::Key(k), ExchangeType::Headers) => msg.subject == Some(k.as_str()),
         }
     }
@@ -127,7 +134,11 @@ impl Exchange {
 /// zero or more words.
 pub fn topic_matches(pattern: &str, subject: &str) -> bool {
     let p: Vec<&str> = pattern.split('.').collect();
-    let s: Vec<&str> = if subject.is_empty() { Vec::new() } else { subject.split('.').collect() };
+    let s: Vec<&str> = if subject.is_empty() {
+        Vec::new()
+    } else {
+        subject.split('.').collect()
+    };
     match_words(&p, &s)
 }
 
@@ -148,7 +159,9 @@ fn match_words(p: &[&str], s: &[&str]) -> bool {
 fn headers_match(match_all: bool, values: &[(String, Value)], props: Option<&Value>) -> bool {
     let hit = |(k, v): &(String, Value)| match props.and_then(|p| p.map_get(k)) {
         None => false,
-        Some(actual) => v.is_null() || actual == v || (v.as_str().is_some() && actual.as_str() == v.as_str()),
+        Some(actual) => {
+            v.is_null() || actual == v || (v.as_str().is_some() && actual.as_str() == v.as_str())
+        }
     };
     if values.is_empty() {
         return true;
@@ -246,8 +259,14 @@ mod tests {
         ]))
         .expect("key");
         let mut ex = Exchange::new("amq.match", ExchangeType::Headers);
-        ex.bind(Binding { queue: "a".into(), key: all });
-        ex.bind(Binding { queue: "b".into(), key: any });
+        ex.bind(Binding {
+            queue: "a".into(),
+            key: all,
+        });
+        ex.bind(Binding {
+            queue: "b".into(),
+            key: any,
+        });
         let mut out = Vec::new();
         ex.route(
             &RoutingInfo {

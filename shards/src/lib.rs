@@ -10,10 +10,10 @@
 
 pub mod amqp;
 pub mod broker;
+pub mod client;
+pub mod duration;
 pub mod exchange;
 pub mod placement;
 pub mod queue;
 pub mod runtime;
 pub mod url;
-pub mod duration;
-pub mod client;

@@ -183,7 +183,8 @@ impl Queue {
 
     fn is_full_for(&self, size: u64) -> bool {
         let s = &self.settings;
-        (s.max_count > 0 && self.depth() >= s.max_count) || (s.max_size > 0 && self.bytes + size > s.max_size && self.depth() > 0)
+        (s.max_count > 0 && self.depth() >= s.max_count)
+            || (s.max_size > 0 && self.bytes + size > s.max_size && self.depth() > 0)
     }
 
     pub fn stats(&self) -> QueueStats {
@@ -264,7 +265,13 @@ impl Queue {
 
     /// Adds credit; with `drain`, returns the credit left unused after dispatching
     /// (the consumer's shard uses it to complete the drain).
-    pub fn add_credit(&mut self, who: ConsumerRef, credit: u32, drain: bool, out: &mut Vec<Delivery>) -> Option<u32> {
+    pub fn add_credit(
+        &mut self,
+        who: ConsumerRef,
+        credit: u32,
+        drain: bool,
+        out: &mut Vec<Delivery>,
+    ) -> Option<u32> {
         if let Some(c) = self.consumers.iter_mut().find(|c| c.who == who) {
             c.credit = c.credit.saturating_add(credit);
         }
@@ -281,7 +288,11 @@ impl Queue {
     /// Hands available messages to consumers with credit (round robin), and lets
     /// browsers see what they have not seen.
     pub fn dispatch(&mut self, out: &mut Vec<Delivery>) {
-        for c in self.consumers.iter_mut().filter(|c| c.browse && c.credit > 0) {
+        for c in self
+            .consumers
+            .iter_mut()
+            .filter(|c| c.browse && c.credit > 0)
+        {
             for (pos, e) in self.available.range(c.cursor..) {
                 if c.credit == 0 {
                     break;
@@ -396,7 +407,10 @@ mod tests {
         ConsumerRef {
             shard: 0,
             conn: 1,
-            link: LinkKey { channel: 0, handle: n },
+            link: LinkKey {
+                channel: 0,
+                handle: n,
+            },
         }
     }
 
@@ -456,8 +470,14 @@ mod tests {
             },
         );
         let ack = |t| Some(AckTo { shard: 0, token: t });
-        assert!(matches!(q.enqueue(msg("1"), ack(1)), EnqueueOutcome::Stored));
-        assert!(matches!(q.enqueue(msg("2"), ack(2)), EnqueueOutcome::Stored));
+        assert!(matches!(
+            q.enqueue(msg("1"), ack(1)),
+            EnqueueOutcome::Stored
+        ));
+        assert!(matches!(
+            q.enqueue(msg("2"), ack(2)),
+            EnqueueOutcome::Stored
+        ));
         assert!(matches!(q.enqueue(msg("3"), ack(3)), EnqueueOutcome::Held));
         assert!(matches!(q.enqueue(msg("4"), ack(4)), EnqueueOutcome::Held));
         q.subscribe(who(1), false, false);

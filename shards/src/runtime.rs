@@ -36,7 +36,10 @@ pub enum StartError {
     #[error("port {port} on {interface} is already in use (another broker running?); choose another with --port")]
     PortInUse { interface: String, port: u16 },
     #[error("cannot listen on {addr}: {source}")]
-    Listen { addr: SocketAddr, source: std::io::Error },
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error(
         "cannot start the io_uring runtime: {reason}. Tandem needs Linux 5.8+ with io_uring enabled \
          (sysctl kernel.io_uring_disabled=0; containers must not block io_uring_setup via seccomp) \
@@ -120,11 +123,15 @@ pub fn start(settings: BrokerSettings, bind: SocketAddr) -> Result<Running, Star
                     port: bind.port(),
                 }
             } else {
-                StartError::Listen { addr: bind, source: e }
+                StartError::Listen {
+                    addr: bind,
+                    source: e,
+                }
             });
         }
     }
-    let first = listener_socket(bind).map_err(|source| StartError::Listen { addr: bind, source })?;
+    let first =
+        listener_socket(bind).map_err(|source| StartError::Listen { addr: bind, source })?;
     let addr = first
         .local_addr()
         .ok()
@@ -135,7 +142,8 @@ pub fn start(settings: BrokerSettings, bind: SocketAddr) -> Result<Running, Star
         })?;
     let mut listeners = vec![first];
     for _ in 1..n {
-        listeners.push(listener_socket(addr).map_err(|source| StartError::Listen { addr, source })?);
+        listeners
+            .push(listener_socket(addr).map_err(|source| StartError::Listen { addr, source })?);
     }
 
     // Rings and doorbells for every ordered pair (i -> j).
@@ -160,7 +168,12 @@ pub fn start(settings: BrokerSettings, bind: SocketAddr) -> Result<Running, Star
     let settings = Arc::new(settings);
     let (ready_tx, ready_rx) = mpsc::channel::<Result<usize, (usize, String)>>();
     let mut handles = Vec::new();
-    for (id, ((listener, out), inc)) in listeners.into_iter().zip(outgoing).zip(incoming).enumerate() {
+    for (id, ((listener, out), inc)) in listeners
+        .into_iter()
+        .zip(outgoing)
+        .zip(incoming)
+        .enumerate()
+    {
         let placement = if n <= cores.len() {
             Placement::Fixed(cores[id])
         } else {
@@ -195,13 +208,19 @@ pub fn start(settings: BrokerSettings, bind: SocketAddr) -> Result<Running, Star
             }
         }
     }
-    Ok(Running { addr, stop, handles })
+    Ok(Running {
+        addr,
+        stop,
+        handles,
+    })
 }
 
 fn core_ids() -> Vec<usize> {
     // SAFETY: sched_getaffinity fills the set we pass.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    let ok = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) } == 0;
+    let ok =
+        unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) }
+            == 0;
     if !ok {
         return Vec::new();
     }
@@ -280,7 +299,9 @@ async fn shard_main(
     let (rt_ready_tx, rt_ready_rx) = local_channel::new_bounded::<()>(1);
     let rt_ready_rx = Rc::new(rt_ready_rx);
     for (from, slot) in incoming.into_iter().enumerate() {
-        let Some((mut ring, bell)) = slot else { continue };
+        let Some((mut ring, bell)) = slot else {
+            continue;
+        };
         let rt_slot = rt_slot.clone();
         let rt_ready = rt_ready_rx.clone();
         glommio::spawn_local(async move {
@@ -354,7 +375,10 @@ async fn shard_main(
             }
             if conn_count.fetch_add(1, Ordering::Relaxed) >= settings.max_connections {
                 conn_count.fetch_sub(1, Ordering::Relaxed);
-                tracing::warn!("connection refused: max-connections ({}) reached", settings.max_connections);
+                tracing::warn!(
+                    "connection refused: max-connections ({}) reached",
+                    settings.max_connections
+                );
                 continue;
             }
             serve(&accept_rt, stream, &settings, conn_count.clone());
@@ -392,9 +416,17 @@ async fn shard_main(
 }
 
 /// Starts the reader and writer tasks of a new connection.
-fn serve(rt: &Rc<Runtime>, stream: TcpStream, settings: &Arc<BrokerSettings>, conn_count: Arc<AtomicUsize>) {
+fn serve(
+    rt: &Rc<Runtime>,
+    stream: TcpStream,
+    settings: &Arc<BrokerSettings>,
+    conn_count: Arc<AtomicUsize>,
+) {
     let _ = stream.set_nodelay(true);
-    let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+    let peer = stream
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
     // The writer gets its own descriptor for the socket so reads and writes can be
     // in flight at once without a lock.
     // SAFETY: dup of a valid open socket; the new fd is owned by the new stream.
@@ -446,7 +478,10 @@ fn connection_config(settings: &BrokerSettings, shard: usize) -> ConnectionConfi
         idle_timeout: settings.idle_timeout,
         properties: Some(Value::Map(vec![
             (Value::symbol("product"), Value::string("tandem")),
-            (Value::symbol("version"), Value::string(env!("CARGO_PKG_VERSION"))),
+            (
+                Value::symbol("version"),
+                Value::string(env!("CARGO_PKG_VERSION")),
+            ),
             (Value::symbol("tandem.shard"), Value::Uint(shard as u32)),
         ])),
         max_message_size: settings.max_message_size,
@@ -475,7 +510,9 @@ async fn read_loop(rt: Rc<Runtime>, id: u64, mut stream: TcpStream) {
             rt.after_step();
             break;
         }
-        rt.shard.borrow_mut().conn_input(id, &mut buf, Instant::now());
+        rt.shard
+            .borrow_mut()
+            .conn_input(id, &mut buf, Instant::now());
         rt.after_step();
         if rt.shard.borrow().conn_closed(id) {
             break;
@@ -483,7 +520,13 @@ async fn read_loop(rt: Rc<Runtime>, id: u64, mut stream: TcpStream) {
     }
 }
 
-async fn write_loop(rt: Rc<Runtime>, id: u64, mut stream: TcpStream, wake: LocalReceiver<()>, conn_count: Arc<AtomicUsize>) {
+async fn write_loop(
+    rt: Rc<Runtime>,
+    id: u64,
+    mut stream: TcpStream,
+    wake: LocalReceiver<()>,
+    conn_count: Arc<AtomicUsize>,
+) {
     let mut closing_since: Option<Instant> = None;
     loop {
         let out = rt.shard.borrow_mut().conn_output(id);

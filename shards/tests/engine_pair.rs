@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use tandem_shards::amqp::connection::{Connection, ConnectionConfig, Event, LinkKey, Sasl};
 use tandem_shards::amqp::frame::write_frame;
-use tandem_shards::amqp::performative::{Attach, DeliveryState, Performative, Role, Source, Target, Transfer};
+use tandem_shards::amqp::performative::{
+    Attach, DeliveryState, Performative, Role, Source, Target, Transfer,
+};
 
 struct Pair {
     client: Connection,
@@ -44,7 +46,11 @@ fn server_sasl(require: bool) -> Sasl {
 }
 
 impl Pair {
-    fn new(credentials: Option<(&str, &str)>, server_frame: u32, client_idle: Option<Duration>) -> Pair {
+    fn new(
+        credentials: Option<(&str, &str)>,
+        server_frame: u32,
+        client_idle: Option<Duration>,
+    ) -> Pair {
         let now = Instant::now();
         let client = Connection::client(
             config(
@@ -130,8 +136,13 @@ impl Pair {
                 _ => None,
             })
             .expect("server saw the attach");
-        self.server
-            .accept_attach(server_link, &remote, remote.source.clone(), remote.target.clone(), None);
+        self.server.accept_attach(
+            server_link,
+            &remote,
+            remote.source.clone(),
+            remote.target.clone(),
+            None,
+        );
         self.run();
         (client_link, server_link)
     }
@@ -165,24 +176,41 @@ fn transfer_within_credit_then_settle_with_accepted() {
     let ch = p.open_session();
     // Client sends, server receives.
     let (client_link, server_link) = p.attach(ch, Role::Sender, "q");
-    assert_eq!(p.client.send(client_link, b"t1", b"hello", false), None, "no credit yet");
+    assert_eq!(
+        p.client.send(client_link, b"t1", b"hello", false),
+        None,
+        "no credit yet"
+    );
     p.server.grant_credit(server_link, 2, false);
     p.run();
     assert_eq!(p.client.credit(client_link), 2);
-    let id = p.client.send(client_link, b"t1", b"hello", false).expect("credit");
+    let id = p
+        .client
+        .send(client_link, b"t1", b"hello", false)
+        .expect("credit");
     p.run();
     let got = p
         .server_events
         .iter()
         .find_map(|e| match e {
-            Event::Transfer { payload, delivery_id, .. } => Some((payload.clone(), *delivery_id)),
+            Event::Transfer {
+                payload,
+                delivery_id,
+                ..
+            } => Some((payload.clone(), *delivery_id)),
             _ => None,
         })
         .expect("delivered");
     assert_eq!(&got.0[..], b"hello");
     assert_eq!(got.1, id);
-    p.server
-        .disposition(ch, Role::Receiver, id, id, true, Some(&DeliveryState::Accepted));
+    p.server.disposition(
+        ch,
+        Role::Receiver,
+        id,
+        id,
+        true,
+        Some(&DeliveryState::Accepted),
+    );
     p.run();
     assert!(p.client_events.iter().any(|e| matches!(
         e,
@@ -202,8 +230,14 @@ fn large_message_is_split_into_frames_and_reassembled() {
     p.server.grant_credit(server_link, 2, false);
     p.run();
     let body: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
-    let first = p.client.send(client_link, b"big", &body, false).expect("credit");
-    let second = p.client.send(client_link, b"small", b"x", false).expect("credit");
+    let first = p
+        .client
+        .send(client_link, b"big", &body, false)
+        .expect("credit");
+    let second = p
+        .client
+        .send(client_link, b"small", b"x", false)
+        .expect("credit");
     assert_eq!(second, first + 1, "delivery ids count messages, not frames");
     p.run();
     let payloads: Vec<_> = p
@@ -214,7 +248,15 @@ fn large_message_is_split_into_frames_and_reassembled() {
             _ => None,
         })
         .collect();
-    assert_eq!(payloads.len(), 2, "two complete deliveries: {:?}", p.server_events.iter().map(|e| format!("{e:?}").chars().take(200).collect::<String>()).collect::<Vec<_>>());
+    assert_eq!(
+        payloads.len(),
+        2,
+        "two complete deliveries: {:?}",
+        p.server_events
+            .iter()
+            .map(|e| format!("{e:?}").chars().take(200).collect::<String>())
+            .collect::<Vec<_>>()
+    );
     assert_eq!(&payloads[0][..], &body[..]);
     assert!(p.server.is_open(), "no frame exceeded the limit");
 }
@@ -226,7 +268,9 @@ fn transfer_without_credit_detaches_the_link() {
     let (client_link, server_link) = p.attach(ch, Role::Sender, "q");
     p.server.grant_credit(server_link, 1, false);
     p.run();
-    p.client.send(client_link, b"a", b"1", true).expect("credit");
+    p.client
+        .send(client_link, b"a", b"1", true)
+        .expect("credit");
     p.run();
     assert_eq!(p.client.credit(client_link), 0);
     // Our engine never sends without credit, so forge the misbehaving peer's frame.
@@ -249,7 +293,10 @@ fn transfer_without_credit_detaches_the_link() {
         Event::Detached { link, error: Some(err), .. }
             if *link == client_link && err.condition == "amqp:link:transfer-limit-exceeded"
     )));
-    assert!(p.server.is_open(), "only the link is closed, not the connection");
+    assert!(
+        p.server.is_open(),
+        "only the link is closed, not the connection"
+    );
 }
 
 #[test]
@@ -268,7 +315,10 @@ fn heartbeats_are_sent_at_half_the_peer_idle_timeout_and_silence_closes() {
     p.client.tick(p.now);
     let mut closed = false;
     while let Some(e) = p.client.poll_event() {
-        if let Event::Closed { error: Some(err), .. } = e {
+        if let Event::Closed {
+            error: Some(err), ..
+        } = e
+        {
             assert_eq!(err.condition, "amqp:resource-limit-exceeded");
             closed = true;
         }

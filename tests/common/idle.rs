@@ -87,6 +87,6 @@ pub fn wait_until_idle(pids: &[u32], quiet_for: Duration, deadline: Duration) ->
         if now >= end {
             return false;
         }
-        thread::sleep(POLL_INTERVAL);
+        thread::sleep(POLL_INTERVAL); // poll: the loop above checks the deadline
     }
 }

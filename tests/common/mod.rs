@@ -56,7 +56,7 @@ pub fn wait_until(deadline: Duration, mut condition: impl FnMut() -> bool) -> bo
         if Instant::now() >= end {
             return false;
         }
-        thread::sleep(POLL_INTERVAL);
+        thread::sleep(POLL_INTERVAL); // poll: the loop above checks the deadline
     }
 }
 

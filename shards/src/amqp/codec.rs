@@ -766,12 +766,12 @@ impl Decoder {
                     self.u32()? as usize
                 };
                 let b = self.slice(n)?;
-                Value::String(
-                    String::from_utf8(b.to_vec()).map_err(|_| CodecError::InvalidText {
+                Value::String(String::from_utf8(b.to_vec()).map_err(|_| {
+                    CodecError::InvalidText {
                         at,
                         what: "utf-8 string",
-                    })?,
-                )
+                    }
+                })?)
             }
             0xa3 | 0xb3 => {
                 let n = if code == 0xa3 {
@@ -783,9 +783,10 @@ impl Decoder {
                 if !b.is_ascii() {
                     return Err(CodecError::InvalidText { at, what: "symbol" });
                 }
-                Value::Symbol(String::from_utf8(b.to_vec()).map_err(|_| {
-                    CodecError::InvalidText { at, what: "symbol" }
-                })?)
+                Value::Symbol(
+                    String::from_utf8(b.to_vec())
+                        .map_err(|_| CodecError::InvalidText { at, what: "symbol" })?,
+                )
             }
             0x45 => Value::List(Vec::new()),
             0xc0 | 0xd0 => {
@@ -1036,7 +1037,10 @@ mod tests {
             Err(CodecError::UnknownFormatCode { code: 0x3f, .. })
         ));
         // A list claiming a billion elements in a few bytes.
-        assert!(decode_exact(Bytes::from_static(&[0xd0, 0, 0, 0, 5, 0x3b, 0x9a, 0xca, 0, 0x40])).is_err());
+        assert!(decode_exact(Bytes::from_static(&[
+            0xd0, 0, 0, 0, 5, 0x3b, 0x9a, 0xca, 0, 0x40
+        ]))
+        .is_err());
     }
 
     #[test]
@@ -1049,7 +1053,12 @@ mod tests {
             Value::Described(Box::new(Value::Ulong(0x18)), Box::new(Value::List(vec![])))
         );
         let mut out = BytesMut::new();
-        ListWriter::new(&mut out, 0x13).uint(1).null().uint(3).null().finish();
+        ListWriter::new(&mut out, 0x13)
+            .uint(1)
+            .null()
+            .uint(3)
+            .null()
+            .finish();
         match decode_exact(out.freeze()).expect("decodes") {
             Value::Described(_, l) => assert_eq!(
                 *l,

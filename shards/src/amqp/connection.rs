@@ -15,12 +15,12 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use super::codec::Value;
 use super::frame::{
-    self, begin_frame, decode_amqp, decode_sasl, end_frame, split_frame, write_frame, write_heartbeat,
-    write_sasl_frame, AMQP_HEADER, FRAME_AMQP, MIN_MAX_FRAME_SIZE, SASL_HEADER,
+    self, begin_frame, decode_amqp, decode_sasl, end_frame, split_frame, write_frame,
+    write_heartbeat, write_sasl_frame, AMQP_HEADER, FRAME_AMQP, MIN_MAX_FRAME_SIZE, SASL_HEADER,
 };
 use super::performative::{
-    condition, Attach, Begin, Close, Detach, Disposition, End, ErrorCondition, Flow, Open, Performative, Role,
-    SaslFrame, Source, Target, Transfer,
+    condition, Attach, Begin, Close, Detach, Disposition, End, ErrorCondition, Flow, Open,
+    Performative, Role, SaslFrame, Source, Target, Transfer,
 };
 
 /// A link as the application names it: local channel and local handle.
@@ -45,7 +45,10 @@ pub enum Sasl {
         require: bool,
     },
     /// Client: use SASL with these credentials (`None`: ANONYMOUS), or skip SASL.
-    Client { credentials: Option<(String, String)>, skip: bool },
+    Client {
+        credentials: Option<(String, String)>,
+        skip: bool,
+    },
 }
 
 /// Settings of one end.
@@ -94,7 +97,11 @@ pub enum Event {
     },
     /// Credit changed on a link (sender side: how much we may send now; receiver
     /// side after the peer's flow: credit left).
-    Credit { link: LinkKey, credit: u32, drain: bool },
+    Credit {
+        link: LinkKey,
+        credit: u32,
+        drain: bool,
+    },
     /// The peer detached a link (our detach reply was sent if needed).
     Detached {
         link: LinkKey,
@@ -102,7 +109,10 @@ pub enum Event {
         error: Option<ErrorCondition>,
     },
     /// A session ended; its links are gone (each reported as detached first).
-    Ended { channel: u16, error: Option<ErrorCondition> },
+    Ended {
+        channel: u16,
+        error: Option<ErrorCondition>,
+    },
     /// The connection is closed (by the peer, or by us with `error`): flush output
     /// and drop the socket.
     Closed {
@@ -295,7 +305,10 @@ impl Connection {
             self.drop_all_links();
             self.events.push_back(Event::Closed {
                 error: if by_peer {
-                    Some(ErrorCondition::new(condition::CONNECTION_FORCED, "socket closed without close frame"))
+                    Some(ErrorCondition::new(
+                        condition::CONNECTION_FORCED,
+                        "socket closed without close frame",
+                    ))
                 } else {
                     None
                 },
@@ -322,11 +335,18 @@ impl Connection {
 
     /// Spec 2.2: on an unsupported header, answer with the one we support, then close.
     fn fail_header(&mut self) {
-        let ours = if self.server_requires_sasl() { SASL_HEADER } else { AMQP_HEADER };
+        let ours = if self.server_requires_sasl() {
+            SASL_HEADER
+        } else {
+            AMQP_HEADER
+        };
         self.out.put_slice(&ours);
         self.phase = Phase::Closed;
         self.events.push_back(Event::Closed {
-            error: Some(ErrorCondition::new(condition::DECODE_ERROR, "bad protocol header")),
+            error: Some(ErrorCondition::new(
+                condition::DECODE_ERROR,
+                "bad protocol header",
+            )),
             by_peer: false,
         });
     }
@@ -336,7 +356,8 @@ impl Connection {
     }
 
     fn server_header(&mut self, header: [u8; 8]) -> bool {
-        let offers_sasl = matches!(&self.cfg.sasl, Sasl::Server { mechanisms, .. } if !mechanisms.is_empty());
+        let offers_sasl =
+            matches!(&self.cfg.sasl, Sasl::Server { mechanisms, .. } if !mechanisms.is_empty());
         if header == SASL_HEADER && self.phase == Phase::Header && offers_sasl {
             self.out.put_slice(&SASL_HEADER);
             if let Sasl::Server { mechanisms, .. } = &self.cfg.sasl {
@@ -344,7 +365,9 @@ impl Connection {
             }
             self.phase = Phase::Sasl;
             true
-        } else if header == AMQP_HEADER && (self.phase == Phase::AmqpHeader || !self.server_requires_sasl()) {
+        } else if header == AMQP_HEADER
+            && (self.phase == Phase::AmqpHeader || !self.server_requires_sasl())
+        {
             if self.phase == Phase::Header {
                 self.events.push_back(Event::Authenticated { user: None });
             }
@@ -367,7 +390,10 @@ impl Connection {
         } else {
             self.phase = Phase::Closed;
             self.events.push_back(Event::Closed {
-                error: Some(ErrorCondition::new(condition::DECODE_ERROR, "peer answered with an unsupported protocol header")),
+                error: Some(ErrorCondition::new(
+                    condition::DECODE_ERROR,
+                    "peer answered with an unsupported protocol header",
+                )),
                 by_peer: true,
             });
             false
@@ -392,7 +418,10 @@ impl Connection {
             Err(e) => {
                 self.phase = Phase::Closed;
                 self.events.push_back(Event::Closed {
-                    error: Some(ErrorCondition::new(condition::DECODE_ERROR, format!("bad SASL frame: {e}"))),
+                    error: Some(ErrorCondition::new(
+                        condition::DECODE_ERROR,
+                        format!("bad SASL frame: {e}"),
+                    )),
                     by_peer: false,
                 });
                 return false;
@@ -432,7 +461,8 @@ impl Connection {
             Some(user) => {
                 write_sasl_frame(&mut self.out, &SaslFrame::Outcome(0));
                 self.user = Some(user.clone());
-                self.events.push_back(Event::Authenticated { user: Some(user) });
+                self.events
+                    .push_back(Event::Authenticated { user: Some(user) });
                 self.phase = Phase::AmqpHeader;
                 true
             }
@@ -467,7 +497,9 @@ impl Connection {
                         r.extend_from_slice(pass.as_bytes());
                         ("PLAIN", Bytes::from(r))
                     }
-                    None if offered.iter().any(|m| m == "ANONYMOUS") => ("ANONYMOUS", Bytes::from_static(b"anonymous")),
+                    None if offered.iter().any(|m| m == "ANONYMOUS") => {
+                        ("ANONYMOUS", Bytes::from_static(b"anonymous"))
+                    }
                     _ => {
                         self.phase = Phase::Closed;
                         self.events.push_back(Event::Closed {
@@ -550,7 +582,12 @@ impl Connection {
         }
     }
 
-    fn handle(&mut self, channel: u16, perf: Performative, payload: Bytes) -> Result<(), ErrorCondition> {
+    fn handle(
+        &mut self,
+        channel: u16,
+        perf: Performative,
+        payload: Bytes,
+    ) -> Result<(), ErrorCondition> {
         match perf {
             Performative::Open(open) => self.on_open(open),
             Performative::Close(close) => {
@@ -575,7 +612,10 @@ impl Connection {
     }
 
     fn on_open(&mut self, open: Open) -> Result<(), ErrorCondition> {
-        self.remote_max_frame = open.max_frame_size.unwrap_or(u32::MAX).max(MIN_MAX_FRAME_SIZE);
+        self.remote_max_frame = open
+            .max_frame_size
+            .unwrap_or(u32::MAX)
+            .max(MIN_MAX_FRAME_SIZE);
         self.heartbeat_every = open
             .idle_timeout
             .filter(|ms| *ms > 0)
@@ -590,10 +630,17 @@ impl Connection {
     fn send_open(&mut self) {
         let open = Open {
             container_id: self.cfg.container_id.clone(),
-            hostname: if self.server { None } else { self.cfg.hostname.clone() },
+            hostname: if self.server {
+                None
+            } else {
+                self.cfg.hostname.clone()
+            },
             max_frame_size: Some(self.cfg.max_frame_size),
             channel_max: Some(self.cfg.channel_max),
-            idle_timeout: self.cfg.idle_timeout.map(|d| d.as_millis().min(u128::from(u32::MAX)) as u32),
+            idle_timeout: self
+                .cfg
+                .idle_timeout
+                .map(|d| d.as_millis().min(u128::from(u32::MAX)) as u32),
             properties: self.cfg.properties.clone(),
             ..Default::default()
         };
@@ -606,7 +653,11 @@ impl Connection {
             if !self.sent_open {
                 self.send_open();
             }
-            write_frame(&mut self.out, 0, &Performative::Close(Close { error: None }));
+            write_frame(
+                &mut self.out,
+                0,
+                &Performative::Close(Close { error: None }),
+            );
         }
         let by_peer = self.phase != Phase::Closing;
         self.phase = Phase::Closed;
@@ -619,13 +670,19 @@ impl Connection {
 
     fn local_channel(&self, remote: u16) -> Result<u16, ErrorCondition> {
         self.remote_channels.get(&remote).copied().ok_or_else(|| {
-            ErrorCondition::new(condition::FRAMING_ERROR, format!("frame on channel {remote}, which has no session"))
+            ErrorCondition::new(
+                condition::FRAMING_ERROR,
+                format!("frame on channel {remote}, which has no session"),
+            )
         })
     }
 
     fn on_begin(&mut self, channel: u16, begin: Begin) -> Result<(), ErrorCondition> {
         if self.remote_channels.contains_key(&channel) {
-            return Err(ErrorCondition::new(condition::FRAMING_ERROR, format!("begin on channel {channel}, which is in use")));
+            return Err(ErrorCondition::new(
+                condition::FRAMING_ERROR,
+                format!("begin on channel {channel}, which is in use"),
+            ));
         }
         let local = match begin.remote_channel {
             // The peer answers a begin of ours.
@@ -645,9 +702,14 @@ impl Connection {
             },
             None => {
                 if self.sessions.len() > usize::from(self.cfg.channel_max) {
-                    return Err(ErrorCondition::new(condition::FRAMING_ERROR, "channel-max exceeded"));
+                    return Err(ErrorCondition::new(
+                        condition::FRAMING_ERROR,
+                        "channel-max exceeded",
+                    ));
                 }
-                let local = (0..=u16::MAX).find(|c| !self.sessions.contains_key(c)).unwrap_or(0);
+                let local = (0..=u16::MAX)
+                    .find(|c| !self.sessions.contains_key(c))
+                    .unwrap_or(0);
                 let mut s = Session::new();
                 s.remote_channel = Some(channel);
                 s.remote_incoming_window = begin.incoming_window;
@@ -680,14 +742,21 @@ impl Connection {
             for (handle, link) in session.links {
                 if !link.detached {
                     self.events.push_back(Event::Detached {
-                        link: LinkKey { channel: local, handle },
+                        link: LinkKey {
+                            channel: local,
+                            handle,
+                        },
                         closed: false,
                         error: None,
                     });
                 }
             }
             if !session.ended_local {
-                write_frame(&mut self.out, local, &Performative::End(End { error: None }));
+                write_frame(
+                    &mut self.out,
+                    local,
+                    &Performative::End(End { error: None }),
+                );
             }
         }
         self.events.push_back(Event::Ended {
@@ -747,7 +816,10 @@ impl Connection {
             }
         }
         self.events.push_back(Event::Attached {
-            link: LinkKey { channel: local, handle },
+            link: LinkKey {
+                channel: local,
+                handle,
+            },
             attach,
         });
         Ok(())
@@ -774,7 +846,10 @@ impl Connection {
             );
         }
         self.events.push_back(Event::Detached {
-            link: LinkKey { channel: local, handle },
+            link: LinkKey {
+                channel: local,
+                handle,
+            },
             closed: detach.closed,
             error: detach.error,
         });
@@ -801,7 +876,9 @@ impl Connection {
                     Role::Sender => {
                         let their_count = flow.delivery_count.unwrap_or(link.delivery_count);
                         let credit = flow.link_credit.unwrap_or(0);
-                        link.credit = their_count.wrapping_add(credit).wrapping_sub(link.delivery_count);
+                        link.credit = their_count
+                            .wrapping_add(credit)
+                            .wrapping_sub(link.delivery_count);
                         // A credit wrapped "negative" means the peer revoked it.
                         if link.credit > i32::MAX as u32 {
                             link.credit = 0;
@@ -821,7 +898,10 @@ impl Connection {
                     }
                 }
                 self.events.push_back(Event::Credit {
-                    link: LinkKey { channel: local, handle },
+                    link: LinkKey {
+                        channel: local,
+                        handle,
+                    },
                     credit: link.credit,
                     drain: link.drain,
                 });
@@ -834,7 +914,12 @@ impl Connection {
         Ok(())
     }
 
-    fn on_transfer(&mut self, channel: u16, t: Transfer, payload: Bytes) -> Result<(), ErrorCondition> {
+    fn on_transfer(
+        &mut self,
+        channel: u16,
+        t: Transfer,
+        payload: Bytes,
+    ) -> Result<(), ErrorCondition> {
         let max_message = self.cfg.max_message_size;
         let (local, s) = session_of(&mut self.sessions, &self.remote_channels, channel)?;
         s.next_incoming_id = s.next_incoming_id.wrapping_add(1);
@@ -848,9 +933,15 @@ impl Connection {
             return Ok(());
         };
         if link.role != Role::Receiver {
-            return Err(ErrorCondition::new(condition::FRAMING_ERROR, "transfer on a link where we are the sender"));
+            return Err(ErrorCondition::new(
+                condition::FRAMING_ERROR,
+                "transfer on a link where we are the sender",
+            ));
         }
-        let key = LinkKey { channel: local, handle };
+        let key = LinkKey {
+            channel: local,
+            handle,
+        };
         let complete = match link.partial.take() {
             None => {
                 let (Some(delivery_id), Some(tag)) = (t.delivery_id, t.delivery_tag.clone()) else {
@@ -860,7 +951,10 @@ impl Connection {
                     ));
                 };
                 if link.credit == 0 {
-                    let error = ErrorCondition::new(condition::TRANSFER_LIMIT_EXCEEDED, "transfer without link credit");
+                    let error = ErrorCondition::new(
+                        condition::TRANSFER_LIMIT_EXCEEDED,
+                        "transfer without link credit",
+                    );
                     self.detach_with(key, error);
                     return Ok(());
                 }
@@ -928,7 +1022,10 @@ impl Connection {
         for (ch, s) in &self.sessions {
             for (h, l) in &s.links {
                 if !l.detached {
-                    keys.push(LinkKey { channel: *ch, handle: *h });
+                    keys.push(LinkKey {
+                        channel: *ch,
+                        handle: *h,
+                    });
                 }
             }
         }
@@ -959,15 +1056,26 @@ impl Connection {
         if !self.sent_open {
             self.send_open();
         }
-        write_frame(&mut self.out, 0, &Performative::Close(Close { error: error.clone() }));
+        write_frame(
+            &mut self.out,
+            0,
+            &Performative::Close(Close {
+                error: error.clone(),
+            }),
+        );
         self.phase = Phase::Closing;
         self.drop_all_links();
-        self.events.push_back(Event::Closed { error, by_peer: false });
+        self.events.push_back(Event::Closed {
+            error,
+            by_peer: false,
+        });
     }
 
     /// Client: begins a session; `Event::Begun` follows when the peer answers.
     pub fn begin(&mut self) -> u16 {
-        let local = (0..=u16::MAX).find(|c| !self.sessions.contains_key(c)).unwrap_or(0);
+        let local = (0..=u16::MAX)
+            .find(|c| !self.sessions.contains_key(c))
+            .unwrap_or(0);
         self.sessions.insert(local, Session::new());
         write_frame(
             &mut self.out,
@@ -1033,7 +1141,11 @@ impl Connection {
             rcv_settle_mode: Some(0),
             source,
             target,
-            initial_delivery_count: if state.role == Role::Sender { Some(0) } else { None },
+            initial_delivery_count: if state.role == Role::Sender {
+                Some(0)
+            } else {
+                None
+            },
             max_message_size: None,
             offered_capabilities: None,
             desired_capabilities: None,
@@ -1165,8 +1277,16 @@ impl Connection {
 
     /// Sender: transfers one message; returns its delivery id, or `None` without
     /// credit (or on an unknown link). Large messages are split over frames.
-    pub fn send(&mut self, link: LinkKey, tag: &[u8], payload: &[u8], settled: bool) -> Option<u32> {
-        let max_frame = self.remote_max_frame.min(self.cfg.max_frame_size.max(MIN_MAX_FRAME_SIZE)) as usize;
+    pub fn send(
+        &mut self,
+        link: LinkKey,
+        tag: &[u8],
+        payload: &[u8],
+        settled: bool,
+    ) -> Option<u32> {
+        let max_frame = self
+            .remote_max_frame
+            .min(self.cfg.max_frame_size.max(MIN_MAX_FRAME_SIZE)) as usize;
         let s = self.sessions.get_mut(&link.channel)?;
         let state = s.links.get_mut(&link.handle)?;
         if state.role != Role::Sender || state.credit == 0 || state.detached {
@@ -1241,7 +1361,15 @@ impl Connection {
     }
 
     /// Settles or updates deliveries `first..=last` on a session.
-    pub fn disposition(&mut self, channel: u16, role: Role, first: u32, last: u32, settled: bool, state: Option<&super::performative::DeliveryState>) {
+    pub fn disposition(
+        &mut self,
+        channel: u16,
+        role: Role,
+        first: u32,
+        last: u32,
+        settled: bool,
+        state: Option<&super::performative::DeliveryState>,
+    ) {
         if !self.sessions.contains_key(&channel) {
             return;
         }
@@ -1280,7 +1408,10 @@ impl Connection {
             if now.duration_since(self.last_received) > limit {
                 self.close_with(ErrorCondition::new(
                     condition::RESOURCE_LIMIT_EXCEEDED,
-                    format!("local-idle-timeout expired: nothing received for {} ms", limit.as_millis()),
+                    format!(
+                        "local-idle-timeout expired: nothing received for {} ms",
+                        limit.as_millis()
+                    ),
                 ));
                 self.phase = Phase::Closed;
                 return None;
@@ -1314,12 +1445,15 @@ fn session_of<'a>(
     remote_channels: &HashMap<u16, u16>,
     remote_channel: u16,
 ) -> Result<(u16, &'a mut Session), ErrorCondition> {
-    let local = remote_channels.get(&remote_channel).copied().ok_or_else(|| {
-        ErrorCondition::new(
-            condition::FRAMING_ERROR,
-            format!("frame on channel {remote_channel}, which has no session"),
-        )
-    })?;
+    let local = remote_channels
+        .get(&remote_channel)
+        .copied()
+        .ok_or_else(|| {
+            ErrorCondition::new(
+                condition::FRAMING_ERROR,
+                format!("frame on channel {remote_channel}, which has no session"),
+            )
+        })?;
     let s = sessions
         .get_mut(&local)
         .ok_or_else(|| ErrorCondition::new(condition::FRAMING_ERROR, "session is gone"))?;

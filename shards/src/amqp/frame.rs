@@ -55,7 +55,10 @@ pub struct RawFrame {
 
 /// Splits one complete frame off the front of `buf`, or returns `None` when more
 /// bytes are needed. The body is frozen out of the buffer without copying.
-pub fn split_frame(buf: &mut BytesMut, max_frame_size: u32) -> Result<Option<RawFrame>, FrameError> {
+pub fn split_frame(
+    buf: &mut BytesMut,
+    max_frame_size: u32,
+) -> Result<Option<RawFrame>, FrameError> {
     if buf.len() < 8 {
         return Ok(None);
     }
@@ -74,7 +77,8 @@ pub fn split_frame(buf: &mut BytesMut, max_frame_size: u32) -> Result<Option<Raw
         return Err(FrameError::BadDataOffset(doff));
     }
     if buf.len() < size as usize {
-        buf.reserve(size as usize - buf.len());
+        // Capped: a peer's 8-byte promise of a huge frame must not allocate it up front.
+        buf.reserve((size as usize - buf.len()).min(64 * 1024));
         return Ok(None);
     }
     let frame_type = buf[5];
@@ -176,12 +180,21 @@ mod tests {
         let mut b = BytesMut::from(&[0u8, 0, 4, 0, 2, 0, 0, 0][..]);
         assert!(matches!(
             split_frame(&mut b, 512),
-            Err(FrameError::TooLarge { size: 1024, max: 512 })
+            Err(FrameError::TooLarge {
+                size: 1024,
+                max: 512
+            })
         ));
         let mut b = BytesMut::from(&[0u8, 0, 0, 4, 2, 0, 0, 0][..]);
-        assert!(matches!(split_frame(&mut b, 512), Err(FrameError::TooSmall(4))));
+        assert!(matches!(
+            split_frame(&mut b, 512),
+            Err(FrameError::TooSmall(4))
+        ));
         let mut b = BytesMut::from(&[0u8, 0, 0, 8, 1, 0, 0, 0][..]);
-        assert!(matches!(split_frame(&mut b, 512), Err(FrameError::BadDataOffset(1))));
+        assert!(matches!(
+            split_frame(&mut b, 512),
+            Err(FrameError::BadDataOffset(1))
+        ));
     }
 
     #[test]

@@ -231,14 +231,23 @@ impl MessageBuilder {
                     .map(|(k, v)| (Value::String(k.clone()), v.clone()))
                     .collect(),
             );
-            Value::Described(Box::new(Value::Ulong(APPLICATION_PROPERTIES)), Box::new(map)).encode(&mut out);
+            Value::Described(
+                Box::new(Value::Ulong(APPLICATION_PROPERTIES)),
+                Box::new(map),
+            )
+            .encode(&mut out);
         }
         if let Some(body) = &self.body {
             match body {
-                Value::Binary(b) => {
-                    Value::Described(Box::new(Value::Ulong(DATA)), Box::new(Value::Binary(b.clone()))).encode(&mut out)
+                Value::Binary(b) => Value::Described(
+                    Box::new(Value::Ulong(DATA)),
+                    Box::new(Value::Binary(b.clone())),
+                )
+                .encode(&mut out),
+                other => {
+                    Value::Described(Box::new(Value::Ulong(AMQP_VALUE)), Box::new(other.clone()))
+                        .encode(&mut out)
                 }
-                other => Value::Described(Box::new(Value::Ulong(AMQP_VALUE)), Box::new(other.clone())).encode(&mut out),
             }
         }
         out.freeze()
@@ -299,8 +308,13 @@ mod tests {
         }
         .encode();
         let map = scan(&raw).expect("scans");
-        assert_eq!(subject(&raw, &map).expect("ok").as_deref(), Some("news.sport"));
-        let props = application_properties(&raw, &map).expect("ok").expect("present");
+        assert_eq!(
+            subject(&raw, &map).expect("ok").as_deref(),
+            Some("news.sport")
+        );
+        let props = application_properties(&raw, &map)
+            .expect("ok")
+            .expect("present");
         assert_eq!(props.map_get("colour"), Some(&Value::string("red")));
         assert!(Header::read(&raw, &map).expect("ok").durable);
         let decoded = DecodedMessage::decode(&raw).expect("decodes");

@@ -81,7 +81,9 @@ impl ErrorCondition {
     fn decode(v: Value) -> Result<Self, CodecError> {
         let mut f = Fields::described(v, code::ERROR, "error")?;
         Ok(ErrorCondition {
-            condition: f.symbol("error.condition")?.ok_or(CodecError::Missing("error.condition"))?,
+            condition: f
+                .symbol("error.condition")?
+                .ok_or(CodecError::Missing("error.condition"))?,
             description: f.string("error.description")?,
             info: f.any(),
         })
@@ -120,7 +122,10 @@ pub mod condition {
 /// The state a delivery ends in, or an intermediate received state.
 #[derive(Debug, Clone, PartialEq)]
 pub enum DeliveryState {
-    Received { section_number: u32, section_offset: u64 },
+    Received {
+        section_number: u32,
+        section_offset: u64,
+    },
     Accepted,
     Rejected(Option<ErrorCondition>),
     Released,
@@ -434,7 +439,9 @@ impl Performative {
             code::OPEN => {
                 let mut f = Fields::described(v, code, "open")?;
                 Performative::Open(Open {
-                    container_id: f.string("open.container-id")?.ok_or(CodecError::Missing("open.container-id"))?,
+                    container_id: f
+                        .string("open.container-id")?
+                        .ok_or(CodecError::Missing("open.container-id"))?,
                     hostname: f.string("open.hostname")?,
                     max_frame_size: f.uint("open.max-frame-size")?,
                     channel_max: f.ushort("open.channel-max")?,
@@ -451,9 +458,15 @@ impl Performative {
                 let mut f = Fields::described(v, code, "begin")?;
                 Performative::Begin(Begin {
                     remote_channel: f.ushort("begin.remote-channel")?,
-                    next_outgoing_id: f.uint("begin.next-outgoing-id")?.ok_or(CodecError::Missing("begin.next-outgoing-id"))?,
-                    incoming_window: f.uint("begin.incoming-window")?.ok_or(CodecError::Missing("begin.incoming-window"))?,
-                    outgoing_window: f.uint("begin.outgoing-window")?.ok_or(CodecError::Missing("begin.outgoing-window"))?,
+                    next_outgoing_id: f
+                        .uint("begin.next-outgoing-id")?
+                        .ok_or(CodecError::Missing("begin.next-outgoing-id"))?,
+                    incoming_window: f
+                        .uint("begin.incoming-window")?
+                        .ok_or(CodecError::Missing("begin.incoming-window"))?,
+                    outgoing_window: f
+                        .uint("begin.outgoing-window")?
+                        .ok_or(CodecError::Missing("begin.outgoing-window"))?,
                     handle_max: f.uint("begin.handle-max")?,
                     properties: {
                         f.skip(2);
@@ -464,9 +477,16 @@ impl Performative {
             code::ATTACH => {
                 let mut f = Fields::described(v, code, "attach")?;
                 Performative::Attach(Attach {
-                    name: f.string("attach.name")?.ok_or(CodecError::Missing("attach.name"))?,
-                    handle: f.uint("attach.handle")?.ok_or(CodecError::Missing("attach.handle"))?,
-                    role: Role::from_bool(f.bool("attach.role")?.ok_or(CodecError::Missing("attach.role"))?),
+                    name: f
+                        .string("attach.name")?
+                        .ok_or(CodecError::Missing("attach.name"))?,
+                    handle: f
+                        .uint("attach.handle")?
+                        .ok_or(CodecError::Missing("attach.handle"))?,
+                    role: Role::from_bool(
+                        f.bool("attach.role")?
+                            .ok_or(CodecError::Missing("attach.role"))?,
+                    ),
                     snd_settle_mode: f.ubyte("attach.snd-settle-mode")?,
                     rcv_settle_mode: f.ubyte("attach.rcv-settle-mode")?,
                     source: match f.any() {
@@ -491,9 +511,15 @@ impl Performative {
                 let mut f = Fields::described(v, code, "flow")?;
                 Performative::Flow(Flow {
                     next_incoming_id: f.uint("flow.next-incoming-id")?,
-                    incoming_window: f.uint("flow.incoming-window")?.ok_or(CodecError::Missing("flow.incoming-window"))?,
-                    next_outgoing_id: f.uint("flow.next-outgoing-id")?.ok_or(CodecError::Missing("flow.next-outgoing-id"))?,
-                    outgoing_window: f.uint("flow.outgoing-window")?.ok_or(CodecError::Missing("flow.outgoing-window"))?,
+                    incoming_window: f
+                        .uint("flow.incoming-window")?
+                        .ok_or(CodecError::Missing("flow.incoming-window"))?,
+                    next_outgoing_id: f
+                        .uint("flow.next-outgoing-id")?
+                        .ok_or(CodecError::Missing("flow.next-outgoing-id"))?,
+                    outgoing_window: f
+                        .uint("flow.outgoing-window")?
+                        .ok_or(CodecError::Missing("flow.outgoing-window"))?,
                     handle: f.uint("flow.handle")?,
                     delivery_count: f.uint("flow.delivery-count")?,
                     link_credit: f.uint("flow.link-credit")?,
@@ -505,7 +531,9 @@ impl Performative {
             code::TRANSFER => {
                 let mut f = Fields::described(v, code, "transfer")?;
                 Performative::Transfer(Transfer {
-                    handle: f.uint("transfer.handle")?.ok_or(CodecError::Missing("transfer.handle"))?,
+                    handle: f
+                        .uint("transfer.handle")?
+                        .ok_or(CodecError::Missing("transfer.handle"))?,
                     delivery_id: f.uint("transfer.delivery-id")?,
                     delivery_tag: f.binary("transfer.delivery-tag")?,
                     message_format: f.uint("transfer.message-format")?,
@@ -524,8 +552,13 @@ impl Performative {
             code::DISPOSITION => {
                 let mut f = Fields::described(v, code, "disposition")?;
                 Performative::Disposition(Disposition {
-                    role: Role::from_bool(f.bool("disposition.role")?.ok_or(CodecError::Missing("disposition.role"))?),
-                    first: f.uint("disposition.first")?.ok_or(CodecError::Missing("disposition.first"))?,
+                    role: Role::from_bool(
+                        f.bool("disposition.role")?
+                            .ok_or(CodecError::Missing("disposition.role"))?,
+                    ),
+                    first: f
+                        .uint("disposition.first")?
+                        .ok_or(CodecError::Missing("disposition.first"))?,
                     last: f.uint("disposition.last")?,
                     settled: f.bool("disposition.settled")?.unwrap_or(false),
                     state: match f.any() {
@@ -538,7 +571,9 @@ impl Performative {
             code::DETACH => {
                 let mut f = Fields::described(v, code, "detach")?;
                 Performative::Detach(Detach {
-                    handle: f.uint("detach.handle")?.ok_or(CodecError::Missing("detach.handle"))?,
+                    handle: f
+                        .uint("detach.handle")?
+                        .ok_or(CodecError::Missing("detach.handle"))?,
                     closed: f.bool("detach.closed")?.unwrap_or(false),
                     error: f.error()?,
                 })
@@ -661,7 +696,10 @@ impl Performative {
             }
             Performative::Disposition(d) => {
                 let mut w = ListWriter::new(out, code::DISPOSITION);
-                w.bool(d.role.as_bool()).uint(d.first).opt_uint(d.last).flag(d.settled);
+                w.bool(d.role.as_bool())
+                    .uint(d.first)
+                    .opt_uint(d.last)
+                    .flag(d.settled);
                 match &d.state {
                     Some(s) => w.with(|o| s.encode(o)),
                     None => w.null(),
@@ -721,20 +759,36 @@ impl SaslFrame {
         Ok(match code {
             code::SASL_MECHANISMS => {
                 let mechs = match f.any() {
-                    Some(Value::Array(items)) => items.iter().filter_map(|m| m.as_str().map(str::to_owned)).collect(),
+                    Some(Value::Array(items)) => items
+                        .iter()
+                        .filter_map(|m| m.as_str().map(str::to_owned))
+                        .collect(),
                     Some(Value::Symbol(s)) => vec![s],
-                    _ => return Err(CodecError::Missing("sasl-mechanisms.sasl-server-mechanisms")),
+                    _ => {
+                        return Err(CodecError::Missing(
+                            "sasl-mechanisms.sasl-server-mechanisms",
+                        ))
+                    }
                 };
                 SaslFrame::Mechanisms(mechs)
             }
             code::SASL_INIT => SaslFrame::Init {
-                mechanism: f.symbol("sasl-init.mechanism")?.ok_or(CodecError::Missing("sasl-init.mechanism"))?,
+                mechanism: f
+                    .symbol("sasl-init.mechanism")?
+                    .ok_or(CodecError::Missing("sasl-init.mechanism"))?,
                 initial_response: f.binary("sasl-init.initial-response")?,
                 hostname: f.string("sasl-init.hostname")?,
             },
-            code::SASL_CHALLENGE => SaslFrame::Challenge(f.binary("sasl-challenge.challenge")?.unwrap_or_default()),
-            code::SASL_RESPONSE => SaslFrame::Response(f.binary("sasl-response.response")?.unwrap_or_default()),
-            code::SASL_OUTCOME => SaslFrame::Outcome(f.ubyte("sasl-outcome.code")?.ok_or(CodecError::Missing("sasl-outcome.code"))?),
+            code::SASL_CHALLENGE => {
+                SaslFrame::Challenge(f.binary("sasl-challenge.challenge")?.unwrap_or_default())
+            }
+            code::SASL_RESPONSE => {
+                SaslFrame::Response(f.binary("sasl-response.response")?.unwrap_or_default())
+            }
+            code::SASL_OUTCOME => SaslFrame::Outcome(
+                f.ubyte("sasl-outcome.code")?
+                    .ok_or(CodecError::Missing("sasl-outcome.code"))?,
+            ),
             _ => {
                 return Err(CodecError::WrongType {
                     field: "sasl frame",
@@ -763,7 +817,9 @@ impl SaslFrame {
                 };
                 w.opt_string(hostname.as_deref()).finish()
             }
-            SaslFrame::Challenge(c) => ListWriter::new(out, code::SASL_CHALLENGE).binary(c).finish(),
+            SaslFrame::Challenge(c) => ListWriter::new(out, code::SASL_CHALLENGE)
+                .binary(c)
+                .finish(),
             SaslFrame::Response(r) => ListWriter::new(out, code::SASL_RESPONSE).binary(r).finish(),
             SaslFrame::Outcome(c) => ListWriter::new(out, code::SASL_OUTCOME).ubyte(*c).finish(),
         }
@@ -779,16 +835,20 @@ struct Fields {
 impl Fields {
     fn described(v: Value, expect: u64, what: &'static str) -> Result<Fields, CodecError> {
         match v {
-            Value::Described(d, body) if d.as_u64() == Some(expect) || matches!(*d, Value::Symbol(_)) => match *body {
-                Value::List(items) => Ok(Fields {
-                    items: items.into_iter(),
-                }),
-                other => Err(CodecError::WrongType {
-                    field: what,
-                    expected: "list",
-                    found: other.type_name(),
-                }),
-            },
+            Value::Described(d, body)
+                if d.as_u64() == Some(expect) || matches!(*d, Value::Symbol(_)) =>
+            {
+                match *body {
+                    Value::List(items) => Ok(Fields {
+                        items: items.into_iter(),
+                    }),
+                    other => Err(CodecError::WrongType {
+                        field: what,
+                        expected: "list",
+                        found: other.type_name(),
+                    }),
+                }
+            }
             other => Err(CodecError::WrongType {
                 field: what,
                 expected: "described list",
@@ -912,7 +972,10 @@ mod tests {
             max_frame_size: Some(65536),
             channel_max: Some(255),
             idle_timeout: Some(30000),
-            properties: Some(Value::Map(vec![(Value::symbol("product"), Value::string("tandem"))])),
+            properties: Some(Value::Map(vec![(
+                Value::symbol("product"),
+                Value::string("tandem"),
+            )])),
             ..Default::default()
         }));
         round_trip(Performative::Begin(Begin {
@@ -974,7 +1037,10 @@ mod tests {
             first: 1,
             last: Some(10),
             settled: true,
-            state: Some(DeliveryState::Rejected(Some(ErrorCondition::new(condition::NOT_ALLOWED, "no")))),
+            state: Some(DeliveryState::Rejected(Some(ErrorCondition::new(
+                condition::NOT_ALLOWED,
+                "no",
+            )))),
             batchable: false,
         }));
         round_trip(Performative::Detach(Detach {

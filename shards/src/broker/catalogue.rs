@@ -30,11 +30,27 @@ pub enum ConfigOp {
         settings: QueueSettings,
         bind: Option<(String, BindingKey)>,
     },
-    DeleteQueue { name: String, if_unused: bool },
-    DeclareExchange { name: String, kind: ExchangeType },
-    DeleteExchange { name: String },
-    Bind { exchange: String, queue: String, key: BindingKey },
-    Unbind { exchange: String, queue: String, key: BindingKey },
+    DeleteQueue {
+        name: String,
+        if_unused: bool,
+    },
+    DeclareExchange {
+        name: String,
+        kind: ExchangeType,
+    },
+    DeleteExchange {
+        name: String,
+    },
+    Bind {
+        exchange: String,
+        queue: String,
+        key: BindingKey,
+    },
+    Unbind {
+        exchange: String,
+        queue: String,
+        key: BindingKey,
+    },
 }
 
 /// An applied configuration change, as broadcast to every shard.
@@ -45,11 +61,24 @@ pub enum ConfigEvent {
         owner: usize,
         settings: QueueSettings,
     },
-    QueueDeleted { name: Arc<str> },
-    ExchangeDeclared { name: Arc<str>, kind: ExchangeType },
-    ExchangeDeleted { name: Arc<str> },
-    Bound { exchange: Arc<str>, binding: Binding },
-    Unbound { exchange: Arc<str>, binding: Binding },
+    QueueDeleted {
+        name: Arc<str>,
+    },
+    ExchangeDeclared {
+        name: Arc<str>,
+        kind: ExchangeType,
+    },
+    ExchangeDeleted {
+        name: Arc<str>,
+    },
+    Bound {
+        exchange: Arc<str>,
+        binding: Binding,
+    },
+    Unbound {
+        exchange: Arc<str>,
+        binding: Binding,
+    },
 }
 
 /// Shard 0's record of a change in flight.
@@ -86,7 +115,11 @@ impl Catalogue {
 
     pub fn apply(&mut self, ev: &ConfigEvent) {
         match ev {
-            ConfigEvent::QueueDeclared { name, owner, settings } => {
+            ConfigEvent::QueueDeclared {
+                name,
+                owner,
+                settings,
+            } => {
                 self.queues.insert(
                     name.clone(),
                     QueueEntry {
@@ -123,12 +156,24 @@ impl Catalogue {
     }
 
     /// Validates a request against this (authoritative) copy and says what changes.
-    fn plan(&self, op: ConfigOp, shards: usize, temp_name: impl FnOnce() -> String) -> Result<(Vec<ConfigEvent>, ConfigDone), ErrorCondition> {
+    fn plan(
+        &self,
+        op: ConfigOp,
+        shards: usize,
+        temp_name: impl FnOnce() -> String,
+    ) -> Result<(Vec<ConfigEvent>, ConfigDone), ErrorCondition> {
         match op {
-            ConfigOp::DeclareQueue { name, settings, bind } => {
+            ConfigOp::DeclareQueue {
+                name,
+                settings,
+                bind,
+            } => {
                 let name: Arc<str> = name.unwrap_or_else(temp_name).into();
                 if name.is_empty() {
-                    return Err(ErrorCondition::new(condition::INVALID_FIELD, "a queue name cannot be empty"));
+                    return Err(ErrorCondition::new(
+                        condition::INVALID_FIELD,
+                        "a queue name cannot be empty",
+                    ));
                 }
                 if self.exchanges.contains_key(&name) {
                     return Err(ErrorCondition::new(
@@ -168,9 +213,15 @@ impl Catalogue {
             }
             ConfigOp::DeleteQueue { name, .. } => {
                 let Some((name, _)) = self.queues.get_key_value(name.as_str()) else {
-                    return Err(ErrorCondition::new(condition::NOT_FOUND, format!("queue '{name}' not found")));
+                    return Err(ErrorCondition::new(
+                        condition::NOT_FOUND,
+                        format!("queue '{name}' not found"),
+                    ));
                 };
-                Ok((vec![ConfigEvent::QueueDeleted { name: name.clone() }], ConfigDone { queue: None }))
+                Ok((
+                    vec![ConfigEvent::QueueDeleted { name: name.clone() }],
+                    ConfigDone { queue: None },
+                ))
             }
             ConfigOp::DeclareExchange { name, kind } => {
                 if let Some(ex) = self.exchanges.get(name.as_str()) {
@@ -183,7 +234,10 @@ impl Catalogue {
                     return Ok((Vec::new(), ConfigDone { queue: None }));
                 }
                 if self.queues.contains_key(name.as_str()) {
-                    return Err(ErrorCondition::new(condition::NOT_ALLOWED, format!("'{name}' is a queue")));
+                    return Err(ErrorCondition::new(
+                        condition::NOT_ALLOWED,
+                        format!("'{name}' is a queue"),
+                    ));
                 }
                 Ok((
                     vec![ConfigEvent::ExchangeDeclared {
@@ -195,22 +249,43 @@ impl Catalogue {
             }
             ConfigOp::DeleteExchange { name } => {
                 if BUILT_IN.iter().any(|(n, _)| *n == name) {
-                    return Err(ErrorCondition::new(condition::NOT_ALLOWED, format!("'{name}' is built in")));
+                    return Err(ErrorCondition::new(
+                        condition::NOT_ALLOWED,
+                        format!("'{name}' is built in"),
+                    ));
                 }
                 let exchange = self.exchange_named(&name)?;
-                Ok((vec![ConfigEvent::ExchangeDeleted { name: exchange }], ConfigDone { queue: None }))
+                Ok((
+                    vec![ConfigEvent::ExchangeDeleted { name: exchange }],
+                    ConfigDone { queue: None },
+                ))
             }
-            ConfigOp::Bind { exchange, queue, key } | ConfigOp::Unbind { exchange, queue, key } => {
+            ConfigOp::Bind {
+                exchange,
+                queue,
+                key,
+            }
+            | ConfigOp::Unbind {
+                exchange,
+                queue,
+                key,
+            } => {
                 // (Both arms share validation; the caller's op decides the event.)
                 let exchange = self.exchange_named(&exchange)?;
                 let Some((queue, _)) = self.queues.get_key_value(queue.as_str()) else {
-                    return Err(ErrorCondition::new(condition::NOT_FOUND, format!("queue '{queue}' not found")));
+                    return Err(ErrorCondition::new(
+                        condition::NOT_FOUND,
+                        format!("queue '{queue}' not found"),
+                    ));
                 };
                 let binding = Binding {
                     queue: queue.clone(),
                     key,
                 };
-                Ok((vec![ConfigEvent::Bound { exchange, binding }], ConfigDone { queue: None }))
+                Ok((
+                    vec![ConfigEvent::Bound { exchange, binding }],
+                    ConfigDone { queue: None },
+                ))
             }
         }
     }
@@ -219,7 +294,9 @@ impl Catalogue {
         self.exchanges
             .get_key_value(name)
             .map(|(n, _)| n.clone())
-            .ok_or_else(|| ErrorCondition::new(condition::NOT_FOUND, format!("exchange '{name}' not found")))
+            .ok_or_else(|| {
+                ErrorCondition::new(condition::NOT_FOUND, format!("exchange '{name}' not found"))
+            })
     }
 }
 
@@ -235,7 +312,13 @@ impl Shard {
         let (mut events, done) = match planned {
             Ok(p) => p,
             Err(e) => {
-                self.send(origin, ShardMsg::ConfigReply { req, result: Err(e) });
+                self.send(
+                    origin,
+                    ShardMsg::ConfigReply {
+                        req,
+                        result: Err(e),
+                    },
+                );
                 return;
             }
         };
@@ -243,7 +326,9 @@ impl Shard {
             events = events
                 .into_iter()
                 .map(|ev| match ev {
-                    ConfigEvent::Bound { exchange, binding } => ConfigEvent::Unbound { exchange, binding },
+                    ConfigEvent::Bound { exchange, binding } => {
+                        ConfigEvent::Unbound { exchange, binding }
+                    }
                     other => other,
                 })
                 .collect();
@@ -253,7 +338,13 @@ impl Shard {
         }
         let others = self.shards() - 1;
         if events.is_empty() || others == 0 {
-            self.send(origin, ShardMsg::ConfigReply { req, result: Ok(done) });
+            self.send(
+                origin,
+                ShardMsg::ConfigReply {
+                    req,
+                    result: Ok(done),
+                },
+            );
             return;
         }
         let barrier = self.next_barrier;

@@ -13,19 +13,33 @@ use super::{consumer_ref, delivery_tag, ConfigDone, ConfigOp, Shard, ShardMsg};
 use crate::amqp::codec::Value;
 use crate::amqp::connection::{Connection, Event, LinkKey};
 use crate::amqp::message;
-use crate::amqp::performative::{condition, Attach, DeliveryState, Disposition, ErrorCondition, Role, Source, Target};
+use crate::amqp::performative::{
+    condition, Attach, DeliveryState, Disposition, ErrorCondition, Role, Source, Target,
+};
 use crate::exchange::{headers_key, BindingKey, RoutingInfo};
 use crate::queue::{AckTo, ConsumerRef, Delivery, QueueSettings, Settlement};
 
 /// Filter descriptors of the legacy AMQP 0-10 binding filters (symbol and code).
-const DIRECT_FILTER: (&str, u64) = ("apache.org:legacy-amqp-direct-binding:string", 0x0000_468c_0000_0000);
-const TOPIC_FILTER: (&str, u64) = ("apache.org:legacy-amqp-topic-binding:string", 0x0000_468c_0000_0001);
-const HEADERS_FILTER: (&str, u64) = ("apache.org:legacy-amqp-headers-binding:map", 0x0000_468c_0000_0002);
+const DIRECT_FILTER: (&str, u64) = (
+    "apache.org:legacy-amqp-direct-binding:string",
+    0x0000_468c_0000_0000,
+);
+const TOPIC_FILTER: (&str, u64) = (
+    "apache.org:legacy-amqp-topic-binding:string",
+    0x0000_468c_0000_0001,
+);
+const HEADERS_FILTER: (&str, u64) = (
+    "apache.org:legacy-amqp-headers-binding:map",
+    0x0000_468c_0000_0002,
+);
 
 /// Where a publishing link's messages go.
 #[derive(Debug, Clone)]
 enum Dest {
-    Queue { name: Arc<str>, owner: usize },
+    Queue {
+        name: Arc<str>,
+        owner: usize,
+    },
     Exchange(Arc<str>),
     /// The anonymous relay: each message's `to` names its node.
     Anonymous,
@@ -153,7 +167,10 @@ impl Shard {
 
     /// True when the connection is over (close exchanged or socket gone).
     pub fn conn_closed(&self, id: u64) -> bool {
-        self.conns.get(&id).map(|c| c.engine.is_closed()).unwrap_or(true)
+        self.conns
+            .get(&id)
+            .map(|c| c.engine.is_closed())
+            .unwrap_or(true)
     }
 
     /// True while we wait for the client to answer our close.
@@ -216,12 +233,19 @@ impl Shard {
                 payload,
                 ..
             } => self.on_publish(id, link, delivery_id, settled, payload),
-            Event::Disposition { channel, disposition } => self.on_disposition(id, channel, disposition),
+            Event::Disposition {
+                channel,
+                disposition,
+            } => self.on_disposition(id, channel, disposition),
             Event::Credit { link, drain, .. } => self.on_credit(id, link, drain),
             Event::Detached { link, .. } => self.on_detached(id, link),
             Event::Closed { error, by_peer } => {
                 if let Some(e) = error {
-                    let peer = self.conns.get(&id).map(|c| c.peer.clone()).unwrap_or_default();
+                    let peer = self
+                        .conns
+                        .get(&id)
+                        .map(|c| c.peer.clone())
+                        .unwrap_or_default();
                     if by_peer {
                         tracing::debug!(conn = id, %peer, "peer closed: {e}");
                     } else {
@@ -239,10 +263,16 @@ impl Shard {
         let client_sends = attach.role == Role::Sender;
         let (address, dynamic) = if client_sends {
             let t = attach.target.as_ref();
-            (t.and_then(|t| t.address.clone()), t.is_some_and(|t| t.dynamic))
+            (
+                t.and_then(|t| t.address.clone()),
+                t.is_some_and(|t| t.dynamic),
+            )
         } else {
             let s = attach.source.as_ref();
-            (s.and_then(|s| s.address.clone()), s.is_some_and(|s| s.dynamic))
+            (
+                s.and_then(|s| s.address.clone()),
+                s.is_some_and(|s| s.dynamic),
+            )
         };
         if dynamic {
             let op = ConfigOp::DeclareQueue {
@@ -260,7 +290,15 @@ impl Shard {
             if client_sends {
                 return self.start_publisher(id, link, &attach, Dest::Anonymous, None);
             }
-            return self.refuse(id, link, &attach, ErrorCondition::new(condition::INVALID_FIELD, "a receiving link needs a source address"));
+            return self.refuse(
+                id,
+                link,
+                &attach,
+                ErrorCondition::new(
+                    condition::INVALID_FIELD,
+                    "a receiving link needs a source address",
+                ),
+            );
         }
         if let Some(ex) = self.catalogue.exchanges.get(address.as_str()) {
             let name = ex.name.clone();
@@ -311,7 +349,14 @@ impl Shard {
                 attach: Box::new(attach),
             },
         );
-        self.send(0, ShardMsg::ConfigRequest { origin: self.id, req, op });
+        self.send(
+            0,
+            ShardMsg::ConfigRequest {
+                origin: self.id,
+                req,
+                op,
+            },
+        );
     }
 
     pub(super) fn on_config_reply(&mut self, req: u64, result: Result<ConfigDone, ErrorCondition>) {
@@ -331,9 +376,12 @@ impl Shard {
             Ok(ConfigDone {
                 queue: Some((name, owner)),
             }) => self.start_queue_link(conn, link, &attach, name, owner),
-            Ok(ConfigDone { queue: None }) => {
-                self.refuse(conn, link, &attach, ErrorCondition::new(condition::INTERNAL_ERROR, "no queue declared"))
-            }
+            Ok(ConfigDone { queue: None }) => self.refuse(
+                conn,
+                link,
+                &attach,
+                ErrorCondition::new(condition::INTERNAL_ERROR, "no queue declared"),
+            ),
             Err(e) => self.refuse(conn, link, &attach, e),
         }
         self.conn_events(conn);
@@ -348,7 +396,14 @@ impl Shard {
         }
     }
 
-    fn start_queue_link(&mut self, id: u64, link: LinkKey, attach: &Attach, name: Arc<str>, owner: usize) {
+    fn start_queue_link(
+        &mut self,
+        id: u64,
+        link: LinkKey,
+        attach: &Attach,
+        name: Arc<str>,
+        owner: usize,
+    ) {
         let props = Some(Value::Map(vec![(
             Value::symbol("tandem.queue-shard"),
             Value::Uint(owner as u32),
@@ -361,13 +416,23 @@ impl Shard {
         // The client asked for pre-settled deliveries (at-most-once).
         let settled = attach.snd_settle_mode == Some(1);
         let reply_source = Source {
-            address: Some(if source.dynamic { name.to_string() } else { source.address.clone().unwrap_or_else(|| name.to_string()) }),
+            address: Some(if source.dynamic {
+                name.to_string()
+            } else {
+                source.address.clone().unwrap_or_else(|| name.to_string())
+            }),
             ..source
         };
         let Some(c) = self.conns.get_mut(&id) else {
             return;
         };
-        c.engine.accept_attach(link, attach, Some(reply_source), attach.target.clone(), props);
+        c.engine.accept_attach(
+            link,
+            attach,
+            Some(reply_source),
+            attach.target.clone(),
+            props,
+        );
         c.links.insert(
             link,
             LinkRole::Consumer {
@@ -390,12 +455,23 @@ impl Shard {
             },
         );
         // Credit the client granted before our attach reply is in the engine already.
-        if self.conns.get(&id).is_some_and(|c| c.engine.credit(link) > 0) {
+        if self
+            .conns
+            .get(&id)
+            .is_some_and(|c| c.engine.credit(link) > 0)
+        {
             self.on_credit(id, link, false);
         }
     }
 
-    fn start_publisher(&mut self, id: u64, link: LinkKey, attach: &Attach, dest: Dest, props: Option<Value>) {
+    fn start_publisher(
+        &mut self,
+        id: u64,
+        link: LinkKey,
+        attach: &Attach,
+        dest: Dest,
+        props: Option<Value>,
+    ) {
         let window = self.settings.link_credit;
         let Some(c) = self.conns.get_mut(&id) else {
             return;
@@ -407,8 +483,15 @@ impl Shard {
             }),
             (_, t) => t,
         };
-        c.engine.accept_attach(link, attach, attach.source.clone(), target, props);
-        c.links.insert(link, LinkRole::Publisher { dest, outstanding: 0 });
+        c.engine
+            .accept_attach(link, attach, attach.source.clone(), target, props);
+        c.links.insert(
+            link,
+            LinkRole::Publisher {
+                dest,
+                outstanding: 0,
+            },
+        );
         c.engine.grant_credit(link, window, false);
         self.mark_dirty(id);
     }
@@ -416,7 +499,14 @@ impl Shard {
     // -----------------------------------------------------------------------
     // Publishing
 
-    fn on_publish(&mut self, id: u64, link: LinkKey, delivery_id: u32, settled: bool, payload: Bytes) {
+    fn on_publish(
+        &mut self,
+        id: u64,
+        link: LinkKey,
+        delivery_id: u32,
+        settled: bool,
+        payload: Bytes,
+    ) {
         let dest = match self.conns.get(&id).and_then(|c| c.links.get(&link)) {
             Some(LinkRole::Publisher { dest, .. }) => dest.clone(),
             _ => return,
@@ -444,18 +534,28 @@ impl Shard {
         if pending.rejected.is_some() {
             pending.remaining = 0;
         }
-        if let Some(LinkRole::Publisher { outstanding, .. }) = self.conns.get_mut(&id).and_then(|c| c.links.get_mut(&link)) {
+        if let Some(LinkRole::Publisher { outstanding, .. }) =
+            self.conns.get_mut(&id).and_then(|c| c.links.get_mut(&link))
+        {
             *outstanding += 1;
         }
         if pending.remaining == 0 {
             self.finish_publish(pending);
         } else {
             self.acks.insert(token, pending);
-            let ack = Some(AckTo { shard: self.id, token });
+            let ack = Some(AckTo {
+                shard: self.id,
+                token,
+            });
             for queue in targets.drain(..) {
                 let owner = match &dest {
                     Dest::Queue { owner, .. } => *owner,
-                    _ => self.catalogue.queues.get(&queue).map(|q| q.owner).unwrap_or(0),
+                    _ => self
+                        .catalogue
+                        .queues
+                        .get(&queue)
+                        .map(|q| q.owner)
+                        .unwrap_or(0),
                 };
                 self.send(
                     owner,
@@ -470,11 +570,18 @@ impl Shard {
         self.route_buf = targets;
     }
 
-    fn route_exchange(&self, exchange: &str, payload: &Bytes, targets: &mut Vec<Arc<str>>) -> Result<(), ErrorCondition> {
+    fn route_exchange(
+        &self,
+        exchange: &str,
+        payload: &Bytes,
+        targets: &mut Vec<Arc<str>>,
+    ) -> Result<(), ErrorCondition> {
         let Some(ex) = self.catalogue.exchanges.get(exchange) else {
             return Err(not_found(exchange));
         };
-        let bad = |e: crate::amqp::codec::CodecError| ErrorCondition::new(condition::DECODE_ERROR, format!("message: {e}"));
+        let bad = |e: crate::amqp::codec::CodecError| {
+            ErrorCondition::new(condition::DECODE_ERROR, format!("message: {e}"))
+        };
         let map = message::scan(payload).map_err(bad)?;
         let subject = message::subject(payload, &map).map_err(bad)?;
         let props = if ex.kind == crate::exchange::ExchangeType::Headers {
@@ -492,7 +599,11 @@ impl Shard {
         Ok(())
     }
 
-    fn route_anonymous(&self, payload: &Bytes, targets: &mut Vec<Arc<str>>) -> Result<(), ErrorCondition> {
+    fn route_anonymous(
+        &self,
+        payload: &Bytes,
+        targets: &mut Vec<Arc<str>>,
+    ) -> Result<(), ErrorCondition> {
         let decoded = message::DecodedMessage::decode(payload)
             .map_err(|e| ErrorCondition::new(condition::DECODE_ERROR, format!("message: {e}")))?;
         let to = to_address(payload).unwrap_or_default();
@@ -533,7 +644,14 @@ impl Shard {
                 None => c.accepted.push((p.link.channel, p.delivery_id)),
                 Some(e) => {
                     let state = DeliveryState::Rejected(Some(e));
-                    c.engine.disposition(p.link.channel, Role::Receiver, p.delivery_id, p.delivery_id, true, Some(&state));
+                    c.engine.disposition(
+                        p.link.channel,
+                        Role::Receiver,
+                        p.delivery_id,
+                        p.delivery_id,
+                        true,
+                        Some(&state),
+                    );
                 }
             }
         }
@@ -562,11 +680,21 @@ impl Shard {
             while i < acc.len() {
                 let (channel, first) = acc[i];
                 let mut last = first;
-                while i + 1 < acc.len() && acc[i + 1].0 == channel && acc[i + 1].1 == last.wrapping_add(1) {
+                while i + 1 < acc.len()
+                    && acc[i + 1].0 == channel
+                    && acc[i + 1].1 == last.wrapping_add(1)
+                {
                     i += 1;
                     last = acc[i].1;
                 }
-                c.engine.disposition(channel, Role::Receiver, first, last, true, Some(&DeliveryState::Accepted));
+                c.engine.disposition(
+                    channel,
+                    Role::Receiver,
+                    first,
+                    last,
+                    true,
+                    Some(&DeliveryState::Accepted),
+                );
                 i += 1;
             }
             acc.clear();
@@ -659,7 +787,12 @@ impl Shard {
         if d.settled {
             return;
         }
-        let owner = self.catalogue.queues.get(&queue).map(|q| q.owner).unwrap_or(0);
+        let owner = self
+            .catalogue
+            .queues
+            .get(&queue)
+            .map(|q| q.owner)
+            .unwrap_or(0);
         self.send(
             owner,
             ShardMsg::Settle {
@@ -713,9 +846,13 @@ impl Shard {
             return;
         };
         let how = match &d.state {
-            None | Some(DeliveryState::Accepted) | Some(DeliveryState::Rejected(_)) => Settlement::Consumed,
+            None | Some(DeliveryState::Accepted) | Some(DeliveryState::Rejected(_)) => {
+                Settlement::Consumed
+            }
             Some(DeliveryState::Released) => Settlement::Released,
-            Some(DeliveryState::Modified { delivery_failed, .. }) => {
+            Some(DeliveryState::Modified {
+                delivery_failed, ..
+            }) => {
                 if *delivery_failed {
                     Settlement::Failed
                 } else {
@@ -730,7 +867,9 @@ impl Shard {
             let mut v: Vec<u32> = c
                 .out
                 .keys()
-                .filter(|(ch, id)| *ch == channel && id.wrapping_sub(d.first) <= last.wrapping_sub(d.first))
+                .filter(|(ch, id)| {
+                    *ch == channel && id.wrapping_sub(d.first) <= last.wrapping_sub(d.first)
+                })
                 .map(|(_, id)| *id)
                 .collect();
             v.sort_unstable();
@@ -746,7 +885,8 @@ impl Shard {
         }
         if !d.settled {
             // We settle what the client decided, so it can forget the deliveries.
-            c.engine.disposition(channel, Role::Sender, d.first, last, true, d.state.as_ref());
+            c.engine
+                .disposition(channel, Role::Sender, d.first, last, true, d.state.as_ref());
             self.mark_dirty(id);
         }
         for (owner, queue, consumer, position) in settles {
@@ -827,7 +967,10 @@ fn send_delivery(c: &mut Conn, link: LinkKey, queue: &Arc<str>, owner: usize, d:
 fn to_address(payload: &Bytes) -> Option<String> {
     let map = message::scan(payload).ok()?;
     let (start, end) = map.properties?;
-    match crate::amqp::codec::Decoder::new(payload.slice(start..end)).value().ok()? {
+    match crate::amqp::codec::Decoder::new(payload.slice(start..end))
+        .value()
+        .ok()?
+    {
         Value::Described(_, body) => match *body {
             Value::List(items) => items.get(2).and_then(|v| v.as_str()).map(str::to_owned),
             _ => None,
@@ -845,16 +988,25 @@ fn subscription_key(source: Option<&Source>) -> Result<BindingKey, ErrorConditio
         let Value::Described(descriptor, value) = f else {
             continue;
         };
-        let is = |(sym, code): (&str, u64)| descriptor.as_str() == Some(sym) || descriptor.as_u64() == Some(code);
+        let is = |(sym, code): (&str, u64)| {
+            descriptor.as_str() == Some(sym) || descriptor.as_u64() == Some(code)
+        };
         if is(DIRECT_FILTER) || is(TOPIC_FILTER) {
-            let key = value
-                .as_str()
-                .ok_or_else(|| ErrorCondition::new(condition::INVALID_FIELD, "binding filter value must be a string"))?;
+            let key = value.as_str().ok_or_else(|| {
+                ErrorCondition::new(
+                    condition::INVALID_FIELD,
+                    "binding filter value must be a string",
+                )
+            })?;
             return Ok(BindingKey::Key(key.to_owned()));
         }
         if is(HEADERS_FILTER) {
-            return headers_key(value)
-                .ok_or_else(|| ErrorCondition::new(condition::INVALID_FIELD, "headers filter value must be a map"));
+            return headers_key(value).ok_or_else(|| {
+                ErrorCondition::new(
+                    condition::INVALID_FIELD,
+                    "headers filter value must be a map",
+                )
+            });
         }
     }
     Ok(BindingKey::All)
@@ -864,10 +1016,16 @@ fn subscription_key(source: Option<&Source>) -> Result<BindingKey, ErrorConditio
 fn node_settings(defaults: &QueueSettings, attach: &Attach, client_sends: bool) -> QueueSettings {
     let (props, durable) = if client_sends {
         let t = attach.target.as_ref();
-        (t.and_then(|t| t.dynamic_node_properties.as_ref()), t.map(|t| t.durable))
+        (
+            t.and_then(|t| t.dynamic_node_properties.as_ref()),
+            t.map(|t| t.durable),
+        )
     } else {
         let s = attach.source.as_ref();
-        (s.and_then(|s| s.dynamic_node_properties.as_ref()), s.map(|s| s.durable))
+        (
+            s.and_then(|s| s.dynamic_node_properties.as_ref()),
+            s.map(|s| s.durable),
+        )
     };
     let mut settings = defaults.clone();
     if durable.unwrap_or(0) > 0 {
@@ -880,7 +1038,11 @@ fn node_settings(defaults: &QueueSettings, attach: &Attach, client_sends: bool) 
         if let Some(n) = props.map_get("max-queue-count").and_then(Value::as_u64) {
             settings.max_count = n;
         }
-        if let Some(p) = props.map_get("limit-policy").and_then(Value::as_str).and_then(crate::queue::LimitPolicy::parse) {
+        if let Some(p) = props
+            .map_get("limit-policy")
+            .and_then(Value::as_str)
+            .and_then(crate::queue::LimitPolicy::parse)
+        {
             settings.policy = p;
         }
         if let Some(Value::Bool(d)) = props.map_get("durable") {

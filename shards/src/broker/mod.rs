@@ -18,7 +18,9 @@ use bytes::Bytes;
 
 use crate::amqp::connection::{Connection, LinkKey};
 use crate::amqp::performative::{condition, ErrorCondition};
-use crate::queue::{AckTo, ConsumerRef, Delivery, EnqueueOutcome, Queue, QueueSettings, QueueStats, Settlement};
+use crate::queue::{
+    AckTo, ConsumerRef, Delivery, EnqueueOutcome, Queue, QueueSettings, QueueStats, Settlement,
+};
 
 pub use catalogue::{Catalogue, ConfigEvent, ConfigOp};
 use link::{Conn, PendingAck};
@@ -67,10 +69,19 @@ impl Default for BrokerSettings {
 #[derive(Debug)]
 pub enum ShardMsg {
     /// To shard 0, the configuration's ordering point.
-    ConfigRequest { origin: usize, req: u64, op: ConfigOp },
+    ConfigRequest {
+        origin: usize,
+        req: u64,
+        op: ConfigOp,
+    },
     /// From shard 0: apply these and confirm with `ConfigApplied{barrier}`.
-    Config { events: Vec<ConfigEvent>, barrier: u64 },
-    ConfigApplied { barrier: u64 },
+    Config {
+        events: Vec<ConfigEvent>,
+        barrier: u64,
+    },
+    ConfigApplied {
+        barrier: u64,
+    },
     /// From shard 0 once every shard applied the change.
     ConfigReply {
         req: u64,
@@ -112,13 +123,28 @@ pub enum ShardMsg {
         delivered: Vec<u64>,
     },
     /// Queue owner → consumer shard.
-    Deliver { queue: Arc<str>, delivery: Delivery },
-    Drained { consumer: ConsumerRef, unused: u32 },
+    Deliver {
+        queue: Arc<str>,
+        delivery: Delivery,
+    },
+    Drained {
+        consumer: ConsumerRef,
+        unused: u32,
+    },
     /// The queue a consumer reads from was deleted.
-    ConsumerGone { consumer: ConsumerRef, error: ErrorCondition },
+    ConsumerGone {
+        consumer: ConsumerRef,
+        error: ErrorCondition,
+    },
     /// Management: counters of the queues a shard owns.
-    StatsRequest { origin: usize, req: u64 },
-    StatsReply { req: u64, queues: Vec<(Arc<str>, QueueStats)> },
+    StatsRequest {
+        origin: usize,
+        req: u64,
+    },
+    StatsReply {
+        req: u64,
+        queues: Vec<(Arc<str>, QueueStats)>,
+    },
 }
 
 /// What a successful configuration request produced.
@@ -244,7 +270,11 @@ impl Shard {
             }
             ShardMsg::ConfigApplied { barrier } => self.on_config_applied(barrier),
             ShardMsg::ConfigReply { req, result } => self.on_config_reply(req, result),
-            ShardMsg::Enqueue { queue, message, ack } => self.on_enqueue(&queue, message, ack),
+            ShardMsg::Enqueue {
+                queue,
+                message,
+                ack,
+            } => self.on_enqueue(&queue, message, ack),
             ShardMsg::Ack { token, rejected } => self.on_ack(token, rejected),
             ShardMsg::Subscribe {
                 queue,
@@ -257,7 +287,10 @@ impl Shard {
                     consumer.shard,
                     ShardMsg::ConsumerGone {
                         consumer,
-                        error: ErrorCondition::new(condition::NOT_FOUND, format!("queue '{queue}' no longer exists")),
+                        error: ErrorCondition::new(
+                            condition::NOT_FOUND,
+                            format!("queue '{queue}' no longer exists"),
+                        ),
                     },
                 ),
             },
@@ -320,7 +353,11 @@ impl Shard {
             ShardMsg::Drained { consumer, unused } => self.on_drained(consumer, unused),
             ShardMsg::ConsumerGone { consumer, error } => self.on_consumer_gone(consumer, error),
             ShardMsg::StatsRequest { origin, req } => {
-                let queues = self.queues.iter().map(|(n, q)| (n.clone(), q.stats())).collect();
+                let queues = self
+                    .queues
+                    .iter()
+                    .map(|(n, q)| (n.clone(), q.stats()))
+                    .collect();
                 self.send(origin, ShardMsg::StatsReply { req, queues });
             }
             ShardMsg::StatsReply { req, queues } => {
@@ -338,7 +375,10 @@ impl Shard {
     fn on_enqueue(&mut self, queue: &Arc<str>, message: Bytes, ack: Option<AckTo>) {
         let Some(q) = self.queues.get_mut(queue) else {
             if let Some(ack) = ack {
-                let error = ErrorCondition::new(condition::NOT_FOUND, format!("queue '{queue}' no longer exists"));
+                let error = ErrorCondition::new(
+                    condition::NOT_FOUND,
+                    format!("queue '{queue}' no longer exists"),
+                );
                 self.send(
                     ack.shard,
                     ShardMsg::Ack {
@@ -425,14 +465,21 @@ impl Shard {
     fn apply_config(&mut self, ev: &ConfigEvent) {
         self.catalogue.apply(ev);
         match ev {
-            ConfigEvent::QueueDeclared { name, owner, settings } if *owner == self.id => {
+            ConfigEvent::QueueDeclared {
+                name,
+                owner,
+                settings,
+            } if *owner == self.id => {
                 self.queues
                     .entry(name.clone())
                     .or_insert_with(|| Queue::new(name.clone(), settings.clone()));
             }
             ConfigEvent::QueueDeleted { name } => {
                 if let Some(mut q) = self.queues.remove(name) {
-                    let error = ErrorCondition::new("amqp:resource-deleted", format!("queue '{name}' was deleted"));
+                    let error = ErrorCondition::new(
+                        "amqp:resource-deleted",
+                        format!("queue '{name}' was deleted"),
+                    );
                     for consumer in q.consumer_refs() {
                         self.send(
                             consumer.shard,
@@ -459,7 +506,10 @@ impl Shard {
 
     /// Counters of the queues this shard owns.
     pub fn local_queue_stats(&self) -> Vec<(Arc<str>, QueueStats)> {
-        self.queues.iter().map(|(n, q)| (n.clone(), q.stats())).collect()
+        self.queues
+            .iter()
+            .map(|(n, q)| (n.clone(), q.stats()))
+            .collect()
     }
 
     /// A new connection; returns its id.
