@@ -220,14 +220,15 @@ fn receive(
         for m in &batch {
             report.received += 1;
             let p = &m.payload;
-            let seq = (p.len() >= t.size)
-                .then(|| {
-                    let at = p.len() - t.size;
+            // The sequence number opens the last `size` bytes (the body).
+            let seq = match p.len().checked_sub(t.size) {
+                Some(at) => {
                     let mut b = [0u8; 8];
                     b.copy_from_slice(&p[at..at + 8]);
                     u64::from_be_bytes(b)
-                })
-                .unwrap_or(u64::MAX);
+                }
+                None => u64::MAX,
+            };
             match seen.get_mut(seq as usize) {
                 Some(s) if *s => report.duplicates += 1,
                 Some(s) => {

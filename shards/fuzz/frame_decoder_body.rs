@@ -33,11 +33,18 @@ fn frame_decoder_body(data: &[u8]) {
             match event {
                 Event::Attached { link, attach } => {
                     if attach.name.starts_with('!') {
-                        let error = ErrorCondition::new("amqp:not-found", "refused by the fuzz body");
+                        let error =
+                            ErrorCondition::new("amqp:not-found", "refused by the fuzz body");
                         conn.refuse_attach(link, &attach, error);
                         continue;
                     }
-                    conn.accept_attach(link, &attach, attach.source.clone(), attach.target.clone(), None);
+                    conn.accept_attach(
+                        link,
+                        &attach,
+                        attach.source.clone(),
+                        attach.target.clone(),
+                        None,
+                    );
                     if attach.role == Role::Sender {
                         conn.grant_credit(link, 3, false);
                     }
@@ -55,7 +62,14 @@ fn frame_decoder_body(data: &[u8]) {
                 } => {
                     if !settled {
                         let accepted = DeliveryState::Accepted;
-                        conn.disposition(link.channel, Role::Receiver, delivery_id, delivery_id, true, Some(&accepted));
+                        conn.disposition(
+                            link.channel,
+                            Role::Receiver,
+                            delivery_id,
+                            delivery_id,
+                            true,
+                            Some(&accepted),
+                        );
                     }
                     conn.grant_credit(link, 3, false);
                 }
@@ -69,7 +83,10 @@ fn frame_decoder_body(data: &[u8]) {
     fn check_output(mut out: BytesMut) {
         while !out.is_empty() {
             if out.starts_with(b"AMQP") {
-                assert!(out.len() >= 8, "engine wrote a truncated protocol header: {out:02x?}");
+                assert!(
+                    out.len() >= 8,
+                    "engine wrote a truncated protocol header: {out:02x?}"
+                );
                 assert!(
                     out[..8] == AMQP_HEADER || out[..8] == SASL_HEADER,
                     "engine wrote an unknown protocol header: {:02x?}",
@@ -117,7 +134,10 @@ fn frame_decoder_body(data: &[u8]) {
         max_frame_size: MAX_FRAME,
         channel_max: 255,
         idle_timeout: (control[0] & 2 != 0).then_some(Duration::from_millis(50)),
-        properties: Some(Value::Map(vec![(Value::symbol("product"), Value::string("tandem"))])),
+        properties: Some(Value::Map(vec![(
+            Value::symbol("product"),
+            Value::string("tandem"),
+        )])),
         max_message_size: 1 << 20,
         hostname: None,
         sasl: Sasl::Server {

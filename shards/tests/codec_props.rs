@@ -731,3 +731,16 @@ proptest! {
         prop_assert!(frames <= bytes.len() / 8);
     }
 }
+
+/// Eight bytes promising a 4 GiB frame (allowed by a huge max-frame-size) must
+/// not make the splitter allocate the frame before a byte of it arrives.
+#[test]
+fn a_promised_huge_frame_is_not_allocated_up_front() {
+    let mut buf = BytesMut::from(&[0xff, 0xff, 0xff, 0xf0, 2, 0, 0, 0][..]);
+    assert!(matches!(split_frame(&mut buf, u32::MAX), Ok(None)));
+    assert!(
+        buf.capacity() <= 1 << 20,
+        "reserved {} bytes for an announced frame",
+        buf.capacity()
+    );
+}
