@@ -69,6 +69,9 @@ pub struct Exchange {
     pub name: Arc<str>,
     pub kind: ExchangeType,
     pub bindings: Vec<Binding>,
+    pub durable: bool,
+    /// `qpid.replicate`, stored for the HA issue.
+    pub replicate: Option<String>,
 }
 
 /// What routing needs to know of a message; application properties are decoded
@@ -84,6 +87,8 @@ impl Exchange {
             name: name.into(),
             kind,
             bindings: Vec::new(),
+            durable: false,
+            replicate: None,
         }
     }
 

@@ -13,6 +13,7 @@ pub mod broker;
 pub mod client;
 pub mod duration;
 pub mod exchange;
+pub mod management;
 pub mod placement;
 pub mod queue;
 pub mod runtime;

@@ -52,6 +52,9 @@ pub struct QueueSettings {
     pub auto_delete: bool,
     /// `qpid.replicate`, stored for the HA issue.
     pub replicate: Option<String>,
+    /// Last-value queue: a new message replaces the available one with the same
+    /// value of this application property.
+    pub lvq_key: Option<String>,
 }
 
 impl Default for QueueSettings {
@@ -63,6 +66,7 @@ impl Default for QueueSettings {
             durable: false,
             auto_delete: false,
             replicate: None,
+            lvq_key: None,
         }
     }
 }
@@ -133,6 +137,7 @@ pub struct QueueStats {
     pub redeliveries: u64,
     pub held: u64,
     pub ring_dropped: u64,
+    pub lvq_replaced: u64,
 }
 
 pub enum EnqueueOutcome {
@@ -158,6 +163,8 @@ pub struct Queue {
     stats: QueueStats,
     /// Set once a consumer has attached: auto-delete waits for the first one.
     had_consumer: bool,
+    /// Last-value queues: key value -> position of the available message holding it.
+    lvq_index: HashMap<String, u64>,
 }
 
 impl Queue {
@@ -174,6 +181,7 @@ impl Queue {
             bytes: 0,
             stats: QueueStats::default(),
             had_consumer: false,
+            lvq_index: HashMap::new(),
         }
     }
 
@@ -201,6 +209,25 @@ impl Queue {
     /// Offers a message. Under the flow policy a full queue holds it, with its ack.
     pub fn enqueue(&mut self, message: Bytes, ack: Option<AckTo>) -> EnqueueOutcome {
         let size = message.len() as u64;
+        if let Some(key) = self.lvq_value(&message) {
+            // A last-value queue replaces rather than grows, so limits do not apply
+            // to a replacement.
+            if let Some(old) = self.lvq_index.get(&key).copied() {
+                if let Some(prev) = self.available.remove(&old) {
+                    self.bytes -= prev.message.len() as u64;
+                    self.stats.lvq_replaced += 1;
+                    self.stats.dequeues += 1;
+                    self.store(message);
+                    self.lvq_index.insert(key, self.next_position - 1);
+                    return EnqueueOutcome::Stored;
+                }
+            }
+            if self.held.is_empty() && !self.is_full_for(size) {
+                self.store(message);
+                self.lvq_index.insert(key, self.next_position - 1);
+                return EnqueueOutcome::Stored;
+            }
+        }
         if !self.held.is_empty() || self.is_full_for(size) {
             match self.settings.policy {
                 LimitPolicy::Flow => {
@@ -222,6 +249,18 @@ impl Queue {
         }
         self.store(message);
         EnqueueOutcome::Stored
+    }
+
+    /// The last-value key of a message, for last-value queues.
+    fn lvq_value(&self, message: &Bytes) -> Option<String> {
+        let key = self.settings.lvq_key.as_deref()?;
+        let map = crate::amqp::message::scan(message).ok()?;
+        let props = crate::amqp::message::application_properties(message, &map).ok()??;
+        let v = props.map_get(key)?;
+        Some(match v.as_str() {
+            Some(s) => s.to_owned(),
+            None => format!("{v:?}"),
+        })
     }
 
     fn store(&mut self, message: Bytes) {
@@ -511,6 +550,44 @@ mod tests {
     }
 
     #[test]
+    fn last_value_queue_keeps_the_latest_per_key() {
+        use crate::amqp::codec::Value;
+        use crate::amqp::message::MessageBuilder;
+        let mut q = Queue::new(
+            "lvq".into(),
+            QueueSettings {
+                lvq_key: Some("sym".into()),
+                ..Default::default()
+            },
+        );
+        let m = |sym: &str, px: i32| {
+            MessageBuilder {
+                application_properties: vec![("sym".into(), Value::string(sym))],
+                body: Some(Value::Int(px)),
+                ..Default::default()
+            }
+            .encode()
+        };
+        q.enqueue(m("A", 1), None);
+        q.enqueue(m("B", 1), None);
+        q.enqueue(m("A", 2), None);
+        assert_eq!(q.stats().depth, 2);
+        assert_eq!(q.stats().lvq_replaced, 1);
+        q.subscribe(who(1), false, true);
+        let mut out = Vec::new();
+        q.add_credit(who(1), 10, false, &mut out);
+        let bodies: Vec<_> = out
+            .iter()
+            .map(|d| {
+                crate::amqp::message::DecodedMessage::decode(&d.message)
+                    .expect("decodes")
+                    .body
+            })
+            .collect();
+        assert_eq!(bodies, vec![Some(Value::Int(1)), Some(Value::Int(2))]);
+    }
+
+    #[test]
     fn browser_sees_without_taking() {
         let mut q = Queue::new("q".into(), QueueSettings::default());
         q.enqueue(msg("a"), None);
@@ -518,6 +595,7 @@ mod tests {
         let mut out = Vec::new();
         q.add_credit(who(1), 5, false, &mut out);
         assert_eq!(out.len(), 1);
+        // (browsing leaves the message for the consumer below)
         q.subscribe(who(2), false, false);
         out.clear();
         q.add_credit(who(2), 5, false, &mut out);

@@ -199,6 +199,9 @@ pub struct Connection {
     last_received: Instant,
     sent_open: bool,
     user: Option<String>,
+    /// Frames read and written, for management.
+    frames_in: u64,
+    frames_out: u64,
 }
 
 impl Connection {
@@ -235,6 +238,8 @@ impl Connection {
             last_received: now,
             sent_open: false,
             user: None,
+            frames_in: 0,
+            frames_out: 0,
         }
     }
 
@@ -269,6 +274,11 @@ impl Connection {
     /// True when frames may be exchanged (open sent and not closing).
     pub fn is_open(&self) -> bool {
         self.phase == Phase::Open
+    }
+
+    /// Frames read from and written to the peer.
+    pub fn frame_counts(&self) -> (u64, u64) {
+        (self.frames_in, self.frames_out)
     }
 
     /// The peer's max-frame-size.
@@ -553,6 +563,7 @@ impl Connection {
                 return false;
             }
         };
+        self.frames_in += 1;
         if raw.frame_type != FRAME_AMQP {
             self.close_with(ErrorCondition::new(
                 condition::FRAMING_ERROR,
@@ -644,6 +655,7 @@ impl Connection {
             properties: self.cfg.properties.clone(),
             ..Default::default()
         };
+        self.frames_out += 1;
         write_frame(&mut self.out, 0, &Performative::Open(open));
         self.sent_open = true;
     }
@@ -653,6 +665,7 @@ impl Connection {
             if !self.sent_open {
                 self.send_open();
             }
+            self.frames_out += 1;
             write_frame(
                 &mut self.out,
                 0,
@@ -715,6 +728,7 @@ impl Connection {
                 s.remote_incoming_window = begin.incoming_window;
                 s.next_incoming_id = begin.next_outgoing_id;
                 self.sessions.insert(local, s);
+                self.frames_out += 1;
                 write_frame(
                     &mut self.out,
                     local,
@@ -752,6 +766,7 @@ impl Connection {
                 }
             }
             if !session.ended_local {
+                self.frames_out += 1;
                 write_frame(
                     &mut self.out,
                     local,
@@ -835,6 +850,7 @@ impl Connection {
         };
         let already_detached = s.links.remove(&handle).map(|l| l.detached).unwrap_or(true);
         if !already_detached {
+            self.frames_out += 1;
             write_frame(
                 &mut self.out,
                 local,
@@ -1056,6 +1072,7 @@ impl Connection {
         if !self.sent_open {
             self.send_open();
         }
+        self.frames_out += 1;
         write_frame(
             &mut self.out,
             0,
@@ -1077,6 +1094,7 @@ impl Connection {
             .find(|c| !self.sessions.contains_key(c))
             .unwrap_or(0);
         self.sessions.insert(local, Session::new());
+        self.frames_out += 1;
         write_frame(
             &mut self.out,
             local,
@@ -1114,6 +1132,7 @@ impl Connection {
         );
         attach.handle = handle;
         attach.initial_delivery_count = (attach.role == Role::Sender).then_some(0);
+        self.frames_out += 1;
         write_frame(&mut self.out, channel, &Performative::Attach(attach));
         Some(LinkKey { channel, handle })
     }
@@ -1151,6 +1170,7 @@ impl Connection {
             desired_capabilities: None,
             properties,
         };
+        self.frames_out += 1;
         write_frame(&mut self.out, link.channel, &Performative::Attach(attach));
     }
 
@@ -1175,6 +1195,7 @@ impl Connection {
             desired_capabilities: None,
             properties: None,
         };
+        self.frames_out += 1;
         write_frame(&mut self.out, link.channel, &Performative::Attach(attach));
         self.detach_with(link, error);
     }
@@ -1195,6 +1216,7 @@ impl Connection {
             return;
         }
         state.detached = true;
+        self.frames_out += 1;
         write_frame(
             &mut self.out,
             link.channel,
@@ -1272,6 +1294,7 @@ impl Connection {
             drain: link.map(|l| l.3).unwrap_or(false),
             echo: false,
         };
+        self.frames_out += 1;
         write_frame(&mut self.out, channel, &Performative::Flow(flow));
     }
 
@@ -1305,6 +1328,7 @@ impl Connection {
             } else {
                 &mut frame
             };
+            self.frames_out += 1;
             let start = begin_frame(out, FRAME_AMQP, link.channel);
             let perf_start = out.len();
             let transfer = |more: bool| {
@@ -1373,6 +1397,7 @@ impl Connection {
         if !self.sessions.contains_key(&channel) {
             return;
         }
+        self.frames_out += 1;
         let start = begin_frame(&mut self.out, FRAME_AMQP, channel);
         Performative::Disposition(Disposition {
             role,
@@ -1391,6 +1416,7 @@ impl Connection {
         if let Some(s) = self.sessions.get_mut(&channel) {
             if !s.ended_local {
                 s.ended_local = true;
+                self.frames_out += 1;
                 write_frame(&mut self.out, channel, &Performative::End(End { error }));
             }
         }

@@ -78,7 +78,7 @@ pub fn split_frame(
     }
     if buf.len() < size as usize {
         // Capped: a peer's 8-byte promise of a huge frame must not allocate it up front.
-        buf.reserve(size as usize - buf.len());
+        buf.reserve((size as usize - buf.len()).min(64 * 1024));
         return Ok(None);
     }
     let frame_type = buf[5];

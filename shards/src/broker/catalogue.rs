@@ -29,6 +29,9 @@ pub enum ConfigOp {
         name: Option<String>,
         settings: QueueSettings,
         bind: Option<(String, BindingKey)>,
+        /// Management creates are strict: an existing queue declared differently
+        /// is a conflict (attaches just use what exists).
+        strict: bool,
     },
     DeleteQueue {
         name: String,
@@ -37,6 +40,8 @@ pub enum ConfigOp {
     DeclareExchange {
         name: String,
         kind: ExchangeType,
+        durable: bool,
+        replicate: Option<String>,
     },
     DeleteExchange {
         name: String,
@@ -67,6 +72,8 @@ pub enum ConfigEvent {
     ExchangeDeclared {
         name: Arc<str>,
         kind: ExchangeType,
+        durable: bool,
+        replicate: Option<String>,
     },
     ExchangeDeleted {
         name: Arc<str>,
@@ -134,10 +141,19 @@ impl Catalogue {
                     ex.unbind_queue(name);
                 }
             }
-            ConfigEvent::ExchangeDeclared { name, kind } => {
+            ConfigEvent::ExchangeDeclared {
+                name,
+                kind,
+                durable,
+                replicate,
+            } => {
                 self.exchanges
                     .entry(name.clone())
-                    .or_insert_with(|| Exchange::new(name, *kind));
+                    .or_insert_with(|| Exchange {
+                        durable: *durable,
+                        replicate: replicate.clone(),
+                        ..Exchange::new(name, *kind)
+                    });
             }
             ConfigEvent::ExchangeDeleted { name } => {
                 self.exchanges.remove(name);
@@ -167,6 +183,7 @@ impl Catalogue {
                 name,
                 settings,
                 bind,
+                strict,
             } => {
                 let name: Arc<str> = name.unwrap_or_else(temp_name).into();
                 if name.is_empty() {
@@ -183,6 +200,12 @@ impl Catalogue {
                 }
                 let mut events = Vec::new();
                 let owner = match self.queues.get(&name) {
+                    Some(existing) if strict && existing.settings != settings => {
+                        return Err(ErrorCondition::new(
+                            condition::PRECONDITION_FAILED,
+                            format!("queue '{name}' already exists with different arguments"),
+                        ))
+                    }
                     Some(existing) => existing.owner,
                     None => {
                         let owner = shard_of(&name, shards);
@@ -223,7 +246,12 @@ impl Catalogue {
                     ConfigDone { queue: None },
                 ))
             }
-            ConfigOp::DeclareExchange { name, kind } => {
+            ConfigOp::DeclareExchange {
+                name,
+                kind,
+                durable,
+                replicate,
+            } => {
                 if let Some(ex) = self.exchanges.get(name.as_str()) {
                     if ex.kind != kind {
                         return Err(ErrorCondition::new(
@@ -243,6 +271,8 @@ impl Catalogue {
                     vec![ConfigEvent::ExchangeDeclared {
                         name: name.into(),
                         kind,
+                        durable,
+                        replicate,
                     }],
                     ConfigDone { queue: None },
                 ))

@@ -43,6 +43,8 @@ enum Dest {
     Exchange(Arc<str>),
     /// The anonymous relay: each message's `to` names its node.
     Anonymous,
+    /// The management node: each message is a request.
+    Management,
 }
 
 enum LinkRole {
@@ -71,6 +73,8 @@ pub(super) enum Waiting {
         link: LinkKey,
         attach: Box<Attach>,
     },
+    /// A management request's configuration change; the reply goes here.
+    Management(super::mgmt::ReplyTo),
 }
 
 /// A publish waiting for its queues' acks.
@@ -95,6 +99,10 @@ struct OutDelivery {
 pub(super) struct Conn {
     pub(super) engine: Connection,
     peer: String,
+    user: Option<String>,
+    container: String,
+    messages_in: u64,
+    messages_out: u64,
     links: HashMap<LinkKey, LinkRole>,
     /// Unsettled deliveries we sent, by (channel, delivery id).
     out: HashMap<(u16, u32), OutDelivery>,
@@ -107,6 +115,10 @@ impl Conn {
         Conn {
             engine,
             peer,
+            user: None,
+            container: String::new(),
+            messages_in: 0,
+            messages_out: 0,
             links: HashMap::new(),
             out: HashMap::new(),
             accepted: Vec::new(),
@@ -186,6 +198,30 @@ impl Shard {
         self.conn_events(id);
     }
 
+    /// Management's view of this shard's connections.
+    pub fn connection_infos(&self) -> Vec<super::ConnectionInfo> {
+        let mut v: Vec<_> = self
+            .conns
+            .iter()
+            .map(|(id, c)| {
+                let (frames_in, frames_out) = c.engine.frame_counts();
+                super::ConnectionInfo {
+                    shard: self.id,
+                    id: *id,
+                    address: c.peer.clone(),
+                    user: c.user.clone(),
+                    container: c.container.clone(),
+                    frames_in,
+                    frames_out,
+                    messages_in: c.messages_in,
+                    messages_out: c.messages_out,
+                }
+            })
+            .collect();
+        v.sort_by_key(|c| c.id);
+        v
+    }
+
     pub fn conn_ids(&self) -> Vec<u64> {
         self.conns.keys().copied().collect()
     }
@@ -218,10 +254,14 @@ impl Shard {
         match ev {
             Event::Authenticated { user } => {
                 tracing::debug!(conn = id, ?user, "authenticated");
+                if let Some(c) = self.conns.get_mut(&id) {
+                    c.user = user;
+                }
             }
             Event::Opened(open) => {
-                if let Some(c) = self.conns.get(&id) {
+                if let Some(c) = self.conns.get_mut(&id) {
                     tracing::debug!(conn = id, peer = %c.peer, container = %open.container_id, "connection opened");
+                    c.container = open.container_id;
                 }
             }
             Event::Begun { .. } | Event::Ended { .. } => {}
@@ -282,10 +322,21 @@ impl Shard {
                     ..self.settings.default_queue.clone()
                 },
                 bind: None,
+                strict: false,
             };
             return self.request_for_attach(id, link, attach, op);
         }
         let address = address.unwrap_or_default();
+        if address == crate::management::NODE {
+            if client_sends {
+                return self.start_publisher(id, link, &attach, Dest::Management, None);
+            }
+            let error = ErrorCondition::new(
+                condition::NOT_ALLOWED,
+                "$management takes requests; receive replies on a reply-to queue (e.g. a dynamic one)",
+            );
+            return self.refuse(id, link, &attach, error);
+        }
         if address.is_empty() {
             if client_sends {
                 return self.start_publisher(id, link, &attach, Dest::Anonymous, None);
@@ -316,6 +367,7 @@ impl Shard {
                     ..self.settings.default_queue.clone()
                 },
                 bind: Some((name.to_string(), key)),
+                strict: false,
             };
             return self.request_for_attach(id, link, attach, op);
         }
@@ -331,6 +383,7 @@ impl Shard {
             name: Some(address),
             settings,
             bind: None,
+            strict: false,
         };
         self.request_for_attach(id, link, attach, op)
     }
@@ -363,7 +416,10 @@ impl Shard {
         let Some(waiting) = self.requests.remove(&req) else {
             return;
         };
-        let Waiting::Attach { conn, link, attach } = waiting;
+        let (conn, link, attach) = match waiting {
+            Waiting::Attach { conn, link, attach } => (conn, link, attach),
+            Waiting::Management(reply) => return self.on_management_config_reply(reply, result),
+        };
         // The link may have gone while we waited.
         let still_pending = self
             .conns
@@ -520,7 +576,22 @@ impl Shard {
             }
             Dest::Exchange(ex) => self.route_exchange(ex, &payload, &mut targets),
             Dest::Anonymous => self.route_anonymous(&payload, &mut targets),
+            Dest::Management => Ok(()),
         };
+        if let Dest::Exchange(ex) = &dest {
+            let stats = self.exchange_stats.entry(ex.clone()).or_default();
+            if targets.is_empty() {
+                stats.dropped += 1;
+            } else {
+                stats.routed += 1;
+            }
+        }
+        if let Some(c) = self.conns.get_mut(&id) {
+            c.messages_in += 1;
+        }
+        if matches!(dest, Dest::Management) {
+            self.on_management(&payload);
+        }
         let token = self.next_token;
         self.next_token += 1;
         let mut pending = PendingAck {
@@ -570,7 +641,7 @@ impl Shard {
         self.route_buf = targets;
     }
 
-    fn route_exchange(
+    pub(super) fn route_exchange(
         &self,
         exchange: &str,
         payload: &Bytes,
@@ -949,6 +1020,7 @@ fn send_delivery(c: &mut Conn, link: LinkKey, queue: &Arc<str>, owner: usize, d:
     };
     let tag = delivery_tag(d.position);
     if let Some(delivery_id) = c.engine.send(link, &tag, &payload, d.settled) {
+        c.messages_out += 1;
         if !d.settled {
             c.out.insert(
                 (link.channel, delivery_id),

@@ -9,6 +9,7 @@
 
 mod catalogue;
 mod link;
+mod mgmt;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -19,11 +20,12 @@ use bytes::Bytes;
 use crate::amqp::connection::{Connection, LinkKey};
 use crate::amqp::performative::{condition, ErrorCondition};
 use crate::queue::{
-    AckTo, ConsumerRef, Delivery, EnqueueOutcome, Queue, QueueSettings, QueueStats, Settlement,
+    AckTo, ConsumerRef, Delivery, EnqueueOutcome, Queue, QueueSettings, Settlement,
 };
 
 pub use catalogue::{Catalogue, ConfigEvent, ConfigOp};
 use link::{Conn, PendingAck};
+pub use mgmt::{ConnectionInfo, ExchangeStats, ShardReport};
 
 /// Settings every shard needs (the daemon maps its configuration onto this).
 #[derive(Debug, Clone)]
@@ -136,14 +138,14 @@ pub enum ShardMsg {
         consumer: ConsumerRef,
         error: ErrorCondition,
     },
-    /// Management: counters of the queues a shard owns.
+    /// Management: a shard's counters, summed by the asking shard.
     StatsRequest {
         origin: usize,
         req: u64,
     },
     StatsReply {
         req: u64,
-        queues: Vec<(Arc<str>, QueueStats)>,
+        report: ShardReport,
     },
 }
 
@@ -153,10 +155,6 @@ pub struct ConfigDone {
     /// The queue concerned (a generated name for temporary queues), and its owner.
     pub queue: Option<(Arc<str>, usize)>,
 }
-
-/// Queue counters being gathered from every shard: shards still to answer, and
-/// what arrived so far.
-type StatsGather = (usize, Vec<(Arc<str>, QueueStats)>);
 
 /// One shard's broker.
 pub struct Shard {
@@ -186,8 +184,10 @@ pub struct Shard {
     route_buf: Vec<Arc<str>>,
     deliveries_buf: Vec<Delivery>,
     acks_buf: Vec<AckTo>,
-    /// Statistics requests in progress (management), by request id.
-    stats_wait: HashMap<u64, StatsGather>,
+    /// Statistics gathers in progress (management), by request id.
+    gathers: HashMap<u64, mgmt::Gather>,
+    /// Routing counters of exchanges used on this shard.
+    exchange_stats: HashMap<Arc<str>, ExchangeStats>,
 }
 
 impl Shard {
@@ -213,7 +213,8 @@ impl Shard {
             route_buf: Vec::new(),
             deliveries_buf: Vec::new(),
             acks_buf: Vec::new(),
-            stats_wait: HashMap::new(),
+            gathers: HashMap::new(),
+            exchange_stats: HashMap::new(),
         }
     }
 
@@ -353,19 +354,10 @@ impl Shard {
             ShardMsg::Drained { consumer, unused } => self.on_drained(consumer, unused),
             ShardMsg::ConsumerGone { consumer, error } => self.on_consumer_gone(consumer, error),
             ShardMsg::StatsRequest { origin, req } => {
-                let queues = self
-                    .queues
-                    .iter()
-                    .map(|(n, q)| (n.clone(), q.stats()))
-                    .collect();
-                self.send(origin, ShardMsg::StatsReply { req, queues });
+                let report = self.report();
+                self.send(origin, ShardMsg::StatsReply { req, report });
             }
-            ShardMsg::StatsReply { req, queues } => {
-                if let Some((left, acc)) = self.stats_wait.get_mut(&req) {
-                    acc.extend(queues);
-                    *left -= 1;
-                }
-            }
+            ShardMsg::StatsReply { req, report } => self.on_stats_reply(req, report),
         }
     }
 
@@ -502,14 +494,6 @@ impl Shard {
             }
             _ => {}
         }
-    }
-
-    /// Counters of the queues this shard owns.
-    pub fn local_queue_stats(&self) -> Vec<(Arc<str>, QueueStats)> {
-        self.queues
-            .iter()
-            .map(|(n, q)| (n.clone(), q.stats()))
-            .collect()
     }
 
     /// A new connection; returns its id.
