@@ -2,7 +2,7 @@
 //! qpidd-style flags), checks what the runtime needs, starts one shard per core,
 //! prints where it listens, and shuts down cleanly on SIGTERM or SIGINT.
 
-mod config;
+use tandem::config;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};

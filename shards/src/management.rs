@@ -238,6 +238,11 @@ impl ManagementClient {
     pub fn into_client(self) -> Client {
         self.client
     }
+
+    /// Closes the connection politely.
+    pub fn close(self) {
+        let _ = self.client.close();
+    }
 }
 
 #[cfg(test)]

@@ -245,7 +245,12 @@ impl Shard {
             };
             self.on_event(id, ev);
         }
-        if self.conns.get(&id).is_some_and(|c| c.engine.has_output()) {
+        // Output to write, or a closed connection whose writer must finish up.
+        if self
+            .conns
+            .get(&id)
+            .is_some_and(|c| c.engine.has_output() || c.engine.is_closed())
+        {
             self.mark_dirty(id);
         }
     }

@@ -1,0 +1,285 @@
+//! `tandem-config`: create, delete and list queues, exchanges and bindings, in the
+//! manner of `qpid-config`. Exit status 0 on success; 1 with a one-line reason.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tandem::tools::{self, call, cell, get, json_rows, query, table, BrokerArgs, ToolResult};
+use tandem_shards::amqp::codec::Value;
+use tandem_shards::management::{ManagementClient, Request};
+
+#[derive(Parser)]
+#[command(
+    name = "tandem-config",
+    version,
+    about = "Configure a Tandem broker: queues, exchanges, bindings"
+)]
+struct Cli {
+    #[command(flatten)]
+    broker: BrokerArgs,
+    /// Print lists as JSON.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List queues.
+    Queues,
+    /// List exchanges.
+    Exchanges,
+    /// List bindings.
+    Bindings,
+    /// Add a queue or an exchange.
+    Add {
+        #[command(subcommand)]
+        what: Add,
+    },
+    /// Delete a queue or an exchange.
+    Del {
+        #[command(subcommand)]
+        what: Del,
+    },
+    /// Bind a queue to an exchange: bind EXCHANGE QUEUE [KEY] [all|any k=v ...]
+    Bind(BindArgs),
+    /// Remove a binding (same arguments as bind).
+    Unbind(BindArgs),
+}
+
+#[derive(Subcommand)]
+enum Add {
+    /// add queue NAME [options]
+    Queue {
+        name: String,
+        /// Keep the queue (and its persistent messages) across restarts.
+        #[arg(long)]
+        durable: bool,
+        /// Replication level for HA: none, configuration or all.
+        #[arg(long, value_name = "LEVEL")]
+        replicate: Option<String>,
+        /// Maximum bytes queued (0: unlimited).
+        #[arg(long, value_name = "BYTES")]
+        max_queue_size: Option<String>,
+        /// Maximum messages queued (0: unlimited).
+        #[arg(long, value_name = "N")]
+        max_queue_count: Option<String>,
+        /// What a full queue does: flow (stall publishers), reject, or ring (drop oldest).
+        #[arg(long, value_name = "POLICY")]
+        limit_policy: Option<String>,
+        /// Make a last-value queue keyed on this application property.
+        #[arg(long, value_name = "KEY")]
+        lvq_key: Option<String>,
+    },
+    /// add exchange TYPE NAME [options]  (TYPE: direct, topic, fanout, headers)
+    Exchange {
+        #[arg(value_name = "TYPE")]
+        kind: String,
+        name: String,
+        #[arg(long)]
+        durable: bool,
+        #[arg(long, value_name = "LEVEL")]
+        replicate: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum Del {
+    /// del queue NAME [--force]
+    Queue {
+        name: String,
+        /// Delete even if the queue has messages or consumers.
+        #[arg(long)]
+        force: bool,
+    },
+    /// del exchange NAME
+    Exchange { name: String },
+}
+
+#[derive(clap::Args)]
+struct BindArgs {
+    exchange: String,
+    queue: String,
+    /// Binding key; for a headers exchange, then `all` or `any` and `key=value` pairs.
+    #[arg(num_args = 0..)]
+    rest: Vec<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(&cli) {
+        Ok(out) => {
+            if !out.is_empty() {
+                print!("{out}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => tools::fail("tandem-config", &e),
+    }
+}
+
+fn run(cli: &Cli) -> ToolResult<String> {
+    let mut mc = cli.broker.connect()?;
+    let out = match &cli.command {
+        None => summary(&mut mc),
+        Some(Command::Queues) => list(&mut mc, "queue", cli.json),
+        Some(Command::Exchanges) => list(&mut mc, "exchange", cli.json),
+        Some(Command::Bindings) => list(&mut mc, "binding", cli.json),
+        Some(Command::Add { what }) => add(&mut mc, what),
+        Some(Command::Del { what }) => del(&mut mc, what),
+        Some(Command::Bind(b)) => bind(&mut mc, "CREATE", b),
+        Some(Command::Unbind(b)) => bind(&mut mc, "DELETE", b),
+    };
+    mc.close();
+    out
+}
+
+fn summary(mc: &mut ManagementClient) -> ToolResult<String> {
+    let broker = tools::read(mc, "broker", None)?;
+    Ok(format!(
+        "Total Exchanges: {}\n   Total Queues: {}\n",
+        cell(get(&broker, "exchanges")),
+        cell(get(&broker, "queues"))
+    ))
+}
+
+fn list(mc: &mut ManagementClient, entity: &str, as_json: bool) -> ToolResult<String> {
+    let rows = query(mc, entity)?;
+    if as_json {
+        return Ok(format!("{}\n", json_rows(&rows)));
+    }
+    let (headers, keys): (Vec<&str>, Vec<&str>) = match entity {
+        "queue" => (
+            vec![
+                "Queue Name",
+                "Durable",
+                "Max Count",
+                "Max Size",
+                "Policy",
+                "LVQ Key",
+                "Replicate",
+                "Depth",
+            ],
+            vec![
+                "name",
+                "durable",
+                "max-queue-count",
+                "max-queue-size",
+                "limit-policy",
+                "lvq-key",
+                "replicate",
+                "depth",
+            ],
+        ),
+        "exchange" => (
+            vec!["Type", "Exchange Name", "Durable", "Replicate", "Bindings"],
+            vec!["type", "name", "durable", "replicate", "bindings"],
+        ),
+        _ => (
+            vec!["Exchange", "Queue", "Key", "Arguments"],
+            vec!["exchange", "queue", "key", "arguments"],
+        ),
+    };
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            keys.iter()
+                .map(|k| match get(r, k) {
+                    Some(v @ Value::Map(_)) => tools::json(v),
+                    v => cell(v),
+                })
+                .collect()
+        })
+        .collect();
+    Ok(table::render(&headers, &cells))
+}
+
+fn add(mc: &mut ManagementClient, what: &Add) -> ToolResult<String> {
+    let req = match what {
+        Add::Queue {
+            name,
+            durable,
+            replicate,
+            max_queue_size,
+            max_queue_count,
+            limit_policy,
+            lvq_key,
+        } => {
+            let mut attrs = vec![(Value::string("durable"), Value::Bool(*durable))];
+            let mut put = |k: &str, v: &Option<String>| {
+                if let Some(v) = v {
+                    attrs.push((Value::string(k), Value::string(v)));
+                }
+            };
+            put("replicate", replicate);
+            put("max-queue-size", max_queue_size);
+            put("max-queue-count", max_queue_count);
+            put("limit-policy", limit_policy);
+            put("lvq-key", lvq_key);
+            Request::new("CREATE", "queue", Some(name), Value::Map(attrs))
+        }
+        Add::Exchange {
+            kind,
+            name,
+            durable,
+            replicate,
+        } => {
+            let mut attrs = vec![
+                (Value::string("type"), Value::string(kind)),
+                (Value::string("durable"), Value::Bool(*durable)),
+            ];
+            if let Some(r) = replicate {
+                attrs.push((Value::string("replicate"), Value::string(r)));
+            }
+            Request::new("CREATE", "exchange", Some(name), Value::Map(attrs))
+        }
+    };
+    call(mc, req).map(|_| String::new())
+}
+
+fn del(mc: &mut ManagementClient, what: &Del) -> ToolResult<String> {
+    let req = match what {
+        Del::Queue { name, force } => Request::new(
+            "DELETE",
+            "queue",
+            Some(name),
+            Value::Map(vec![(Value::string("force"), Value::Bool(*force))]),
+        ),
+        Del::Exchange { name } => {
+            Request::new("DELETE", "exchange", Some(name), Value::Map(Vec::new()))
+        }
+    };
+    call(mc, req).map(|_| String::new())
+}
+
+fn bind(mc: &mut ManagementClient, operation: &str, b: &BindArgs) -> ToolResult<String> {
+    let mut rest = b.rest.iter();
+    let key = rest.next().cloned().unwrap_or_default();
+    let mut attrs = vec![
+        (Value::string("exchange"), Value::string(&b.exchange)),
+        (Value::string("queue"), Value::string(&b.queue)),
+        (Value::string("key"), Value::string(&key)),
+    ];
+    let mut args: Vec<(Value, Value)> = Vec::new();
+    for item in rest {
+        if item == "all" || item == "any" {
+            args.push((Value::string("x-match"), Value::string(item)));
+        } else if let Some((k, v)) = item.split_once('=') {
+            args.push((Value::string(k), Value::string(v)));
+        } else {
+            return Err(format!(
+                "'{item}': expected all, any or key=value after the binding key"
+            ));
+        }
+    }
+    if !args.is_empty() {
+        attrs.push((Value::string("arguments"), Value::Map(args)));
+    }
+    let name = format!("{}/{}/{}", b.exchange, b.queue, key);
+    call(
+        mc,
+        Request::new(operation, "binding", Some(&name), Value::Map(attrs)),
+    )
+    .map(|_| String::new())
+}

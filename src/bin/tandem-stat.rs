@@ -1,0 +1,190 @@
+//! `tandem-stat`: a Tandem broker's live counters, in the manner of `qpid-stat`.
+//! `-b` alone (or no view flag) shows the broker summary; `-b URL` names the broker.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tandem::tools::{self, cell, get, json_rows, query, table, ToolResult};
+use tandem_shards::amqp::codec::Value;
+use tandem_shards::management::ManagementClient;
+
+#[derive(Parser)]
+#[command(
+    name = "tandem-stat",
+    version,
+    about = "Show a Tandem broker's statistics"
+)]
+struct Cli {
+    /// Broker URL; given without a value, selects the broker summary view.
+    #[arg(short = 'b', long = "broker", value_name = "URL", num_args = 0..=1, default_missing_value = "")]
+    broker: Option<String>,
+    /// Broker summary (the default view).
+    #[arg(short = 'g', long = "general")]
+    general: bool,
+    /// Queues.
+    #[arg(short = 'q', long = "queues")]
+    queues: bool,
+    /// Exchanges.
+    #[arg(short = 'e', long = "exchanges")]
+    exchanges: bool,
+    /// Connections.
+    #[arg(short = 'c', long = "connections")]
+    connections: bool,
+    /// Sort rows by this column (e.g. msg, msgIn, bytes, cons; descending for numbers).
+    #[arg(short = 'S', long = "sort-by", value_name = "FIELD")]
+    sort: Option<String>,
+    /// Show at most this many rows.
+    #[arg(short = 'L', long = "limit", value_name = "N")]
+    limit: Option<usize>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Mark the connection as an HA admin connection (so a backup answers).
+    #[arg(long = "ha-admin")]
+    ha_admin: bool,
+    /// Seconds to wait for the broker.
+    #[arg(long, default_value_t = 10.0, value_name = "SECONDS")]
+    timeout: f64,
+}
+
+/// A view: title columns and the management attribute each shows.
+struct View {
+    entity: &'static str,
+    columns: &'static [(&'static str, &'static str)],
+}
+
+const QUEUES: View = View {
+    entity: "queue",
+    columns: &[
+        ("queue", "name"),
+        ("dur", "durable"),
+        ("autoDel", "auto-delete"),
+        ("msg", "depth"),
+        ("msgIn", "enqueues"),
+        ("msgOut", "dequeues"),
+        ("bytes", "depth-bytes"),
+        ("acq", "acquired"),
+        ("cons", "consumers"),
+        ("redeliv", "redeliveries"),
+        ("shard", "shard"),
+    ],
+};
+
+const EXCHANGES: View = View {
+    entity: "exchange",
+    columns: &[
+        ("exchange", "name"),
+        ("type", "type"),
+        ("dur", "durable"),
+        ("bind", "bindings"),
+        ("msgIn", "routed"),
+        ("msgDrop", "dropped"),
+    ],
+};
+
+const CONNECTIONS: View = View {
+    entity: "connection",
+    columns: &[
+        ("connection", "name"),
+        ("address", "address"),
+        ("user", "user"),
+        ("container", "container-id"),
+        ("shard", "shard"),
+        ("framesIn", "frames-in"),
+        ("framesOut", "frames-out"),
+        ("msgIn", "messages-in"),
+        ("msgOut", "messages-out"),
+    ],
+};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(&cli) {
+        Ok(out) => {
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => tools::fail("tandem-stat", &e),
+    }
+}
+
+fn run(cli: &Cli) -> ToolResult<String> {
+    let url = match cli.broker.as_deref() {
+        None | Some("") => "localhost:5672",
+        Some(u) => u,
+    };
+    let mut mc = tools::connect(url, cli.ha_admin, cli.timeout)?;
+    let view = if cli.queues {
+        Some(&QUEUES)
+    } else if cli.exchanges {
+        Some(&EXCHANGES)
+    } else if cli.connections {
+        Some(&CONNECTIONS)
+    } else {
+        None
+    };
+    let out = match view {
+        Some(v) => show(&mut mc, v, cli),
+        None => broker_summary(&mut mc, cli.json),
+    };
+    mc.close();
+    out
+}
+
+fn broker_summary(mc: &mut ManagementClient, as_json: bool) -> ToolResult<String> {
+    let b = tools::read(mc, "broker", None)?;
+    if as_json {
+        return Ok(format!("{}\n", json_rows(&[b])));
+    }
+    let keys = [
+        ("broker", "name"),
+        ("version", "version"),
+        ("uptime(s)", "uptime"),
+        ("shards", "shards"),
+        ("conns", "connections"),
+        ("queues", "queues"),
+        ("exchanges", "exchanges"),
+        ("msgDepth", "queue-depth"),
+        ("bytesDepth", "queue-bytes"),
+    ];
+    let headers: Vec<&str> = keys.iter().map(|(h, _)| *h).collect();
+    let row: Vec<String> = keys.iter().map(|(_, k)| cell(get(&b, k))).collect();
+    Ok(table::render(&headers, &[row]))
+}
+
+fn show(mc: &mut ManagementClient, view: &View, cli: &Cli) -> ToolResult<String> {
+    let mut rows = query(mc, view.entity)?;
+    if let Some(field) = &cli.sort {
+        // Accept the column title (msgIn) or the attribute name (enqueues).
+        let attr = view
+            .columns
+            .iter()
+            .find(|(title, attr)| {
+                title.eq_ignore_ascii_case(field) || attr.eq_ignore_ascii_case(field)
+            })
+            .map(|(_, attr)| *attr)
+            .ok_or_else(|| {
+                let names: Vec<&str> = view.columns.iter().map(|(t, _)| *t).collect();
+                format!("-S {field}: unknown field; one of {}", names.join(", "))
+            })?;
+        rows.sort_by(|a, b| {
+            let (x, y) = (get(a, attr), get(b, attr));
+            match (x.and_then(Value::as_u64), y.and_then(Value::as_u64)) {
+                (Some(x), Some(y)) => y.cmp(&x),
+                _ => cell(x).cmp(&cell(y)),
+            }
+        });
+    }
+    if let Some(n) = cli.limit {
+        rows.truncate(n);
+    }
+    if cli.json {
+        return Ok(format!("{}\n", json_rows(&rows)));
+    }
+    let headers: Vec<&str> = view.columns.iter().map(|(t, _)| *t).collect();
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| view.columns.iter().map(|(_, a)| cell(get(r, a))).collect())
+        .collect();
+    Ok(table::render(&headers, &cells))
+}
