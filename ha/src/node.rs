@@ -1,0 +1,513 @@
+//! One broker's HA role as a sans-I/O state machine: inputs (commands, link
+//! events, what peers said, the clock) go in; actions (connect there, guard this
+//! backup, drop that one, status changed) come out. The runtime carries actions
+//! out; tests drive several nodes with a virtual clock.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use crate::guard::MemberId;
+use crate::status::BrokerStatus;
+
+/// Settings of the HA role (from the `ha-*` options).
+#[derive(Debug, Clone)]
+pub struct HaSettings {
+    /// This broker's identity (stable for the process lifetime).
+    pub broker_id: String,
+    /// `ha-brokers-url`: every broker's replication address, in order.
+    pub brokers: Vec<String>,
+    /// `ha-backup-timeout`: how long a new primary waits for an expected backup.
+    pub backup_timeout: Duration,
+    /// `link-heartbeat-interval`: silence for twice this drops a peer.
+    pub heartbeat: Duration,
+    /// `link-maintenance-interval`: how often a backup retries the next address.
+    pub maintenance: Duration,
+}
+
+/// A cluster member as the primary tells its backups.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberInfo {
+    pub broker_id: String,
+    pub address: String,
+    pub status: BrokerStatus,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    /// `tandem-ha promote`; `cluster_manager` is the `--cluster-manager` flag.
+    Promote { cluster_manager: bool },
+    /// Backup: the broker at `brokers[index]` accepted our replication link.
+    LinkUp { index: usize, epoch: u64 },
+    /// Backup: connecting to `brokers[index]` failed or was refused.
+    LinkFailed { index: usize },
+    /// Backup: the replication link dropped.
+    LinkLost,
+    /// Backup: traffic (or a heartbeat) from the primary.
+    PrimaryHeard,
+    /// Backup: every replicated queue has caught up.
+    CaughtUp,
+    /// Backup: the primary's view of the cluster.
+    Members(Vec<MemberInfo>),
+    /// Joining broker: what a peer answered to a status probe (`None`: no answer).
+    PeerStatus {
+        address: String,
+        status: Option<BrokerStatus>,
+    },
+    /// Primary: a backup's replication link arrived.
+    BackupConnected {
+        broker_id: String,
+        address: String,
+        epoch: u64,
+    },
+    /// Primary: the backup has caught up on every replicated queue.
+    BackupReady { member: MemberId },
+    /// Primary: traffic (or a heartbeat) from a backup.
+    BackupHeard { member: MemberId },
+    /// Primary: the backup's link dropped.
+    BackupLost { member: MemberId },
+    /// The clock moved.
+    Tick,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// The status changed (log it, report it).
+    Status {
+        from: BrokerStatus,
+        to: BrokerStatus,
+    },
+    /// Backup: open the replication link to this address.
+    Connect { index: usize, address: String },
+    /// Backup: close the replication link (promoted, or primary silent).
+    Disconnect,
+    /// Primary: settlements on every replicated queue now wait for this backup.
+    Guard { member: MemberId },
+    /// Primary: nothing waits for this backup any more; with `disconnect`, close
+    /// its link too (it was silent), so it rejoins when it wakes up.
+    DropBackup {
+        member: MemberId,
+        reason: String,
+        disconnect: bool,
+    },
+    /// Primary: tell the backups the new membership.
+    BroadcastMembers,
+    /// Primary: a newer primary exists; stop serving clients.
+    StepDown { newer_epoch: u64 },
+    /// Primary: the backup `member` is accepted; this is its id.
+    Accepted { member: MemberId },
+}
+
+/// Why a promotion was refused (the tool prints it, exits non-zero).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PromoteError {
+    #[error("promote may only be called by the cluster manager (use --cluster-manager)")]
+    NotClusterManager,
+    #[error("still catching up, cannot be promoted: promote a ready backup")]
+    CatchingUp,
+    #[error("joining a cluster that has a primary or a ready backup ({0}); cannot be promoted")]
+    JoiningActiveCluster(String),
+    #[error("not in a cluster (ha-cluster = no)")]
+    Standalone,
+}
+
+#[derive(Debug, Clone)]
+struct Member {
+    broker_id: String,
+    address: String,
+    status: BrokerStatus,
+    connected: bool,
+    last_heard: Instant,
+    /// Expected since promotion: dropped when not ready by then.
+    expected_until: Option<Instant>,
+}
+
+pub struct HaNode {
+    settings: HaSettings,
+    status: BrokerStatus,
+    /// Raised by each promotion; carried on every broker link.
+    epoch: u64,
+    // -- backup side
+    link: Option<usize>,
+    connecting: Option<usize>,
+    next_index: usize,
+    next_attempt: Instant,
+    primary_heard: Instant,
+    /// The membership last heard from the primary.
+    known: Vec<MemberInfo>,
+    /// Joining: statuses peers reported to probes.
+    peers: HashMap<String, BrokerStatus>,
+    // -- primary side
+    members: BTreeMap<MemberId, Member>,
+    next_member: MemberId,
+}
+
+impl HaNode {
+    /// A clustered broker starts `joining`.
+    pub fn new(settings: HaSettings, now: Instant) -> HaNode {
+        HaNode {
+            settings,
+            status: BrokerStatus::Joining,
+            epoch: 0,
+            link: None,
+            connecting: None,
+            next_index: 0,
+            next_attempt: now,
+            primary_heard: now,
+            known: Vec::new(),
+            peers: HashMap::new(),
+            members: BTreeMap::new(),
+            next_member: 1,
+        }
+    }
+
+    pub fn status(&self) -> BrokerStatus {
+        self.status
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    pub fn broker_id(&self) -> &str {
+        &self.settings.broker_id
+    }
+
+    /// The membership as this broker knows it (primary: its own table).
+    pub fn members(&self) -> Vec<MemberInfo> {
+        if self.status.is_primary() {
+            self.members
+                .values()
+                .map(|m| MemberInfo {
+                    broker_id: m.broker_id.clone(),
+                    address: m.address.clone(),
+                    status: m.status,
+                })
+                .collect()
+        } else {
+            self.known.clone()
+        }
+    }
+
+    fn become_(&mut self, to: BrokerStatus, out: &mut Vec<Action>) {
+        if self.status == to {
+            return;
+        }
+        debug_assert!(self.status.can_become(to), "{} -> {to}", self.status);
+        out.push(Action::Status {
+            from: self.status,
+            to,
+        });
+        self.status = to;
+    }
+
+    /// Promotion, as `tandem-ha --cluster-manager promote` asks.
+    pub fn promote(
+        &mut self,
+        cluster_manager: bool,
+        now: Instant,
+    ) -> Result<Vec<Action>, PromoteError> {
+        if !cluster_manager {
+            return Err(PromoteError::NotClusterManager);
+        }
+        let mut out = Vec::new();
+        match self.status {
+            BrokerStatus::Standalone => return Err(PromoteError::Standalone),
+            BrokerStatus::Recovering | BrokerStatus::Active => return Ok(out),
+            BrokerStatus::CatchUp => return Err(PromoteError::CatchingUp),
+            BrokerStatus::Joining => {
+                if let Some((addr, st)) = self
+                    .peers
+                    .iter()
+                    .find(|(_, s)| **s != BrokerStatus::Joining)
+                {
+                    return Err(PromoteError::JoiningActiveCluster(format!(
+                        "{addr} is {st}"
+                    )));
+                }
+            }
+            BrokerStatus::Ready => {}
+        }
+        let expected: Vec<MemberInfo> = self
+            .known
+            .iter()
+            .filter(|m| m.broker_id != self.settings.broker_id && m.status == BrokerStatus::Ready)
+            .cloned()
+            .collect();
+        if self.link.take().is_some() || self.connecting.take().is_some() {
+            out.push(Action::Disconnect);
+        }
+        let known_epoch = self.epoch;
+        self.epoch = known_epoch + 1;
+        self.become_(BrokerStatus::Recovering, &mut out);
+        for m in expected {
+            let id = self.next_member;
+            self.next_member += 1;
+            self.members.insert(
+                id,
+                Member {
+                    broker_id: m.broker_id,
+                    address: m.address,
+                    status: BrokerStatus::CatchUp,
+                    connected: false,
+                    last_heard: now,
+                    expected_until: Some(now + self.settings.backup_timeout),
+                },
+            );
+            out.push(Action::Guard { member: id });
+        }
+        self.maybe_active(&mut out);
+        Ok(out)
+    }
+
+    /// Handles one input at `now`.
+    pub fn handle(&mut self, input: Input, now: Instant) -> Vec<Action> {
+        let mut out = Vec::new();
+        match input {
+            Input::Promote { cluster_manager } => {
+                if let Ok(actions) = self.promote(cluster_manager, now) {
+                    out = actions;
+                }
+            }
+            Input::LinkUp { index, epoch } => {
+                self.connecting = None;
+                if self.status.is_backup() {
+                    self.link = Some(index);
+                    self.epoch = self.epoch.max(epoch);
+                    self.primary_heard = now;
+                    self.become_(BrokerStatus::CatchUp, &mut out);
+                }
+            }
+            Input::LinkFailed { index } => {
+                if self.connecting == Some(index) {
+                    self.connecting = None;
+                    self.next_attempt = now + self.settings.maintenance;
+                }
+            }
+            Input::LinkLost => self.lose_primary(now, &mut out),
+            Input::PrimaryHeard => self.primary_heard = now,
+            Input::CaughtUp => {
+                if self.status == BrokerStatus::CatchUp {
+                    self.become_(BrokerStatus::Ready, &mut out);
+                }
+            }
+            Input::Members(list) => {
+                if let Some(me) = list.iter().find(|m| m.broker_id == self.settings.broker_id) {
+                    // The primary timed us out while it was recovering: catch up again.
+                    if self.status == BrokerStatus::Ready && me.status == BrokerStatus::CatchUp {
+                        self.become_(BrokerStatus::CatchUp, &mut out);
+                    }
+                }
+                self.known = list;
+            }
+            Input::PeerStatus { address, status } => match status {
+                Some(s) => {
+                    self.peers.insert(address, s);
+                }
+                None => {
+                    self.peers.remove(&address);
+                }
+            },
+            Input::BackupConnected {
+                broker_id,
+                address,
+                epoch,
+            } => self.backup_connected(broker_id, address, epoch, now, &mut out),
+            Input::BackupReady { member } => {
+                if let Some(m) = self.members.get_mut(&member) {
+                    m.status = BrokerStatus::Ready;
+                    m.expected_until = None;
+                    m.last_heard = now;
+                    out.push(Action::BroadcastMembers);
+                }
+                self.maybe_active(&mut out);
+            }
+            Input::BackupHeard { member } => {
+                if let Some(m) = self.members.get_mut(&member) {
+                    m.last_heard = now;
+                }
+            }
+            Input::BackupLost { member } => {
+                if let Some(m) = self.members.get_mut(&member) {
+                    m.connected = false;
+                    if m.expected_until.is_none() {
+                        // Not one we wait for at promotion: forget it.
+                        self.members.remove(&member);
+                        out.push(Action::DropBackup {
+                            member,
+                            reason: "link closed".into(),
+                            disconnect: false,
+                        });
+                        out.push(Action::BroadcastMembers);
+                    }
+                }
+            }
+            Input::Tick => self.tick(now, &mut out),
+        }
+        out
+    }
+
+    fn lose_primary(&mut self, now: Instant, out: &mut Vec<Action>) {
+        if self.link.take().is_some() || self.connecting.take().is_some() {
+            out.push(Action::Disconnect);
+        }
+        if matches!(self.status, BrokerStatus::CatchUp | BrokerStatus::Ready) {
+            self.become_(BrokerStatus::Joining, out);
+        }
+        self.next_attempt = now;
+    }
+
+    fn backup_connected(
+        &mut self,
+        broker_id: String,
+        address: String,
+        epoch: u64,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        if !self.status.is_primary() || self.status == BrokerStatus::Standalone {
+            return;
+        }
+        if epoch > self.epoch {
+            // A backup that followed a newer primary: we are stale.
+            out.push(Action::StepDown { newer_epoch: epoch });
+            self.members.clear();
+            self.epoch = epoch;
+            self.become_(BrokerStatus::Joining, out);
+            self.next_attempt = now;
+            return;
+        }
+        // An expected backup (or a known one reconnecting) keeps its id and guards.
+        let existing = self
+            .members
+            .iter()
+            .find(|(_, m)| m.broker_id == broker_id)
+            .map(|(id, _)| *id);
+        let id = match existing {
+            Some(id) => id,
+            None => {
+                let id = self.next_member;
+                self.next_member += 1;
+                out.push(Action::Guard { member: id });
+                id
+            }
+        };
+        let expected_until = existing
+            .and_then(|id| self.members.get(&id))
+            .and_then(|m| m.expected_until);
+        self.members.insert(
+            id,
+            Member {
+                broker_id,
+                address,
+                status: BrokerStatus::CatchUp,
+                connected: true,
+                last_heard: now,
+                expected_until,
+            },
+        );
+        out.push(Action::Accepted { member: id });
+        out.push(Action::BroadcastMembers);
+    }
+
+    fn maybe_active(&mut self, out: &mut Vec<Action>) {
+        if self.status == BrokerStatus::Recovering
+            && self.members.values().all(|m| m.expected_until.is_none())
+        {
+            self.become_(BrokerStatus::Active, out);
+            out.push(Action::BroadcastMembers);
+        }
+    }
+
+    fn tick(&mut self, now: Instant, out: &mut Vec<Action>) {
+        let silence = self.settings.heartbeat * 2;
+        if self.status.is_backup() {
+            if self.link.is_some() && now.duration_since(self.primary_heard) > silence {
+                self.lose_primary(now, out);
+            }
+            if self.link.is_none()
+                && self.connecting.is_none()
+                && now >= self.next_attempt
+                && !self.settings.brokers.is_empty()
+            {
+                let index = self.next_index % self.settings.brokers.len();
+                self.next_index = index + 1;
+                self.connecting = Some(index);
+                self.next_attempt = now + self.settings.maintenance;
+                out.push(Action::Connect {
+                    index,
+                    address: self.settings.brokers[index].clone(),
+                });
+            }
+            return;
+        }
+        if !matches!(self.status, BrokerStatus::Recovering | BrokerStatus::Active) {
+            return;
+        }
+        let mut dropped = Vec::new();
+        for (id, m) in &mut self.members {
+            if let Some(until) = m.expected_until {
+                if now >= until && m.status != BrokerStatus::Ready {
+                    dropped.push((
+                        *id,
+                        format!(
+                            "expected backup {} not ready after ha-backup-timeout",
+                            m.address
+                        ),
+                        false,
+                    ));
+                    m.expected_until = None;
+                    m.status = BrokerStatus::CatchUp;
+                }
+            } else if m.connected && now.duration_since(m.last_heard) > silence {
+                dropped.push((
+                    *id,
+                    format!(
+                        "backup {} silent for 2 x link-heartbeat-interval",
+                        m.address
+                    ),
+                    true,
+                ));
+                m.connected = false;
+            }
+        }
+        for (member, reason, disconnect) in dropped {
+            let still_connected = self.members.get(&member).is_some_and(|m| m.connected);
+            out.push(Action::DropBackup {
+                member,
+                reason,
+                disconnect,
+            });
+            if still_connected {
+                // Timed out while catching up: it guards messages from now on, and
+                // becomes ready again once it has caught up.
+                out.push(Action::Guard { member });
+            } else {
+                self.members.remove(&member);
+            }
+            out.push(Action::BroadcastMembers);
+        }
+        self.maybe_active(out);
+    }
+
+    /// When the runtime should call `handle(Tick)` next.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let silence = self.settings.heartbeat * 2;
+        let mut next: Vec<Instant> = Vec::new();
+        if self.status.is_backup() {
+            if self.link.is_some() {
+                next.push(self.primary_heard + silence);
+            } else if self.connecting.is_none() {
+                next.push(self.next_attempt);
+            }
+        } else {
+            for m in self.members.values() {
+                match m.expected_until {
+                    Some(t) => next.push(t),
+                    None if m.connected => next.push(m.last_heard + silence),
+                    None => {}
+                }
+            }
+        }
+        next.into_iter().min()
+    }
+}
