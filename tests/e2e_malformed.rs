@@ -683,7 +683,6 @@ fn malformed_input_closes_only_the_offending_connection() {
 /// heartbeats back to back (about 60,000 a second measured), starving its other
 /// connections.
 #[test]
-#[ignore = "known bug: idle-time-out of 0-1 ms from the peer makes the broker spin writing heartbeats"]
 fn a_tiny_idle_timeout_does_not_flood_the_peer_with_heartbeats() {
     let broker = Broker::start();
     let mut peer = Peer::connect(&broker);

@@ -320,7 +320,6 @@ fn write_seed_corpus() {
 /// echoes the peer's termini in its attach; a non-ASCII "symbol" then goes out as
 /// a sym8 our own decoder (and any strict peer) rejects.
 #[test]
-#[ignore = "known bug: non-ASCII string in a symbol field is echoed as an invalid symbol"]
 fn echoed_terminus_with_a_non_ascii_symbol_field_stays_decodable() {
     let target = Value::Described(
         Box::new(Value::Ulong(0x29)),

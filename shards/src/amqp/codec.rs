@@ -626,14 +626,42 @@ pub struct Decoder {
     pos: usize,
     /// Offset of `buf[0]` in the enclosing frame, for error messages.
     base: usize,
+    /// What decoding may still build beyond what the input itself accounts for:
+    /// arrays of zero-width elements and descriptors shared by array elements
+    /// cost values without costing bytes, so a few bytes could otherwise claim
+    /// gigabytes. Charged in values (zero-width) and bytes (descriptor copies).
+    budget: usize,
 }
+
+/// Extra values a decoder may build per input byte, plus a fixed allowance.
+const BUDGET_PER_BYTE: usize = 8;
+const BUDGET_BASE: usize = 16 * 1024;
 
 impl Decoder {
     pub fn new(buf: Bytes) -> Self {
+        let budget = buf
+            .len()
+            .saturating_mul(BUDGET_PER_BYTE)
+            .saturating_add(BUDGET_BASE);
         Decoder {
             buf,
             pos: 0,
             base: 0,
+            budget,
+        }
+    }
+
+    fn charge(&mut self, units: usize, at: usize) -> Result<(), CodecError> {
+        match self.budget.checked_sub(units) {
+            Some(left) => {
+                self.budget = left;
+                Ok(())
+            }
+            None => Err(CodecError::Malformed {
+                at,
+                what: "array",
+                why: "expands to far more values than its size (decoding budget exceeded)",
+            }),
         }
     }
 
@@ -885,8 +913,11 @@ impl Decoder {
     ) -> Result<Vec<Value>, CodecError> {
         let mut ctor = self.u8()?;
         let mut descriptor = None;
+        let mut descriptor_len = 0;
         if ctor == 0x00 {
+            let start = self.pos;
             descriptor = Some(self.value_at_depth(depth + 1)?);
+            descriptor_len = self.pos - start;
             ctor = self.u8()?;
         }
         // Zero-width element types could claim billions of elements in a few bytes.
@@ -904,6 +935,13 @@ impl Decoder {
                 what: "array",
                 why: "more elements than bytes",
             });
+        }
+        if zero_width {
+            self.charge(count, at)?;
+        }
+        // Each element gets its own copy of a shared descriptor.
+        if descriptor.is_some() {
+            self.charge(count.saturating_mul(descriptor_len), at)?;
         }
         let mut items = Vec::with_capacity(count);
         for _ in 0..count {

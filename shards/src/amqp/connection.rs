@@ -178,6 +178,9 @@ struct Session {
     ended_local: bool,
 }
 
+/// The shortest interval between our heartbeats, whatever the peer asks for.
+const MIN_HEARTBEAT: Duration = Duration::from_millis(100);
+
 /// Our incoming window: large, so peers never stall on it; we bound memory by
 /// link credit instead.
 const INCOMING_WINDOW: u32 = i32::MAX as u32;
@@ -627,10 +630,12 @@ impl Connection {
             .max_frame_size
             .unwrap_or(u32::MAX)
             .max(MIN_MAX_FRAME_SIZE);
+        // Half the peer's idle timeout, but never so often that a peer asking for
+        // 1 ms could make us spin writing heartbeats.
         self.heartbeat_every = open
             .idle_timeout
             .filter(|ms| *ms > 0)
-            .map(|ms| Duration::from_millis(u64::from(ms) / 2));
+            .map(|ms| Duration::from_millis(u64::from(ms) / 2).max(MIN_HEARTBEAT));
         if self.server {
             self.send_open();
         }

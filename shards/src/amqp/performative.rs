@@ -931,7 +931,10 @@ impl Fields {
     fn symbol(&mut self, field: &'static str) -> Result<Option<String>, CodecError> {
         match self.any() {
             None => Ok(None),
-            Some(Value::Symbol(s)) | Some(Value::String(s)) => Ok(Some(s)),
+            Some(Value::Symbol(s)) => Ok(Some(s)),
+            // Tolerate a string where a symbol belongs, but only if it could be one:
+            // we may echo it back as a symbol.
+            Some(Value::String(s)) if s.is_ascii() => Ok(Some(s)),
             Some(v) => Err(Self::wrong(field, "symbol", &v)),
         }
     }
