@@ -9,6 +9,10 @@ use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::Path;
 use std::process::ExitCode;
 
+use tandem_ha::broker::{ClusterInfo, HaBroker};
+use tandem_ha::node::HaSettings;
+use tandem_shards::amqp::codec::Value;
+use tandem_shards::broker::hooks::{Admission, HaHandler};
 use tandem_shards::broker::BrokerSettings;
 use tandem_shards::queue::{LimitPolicy, QueueSettings};
 use tandem_shards::runtime;
@@ -46,9 +50,6 @@ fn init_logging(cfg: &Config) {
 }
 
 fn run(cfg: &Config) -> Result<(), String> {
-    if cfg.ha.cluster {
-        return Err("ha-cluster = yes: HA clustering is not built yet in this version (see README, 'What works')".into());
-    }
     std::fs::create_dir_all(&cfg.data_dir)
         .map_err(|e| format!("data-dir {}: cannot create: {e}", cfg.data_dir.display()))?;
     let users = match &cfg.users_file {
@@ -81,13 +82,18 @@ fn run(cfg: &Config) -> Result<(), String> {
         container_id: format!("tandemd-{}", std::process::id()),
         ..Default::default()
     };
+    let (settings, ha) = if cfg.ha.cluster {
+        with_ha(cfg, settings)?
+    } else {
+        (settings, None)
+    };
     // Block the stop signals before the shard threads exist, so they inherit the
     // mask and only this thread receives them (in sigwait below).
     let signals = stop_signals();
     // SAFETY: pthread_sigmask with a valid set.
     unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &signals, std::ptr::null_mut()) };
 
-    let running = runtime::start(settings, bind).map_err(|e| e.to_string())?;
+    let running = runtime::start(settings, bind, ha).map_err(|e| e.to_string())?;
     tracing::info!(
         "listening on {} with {} shards, data-dir {}, auth {}",
         running.addr,
@@ -110,6 +116,61 @@ fn run(cfg: &Config) -> Result<(), String> {
     running.shutdown();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// A cluster member: starts admitting only admin connections, advertises the
+/// cluster's public addresses, and runs the HA role on shard 0.
+fn with_ha(
+    cfg: &Config,
+    mut settings: BrokerSettings,
+) -> Result<(BrokerSettings, Option<runtime::HaFactory>), String> {
+    let brokers_url = cfg
+        .ha
+        .brokers_url
+        .as_ref()
+        .ok_or("ha-cluster = yes needs ha-brokers-url")?;
+    let brokers: Vec<String> = brokers_url
+        .addrs
+        .iter()
+        .map(|a| a.socket_string())
+        .collect();
+    let public = cfg.ha.public_url.as_ref().unwrap_or(brokers_url);
+    let servers: Vec<Value> = public
+        .addrs
+        .iter()
+        .map(|a| {
+            Value::Map(vec![
+                (Value::symbol("network-host"), Value::string(&a.host)),
+                (Value::symbol("port"), Value::string(&a.port.to_string())),
+            ])
+        })
+        .collect();
+    settings
+        .open_properties
+        .push(("failover-server-list".into(), Value::List(servers)));
+    settings.initial_admission = Admission::AdminOnly {
+        reason: "backup broker (joining), not primary: try another address".into(),
+    };
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let ha_settings = HaSettings {
+        broker_id: format!("{:x}-{:x}", std::process::id(), started & 0xffff_ffff_ffff),
+        brokers,
+        backup_timeout: cfg.ha.backup_timeout,
+        heartbeat: cfg.ha.link_heartbeat_interval,
+        maintenance: cfg.ha.link_maintenance_interval,
+    };
+    let info = ClusterInfo {
+        brokers_url: brokers_url.redacted(),
+        public_url: public.redacted(),
+        replicate: cfg.ha.replicate.to_string(),
+    };
+    let factory: runtime::HaFactory = Box::new(move || {
+        Box::new(HaBroker::new(ha_settings, info, std::time::Instant::now())) as Box<dyn HaHandler>
+    });
+    Ok((settings, Some(factory)))
 }
 
 fn stop_signals() -> libc::sigset_t {

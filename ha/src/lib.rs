@@ -5,11 +5,13 @@
 //! - [`node`]: one broker's role: promotion rules, finding the primary,
 //!   expected backups and their timeout, heartbeat drops, epochs.
 //! - [`guard`]: delayed settlement of publishes until backups have them.
+//! - [`broker`]: the role as the broker runs it on shard 0: the `ha-broker`
+//!   management entity, promotion, and whom the shards admit.
 //!
 //! Not built yet (see README): the replication stream itself (configuration,
-//! catch-up and live events between the brokers' replication shards), the
-//! runtime wiring, and `tandem-ha`.
+//! catch-up and live events between the brokers), so backups stay `joining`.
 
+pub mod broker;
 pub mod guard;
 pub mod node;
 pub mod status;

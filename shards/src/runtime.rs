@@ -23,6 +23,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 use crate::amqp::codec::Value;
 use crate::amqp::connection::{Connection, ConnectionConfig, Sasl};
 use crate::amqp::performative::{condition, ErrorCondition};
+use crate::broker::hooks::HaHandler;
 use crate::broker::{BrokerSettings, Shard, ShardMsg};
 
 /// Messages a ring holds before the sender keeps them in its outbox instead.
@@ -109,8 +110,16 @@ fn listener_socket(addr: SocketAddr) -> std::io::Result<socket2::Socket> {
     Ok(s)
 }
 
-/// Starts `settings.shards` shards listening on `bind` (port 0 picks one).
-pub fn start(settings: BrokerSettings, bind: SocketAddr) -> Result<Running, StartError> {
+/// Builds the broker's HA role on shard 0's thread (it need not be `Send`).
+pub type HaFactory = Box<dyn FnOnce() -> Box<dyn HaHandler> + Send>;
+
+/// Starts `settings.shards` shards listening on `bind` (port 0 picks one); with
+/// `ha`, shard 0 runs the broker's HA role.
+pub fn start(
+    settings: BrokerSettings,
+    bind: SocketAddr,
+    ha: Option<HaFactory>,
+) -> Result<Running, StartError> {
     check_runtime()?;
     let n = settings.shards.max(1);
     // With SO_REUSEPORT a second broker of the same user could bind the same port
@@ -168,12 +177,14 @@ pub fn start(settings: BrokerSettings, bind: SocketAddr) -> Result<Running, Star
     let settings = Arc::new(settings);
     let (ready_tx, ready_rx) = mpsc::channel::<Result<usize, (usize, String)>>();
     let mut handles = Vec::new();
+    let mut ha = ha;
     for (id, ((listener, out), inc)) in listeners
         .into_iter()
         .zip(outgoing)
         .zip(incoming)
         .enumerate()
     {
+        let ha = if id == 0 { ha.take() } else { None };
         let placement = if n <= cores.len() {
             Placement::Fixed(cores[id])
         } else {
@@ -187,7 +198,7 @@ pub fn start(settings: BrokerSettings, bind: SocketAddr) -> Result<Running, Star
         let handle = LocalExecutorBuilder::new(placement)
             .name(&format!("shard-{id}"))
             .spawn(move || async move {
-                shard_main(id, settings, fd, out, inc, stop, conn_count, ready).await;
+                shard_main(id, settings, fd, out, inc, stop, conn_count, ready, ha).await;
             })
             .map_err(|e| StartError::Shard {
                 shard: id,
@@ -290,6 +301,7 @@ async fn shard_main(
     stop: Arc<AtomicBool>,
     conn_count: Arc<AtomicUsize>,
     ready: mpsc::Sender<Result<usize, (usize, String)>>,
+    ha: Option<HaFactory>,
 ) {
     // SAFETY: the fd is a listening socket we created and handed over.
     let listener = unsafe { TcpListener::from_raw_fd(listener_fd) };
@@ -345,9 +357,14 @@ async fn shard_main(
             }
         }
     }
+    let mut shard = Shard::new(id, settings.clone());
+    let has_ha = ha.is_some();
+    if let Some(factory) = ha {
+        shard.set_ha(factory());
+    }
     let rt = Rc::new(Runtime {
         id,
-        shard: RefCell::new(Shard::new(id, settings.clone())),
+        shard: RefCell::new(shard),
         producers: RefCell::new(producers),
         bells,
         writers: RefCell::new(HashMap::new()),
@@ -386,7 +403,7 @@ async fn shard_main(
     })
     .detach();
 
-    // Housekeeping: ring overflow retries and the stop flag.
+    // Housekeeping: ring overflow retries, the HA role's timers, the stop flag.
     loop {
         let wait = if rt.overflow.get() {
             Duration::from_millis(1)
@@ -395,6 +412,10 @@ async fn shard_main(
         };
         glommio::timer::sleep(wait).await;
         if rt.overflow.replace(false) {
+            rt.after_step();
+        }
+        if has_ha {
+            rt.shard.borrow_mut().poll_ha(Instant::now());
             rt.after_step();
         }
         if stop.load(Ordering::Relaxed) {
@@ -476,14 +497,24 @@ fn connection_config(settings: &BrokerSettings, shard: usize) -> ConnectionConfi
         max_frame_size: settings.max_frame_size,
         channel_max: 255,
         idle_timeout: settings.idle_timeout,
-        properties: Some(Value::Map(vec![
-            (Value::symbol("product"), Value::string("tandem")),
-            (
-                Value::symbol("version"),
-                Value::string(env!("CARGO_PKG_VERSION")),
-            ),
-            (Value::symbol("tandem.shard"), Value::Uint(shard as u32)),
-        ])),
+        properties: Some(Value::Map(
+            [
+                (Value::symbol("product"), Value::string("tandem")),
+                (
+                    Value::symbol("version"),
+                    Value::string(env!("CARGO_PKG_VERSION")),
+                ),
+                (Value::symbol("tandem.shard"), Value::Uint(shard as u32)),
+            ]
+            .into_iter()
+            .chain(
+                settings
+                    .open_properties
+                    .iter()
+                    .map(|(k, v)| (Value::symbol(k), v.clone())),
+            )
+            .collect(),
+        )),
         max_message_size: settings.max_message_size,
         hostname: None,
         sasl: Sasl::Server {

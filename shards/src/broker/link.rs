@@ -101,6 +101,10 @@ pub(super) struct Conn {
     peer: String,
     user: Option<String>,
     container: String,
+    /// The peer's open arrived.
+    pub(super) opened: bool,
+    /// An admin connection (`qpid.ha-admin`) or another broker's link.
+    pub(super) admin: bool,
     messages_in: u64,
     messages_out: u64,
     links: HashMap<LinkKey, LinkRole>,
@@ -117,6 +121,8 @@ impl Conn {
             peer,
             user: None,
             container: String::new(),
+            opened: false,
+            admin: false,
             messages_in: 0,
             messages_out: 0,
             links: HashMap::new(),
@@ -264,9 +270,21 @@ impl Shard {
                 }
             }
             Event::Opened(open) => {
+                let admin = super::hooks::is_admin_connection(open.properties.as_ref());
                 if let Some(c) = self.conns.get_mut(&id) {
-                    tracing::debug!(conn = id, peer = %c.peer, container = %open.container_id, "connection opened");
+                    tracing::debug!(conn = id, peer = %c.peer, container = %open.container_id, admin, "connection opened");
                     c.container = open.container_id;
+                    c.opened = true;
+                    c.admin = admin;
+                }
+                if let super::hooks::Admission::AdminOnly { reason } = &self.admission {
+                    if !admin {
+                        let error =
+                            ErrorCondition::new(condition::CONNECTION_FORCED, reason.clone());
+                        if let Some(c) = self.conns.get_mut(&id) {
+                            c.engine.close_with(error);
+                        }
+                    }
                 }
             }
             Event::Begun { .. } | Event::Ended { .. } => {}

@@ -17,7 +17,7 @@ use crate::queue::{LimitPolicy, QueueSettings, QueueStats};
 
 /// Where a reply goes.
 #[derive(Debug, Clone)]
-pub(super) struct ReplyTo {
+pub struct ReplyTo {
     address: String,
     correlation: Option<Value>,
 }
@@ -191,6 +191,23 @@ impl Shard {
     }
 
     fn dispatch_management(&mut self, req: Request, reply: ReplyTo) -> Result<(), Response> {
+        if req.entity_type == "ha-broker" {
+            self.send(
+                0,
+                ShardMsg::HaRequest {
+                    request: req,
+                    reply,
+                },
+            );
+            return Ok(());
+        }
+        let mutates = matches!(req.operation.as_str(), "CREATE" | "UPDATE" | "DELETE");
+        if mutates && self.admin_only() {
+            return Err(Response::error(
+                status::FORBIDDEN,
+                "this broker is an HA backup: replicated state can only be changed on the primary",
+            ));
+        }
         let name = req.name.clone().or_else(|| {
             str_attr(&req.body, "name")
                 .ok()
@@ -336,6 +353,32 @@ impl Shard {
             ExchangeType::Direct | ExchangeType::Topic => BindingKey::Key(key),
         };
         Ok((exchange, queue, binding_key))
+    }
+
+    /// Shard 0: a request for the `ha-broker` entity, answered by the HA role.
+    pub(super) fn on_ha_request(&mut self, req: Request, reply: ReplyTo) {
+        let now = std::time::Instant::now();
+        let resp = match self.ha.as_mut() {
+            None => Response::error(
+                status::NOT_FOUND,
+                "this broker is not in an HA cluster (ha-cluster = no)",
+            ),
+            Some(ha) if req.operation == "READ" || req.operation == "QUERY" => {
+                Response::ok(Value::Map(
+                    ha.attributes()
+                        .into_iter()
+                        .map(|(k, v)| (Value::string(k), v))
+                        .collect(),
+                ))
+            }
+            Some(ha) => match ha.operation(&req.operation, &req.body, now) {
+                Ok(body) => Response::ok(body),
+                Err((code, why)) => Response::error(code, why),
+            },
+        };
+        // The operation may have changed the role: apply it before replying.
+        self.poll_ha(now);
+        self.mgmt_reply(&reply, resp);
     }
 
     fn mgmt_config(&mut self, op: ConfigOp, reply: ReplyTo) {

@@ -8,6 +8,7 @@
 //! - `link.rs`: the connection side: attaches, publishes, deliveries, settlement.
 
 mod catalogue;
+pub mod hooks;
 mod link;
 mod mgmt;
 
@@ -25,7 +26,7 @@ use crate::queue::{
 
 pub use catalogue::{Catalogue, ConfigEvent, ConfigOp};
 use link::{Conn, PendingAck};
-pub use mgmt::{ConnectionInfo, ExchangeStats, ShardReport};
+pub use mgmt::{ConnectionInfo, ExchangeStats, ReplyTo, ShardReport};
 
 /// Settings every shard needs (the daemon maps its configuration onto this).
 #[derive(Debug, Clone)]
@@ -44,6 +45,10 @@ pub struct BrokerSettings {
     pub container_id: String,
     /// Largest message reassembled from frames.
     pub max_message_size: usize,
+    /// Who may connect when the broker starts (HA brokers start admin-only).
+    pub initial_admission: hooks::Admission,
+    /// Extra open-frame properties (e.g. `failover-server-list`).
+    pub open_properties: Vec<(String, crate::amqp::codec::Value)>,
 }
 
 impl Default for BrokerSettings {
@@ -63,6 +68,8 @@ impl Default for BrokerSettings {
             auto_create_queues: true,
             container_id: "tandem".into(),
             max_message_size: 100 * 1024 * 1024,
+            initial_admission: hooks::Admission::Open,
+            open_properties: Vec::new(),
         }
     }
 }
@@ -138,6 +145,13 @@ pub enum ShardMsg {
         consumer: ConsumerRef,
         error: ErrorCondition,
     },
+    /// From shard 0: who may connect from now on.
+    Admission(hooks::Admission),
+    /// To shard 0: a management request for the `ha-broker` entity.
+    HaRequest {
+        request: crate::management::Request,
+        reply: mgmt::ReplyTo,
+    },
     /// Management: a shard's counters, summed by the asking shard.
     StatsRequest {
         origin: usize,
@@ -188,11 +202,16 @@ pub struct Shard {
     gathers: HashMap<u64, mgmt::Gather>,
     /// Routing counters of exchanges used on this shard.
     exchange_stats: HashMap<Arc<str>, ExchangeStats>,
+    /// Who may connect (set by shard 0's HA handler, broadcast to all).
+    admission: hooks::Admission,
+    /// Shard 0 only, in a cluster: the broker's HA role.
+    ha: Option<Box<dyn hooks::HaHandler>>,
 }
 
 impl Shard {
     pub fn new(id: usize, settings: Arc<BrokerSettings>) -> Shard {
         let shards = settings.shards;
+        let initial_admission = settings.initial_admission.clone();
         Shard {
             id,
             settings,
@@ -215,6 +234,8 @@ impl Shard {
             acks_buf: Vec::new(),
             gathers: HashMap::new(),
             exchange_stats: HashMap::new(),
+            admission: initial_admission,
+            ha: None,
         }
     }
 
@@ -353,6 +374,8 @@ impl Shard {
             ShardMsg::Deliver { queue, delivery } => self.on_deliver(queue, delivery),
             ShardMsg::Drained { consumer, unused } => self.on_drained(consumer, unused),
             ShardMsg::ConsumerGone { consumer, error } => self.on_consumer_gone(consumer, error),
+            ShardMsg::Admission(a) => self.apply_admission(a),
+            ShardMsg::HaRequest { request, reply } => self.on_ha_request(request, reply),
             ShardMsg::StatsRequest { origin, req } => {
                 let report = self.report();
                 self.send(origin, ShardMsg::StatsReply { req, report });
@@ -494,6 +517,50 @@ impl Shard {
             }
             _ => {}
         }
+    }
+
+    /// Shard 0: installs the broker's HA role.
+    pub fn set_ha(&mut self, handler: Box<dyn hooks::HaHandler>) {
+        self.ha = Some(handler);
+    }
+
+    /// Shard 0: lets the HA role run its timers and applies what it decides.
+    pub fn poll_ha(&mut self, now: Instant) {
+        let Some(ha) = self.ha.as_mut() else {
+            return;
+        };
+        let outcome = ha.poll(now);
+        if outcome.admission != self.admission {
+            for shard in 0..self.shards() {
+                if shard != self.id {
+                    self.send(shard, ShardMsg::Admission(outcome.admission.clone()));
+                }
+            }
+            self.apply_admission(outcome.admission);
+        }
+    }
+
+    /// Applies an admission policy: under admin-only, ordinary clients already
+    /// connected are closed too (a primary that steps down must drop them).
+    fn apply_admission(&mut self, admission: hooks::Admission) {
+        if let hooks::Admission::AdminOnly { reason } = &admission {
+            let error = ErrorCondition::new(condition::CONNECTION_FORCED, reason.clone());
+            let ids: Vec<u64> = self
+                .conns
+                .iter()
+                .filter(|(_, c)| c.opened && !c.admin)
+                .map(|(id, _)| *id)
+                .collect();
+            for id in ids {
+                self.conn_close(id, error.clone());
+            }
+        }
+        self.admission = admission;
+    }
+
+    /// Whether this broker only admits admin connections (it is a backup).
+    pub fn admin_only(&self) -> bool {
+        matches!(self.admission, hooks::Admission::AdminOnly { .. })
     }
 
     /// A new connection; returns its id.

@@ -1,0 +1,256 @@
+//! `tandem-ha`: the HA admin tool, in the manner of `qpid-ha`. It always connects
+//! as an admin (`qpid.ha-admin`), so it works against backups too.
+//!
+//! `promote` is for the cluster resource manager only: it is refused, and hidden
+//! from `--help`, unless `--cluster-manager` is given.
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use tandem::tools::{self, call, cell, get, ToolResult};
+use tandem_ha::status::{BrokerStatus, Expectation};
+use tandem_shards::amqp::codec::Value;
+use tandem_shards::management::Request;
+
+#[derive(Parser)]
+#[command(
+    name = "tandem-ha",
+    version,
+    about = "Tandem HA administration: status, promotion, membership"
+)]
+struct Cli {
+    /// Broker URL: [user[/password]@]host[:port]
+    #[arg(
+        short = 'b',
+        long = "broker",
+        value_name = "URL",
+        default_value = "localhost:5672",
+        global = true
+    )]
+    broker: String,
+    /// Seconds to wait for the broker (and for `ready --wait`).
+    #[arg(long, default_value_t = 10.0, value_name = "SECONDS", global = true)]
+    timeout: f64,
+    /// Allow the commands reserved to the cluster resource manager.
+    #[arg(long = "cluster-manager", global = true)]
+    cluster_manager: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check that the broker answers (exit 0) or not (exit 1).
+    Ping,
+    /// Print the broker's HA status.
+    Status {
+        /// Exit 0 only if the status is this (standalone, joining, catch-up, ready,
+        /// recovering, active; or primary = recovering|active, backup = joining|catch-up|ready).
+        #[arg(long, value_name = "STATE")]
+        expect: Option<String>,
+        /// Exit 0 only if the broker is a primary (recovering or active).
+        #[arg(long)]
+        is_primary: bool,
+        /// Every broker in the cluster's ha-brokers-url.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Print the broker's HA settings and membership.
+    Query {
+        #[arg(long)]
+        all: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Exit 0 if the broker is ready to serve (a ready backup, or an active primary).
+    Ready {
+        /// Wait (up to --timeout) until it is.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Promote this broker to primary (cluster manager only).
+    #[command(hide = true)]
+    Promote,
+}
+
+fn main() -> ExitCode {
+    let cluster_manager = std::env::args().any(|a| a == "--cluster-manager");
+    let mut command = Cli::command();
+    if cluster_manager {
+        command = command.mut_subcommand("promote", |s| s.hide(false));
+    }
+    let cli = match Cli::from_arg_matches(&command.get_matches()) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    match run(&cli) {
+        Ok(code) => code,
+        Err(e) => tools::fail("tandem-ha", &e),
+    }
+}
+
+fn run(cli: &Cli) -> ToolResult<ExitCode> {
+    match &cli.command {
+        Command::Ping => {
+            let mut mc = tools::connect(&cli.broker, true, cli.timeout)?;
+            tools::read(&mut mc, "broker", None)?;
+            mc.close();
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status {
+            expect,
+            is_primary,
+            all,
+        } => {
+            let expectation = match (expect, is_primary) {
+                (Some(e), _) => Some(
+                    e.parse::<Expectation>()
+                        .map_err(|e| format!("--expect: {e}"))?,
+                ),
+                (None, true) => Some(Expectation::Primary),
+                (None, false) => None,
+            };
+            let brokers = if *all {
+                cluster_brokers(cli)?
+            } else {
+                vec![cli.broker.clone()]
+            };
+            let mut ok = true;
+            for url in &brokers {
+                let status = ha_status(url, cli.timeout);
+                let shown = match &status {
+                    Ok(s) => s.to_string(),
+                    Err(e) => format!("unreachable ({e})"),
+                };
+                if *all {
+                    println!("{url} {shown}");
+                } else if status.is_ok() {
+                    println!("{shown}");
+                }
+                ok &= match (&status, expectation) {
+                    (Ok(s), Some(e)) => e.matches(*s),
+                    (Ok(_), None) => true,
+                    (Err(e), _) => {
+                        if !*all {
+                            return Err(e.clone());
+                        }
+                        false
+                    }
+                };
+            }
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        Command::Query { all, json } => {
+            let brokers = if *all {
+                cluster_brokers(cli)?
+            } else {
+                vec![cli.broker.clone()]
+            };
+            for url in &brokers {
+                let mut mc = tools::connect(url, true, cli.timeout)?;
+                let attrs = tools::read(&mut mc, "ha-broker", None)?;
+                mc.close();
+                if *json {
+                    println!("{}", tools::json_rows(&[attrs]));
+                    continue;
+                }
+                if *all {
+                    println!("{url}:");
+                }
+                for key in [
+                    "status",
+                    "broker-id",
+                    "epoch",
+                    "brokers-url",
+                    "public-url",
+                    "replicate",
+                ] {
+                    println!("{:<12} {}", format!("{key}:"), cell(get(&attrs, key)));
+                }
+                if let Some(Value::List(members)) = get(&attrs, "members") {
+                    for m in members {
+                        println!(
+                            "member:      {} {} {}",
+                            cell(m.map_get("address")),
+                            cell(m.map_get("status")),
+                            cell(m.map_get("broker-id"))
+                        );
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Ready { wait } => {
+            let deadline = Instant::now() + Duration::from_secs_f64(cli.timeout.max(0.0));
+            loop {
+                let status = ha_status(&cli.broker, cli.timeout);
+                if let Ok(s) = &status {
+                    if matches!(s, BrokerStatus::Ready | BrokerStatus::Active) {
+                        println!("{s}");
+                        return Ok(ExitCode::SUCCESS);
+                    }
+                }
+                if !*wait || Instant::now() >= deadline {
+                    match status {
+                        Ok(s) => println!("{s}"),
+                        Err(e) => return Err(e),
+                    }
+                    return Ok(ExitCode::from(1));
+                }
+                // Poll the broker again; the loop ends at the deadline above.
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+        Command::Promote => {
+            if !cli.cluster_manager {
+                return Err(
+                    "promote should only be called by the cluster manager (--cluster-manager)"
+                        .into(),
+                );
+            }
+            let mut mc = tools::connect(&cli.broker, true, cli.timeout)?;
+            let body = Value::Map(vec![(Value::string("cluster-manager"), Value::Bool(true))]);
+            let resp = call(&mut mc, Request::new("PROMOTE", "ha-broker", None, body))?;
+            mc.close();
+            println!("{}", cell(resp.body.map_get("status")));
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// The broker's HA status.
+fn ha_status(url: &str, timeout: f64) -> Result<BrokerStatus, String> {
+    let mut mc = tools::connect(url, true, timeout)?;
+    let attrs = tools::read(&mut mc, "ha-broker", None);
+    mc.close();
+    let attrs = match attrs {
+        Ok(a) => a,
+        // A broker outside a cluster has no ha-broker entity.
+        Err(e) if e.contains("status 404") => return Ok(BrokerStatus::Standalone),
+        Err(e) => return Err(e),
+    };
+    let text = cell(get(&attrs, "status"));
+    text.parse().map_err(|e| format!("{e}"))
+}
+
+/// Every broker of the cluster, from the queried broker's ha-brokers-url.
+fn cluster_brokers(cli: &Cli) -> ToolResult<Vec<String>> {
+    let mut mc = tools::connect(&cli.broker, true, cli.timeout)?;
+    let attrs = tools::read(&mut mc, "ha-broker", None)?;
+    mc.close();
+    let url = cell(get(&attrs, "brokers-url"));
+    let list: Vec<String> = url
+        .split(',')
+        .map(|a| a.trim().to_owned())
+        .filter(|a| !a.is_empty())
+        .collect();
+    if list.is_empty() {
+        return Err("the broker reports no ha-brokers-url".into());
+    }
+    Ok(list)
+}

@@ -1,0 +1,258 @@
+//! HA roles with real brokers, the test acting as the resource manager: three
+//! `tandemd --ha-cluster` processes start `joining`, refuse ordinary clients
+//! with `amqp:connection:forced`, let admin tools read but not write, and one is
+//! promoted by `tandem-ha --cluster-manager promote`. (Replication between them
+//! is not built yet, so the others stay `joining`.)
+
+mod common;
+
+use std::net::TcpListener;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use common::clients::run_python;
+use common::{wait_until, Broker};
+use tandem_shards::amqp::codec::Value;
+use tandem_shards::client::{Client, ClientOptions};
+
+/// A port free right now (the broker binds it a moment later).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+struct Cluster {
+    brokers: Vec<Broker>,
+}
+
+impl Cluster {
+    fn start(n: usize) -> Cluster {
+        let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let url = ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let brokers = ports
+            .iter()
+            .map(|p| {
+                let port = p.to_string();
+                Broker::start(&[
+                    "--port",
+                    &port,
+                    "--ha-cluster",
+                    "yes",
+                    "--ha-brokers-url",
+                    &url,
+                    "--link-heartbeat-interval",
+                    "1",
+                    "--worker-threads",
+                    "2",
+                ])
+            })
+            .collect();
+        Cluster { brokers }
+    }
+
+    fn url(&self, i: usize) -> String {
+        self.brokers[i].url()
+    }
+}
+
+fn tool(name: &str, args: &[&str]) -> Output {
+    let path = match name {
+        "tandem-ha" => env!("CARGO_BIN_EXE_tandem-ha"),
+        _ => env!("CARGO_BIN_EXE_tandem-config"),
+    };
+    Command::new(path)
+        .args(args)
+        .args(["--timeout", "10"])
+        .output()
+        .expect("running the tool")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).trim().to_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).trim().to_owned()
+}
+
+#[test]
+fn three_brokers_start_joining_and_the_promoted_one_becomes_active() {
+    let cluster = Cluster::start(3);
+    let all = tool("tandem-ha", &["-b", &cluster.url(0), "status", "--all"]);
+    assert!(all.status.success(), "{}", stderr(&all));
+    let lines: Vec<String> = stdout(&all).lines().map(str::to_owned).collect();
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert!(lines.iter().all(|l| l.ends_with(" joining")), "{lines:?}");
+
+    let promoted = tool(
+        "tandem-ha",
+        &["-b", &cluster.url(0), "--cluster-manager", "promote"],
+    );
+    assert!(promoted.status.success(), "{}", stderr(&promoted));
+    // First primary of an all-joining cluster, with no backups to wait for.
+    let primary = tool(
+        "tandem-ha",
+        &["-b", &cluster.url(0), "status", "--expect=primary"],
+    );
+    assert!(
+        primary.status.success(),
+        "{} {}",
+        stdout(&primary),
+        stderr(&primary)
+    );
+    assert_eq!(stdout(&primary), "active");
+    let is_primary = tool(
+        "tandem-ha",
+        &["-b", &cluster.url(0), "status", "--is-primary"],
+    );
+    assert!(is_primary.status.success());
+    let backup = tool(
+        "tandem-ha",
+        &["-b", &cluster.url(1), "status", "--expect=primary"],
+    );
+    assert!(!backup.status.success(), "a joining broker is not primary");
+
+    // The primary serves clients now.
+    let sent = run_python(
+        "send.py",
+        &[
+            "--url",
+            &cluster.url(0),
+            "--address",
+            "ha-q",
+            "--count",
+            "3",
+            "--timeout",
+            "15",
+        ],
+    );
+    sent.assert_success();
+    assert_eq!(
+        sent.summary().get("accepted").and_then(|v| v.as_u64()),
+        Some(3)
+    );
+
+    let query = tool("tandem-ha", &["-b", &cluster.url(0), "query"]);
+    let text = stdout(&query);
+    assert!(text.contains("status:      active"), "{text}");
+    assert!(text.contains("epoch:       1"), "{text}");
+}
+
+#[test]
+fn a_backup_refuses_clients_with_connection_forced_and_advertises_the_cluster() {
+    let cluster = Cluster::start(2);
+    let url = cluster.url(1).parse().expect("url");
+    let err = Client::connect(&url, &ClientOptions::default())
+        .err()
+        .expect("refused");
+    let text = err.to_string();
+    assert!(text.contains("amqp:connection:forced"), "{text}");
+    assert!(text.contains("backup"), "{text}");
+    // Qpid Proton sees the connection dropped (it treats forced like a lost socket).
+    let out = run_python(
+        "send.py",
+        &[
+            "--url",
+            &cluster.url(1),
+            "--address",
+            "q",
+            "--count",
+            "1",
+            "--timeout",
+            "10",
+        ],
+    );
+    assert!(!out.status.success(), "a backup must not take messages");
+
+    // An admin connection is let in, and sees the cluster's addresses.
+    let opts = ClientOptions {
+        properties: vec![("qpid.ha-admin".into(), Value::Bool(true))],
+        ..Default::default()
+    };
+    let admin = Client::connect(&url, &opts).expect("admin connection");
+    let list = admin
+        .remote_properties
+        .as_ref()
+        .and_then(|p| p.map_get("failover-server-list"))
+        .cloned();
+    match list {
+        Some(Value::List(servers)) => assert_eq!(servers.len(), 2),
+        other => panic!("no failover-server-list: {other:?}"),
+    }
+}
+
+#[test]
+fn admin_tools_read_a_backup_but_cannot_change_it() {
+    let cluster = Cluster::start(2);
+    let read = tool(
+        "tandem-config",
+        &["-b", &cluster.url(1), "--ha-admin", "queues"],
+    );
+    assert!(read.status.success(), "{}", stderr(&read));
+    let write = tool(
+        "tandem-config",
+        &["-b", &cluster.url(1), "--ha-admin", "add", "queue", "x"],
+    );
+    assert!(!write.status.success());
+    assert!(stderr(&write).contains("backup"), "{}", stderr(&write));
+    // Without --ha-admin the tool is refused like any client.
+    let refused = tool("tandem-config", &["-b", &cluster.url(1), "queues"]);
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("connection:forced"),
+        "{}",
+        stderr(&refused)
+    );
+}
+
+#[test]
+fn promote_is_refused_and_hidden_without_cluster_manager() {
+    let cluster = Cluster::start(2);
+    let refused = tool("tandem-ha", &["-b", &cluster.url(0), "promote"]);
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("--cluster-manager"),
+        "{}",
+        stderr(&refused)
+    );
+    let status = tool("tandem-ha", &["-b", &cluster.url(0), "status"]);
+    assert_eq!(
+        stdout(&status),
+        "joining",
+        "the refused promotion changed nothing"
+    );
+
+    let help = tool("tandem-ha", &["--help"]);
+    assert!(!stdout(&help).contains("promote"), "{}", stdout(&help));
+    let help = tool("tandem-ha", &["--cluster-manager", "--help"]);
+    assert!(stdout(&help).contains("promote"), "{}", stdout(&help));
+}
+
+#[test]
+fn ready_wait_gives_up_at_the_timeout_on_a_joining_broker() {
+    let cluster = Cluster::start(2);
+    let started = std::time::Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_tandem-ha"))
+        .args(["-b", &cluster.url(1), "--timeout", "1", "ready", "--wait"])
+        .output()
+        .expect("tandem-ha");
+    assert!(!out.status.success());
+    assert_eq!(stdout(&out), "joining");
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    // A promoted broker is ready at once.
+    tool(
+        "tandem-ha",
+        &["-b", &cluster.url(0), "--cluster-manager", "promote"],
+    );
+    assert!(wait_until(Duration::from_secs(10), || {
+        tool("tandem-ha", &["-b", &cluster.url(0), "ready"])
+            .status
+            .success()
+    }));
+}
