@@ -87,6 +87,15 @@ impl Client {
         let mut last = None;
         for addr in &url.addrs {
             let target = addr.socket_string();
+            if addr.transport == crate::url::Transport::Ssl {
+                last = Some(ClientError::Connect {
+                    addr: format!("ssl:{target}"),
+                    source: std::io::Error::other(
+                        "ssl: addresses need TLS, which this client does not support yet",
+                    ),
+                });
+                continue;
+            }
             let resolved = match target.to_socket_addrs() {
                 Ok(mut a) => a.next(),
                 Err(e) => {

@@ -16,5 +16,6 @@ pub mod exchange;
 pub mod management;
 pub mod placement;
 pub mod queue;
+pub mod replica;
 pub mod runtime;
 pub mod url;

@@ -60,10 +60,10 @@ enum Add {
         #[arg(long, value_name = "LEVEL")]
         replicate: Option<String>,
         /// Maximum bytes queued (0: unlimited).
-        #[arg(long, value_name = "BYTES")]
+        #[arg(long, value_name = "BYTES", allow_negative_numbers = true)]
         max_queue_size: Option<String>,
         /// Maximum messages queued (0: unlimited).
-        #[arg(long, value_name = "N")]
+        #[arg(long, value_name = "N", allow_negative_numbers = true)]
         max_queue_count: Option<String>,
         /// What a full queue does: flow (stall publishers), reject, or ring (drop oldest).
         #[arg(long, value_name = "POLICY")]
@@ -255,7 +255,9 @@ fn del(mc: &mut ManagementClient, what: &Del) -> ToolResult<String> {
 
 fn bind(mc: &mut ManagementClient, operation: &str, b: &BindArgs) -> ToolResult<String> {
     let mut rest = b.rest.iter();
-    let key = rest.next().cloned().unwrap_or_default();
+    // The key is optional before `all|any k=v...` (a headers binding has none).
+    let keyless = b.rest.len() > 1 && matches!(b.rest[0].as_str(), "all" | "any");
+    let key = if keyless { None } else { rest.next().cloned() }.unwrap_or_default();
     let mut attrs = vec![
         (Value::string("exchange"), Value::string(&b.exchange)),
         (Value::string("queue"), Value::string(&b.queue)),

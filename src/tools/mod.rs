@@ -20,14 +20,15 @@ pub struct BrokerArgs {
         short = 'b',
         long = "broker",
         value_name = "URL",
-        default_value = "localhost:5672"
+        default_value = "localhost:5672",
+        global = true
     )]
     pub broker: String,
     /// Mark the connection as an HA admin connection, so a backup broker accepts it.
-    #[arg(long = "ha-admin")]
+    #[arg(long = "ha-admin", global = true)]
     pub ha_admin: bool,
     /// Seconds to wait for the broker.
-    #[arg(long, default_value_t = 10.0, value_name = "SECONDS")]
+    #[arg(long, default_value_t = 10.0, value_name = "SECONDS", global = true)]
     pub timeout: f64,
 }
 

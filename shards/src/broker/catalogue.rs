@@ -259,6 +259,12 @@ impl Catalogue {
                             format!("exchange '{name}' exists with type {}", ex.kind.as_str()),
                         ));
                     }
+                    if ex.durable != durable || ex.replicate != replicate {
+                        return Err(ErrorCondition::new(
+                            condition::PRECONDITION_FAILED,
+                            format!("exchange '{name}' already exists with different arguments"),
+                        ));
+                    }
                     return Ok((Vec::new(), ConfigDone { queue: None }));
                 }
                 if self.queues.contains_key(name.as_str()) {
@@ -294,30 +300,58 @@ impl Catalogue {
                 exchange,
                 queue,
                 key,
-            }
-            | ConfigOp::Unbind {
-                exchange,
-                queue,
-                key,
             } => {
-                // (Both arms share validation; the caller's op decides the event.)
-                let exchange = self.exchange_named(&exchange)?;
-                let Some((queue, _)) = self.queues.get_key_value(queue.as_str()) else {
-                    return Err(ErrorCondition::new(
-                        condition::NOT_FOUND,
-                        format!("queue '{queue}' not found"),
-                    ));
-                };
-                let binding = Binding {
-                    queue: queue.clone(),
-                    key,
-                };
+                let (exchange, binding) = self.binding_for(&exchange, &queue, key)?;
                 Ok((
                     vec![ConfigEvent::Bound { exchange, binding }],
                     ConfigDone { queue: None },
                 ))
             }
+            ConfigOp::Unbind {
+                exchange,
+                queue,
+                key,
+            } => {
+                let (exchange, binding) = self.binding_for(&exchange, &queue, key)?;
+                let exists = self
+                    .exchanges
+                    .get(&exchange)
+                    .is_some_and(|ex| ex.bindings.contains(&binding));
+                if !exists {
+                    return Err(ErrorCondition::new(
+                        condition::NOT_FOUND,
+                        format!("no such binding of queue '{queue}' to exchange '{exchange}'"),
+                    ));
+                }
+                Ok((
+                    vec![ConfigEvent::Unbound { exchange, binding }],
+                    ConfigDone { queue: None },
+                ))
+            }
         }
+    }
+
+    /// The exchange and binding a bind/unbind request names, both validated.
+    fn binding_for(
+        &self,
+        exchange: &str,
+        queue: &str,
+        key: BindingKey,
+    ) -> Result<(Arc<str>, Binding), ErrorCondition> {
+        let exchange = self.exchange_named(exchange)?;
+        let Some((queue, _)) = self.queues.get_key_value(queue) else {
+            return Err(ErrorCondition::new(
+                condition::NOT_FOUND,
+                format!("queue '{queue}' not found"),
+            ));
+        };
+        Ok((
+            exchange,
+            Binding {
+                queue: queue.clone(),
+                key,
+            },
+        ))
     }
 
     fn exchange_named(&self, name: &str) -> Result<Arc<str>, ErrorCondition> {
@@ -333,13 +367,12 @@ impl Catalogue {
 impl Shard {
     /// Shard 0: validate, apply here, broadcast, and reply once all shards applied.
     pub(super) fn on_config_request(&mut self, origin: usize, req: u64, op: ConfigOp) {
-        let unbind = matches!(op, ConfigOp::Unbind { .. });
         let temp = self.next_temp;
         let planned = self
             .catalogue
             .plan(op, self.shards(), || format!("tmp.{}", uuid_like(temp)));
         self.next_temp += 1;
-        let (mut events, done) = match planned {
+        let (events, done) = match planned {
             Ok(p) => p,
             Err(e) => {
                 self.send(
@@ -352,17 +385,6 @@ impl Shard {
                 return;
             }
         };
-        if unbind {
-            events = events
-                .into_iter()
-                .map(|ev| match ev {
-                    ConfigEvent::Bound { exchange, binding } => {
-                        ConfigEvent::Unbound { exchange, binding }
-                    }
-                    other => other,
-                })
-                .collect();
-        }
         for ev in &events {
             self.apply_config(ev);
         }

@@ -1,0 +1,206 @@
+//! Delayed settlement on the primary: a publisher's message is settled only when
+//! every backup guarding its queue has acknowledged it, or it was already consumed
+//! (and accepted) on the primary, or the backup was dropped.
+//!
+//! A backup guards a queue from a first position on (the queue's next position
+//! when the guard was set up): earlier messages may already have been settled,
+//! so they cannot be held for it; that backup is simply not ready until it has
+//! them. Acknowledgements are cumulative per queue, so held settlements are
+//! released from the front, in position order.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+/// Identifies a backup within the primary's membership.
+pub type MemberId = u64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Guard {
+    /// Positions from here on wait for this backup.
+    first: u64,
+    /// The backup has every position up to and including this one.
+    acked: u64,
+}
+
+struct QueueGuard<T> {
+    /// Held settlements by position.
+    held: BTreeMap<u64, T>,
+    guards: HashMap<MemberId, Guard>,
+}
+
+impl<T> QueueGuard<T> {
+    fn new() -> Self {
+        QueueGuard {
+            held: BTreeMap::new(),
+            guards: HashMap::new(),
+        }
+    }
+
+    fn waits(&self, position: u64) -> bool {
+        self.guards
+            .values()
+            .any(|g| position >= g.first && g.acked < position)
+    }
+
+    fn release(&mut self, out: &mut Vec<T>) {
+        while let Some((&p, _)) = self.held.first_key_value() {
+            if self.waits(p) {
+                break;
+            }
+            if let Some((_, token)) = self.held.pop_first() {
+                out.push(token);
+            }
+        }
+    }
+}
+
+/// Held settlements for every replicated queue on the primary. `T` is whatever
+/// the broker needs to settle the publisher (its ack token).
+pub struct SettlementGuard<T> {
+    queues: HashMap<Arc<str>, QueueGuard<T>>,
+}
+
+impl<T> Default for SettlementGuard<T> {
+    fn default() -> Self {
+        SettlementGuard {
+            queues: HashMap::new(),
+        }
+    }
+}
+
+impl<T> SettlementGuard<T> {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// `backup` guards `queue` from `first` on (positions before it do not wait).
+    pub fn guard(&mut self, queue: &Arc<str>, backup: MemberId, first: u64) {
+        let q = self
+            .queues
+            .entry(queue.clone())
+            .or_insert_with(QueueGuard::new);
+        q.guards.entry(backup).or_insert(Guard {
+            first,
+            acked: first.saturating_sub(1),
+        });
+    }
+
+    /// A message was stored at `position`: returns the token back at once when no
+    /// backup guards it, otherwise holds it.
+    pub fn enqueued(&mut self, queue: &Arc<str>, position: u64, token: T) -> Option<T> {
+        match self.queues.get_mut(queue) {
+            Some(q) if q.waits(position) => {
+                q.held.insert(position, token);
+                None
+            }
+            _ => Some(token),
+        }
+    }
+
+    /// `backup` has every message of `queue` up to and including `upto`.
+    pub fn acked(&mut self, queue: &str, backup: MemberId, upto: u64, out: &mut Vec<T>) {
+        let Some(q) = self.queues.get_mut(queue) else {
+            return;
+        };
+        if let Some(g) = q.guards.get_mut(&backup) {
+            g.acked = g.acked.max(upto);
+        }
+        q.release(out);
+    }
+
+    /// The message at `position` was consumed and accepted on the primary: its
+    /// settlement no longer waits for replication.
+    pub fn dequeued(&mut self, queue: &str, position: u64) -> Option<T> {
+        self.queues.get_mut(queue)?.held.remove(&position)
+    }
+
+    /// A backup is gone (heartbeat timeout, disconnect, expected-backup timeout):
+    /// nothing waits for it any more.
+    pub fn drop_backup(&mut self, backup: MemberId, out: &mut Vec<T>) {
+        for q in self.queues.values_mut() {
+            if q.guards.remove(&backup).is_some() {
+                q.release(out);
+            }
+        }
+    }
+
+    /// The queue was deleted: everything held for it is released.
+    pub fn remove_queue(&mut self, queue: &str, out: &mut Vec<T>) {
+        if let Some(q) = self.queues.remove(queue) {
+            out.extend(q.held.into_values());
+        }
+    }
+
+    /// Settlements held for `queue`.
+    pub fn held(&self, queue: &str) -> usize {
+        self.queues.get(queue).map_or(0, |q| q.held.len())
+    }
+
+    /// Settlements held in all queues.
+    pub fn held_total(&self) -> usize {
+        self.queues.values().map(|q| q.held.len()).sum()
+    }
+
+    /// Whether `backup` has acknowledged everything it guards on every queue
+    /// up to the given current positions (used to decide readiness).
+    pub fn caught_up(&self, backup: MemberId, queue: &str, position: u64) -> bool {
+        self.queues
+            .get(queue)
+            .and_then(|q| q.guards.get(&backup))
+            .is_some_and(|g| g.acked >= position)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q() -> Arc<str> {
+        "orders".into()
+    }
+
+    #[test]
+    fn unguarded_messages_settle_at_once() {
+        let mut g: SettlementGuard<u32> = SettlementGuard::new();
+        assert_eq!(g.enqueued(&q(), 1, 10), Some(10));
+    }
+
+    #[test]
+    fn settlement_waits_for_every_backup_then_releases_in_order() {
+        let mut g = SettlementGuard::new();
+        g.guard(&q(), 1, 1);
+        g.guard(&q(), 2, 1);
+        for p in 1..=3 {
+            assert_eq!(g.enqueued(&q(), p, p * 10), None);
+        }
+        let mut out = Vec::new();
+        g.acked("orders", 1, 3, &mut out);
+        assert!(out.is_empty(), "backup 2 has nothing yet");
+        g.acked("orders", 2, 2, &mut out);
+        assert_eq!(out, vec![10, 20]);
+        out.clear();
+        g.acked("orders", 2, 3, &mut out);
+        assert_eq!(out, vec![30]);
+    }
+
+    #[test]
+    fn consumed_messages_do_not_wait_and_dropped_backups_release() {
+        let mut g = SettlementGuard::new();
+        g.guard(&q(), 1, 1);
+        g.enqueued(&q(), 1, "a");
+        g.enqueued(&q(), 2, "b");
+        assert_eq!(g.dequeued("orders", 1), Some("a"));
+        let mut out = Vec::new();
+        g.drop_backup(1, &mut out);
+        assert_eq!(out, vec!["b"]);
+        assert_eq!(g.held_total(), 0);
+    }
+
+    #[test]
+    fn a_late_guard_does_not_hold_earlier_positions() {
+        let mut g = SettlementGuard::new();
+        g.guard(&q(), 1, 5);
+        assert_eq!(g.enqueued(&q(), 4, 'x'), Some('x'));
+        assert_eq!(g.enqueued(&q(), 5, 'y'), None);
+    }
+}
