@@ -13,7 +13,7 @@ use tandem_ha::broker::{ClusterInfo, HaBroker};
 use tandem_ha::node::HaSettings;
 use tandem_shards::amqp::codec::Value;
 use tandem_shards::broker::hooks::{Admission, HaHandler};
-use tandem_shards::broker::BrokerSettings;
+use tandem_shards::broker::{BrokerSettings, HaLinkSettings};
 use tandem_shards::queue::{LimitPolicy, QueueSettings};
 use tandem_shards::runtime;
 
@@ -161,12 +161,20 @@ fn with_ha(
         backup_timeout: cfg.ha.backup_timeout,
         heartbeat: cfg.ha.link_heartbeat_interval,
         maintenance: cfg.ha.link_maintenance_interval,
+        own_address: Some(format!("{}:{}", cfg.interface, cfg.port)),
     };
     let info = ClusterInfo {
         brokers_url: brokers_url.redacted(),
         public_url: public.redacted(),
         replicate: cfg.ha.replicate.to_string(),
+        self_address: format!("{}:{}", cfg.interface, cfg.port),
     };
+    settings.ha_replicate = Some(cfg.ha.replicate.to_string());
+    settings.ha_link = Some(HaLinkSettings {
+        username: cfg.ha.username.clone(),
+        password: cfg.ha.password.clone(),
+        heartbeat: cfg.ha.link_heartbeat_interval,
+    });
     let factory: runtime::HaFactory = Box::new(move || {
         Box::new(HaBroker::new(ha_settings, info, std::time::Instant::now())) as Box<dyn HaHandler>
     });

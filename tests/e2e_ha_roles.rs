@@ -1,8 +1,8 @@
 //! HA roles with real brokers, the test acting as the resource manager: three
 //! `tandemd --ha-cluster` processes start `joining`, refuse ordinary clients
 //! with `amqp:connection:forced`, let admin tools read but not write, and one is
-//! promoted by `tandem-ha --cluster-manager promote`. (Replication between them
-//! is not built yet, so the others stay `joining`.)
+//! promoted by `tandem-ha --cluster-manager promote`. (Without `ha-replicate`,
+//! backups replicate nothing; replication itself is tested in `e2e_ha_failover`.)
 
 mod common;
 

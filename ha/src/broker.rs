@@ -7,10 +7,12 @@
 use std::time::Instant;
 
 use tandem_shards::amqp::codec::Value;
-use tandem_shards::broker::hooks::{Admission, HaHandler, HaOutcome, HaReply};
+use tandem_shards::broker::hooks::{
+    Admission, BackupIdentity, HaCommand, HaHandler, HaOutcome, HaReply, LinkEvent, MemberId,
+};
 use tandem_shards::management::status;
 
-use crate::node::{Action, HaNode, HaSettings, Input};
+use crate::node::{Action, HaNode, HaSettings, Input, MemberInfo};
 use crate::status::BrokerStatus;
 
 /// What `query` reports besides the node's own state.
@@ -19,11 +21,17 @@ pub struct ClusterInfo {
     pub brokers_url: String,
     pub public_url: String,
     pub replicate: String,
+    /// This broker's own address, as the others reach it.
+    pub self_address: String,
 }
 
 pub struct HaBroker {
     node: HaNode,
     info: ClusterInfo,
+    /// Commands for the shards, gathered until the next poll.
+    commands: Vec<HaCommand>,
+    /// The member id of the backup whose attach is being handled.
+    accepted: Option<MemberId>,
 }
 
 impl HaBroker {
@@ -37,6 +45,8 @@ impl HaBroker {
         HaBroker {
             node: HaNode::new(settings, now),
             info,
+            commands: Vec::new(),
+            accepted: None,
         }
     }
 
@@ -54,15 +64,32 @@ impl HaBroker {
                         "HA: a newer primary exists (epoch {newer_epoch} > ours): stepping down, dropping clients"
                     );
                 }
-                Action::DropBackup { reason, .. } => {
-                    tracing::warn!("HA: dropping backup: {reason}")
+                Action::Connect { index, address } => {
+                    self.commands.push(HaCommand::Connect { index, address })
                 }
-                // The replication links arrive with the replication stream.
-                Action::Connect { .. }
-                | Action::Disconnect
-                | Action::Guard { .. }
-                | Action::BroadcastMembers
-                | Action::Accepted { .. } => {}
+                Action::Disconnect => self.commands.push(HaCommand::Disconnect),
+                Action::Guard { member } => self.commands.push(HaCommand::Guard { member }),
+                Action::DropBackup {
+                    member,
+                    reason,
+                    disconnect,
+                } => {
+                    tracing::warn!("HA: dropping backup: {reason}");
+                    self.commands.push(HaCommand::Drop { member, disconnect });
+                }
+                Action::BroadcastMembers => {
+                    let members = self
+                        .node
+                        .members()
+                        .into_iter()
+                        .map(|m| (m.broker_id, m.address, m.status.as_str().to_owned()))
+                        .collect();
+                    self.commands.push(HaCommand::Members {
+                        epoch: self.node.epoch(),
+                        members,
+                    });
+                }
+                Action::Accepted { member } => self.accepted = Some(member),
             }
         }
     }
@@ -136,6 +163,78 @@ impl HaHandler for HaBroker {
         HaOutcome {
             admission: self.admission(),
             next_poll: self.node.next_deadline(),
+            commands: std::mem::take(&mut self.commands),
         }
+    }
+
+    fn link_event(&mut self, event: LinkEvent, now: Instant) {
+        let input = match event {
+            LinkEvent::Up { index, epoch } => {
+                tracing::info!("HA: replication link up to {}", self.info.brokers_url);
+                Input::LinkUp { index, epoch }
+            }
+            LinkEvent::Failed { index } => Input::LinkFailed { index },
+            LinkEvent::Lost => {
+                tracing::warn!("HA: lost the replication link to the primary");
+                Input::LinkLost
+            }
+            LinkEvent::PrimaryHeard => Input::PrimaryHeard,
+            LinkEvent::Members { members, .. } => Input::Members(
+                members
+                    .into_iter()
+                    .filter_map(|(broker_id, address, status)| {
+                        Some(MemberInfo {
+                            broker_id,
+                            address,
+                            status: status.parse().ok()?,
+                        })
+                    })
+                    .collect(),
+            ),
+            LinkEvent::BackupReady { member } => Input::BackupReady { member },
+            LinkEvent::BackupHeard { member } => Input::BackupHeard { member },
+            LinkEvent::BackupLost { member } => Input::BackupLost { member },
+        };
+        let actions = self.node.handle(input, now);
+        self.carry_out(actions);
+    }
+
+    fn backup_attached(&mut self, who: BackupIdentity, now: Instant) -> Result<MemberId, String> {
+        if !self.node.status().is_primary() {
+            return Err(format!("not a primary ({})", self.node.status()));
+        }
+        self.accepted = None;
+        let actions = self.node.handle(
+            Input::BackupConnected {
+                broker_id: who.broker_id.clone(),
+                address: who.address.clone(),
+                epoch: who.epoch,
+            },
+            now,
+        );
+        self.carry_out(actions);
+        match self.accepted.take() {
+            Some(member) => {
+                tracing::info!("HA: backup {} ({}) connected", who.address, who.broker_id);
+                Ok(member)
+            }
+            None => Err(format!(
+                "backup {} refused ({})",
+                who.address,
+                self.node.status()
+            )),
+        }
+    }
+
+    fn identity(&self) -> BackupIdentity {
+        BackupIdentity {
+            broker_id: self.node.broker_id().to_owned(),
+            address: self.info.self_address.clone(),
+            epoch: self.node.epoch(),
+        }
+    }
+
+    fn replicate_default(&self) -> &str {
+        &self.info.replicate
     }
 }

@@ -22,6 +22,8 @@ pub struct HaSettings {
     pub heartbeat: Duration,
     /// `link-maintenance-interval`: how often a backup retries the next address.
     pub maintenance: Duration,
+    /// Our own entry in `brokers`, which a backup does not try to replicate from.
+    pub own_address: Option<String>,
 }
 
 /// A cluster member as the primary tells its backups.
@@ -292,9 +294,16 @@ impl HaNode {
             }
             Input::Members(list) => {
                 if let Some(me) = list.iter().find(|m| m.broker_id == self.settings.broker_id) {
-                    // The primary timed us out while it was recovering: catch up again.
-                    if self.status == BrokerStatus::Ready && me.status == BrokerStatus::CatchUp {
-                        self.become_(BrokerStatus::CatchUp, &mut out);
+                    match (self.status, me.status) {
+                        // The primary saw us catch up on every queue.
+                        (BrokerStatus::CatchUp, BrokerStatus::Ready) => {
+                            self.become_(BrokerStatus::Ready, &mut out)
+                        }
+                        // It timed us out while it was recovering: catch up again.
+                        (BrokerStatus::Ready, BrokerStatus::CatchUp) => {
+                            self.become_(BrokerStatus::CatchUp, &mut out)
+                        }
+                        _ => {}
                     }
                 }
                 self.known = list;
@@ -429,7 +438,14 @@ impl HaNode {
                 && now >= self.next_attempt
                 && !self.settings.brokers.is_empty()
             {
-                let index = self.next_index % self.settings.brokers.len();
+                let n = self.settings.brokers.len();
+                let mut index = self.next_index % n;
+                if n > 1
+                    && self.settings.own_address.as_deref()
+                        == Some(self.settings.brokers[index].as_str())
+                {
+                    index = (index + 1) % n;
+                }
                 self.next_index = index + 1;
                 self.connecting = Some(index);
                 self.next_attempt = now + self.settings.maintenance;

@@ -62,6 +62,7 @@ impl Sim {
                         backup_timeout: BACKUP_TIMEOUT,
                         heartbeat: HEARTBEAT,
                         maintenance: Duration::from_millis(100),
+                        own_address: None,
                     },
                     now,
                 )
@@ -332,6 +333,7 @@ fn joining_broker_refuses_promotion_while_a_ready_backup_exists() {
             backup_timeout: BACKUP_TIMEOUT,
             heartbeat: HEARTBEAT,
             maintenance: Duration::from_millis(100),
+            own_address: None,
         },
         sim.now,
     );

@@ -141,8 +141,8 @@ pub struct QueueStats {
 }
 
 pub enum EnqueueOutcome {
-    /// Stored; ack the publisher now.
-    Stored,
+    /// Stored at this position; ack the publisher now (or when replicas have it).
+    Stored(u64),
     /// Held until there is room; its ack comes later from [`Queue::admit_held`].
     Held,
     /// Refused (policy reject).
@@ -165,6 +165,9 @@ pub struct Queue {
     had_consumer: bool,
     /// Last-value queues: key value -> position of the available message holding it.
     lvq_index: HashMap<String, u64>,
+    /// Replicated queues on a primary record what left them, for the backups.
+    track_dequeues: bool,
+    dequeued: Vec<u64>,
 }
 
 impl Queue {
@@ -182,6 +185,8 @@ impl Queue {
             stats: QueueStats::default(),
             had_consumer: false,
             lvq_index: HashMap::new(),
+            track_dequeues: false,
+            dequeued: Vec::new(),
         }
     }
 
@@ -217,15 +222,16 @@ impl Queue {
                     self.bytes -= prev.message.len() as u64;
                     self.stats.lvq_replaced += 1;
                     self.stats.dequeues += 1;
-                    self.store(message);
-                    self.lvq_index.insert(key, self.next_position - 1);
-                    return EnqueueOutcome::Stored;
+                    self.note_dequeue(old);
+                    let position = self.store(message);
+                    self.lvq_index.insert(key, position);
+                    return EnqueueOutcome::Stored(position);
                 }
             }
             if self.held.is_empty() && !self.is_full_for(size) {
-                self.store(message);
-                self.lvq_index.insert(key, self.next_position - 1);
-                return EnqueueOutcome::Stored;
+                let position = self.store(message);
+                self.lvq_index.insert(key, position);
+                return EnqueueOutcome::Stored(position);
             }
         }
         if !self.held.is_empty() || self.is_full_for(size) {
@@ -237,18 +243,18 @@ impl Queue {
                 LimitPolicy::Reject => return EnqueueOutcome::Rejected,
                 LimitPolicy::Ring => {
                     while self.is_full_for(size) {
-                        let Some((_, oldest)) = self.available.pop_first() else {
+                        let Some((position, oldest)) = self.available.pop_first() else {
                             break;
                         };
                         self.bytes -= oldest.message.len() as u64;
                         self.stats.ring_dropped += 1;
                         self.stats.dequeues += 1;
+                        self.note_dequeue(position);
                     }
                 }
             }
         }
-        self.store(message);
-        EnqueueOutcome::Stored
+        EnqueueOutcome::Stored(self.store(message))
     }
 
     /// The last-value key of a message, for last-value queues.
@@ -263,7 +269,7 @@ impl Queue {
         })
     }
 
-    fn store(&mut self, message: Bytes) {
+    fn store(&mut self, message: Bytes) -> u64 {
         self.bytes += message.len() as u64;
         self.stats.enqueues += 1;
         let position = self.next_position;
@@ -275,10 +281,12 @@ impl Queue {
                 delivery_count: 0,
             },
         );
+        position
     }
 
-    /// Moves held messages into the queue while there is room; their acks go out.
-    pub fn admit_held(&mut self, acks: &mut Vec<AckTo>) {
+    /// Moves held messages into the queue while there is room: each with its
+    /// ack, the position it got, and its bytes (for replication).
+    pub fn admit_held(&mut self, admitted: &mut Vec<(Option<AckTo>, u64, Bytes)>) {
         while let Some((message, _)) = self.held.front() {
             if self.is_full_for(message.len() as u64) {
                 break;
@@ -286,9 +294,92 @@ impl Queue {
             let Some((message, ack)) = self.held.pop_front() else {
                 break;
             };
-            self.store(message);
-            acks.extend(ack);
+            let position = self.store(message.clone());
+            admitted.push((ack, position, message));
         }
+    }
+
+    // -- replication
+
+    /// Records dequeued positions from now on (for the replication stream).
+    pub fn track_dequeues(&mut self, on: bool) {
+        self.track_dequeues = on;
+        if !on {
+            self.dequeued.clear();
+        }
+    }
+
+    fn note_dequeue(&mut self, position: u64) {
+        if self.track_dequeues {
+            self.dequeued.push(position);
+        }
+    }
+
+    /// Positions that left the queue since the last call.
+    pub fn take_dequeued(&mut self, out: &mut Vec<u64>) {
+        out.append(&mut self.dequeued);
+    }
+
+    /// The position the next message will get.
+    pub fn next_position(&self) -> u64 {
+        self.next_position
+    }
+
+    /// Every message in the queue (available or acquired), in position order.
+    pub fn snapshot(&self) -> Vec<(u64, Bytes)> {
+        let mut all: Vec<(u64, Bytes)> = self
+            .available
+            .iter()
+            .map(|(p, e)| (*p, e.message.clone()))
+            .chain(
+                self.acquired
+                    .iter()
+                    .map(|(p, (e, _))| (*p, e.message.clone())),
+            )
+            .collect();
+        all.sort_unstable_by_key(|(p, _)| *p);
+        all
+    }
+
+    /// A backup stores a replicated message at the primary's position (a
+    /// duplicate position is ignored: a snapshot may resend what we have).
+    pub fn insert_at(&mut self, position: u64, message: Bytes) {
+        if self.available.contains_key(&position) || self.acquired.contains_key(&position) {
+            return;
+        }
+        if let Some(key) = self.lvq_value(&message) {
+            self.lvq_index.insert(key, position);
+        }
+        self.bytes += message.len() as u64;
+        self.stats.enqueues += 1;
+        self.next_position = self.next_position.max(position + 1);
+        self.available.insert(
+            position,
+            Entry {
+                message,
+                delivery_count: 0,
+            },
+        );
+    }
+
+    /// A backup removes a message the primary dequeued.
+    pub fn remove_at(&mut self, position: u64) {
+        let removed = self
+            .available
+            .remove(&position)
+            .or_else(|| self.acquired.remove(&position).map(|(e, _)| e));
+        if let Some(e) = removed {
+            self.bytes -= e.message.len() as u64;
+            self.stats.dequeues += 1;
+        }
+    }
+
+    /// Drops every message (a backup about to receive a fresh snapshot).
+    pub fn purge(&mut self) {
+        self.available.clear();
+        self.acquired.clear();
+        self.lvq_index.clear();
+        self.bytes = 0;
     }
 
     pub fn subscribe(&mut self, who: ConsumerRef, browse: bool, settled: bool) {
@@ -371,6 +462,9 @@ impl Queue {
             if c.settled {
                 self.bytes -= entry.message.len() as u64;
                 self.stats.dequeues += 1;
+                if self.track_dequeues {
+                    self.dequeued.push(position);
+                }
             } else {
                 self.acquired.insert(position, (entry, c.who));
             }
@@ -390,6 +484,7 @@ impl Queue {
             Settlement::Consumed => {
                 self.bytes -= entry.message.len() as u64;
                 self.stats.dequeues += 1;
+                self.note_dequeue(position);
             }
             Settlement::Released => {
                 self.available.insert(position, entry);
@@ -511,11 +606,11 @@ mod tests {
         let ack = |t| Some(AckTo { shard: 0, token: t });
         assert!(matches!(
             q.enqueue(msg("1"), ack(1)),
-            EnqueueOutcome::Stored
+            EnqueueOutcome::Stored(1)
         ));
         assert!(matches!(
             q.enqueue(msg("2"), ack(2)),
-            EnqueueOutcome::Stored
+            EnqueueOutcome::Stored(2)
         ));
         assert!(matches!(q.enqueue(msg("3"), ack(3)), EnqueueOutcome::Held));
         assert!(matches!(q.enqueue(msg("4"), ack(4)), EnqueueOutcome::Held));
@@ -523,9 +618,11 @@ mod tests {
         let mut out = Vec::new();
         q.add_credit(who(1), 1, false, &mut out);
         q.settle(who(1), out[0].position, Settlement::Consumed);
-        let mut acks = Vec::new();
-        q.admit_held(&mut acks);
-        assert_eq!(acks, vec![AckTo { shard: 0, token: 3 }]);
+        let mut admitted = Vec::new();
+        q.admit_held(&mut admitted);
+        assert_eq!(admitted.len(), 1);
+        assert_eq!(admitted[0].0, Some(AckTo { shard: 0, token: 3 }));
+        assert_eq!(admitted[0].1, 3);
         assert_eq!(q.stats().depth, 2);
     }
 

@@ -378,6 +378,7 @@ async fn shard_main(
 
     let accept_rt = rt.clone();
     let accept_stop = stop.clone();
+    let housekeeping_count = conn_count.clone();
     glommio::spawn_local(async move {
         loop {
             let stream = match listener.accept().await {
@@ -417,6 +418,16 @@ async fn shard_main(
         if has_ha {
             rt.shard.borrow_mut().poll_ha(Instant::now());
             rt.after_step();
+            let connects = rt.shard.borrow_mut().take_replica_connects();
+            for (index, address) in connects {
+                glommio::spawn_local(connect_replica(
+                    rt.clone(),
+                    index,
+                    address,
+                    housekeeping_count.clone(),
+                ))
+                .detach();
+            }
         }
         if stop.load(Ordering::Relaxed) {
             break;
@@ -464,6 +475,93 @@ fn serve(
     rt.writers.borrow_mut().insert(id, wake_tx);
     glommio::spawn_local(read_loop(rt.clone(), id, stream)).detach();
     glommio::spawn_local(write_loop(rt.clone(), id, write_half, wake_rx, conn_count)).detach();
+}
+
+/// A backup's replication link: connect to the primary candidate, then serve
+/// the connection like any other (the shard drives its client engine).
+async fn connect_replica(
+    rt: Rc<Runtime>,
+    index: usize,
+    address: String,
+    conn_count: Arc<AtomicUsize>,
+) {
+    let settings = rt.shard.borrow().settings.clone();
+    let Some(link) = settings.ha_link.clone() else {
+        return;
+    };
+    let resolved = std::net::ToSocketAddrs::to_socket_addrs(&address.as_str())
+        .ok()
+        .and_then(|mut a| a.next());
+    let stream = match resolved {
+        Some(addr) => {
+            TcpStream::connect_timeout(addr, link.heartbeat.max(Duration::from_secs(1))).await
+        }
+        None => Err(glommio::GlommioError::IoError(std::io::Error::other(
+            "cannot resolve",
+        ))),
+    };
+    let stream = match stream {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::debug!("HA: cannot reach {address}: {e}");
+            rt.shard.borrow_mut().replica_connect_failed(index);
+            rt.after_step();
+            return;
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    // SAFETY: dup of a valid open socket; the new fd is owned by the new stream.
+    let dup = unsafe { libc::dup(stream.as_raw_fd()) };
+    if dup < 0 {
+        rt.shard.borrow_mut().replica_connect_failed(index);
+        rt.after_step();
+        return;
+    }
+    let write_half = unsafe { TcpStream::from_raw_fd(dup) };
+    let who = rt.shard.borrow().ha_identity();
+    let backup_info = who
+        .map(|w| {
+            Value::Map(vec![
+                (Value::symbol("broker-id"), Value::String(w.broker_id)),
+                (Value::symbol("address"), Value::String(w.address)),
+                (Value::symbol("epoch"), Value::Ulong(w.epoch)),
+            ])
+        })
+        .unwrap_or(Value::Bool(true));
+    let credentials = link
+        .username
+        .clone()
+        .map(|u| (u, link.password.clone().unwrap_or_default()));
+    let cfg = ConnectionConfig {
+        container_id: settings.container_id.clone(),
+        max_frame_size: settings.max_frame_size,
+        channel_max: 16,
+        // The primary must be heard at least every heartbeat; twice that is silence.
+        idle_timeout: Some(link.heartbeat * 2),
+        properties: Some(Value::Map(vec![(
+            Value::symbol("qpid.ha-backup"),
+            backup_info,
+        )])),
+        max_message_size: settings.max_message_size,
+        hostname: Some(address.clone()),
+        sasl: Sasl::Client {
+            credentials,
+            skip: false,
+        },
+    };
+    let mut engine = Connection::client(cfg, Instant::now());
+    engine.set_heartbeat(link.heartbeat);
+    conn_count.fetch_add(1, Ordering::Relaxed);
+    let id = rt
+        .shard
+        .borrow_mut()
+        .add_replica_connection(engine, index, address.clone());
+    tracing::info!("HA: replication link connecting to {address}");
+    let (wake_tx, wake_rx) = local_channel::new_bounded(1);
+    rt.writers.borrow_mut().insert(id, wake_tx);
+    glommio::spawn_local(read_loop(rt.clone(), id, stream)).detach();
+    glommio::spawn_local(write_loop(rt.clone(), id, write_half, wake_rx, conn_count)).detach();
+    rt.after_step();
 }
 
 fn connection_config(settings: &BrokerSettings, shard: usize) -> ConnectionConfig {

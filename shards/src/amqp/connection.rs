@@ -198,6 +198,8 @@ pub struct Connection {
     remote_max_frame: u32,
     /// Send something at least this often (half the peer's idle timeout).
     heartbeat_every: Option<Duration>,
+    /// Broker links send heartbeats at this interval whatever the peer asks.
+    own_heartbeat: Option<Duration>,
     last_sent: Instant,
     last_received: Instant,
     sent_open: bool,
@@ -237,6 +239,7 @@ impl Connection {
             remote_channels: HashMap::new(),
             remote_max_frame: MIN_MAX_FRAME_SIZE,
             heartbeat_every: None,
+            own_heartbeat: None,
             last_sent: now,
             last_received: now,
             sent_open: false,
@@ -244,6 +247,14 @@ impl Connection {
             frames_in: 0,
             frames_out: 0,
         }
+    }
+
+    /// Sends a heartbeat at least every `every`, whatever the peer asked for
+    /// (broker links use `link-heartbeat-interval`).
+    pub fn set_heartbeat(&mut self, every: Duration) {
+        let every = every.max(MIN_HEARTBEAT);
+        self.own_heartbeat = Some(every);
+        self.heartbeat_every = Some(self.heartbeat_every.map_or(every, |h| h.min(every)));
     }
 
     /// Bytes to write to the socket; the caller takes them (`split()`).
@@ -636,6 +647,9 @@ impl Connection {
             .idle_timeout
             .filter(|ms| *ms > 0)
             .map(|ms| Duration::from_millis(u64::from(ms) / 2).max(MIN_HEARTBEAT));
+        if let Some(own) = self.own_heartbeat {
+            self.heartbeat_every = Some(self.heartbeat_every.map_or(own, |h| h.min(own)));
+        }
         if self.server {
             self.send_open();
         }

@@ -388,6 +388,7 @@ impl Shard {
         for ev in &events {
             self.apply_config(ev);
         }
+        self.replicate_config(&events);
         let others = self.shards() - 1;
         if events.is_empty() || others == 0 {
             self.send(

@@ -19,6 +19,27 @@ pub enum Admission {
     AdminOnly { reason: String },
 }
 
+pub use crate::replica::guard::MemberId;
+
+/// Something the HA role asks the shards to do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HaCommand {
+    /// Backup: open the replication link to `brokers[index]` at `address`.
+    Connect { index: usize, address: String },
+    /// Backup: close the replication link.
+    Disconnect,
+    /// Primary: settlements on every replicated queue now wait for `member`.
+    Guard { member: MemberId },
+    /// Primary: nothing waits for `member` any more; with `disconnect`, close
+    /// its link too.
+    Drop { member: MemberId, disconnect: bool },
+    /// Primary: send the membership to every backup.
+    Members {
+        epoch: u64,
+        members: Vec<(String, String, String)>,
+    },
+}
+
 /// What the HA handler wants done after it ran.
 #[derive(Debug, Clone, Default)]
 pub struct HaOutcome {
@@ -26,6 +47,40 @@ pub struct HaOutcome {
     pub admission: Admission,
     /// When to call [`HaHandler::poll`] again at the latest.
     pub next_poll: Option<Instant>,
+    /// Commands, in order.
+    pub commands: Vec<HaCommand>,
+}
+
+/// Events of the replication link and of backups' links, for the HA role.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LinkEvent {
+    /// Backup: the primary at `brokers[index]` accepted our link; its epoch.
+    Up { index: usize, epoch: u64 },
+    /// Backup: connecting to `brokers[index]` failed or was refused.
+    Failed { index: usize },
+    /// Backup: the link dropped.
+    Lost,
+    /// Backup: traffic from the primary.
+    PrimaryHeard,
+    /// Backup: the primary's membership.
+    Members {
+        epoch: u64,
+        members: Vec<(String, String, String)>,
+    },
+    /// Primary: a backup caught up on every replicated queue.
+    BackupReady { member: MemberId },
+    /// Primary: traffic from a backup.
+    BackupHeard { member: MemberId },
+    /// Primary: a backup's link closed.
+    BackupLost { member: MemberId },
+}
+
+/// Who a backup says it is when it attaches its replication link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupIdentity {
+    pub broker_id: String,
+    pub address: String,
+    pub epoch: u64,
 }
 
 /// A management reply from the HA handler: status code and body, or an error.
@@ -39,6 +94,15 @@ pub trait HaHandler {
     fn operation(&mut self, operation: &str, body: &Value, now: Instant) -> HaReply;
     /// Timers and state changes; called on a short period and after operations.
     fn poll(&mut self, now: Instant) -> HaOutcome;
+    /// Something happened on a replication link.
+    fn link_event(&mut self, event: LinkEvent, now: Instant);
+    /// Primary: a backup attached its replication link; its member id, or why
+    /// it is refused.
+    fn backup_attached(&mut self, who: BackupIdentity, now: Instant) -> Result<MemberId, String>;
+    /// Backup: who we say we are on our replication link.
+    fn identity(&self) -> BackupIdentity;
+    /// `ha-replicate`: the default replication level (none, configuration, all).
+    fn replicate_default(&self) -> &str;
 }
 
 /// The properties a connection's open frame carries that admission looks at.

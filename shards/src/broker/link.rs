@@ -105,6 +105,10 @@ pub(super) struct Conn {
     pub(super) opened: bool,
     /// An admin connection (`qpid.ha-admin`) or another broker's link.
     pub(super) admin: bool,
+    /// Our own outbound replication connection (a backup's link to its primary).
+    pub(super) outbound: bool,
+    /// Backups' replication links hosted on this connection (primary side).
+    pub(super) replica_links: HashMap<LinkKey, super::replica::ReplicaLink>,
     messages_in: u64,
     messages_out: u64,
     links: HashMap<LinkKey, LinkRole>,
@@ -123,6 +127,8 @@ impl Conn {
             container: String::new(),
             opened: false,
             admin: false,
+            outbound: false,
+            replica_links: HashMap::new(),
             messages_in: 0,
             messages_out: 0,
             links: HashMap::new(),
@@ -142,8 +148,18 @@ impl Shard {
 
     /// Bytes from a client's socket.
     pub fn conn_input(&mut self, id: u64, buf: &mut BytesMut, now: Instant) {
-        if let Some(c) = self.conns.get_mut(&id) {
-            c.engine.input(buf, now);
+        let (outbound, hosts_replicas) = match self.conns.get_mut(&id) {
+            Some(c) => {
+                c.engine.input(buf, now);
+                (c.outbound, !c.replica_links.is_empty())
+            }
+            None => (false, false),
+        };
+        if hosts_replicas {
+            self.replica_heard(id, now);
+        }
+        if outbound {
+            self.ha_link_event(super::hooks::LinkEvent::PrimaryHeard);
         }
         self.conn_events(id);
     }
@@ -269,6 +285,39 @@ impl Shard {
                     c.user = user;
                 }
             }
+            Event::Opened(_) if self.conns.get(&id).is_some_and(|c| c.outbound) => {
+                if let Some(c) = self.conns.get_mut(&id) {
+                    c.opened = true;
+                }
+                self.outbound_opened();
+            }
+            Event::Attached { attach, .. } if self.conns.get(&id).is_some_and(|c| c.outbound) => {
+                let epoch = attach
+                    .properties
+                    .as_ref()
+                    .and_then(|p| p.map_get("tandem.ha-epoch"))
+                    .and_then(Value::as_u64)
+                    .unwrap_or(0);
+                self.outbound_attached(attach.source.is_some(), epoch);
+            }
+            Event::Transfer {
+                delivery_id,
+                payload,
+                link,
+                ..
+            } if self.conns.get(&id).is_some_and(|c| c.outbound) => {
+                self.apply_replica_event(link.channel, delivery_id, &payload);
+            }
+            Event::Detached { .. } | Event::Closed { .. }
+                if self.conns.get(&id).is_some_and(|c| c.outbound) =>
+            {
+                if let Event::Closed { error: Some(e), .. }
+                | Event::Detached { error: Some(e), .. } = &ev
+                {
+                    tracing::info!("HA: replication link closed: {e}");
+                }
+                self.outbound_lost(id);
+            }
             Event::Opened(open) => {
                 let admin = super::hooks::is_admin_connection(open.properties.as_ref());
                 if let Some(c) = self.conns.get_mut(&id) {
@@ -299,8 +348,41 @@ impl Shard {
             Event::Disposition {
                 channel,
                 disposition,
-            } => self.on_disposition(id, channel, disposition),
+            } => {
+                let hosts_replicas = self
+                    .conns
+                    .get(&id)
+                    .is_some_and(|c| !c.replica_links.is_empty());
+                if hosts_replicas && disposition.role == Role::Receiver && disposition.settled {
+                    let last = disposition.last.unwrap_or(disposition.first);
+                    self.on_replica_settled(id, disposition.first, last);
+                }
+                self.on_disposition(id, channel, disposition)
+            }
+            Event::Credit { link, .. }
+                if self
+                    .conns
+                    .get(&id)
+                    .is_some_and(|c| c.replica_links.contains_key(&link)) =>
+            {
+                self.drain_replica_link(id, link);
+            }
             Event::Credit { link, drain, .. } => self.on_credit(id, link, drain),
+            Event::Detached { link, .. }
+                if self
+                    .conns
+                    .get(&id)
+                    .is_some_and(|c| c.replica_links.contains_key(&link)) =>
+            {
+                let member = self
+                    .conns
+                    .get_mut(&id)
+                    .and_then(|c| c.replica_links.remove(&link))
+                    .and_then(|rl| rl.member);
+                if let Some(member) = member {
+                    self.send(0, ShardMsg::BackupGone { member });
+                }
+            }
             Event::Detached { link, .. } => self.on_detached(id, link),
             Event::Closed { error, by_peer } => {
                 if let Some(e) = error {
@@ -350,6 +432,9 @@ impl Shard {
             return self.request_for_attach(id, link, attach, op);
         }
         let address = address.unwrap_or_default();
+        if address == crate::replica::NODE && !client_sends {
+            return self.host_replica_link(id, link, &attach);
+        }
         if address == crate::management::NODE {
             if client_sends {
                 return self.start_publisher(id, link, &attach, Dest::Management, None);
@@ -409,6 +494,47 @@ impl Shard {
             strict: false,
         };
         self.request_for_attach(id, link, attach, op)
+    }
+
+    /// A backup attaches its replication link: only brokers' and admin
+    /// connections may; shard 0 decides whether the HA role accepts it.
+    fn host_replica_link(&mut self, id: u64, link: LinkKey, attach: &Attach) {
+        let admin = self.conns.get(&id).is_some_and(|c| c.admin);
+        if !admin {
+            let error = ErrorCondition::new(
+                condition::UNAUTHORIZED_ACCESS,
+                "only another broker of the cluster may replicate (qpid.ha-backup)",
+            );
+            return self.refuse(id, link, attach, error);
+        }
+        let Some(who) = super::replica::identity_from(attach.properties.as_ref()) else {
+            let error = ErrorCondition::new(
+                condition::INVALID_FIELD,
+                "replication link without broker identity",
+            );
+            return self.refuse(id, link, attach, error);
+        };
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        // The attach is answered once the HA role accepted the backup.
+        c.replica_links.insert(
+            link,
+            super::replica::ReplicaLink {
+                member: None,
+                pending_attach: Some(Box::new(attach.clone())),
+                backlog: VecDeque::new(),
+                unsettled: HashMap::new(),
+                last_heard: None,
+            },
+        );
+        let sink = super::ReplicaSink {
+            member: 0,
+            shard: self.id,
+            conn: id,
+            link,
+        };
+        self.send(0, ShardMsg::BackupAttached { sink, who });
     }
 
     fn request_for_attach(&mut self, id: u64, link: LinkKey, attach: Attach, op: ConfigOp) {

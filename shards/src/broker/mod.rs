@@ -11,6 +11,7 @@ mod catalogue;
 pub mod hooks;
 mod link;
 mod mgmt;
+mod replica;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -27,6 +28,7 @@ use crate::queue::{
 pub use catalogue::{Catalogue, ConfigEvent, ConfigOp};
 use link::{Conn, PendingAck};
 pub use mgmt::{ConnectionInfo, ExchangeStats, ReplyTo, ShardReport};
+pub use replica::{EnqueueMeta, ReplicaSink};
 
 /// Settings every shard needs (the daemon maps its configuration onto this).
 #[derive(Debug, Clone)]
@@ -49,6 +51,19 @@ pub struct BrokerSettings {
     pub initial_admission: hooks::Admission,
     /// Extra open-frame properties (e.g. `failover-server-list`).
     pub open_properties: Vec<(String, crate::amqp::codec::Value)>,
+    /// In a cluster, `ha-replicate` (none, configuration, all); `None` outside one.
+    pub ha_replicate: Option<String>,
+    /// In a cluster: how backups connect to the primary.
+    pub ha_link: Option<HaLinkSettings>,
+}
+
+/// How a backup's replication link connects and keeps alive.
+#[derive(Debug, Clone)]
+pub struct HaLinkSettings {
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// `link-heartbeat-interval`.
+    pub heartbeat: Duration,
 }
 
 impl Default for BrokerSettings {
@@ -70,6 +85,8 @@ impl Default for BrokerSettings {
             max_message_size: 100 * 1024 * 1024,
             initial_admission: hooks::Admission::Open,
             open_properties: Vec::new(),
+            ha_replicate: None,
+            ha_link: None,
         }
     }
 }
@@ -152,6 +169,84 @@ pub enum ShardMsg {
         request: crate::management::Request,
         reply: mgmt::ReplyTo,
     },
+    // -- replication, primary side
+    /// Shard 0 -> owner: start streaming a queue to a backup.
+    StartReplica {
+        queue: Arc<str>,
+        sink: ReplicaSink,
+    },
+    /// Owner -> shard 0: the backup caught up on this queue.
+    QueueCaughtUp {
+        member: hooks::MemberId,
+        queue: Arc<str>,
+    },
+    /// Owner or shard 0 -> link host: an event for the backup's stream.
+    ReplicaOut {
+        sink: ReplicaSink,
+        event: crate::replica::Event,
+        meta: EnqueueMeta,
+    },
+    /// Link host -> owner: the backup has the queue up to this position.
+    ReplicaAck {
+        queue: Arc<str>,
+        member: hooks::MemberId,
+        position: u64,
+    },
+    /// Shard 0 -> all: settlements wait for this backup from now on.
+    GuardMember {
+        member: hooks::MemberId,
+    },
+    /// Shard 0 -> all: the backup is gone.
+    DropMember {
+        member: hooks::MemberId,
+    },
+    /// Link host -> shard 0: a backup attached its link.
+    BackupAttached {
+        sink: ReplicaSink,
+        who: hooks::BackupIdentity,
+    },
+    /// Shard 0 -> link host: the HA role refused the backup.
+    ReplicaRefused {
+        sink: ReplicaSink,
+        reason: String,
+    },
+    /// Shard 0 -> link host: the HA role accepted the backup (our epoch).
+    ReplicaAccepted {
+        sink: ReplicaSink,
+        epoch: u64,
+    },
+    /// Shard 0 -> link host: close a silent backup's link.
+    CloseReplicaLink {
+        sink: ReplicaSink,
+    },
+    /// Link host -> shard 0.
+    BackupHeard {
+        member: hooks::MemberId,
+    },
+    BackupGone {
+        member: hooks::MemberId,
+    },
+    // -- replication, backup side
+    /// Shard 0 -> owner: store a replicated message at the primary's position.
+    ReplicaEnqueue {
+        queue: Arc<str>,
+        position: u64,
+        message: Bytes,
+        origin: usize,
+        token: u64,
+    },
+    /// Owner -> shard 0: stored.
+    ReplicaApplied {
+        token: u64,
+    },
+    ReplicaDequeue {
+        queue: Arc<str>,
+        positions: Vec<u64>,
+    },
+    /// Drop the messages of a queue about to be re-sent whole.
+    ReplicaPurge {
+        queue: Arc<str>,
+    },
     /// Management: a shard's counters, summed by the asking shard.
     StatsRequest {
         origin: usize,
@@ -197,7 +292,7 @@ pub struct Shard {
     /// Routing scratch space, reused per message.
     route_buf: Vec<Arc<str>>,
     deliveries_buf: Vec<Delivery>,
-    acks_buf: Vec<AckTo>,
+    admitted_buf: Vec<(Option<AckTo>, u64, Bytes)>,
     /// Statistics gathers in progress (management), by request id.
     gathers: HashMap<u64, mgmt::Gather>,
     /// Routing counters of exchanges used on this shard.
@@ -206,6 +301,11 @@ pub struct Shard {
     admission: hooks::Admission,
     /// Shard 0 only, in a cluster: the broker's HA role.
     ha: Option<Box<dyn hooks::HaHandler>>,
+    /// Publishers' settlements held until backups have their messages.
+    guard: crate::replica::guard::SettlementGuard<AckTo>,
+    replica: replica::ReplicaState,
+    /// Backup shard 0: replication connections the runtime should open.
+    replica_connects: Vec<(usize, String)>,
 }
 
 impl Shard {
@@ -231,11 +331,14 @@ impl Shard {
             started: Instant::now(),
             route_buf: Vec::new(),
             deliveries_buf: Vec::new(),
-            acks_buf: Vec::new(),
+            admitted_buf: Vec::new(),
             gathers: HashMap::new(),
             exchange_stats: HashMap::new(),
             admission: initial_admission,
             ha: None,
+            guard: crate::replica::guard::SettlementGuard::new(),
+            replica: replica::ReplicaState::default(),
+            replica_connects: Vec::new(),
         }
     }
 
@@ -376,6 +479,57 @@ impl Shard {
             ShardMsg::ConsumerGone { consumer, error } => self.on_consumer_gone(consumer, error),
             ShardMsg::Admission(a) => self.apply_admission(a),
             ShardMsg::HaRequest { request, reply } => self.on_ha_request(request, reply),
+            ShardMsg::StartReplica { queue, sink } => self.on_start_replica(queue, sink),
+            ShardMsg::QueueCaughtUp { member, queue } => self.on_queue_caught_up(member, queue),
+            ShardMsg::ReplicaOut { sink, event, meta } => self.on_replica_out(sink, event, meta),
+            ShardMsg::ReplicaAck {
+                queue,
+                member,
+                position,
+            } => self.on_replica_ack(queue, member, position),
+            ShardMsg::GuardMember { member } => self.on_guard_member(member),
+            ShardMsg::DropMember { member } => self.on_drop_member(member),
+            ShardMsg::BackupAttached { sink, who } => self.on_backup_attached(sink, who),
+            ShardMsg::ReplicaRefused { sink, reason } => self.on_replica_refused(sink, reason),
+            ShardMsg::ReplicaAccepted { sink, epoch } => self.on_replica_accepted(sink, epoch),
+            ShardMsg::CloseReplicaLink { sink } => self.conn_close(
+                sink.conn,
+                ErrorCondition::new(
+                    condition::CONNECTION_FORCED,
+                    "backup dropped by the primary",
+                ),
+            ),
+            ShardMsg::BackupHeard { member } => {
+                self.ha_link_event(hooks::LinkEvent::BackupHeard { member })
+            }
+            ShardMsg::BackupGone { member } => {
+                self.ha_link_event(hooks::LinkEvent::BackupLost { member })
+            }
+            ShardMsg::ReplicaEnqueue {
+                queue,
+                position,
+                message,
+                origin,
+                token,
+            } => {
+                if let Some(q) = self.queues.get_mut(&queue) {
+                    q.insert_at(position, message);
+                }
+                self.send(origin, ShardMsg::ReplicaApplied { token });
+            }
+            ShardMsg::ReplicaApplied { token } => self.on_replica_applied(token),
+            ShardMsg::ReplicaDequeue { queue, positions } => {
+                if let Some(q) = self.queues.get_mut(&queue) {
+                    for p in positions {
+                        q.remove_at(p);
+                    }
+                }
+            }
+            ShardMsg::ReplicaPurge { queue } => {
+                if let Some(q) = self.queues.get_mut(&queue) {
+                    q.purge();
+                }
+            }
             ShardMsg::StatsRequest { origin, req } => {
                 let report = self.report();
                 self.send(origin, ShardMsg::StatsReply { req, report });
@@ -404,18 +558,8 @@ impl Shard {
             }
             return;
         };
-        match q.enqueue(message, ack) {
-            EnqueueOutcome::Stored => {
-                if let Some(ack) = ack {
-                    self.send(
-                        ack.shard,
-                        ShardMsg::Ack {
-                            token: ack.token,
-                            rejected: None,
-                        },
-                    );
-                }
-            }
+        match q.enqueue(message.clone(), ack) {
+            EnqueueOutcome::Stored(position) => self.stored(queue, position, message, ack),
             EnqueueOutcome::Held => {}
             EnqueueOutcome::Rejected => {
                 if let Some(ack) = ack {
@@ -433,23 +577,23 @@ impl Shard {
                 }
             }
         }
+        // A ring or last-value queue may have dropped something to make room.
+        self.replicate_dequeues(queue);
         let mut out = std::mem::take(&mut self.deliveries_buf);
         if let Some(q) = self.queues.get_mut(queue) {
             q.dispatch(&mut out);
         }
         self.send_deliveries(queue, &mut out);
         self.deliveries_buf = out;
+        self.replicate_dequeues(queue);
     }
 
-    /// After messages left a queue: admit held publishes, dispatch.
-    fn after_dequeue(&mut self, queue: &Arc<str>) {
-        let mut acks = std::mem::take(&mut self.acks_buf);
-        let mut out = std::mem::take(&mut self.deliveries_buf);
-        if let Some(q) = self.queues.get_mut(queue) {
-            q.admit_held(&mut acks);
-            q.dispatch(&mut out);
-        }
-        for ack in acks.drain(..) {
+    /// A message is stored at `position`: replicate it, and settle its publisher
+    /// now or, when backups guard the queue, once they have it.
+    fn stored(&mut self, queue: &Arc<str>, position: u64, message: Bytes, ack: Option<AckTo>) {
+        self.replicate_enqueue(queue, position, message);
+        let Some(ack) = ack else { return };
+        if let Some(ack) = self.guard.enqueued(queue, position, ack) {
             self.send(
                 ack.shard,
                 ShardMsg::Ack {
@@ -458,8 +602,25 @@ impl Shard {
                 },
             );
         }
+    }
+
+    /// After messages left a queue: replicate that, admit held publishes, dispatch.
+    fn after_dequeue(&mut self, queue: &Arc<str>) {
+        self.replicate_dequeues(queue);
+        let mut admitted = std::mem::take(&mut self.admitted_buf);
+        let mut out = std::mem::take(&mut self.deliveries_buf);
+        if let Some(q) = self.queues.get_mut(queue) {
+            q.admit_held(&mut admitted);
+        }
+        for (ack, position, message) in admitted.drain(..) {
+            self.stored(queue, position, message, ack);
+        }
+        if let Some(q) = self.queues.get_mut(queue) {
+            q.dispatch(&mut out);
+        }
         self.send_deliveries(queue, &mut out);
-        self.acks_buf = acks;
+        self.replicate_dequeues(queue);
+        self.admitted_buf = admitted;
         self.deliveries_buf = out;
     }
 
@@ -490,6 +651,7 @@ impl Shard {
                     .or_insert_with(|| Queue::new(name.clone(), settings.clone()));
             }
             ConfigEvent::QueueDeleted { name } => {
+                self.forget_replica_queue(name);
                 if let Some(mut q) = self.queues.remove(name) {
                     let error = ErrorCondition::new(
                         "amqp:resource-deleted",
@@ -530,6 +692,7 @@ impl Shard {
             return;
         };
         let outcome = ha.poll(now);
+        self.run_ha_commands(outcome.commands);
         if outcome.admission != self.admission {
             for shard in 0..self.shards() {
                 if shard != self.id {

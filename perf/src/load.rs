@@ -1,0 +1,281 @@
+//! One load run: senders and receivers, each its own connection on its own
+//! pinned executor, started together once every link is attached, then their
+//! statistics gathered into a [`RunResult`].
+//!
+//! Clients are laid out receiver, sender, receiver, sender... round robin over
+//! the cores, so with 1 + 1 on two cores each has a core (shared with the
+//! broker, which is the point of measuring CPU per message too). With `--null`
+//! each client's peer goes on the next core.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use glommio::ExecutorJoinHandle;
+use tandem_shards::amqp::connection::Connection;
+use tandem_shards::url::BrokerUrl;
+
+use crate::consumer::{Consumer, ConsumerPlan, ConsumerStats, Until};
+use crate::cpu::{self, PidSample};
+use crate::executors;
+use crate::null_sink::{self, Peer, PeerStats, RunningPeer};
+use crate::producer::{Producer, ProducerPlan, ProducerStats};
+use crate::progress::Progress;
+use crate::report::{CpuFigures, LatencyFigures, RunResult};
+use crate::wire::{self, Role};
+
+/// How long a client may take to connect.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the start waits for every link to attach.
+const ATTACH_DEADLINE: Duration = Duration::from_secs(20);
+/// How often the coordinator looks at the clients while they attach.
+const READY_POLL: Duration = Duration::from_millis(1);
+
+/// Everything one run needs.
+#[derive(Debug, Clone)]
+pub struct LoadPlan {
+    pub url: BrokerUrl,
+    pub address: String,
+    pub senders: u32,
+    pub receivers: u32,
+    /// Total messages over all senders (`None`: for `duration`).
+    pub messages: Option<u64>,
+    pub duration: Option<Duration>,
+    pub size: usize,
+    pub window: u32,
+    pub presettled: bool,
+    pub durable: bool,
+    /// Total messages per second over all senders (`None`: flat out).
+    pub rate: Option<f64>,
+    /// Record latency histograms.
+    pub latency: bool,
+    /// Against in-process peers instead of `url`.
+    pub null: bool,
+    pub idle_timeout: Duration,
+    pub broker_pids: Vec<u32>,
+}
+
+/// What the threads of a run handed back.
+struct Outcome {
+    start: Option<Instant>,
+    producers: Vec<ProducerStats>,
+    consumers: Vec<ConsumerStats>,
+    sinks: Vec<ConsumerStats>,
+    sources: Vec<ProducerStats>,
+    process_cpu: Duration,
+    broker_cpu: Option<Duration>,
+    errors: Vec<String>,
+}
+
+/// `total` split over `n` parts, the first ones taking the remainder.
+fn share(total: u64, n: u32, i: u32) -> u64 {
+    let n = u64::from(n.max(1));
+    total / n + u64::from(u64::from(i) < total % n)
+}
+
+enum Client {
+    Sender(ExecutorJoinHandle<ProducerStats>),
+    Receiver(ExecutorJoinHandle<ConsumerStats>),
+}
+
+/// Runs `plan` and sums it up; `Err` only when the run could not be set up.
+pub fn run(plan: &LoadPlan, notes: Vec<String>) -> Result<RunResult, String> {
+    let outcome = execute(plan)?;
+    Ok(summarize(plan, outcome, notes))
+}
+
+fn execute(plan: &LoadPlan) -> Result<Outcome, String> {
+    let cores = executors::cores();
+    let run_id = crate::message::new_run_id();
+    let feeders = if plan.null {
+        plan.receivers
+    } else {
+        plan.senders
+    };
+    let progress = Arc::new(Progress::new(feeders as usize));
+    let plans = Plans { plan, run_id };
+    let mut clients = Vec::new();
+    let mut peers: Vec<RunningPeer> = Vec::new();
+    let mut slot = 0usize;
+    let mut spawned = Ok(());
+    for i in 0..plan.senders.max(plan.receivers) {
+        for sender in [false, true] {
+            let exists = if sender {
+                i < plan.senders
+            } else {
+                i < plan.receivers
+            };
+            if !exists || spawned.is_err() {
+                continue;
+            }
+            let core = executors::core_for(&cores, slot);
+            let peer_core = executors::core_for(&cores, slot + 1);
+            slot += 1;
+            spawned = spawn_client(&plans, sender, i, (core, peer_core), &progress, &mut peers)
+                .map(|c| clients.push(c));
+        }
+    }
+
+    let mut errors = Vec::new();
+    if let Err(e) = spawned {
+        progress.abort();
+        errors.push(e);
+    }
+    let wanted = (plan.senders + plan.receivers) as usize;
+    let deadline = Instant::now() + ATTACH_DEADLINE;
+    while progress.ready_count() < wanted && !progress.aborted() {
+        if Instant::now() >= deadline {
+            errors.push(format!(
+                "only {} of {wanted} clients attached within {ATTACH_DEADLINE:?}",
+                progress.ready_count()
+            ));
+            progress.abort();
+            break;
+        }
+        std::thread::sleep(READY_POLL); // poll: bounded by the deadline above
+    }
+    let start = (!progress.aborted()).then(Instant::now);
+    let pids_before = PidSample::take(&plan.broker_pids);
+    let cpu_before = cpu::process_cpu();
+    if let Some(start) = start {
+        progress.go(start);
+    }
+
+    let mut outcome = Outcome {
+        start,
+        producers: Vec::new(),
+        consumers: Vec::new(),
+        sinks: Vec::new(),
+        sources: Vec::new(),
+        process_cpu: Duration::ZERO,
+        broker_cpu: None,
+        errors,
+    };
+    for c in clients {
+        let joined = match c {
+            Client::Sender(h) => h.join().map(|s| outcome.producers.push(s)),
+            Client::Receiver(h) => h.join().map(|s| outcome.consumers.push(s)),
+        };
+        if let Err(e) = joined {
+            outcome.errors.push(format!("a client thread failed: {e}"));
+        }
+    }
+    outcome.process_cpu = cpu::process_cpu().saturating_sub(cpu_before);
+    outcome.broker_cpu = PidSample::take(&plan.broker_pids).since(&pids_before);
+    for p in peers {
+        match p.handle.join() {
+            Ok(Some(PeerStats::Sink(s))) => outcome.sinks.push(s),
+            Ok(Some(PeerStats::Source(s))) => outcome.sources.push(s),
+            Ok(None) => {}
+            Err(e) => outcome.errors.push(format!("a --null peer failed: {e}")),
+        }
+    }
+    Ok(outcome)
+}
+
+/// Builds each client's plan from the run's.
+struct Plans<'a> {
+    plan: &'a LoadPlan,
+    run_id: u32,
+}
+
+impl Plans<'_> {
+    /// Producer `id` of `of`; `feeds`: the receivers wait for its messages.
+    fn producer(&self, id: u32, of: u32, feeds: bool) -> ProducerPlan {
+        let plan = self.plan;
+        ProducerPlan {
+            run: self.run_id,
+            id,
+            quota: plan.messages.map(|m| share(m, of, id)),
+            duration: plan.duration,
+            size: plan.size,
+            durable: plan.durable,
+            window: plan.window,
+            presettled: plan.presettled,
+            rate: plan.rate.map(|r| r / f64::from(of.max(1))),
+            feeds_receivers: feeds,
+            idle_timeout: plan.idle_timeout,
+        }
+    }
+
+    fn consumer(&self, until: Until) -> ConsumerPlan {
+        let plan = self.plan;
+        ConsumerPlan {
+            run: self.run_id,
+            size: plan.size,
+            window: plan.window.max(1),
+            presettled: plan.presettled,
+            latency: plan.latency,
+            until,
+            idle_timeout: plan.idle_timeout,
+        }
+    }
+}
+
+/// Starts sender or receiver `i` on `cores.0` (and with `--null` its peer on
+/// `cores.1`).
+fn spawn_client(
+    plans: &Plans,
+    sender: bool,
+    i: u32,
+    cores: (Option<usize>, Option<usize>),
+    progress: &Arc<Progress>,
+    peers: &mut Vec<RunningPeer>,
+) -> Result<Client, String> {
+    let plan = plans.plan;
+    let mut url = plan.url.clone();
+    if plan.null {
+        let (peer, kind) = if sender {
+            let sink = Consumer::server(plans.consumer(Until::PeerCloses), progress.clone());
+            (Peer::Sink(sink), "sink")
+        } else {
+            let feeds = plans.producer(i, plan.receivers, true);
+            (Peer::Source(Producer::server(feeds, progress.clone())), "source")
+        };
+        let running = null_sink::start(
+            peer,
+            cores.1,
+            format!("perf-null-{kind}-{i}"),
+            progress.clone(),
+        )?;
+        url = running
+            .url
+            .parse()
+            .map_err(|e| format!("--null peer address: {e}"))?;
+        peers.push(running);
+    }
+    let address = plan.address.clone();
+    if sender {
+        let name = format!("sender-{i}");
+        let producer = plans.producer(i, plan.senders, !plan.null);
+        let role = Producer::client(producer, &address, &name, progress.clone());
+        executors::spawn(format!("perf-{name}"), cores.0, move || async move {
+            connect_and_drive(url, name, role).await.into_stats()
+        })
+        .map(Client::Sender)
+    } else {
+        let name = format!("receiver-{i}");
+        let role = Consumer::client(
+            plans.consumer(Until::AllFed),
+            &address,
+            &name,
+            progress.clone(),
+        );
+        executors::spawn(format!("perf-{name}"), cores.0, move || async move {
+            connect_and_drive(url, name, role).await.into_stats()
+        })
+        .map(Client::Receiver)
+    }
+}
+
+async fn connect_and_drive<R: Role + 'static>(url: BrokerUrl, name: String, mut role: R) -> R {
+    match wire::connect(&url, CONNECT_TIMEOUT).await {
+        Ok((stream, host)) => {
+            let conn = Connection::client(wire::client_config(&url, host, &name), Instant::now());
+            wire::drive(stream, conn, role).await
+        }
+        Err(e) => {
+            role.lost(e);
+            role
+        }
+    }
+}
