@@ -25,6 +25,7 @@ fn free_port() -> u16 {
 
 struct Cluster {
     brokers: Vec<Broker>,
+    args: Vec<Vec<String>>,
 }
 
 impl Cluster {
@@ -35,30 +36,56 @@ impl Cluster {
             .map(|p| format!("127.0.0.1:{p}"))
             .collect::<Vec<_>>()
             .join(",");
-        let brokers = ports
+        let args: Vec<Vec<String>> = ports
             .iter()
             .map(|p| {
-                let port = p.to_string();
-                Broker::start(&[
+                [
                     "--port",
-                    &port,
+                    &p.to_string(),
                     "--ha-cluster",
                     "yes",
                     "--ha-brokers-url",
                     &url,
                     "--link-heartbeat-interval",
                     "1",
+                    "--link-maintenance-interval",
+                    "0.2",
                     "--worker-threads",
                     "2",
-                ])
+                ]
+                .iter()
+                .map(|s| s.to_string())
+                .collect()
             })
             .collect();
-        Cluster { brokers }
+        let brokers = args.iter().map(|a| Broker::start(&as_strs(a))).collect();
+        Cluster { brokers, args }
+    }
+
+    /// Kills broker `i` and starts a fresh one on the same port.
+    fn restart(&mut self, i: usize) {
+        self.brokers[i].kill();
+        let args = self.args[i].clone();
+        // The old process is reaped by kill(); its port is free again.
+        self.brokers[i] = Broker::start(&as_strs(&args));
     }
 
     fn url(&self, i: usize) -> String {
         self.brokers[i].url()
     }
+}
+
+fn as_strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+fn status_is(url: &str, expect: &str) -> bool {
+    tool(
+        "tandem-ha",
+        &["-b", url, "status", &format!("--expect={expect}")],
+    )
+    .status
+    .success()
 }
 
 fn tool(name: &str, args: &[&str]) -> Output {
@@ -255,4 +282,46 @@ fn ready_wait_gives_up_at_the_timeout_on_a_joining_broker() {
             .status
             .success()
     }));
+}
+
+#[test]
+fn a_restarted_joining_broker_refuses_promotion_while_ready_backups_exist() {
+    let mut cluster = Cluster::start(3);
+    tool(
+        "tandem-ha",
+        &["-b", &cluster.url(0), "--cluster-manager", "promote"],
+    );
+    assert!(wait_until(Duration::from_secs(15), || {
+        status_is(&cluster.url(1), "ready") && status_is(&cluster.url(2), "ready")
+    }));
+    // The primary dies and comes back empty: it is joining, and its peers are
+    // still ready backups (holding everything it had settled).
+    cluster.restart(0);
+    assert!(
+        status_is(&cluster.url(1), "ready"),
+        "a ready backup stays ready without a primary"
+    );
+    // Once it has heard from a ready peer, it must not become primary.
+    let mut refused = String::new();
+    let heard = wait_until(Duration::from_secs(10), || {
+        let out = tool(
+            "tandem-ha",
+            &["-b", &cluster.url(0), "--cluster-manager", "promote"],
+        );
+        refused = stderr(&out);
+        !out.status.success()
+    });
+    assert!(heard, "promotion of the restarted broker was never refused");
+    assert!(refused.contains("ready"), "{refused}");
+    assert!(status_is(&cluster.url(0), "joining"));
+    // The resource manager promotes a ready backup instead; the restarted broker joins it.
+    let promoted = tool(
+        "tandem-ha",
+        &["-b", &cluster.url(1), "--cluster-manager", "promote"],
+    );
+    assert!(promoted.status.success(), "{}", stderr(&promoted));
+    assert!(wait_until(Duration::from_secs(15), || status_is(
+        &cluster.url(0),
+        "ready"
+    )));
 }

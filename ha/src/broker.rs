@@ -144,6 +144,9 @@ impl HaHandler for HaBroker {
                             Value::string(self.node.status().as_str()),
                         )]))
                     }
+                    Err(e @ crate::node::PromoteError::Probing) => {
+                        Err((status::SERVICE_UNAVAILABLE, e.to_string()))
+                    }
                     Err(e) => {
                         tracing::warn!("HA: promotion refused: {e}");
                         Err((status::CONFLICT, e.to_string()))
@@ -174,11 +177,12 @@ impl HaHandler for HaBroker {
                 Input::LinkUp { index, epoch }
             }
             LinkEvent::Failed { index } => Input::LinkFailed { index },
-            LinkEvent::Lost => {
-                tracing::warn!("HA: lost the replication link to the primary");
-                Input::LinkLost
-            }
+            LinkEvent::Lost => Input::LinkLost,
             LinkEvent::PrimaryHeard => Input::PrimaryHeard,
+            LinkEvent::PeerStatus { index, status } => Input::PeerStatus {
+                address: self.node.broker_address(index).unwrap_or_default(),
+                status: status.parse().ok(),
+            },
             LinkEvent::Members { members, .. } => Input::Members(
                 members
                     .into_iter()

@@ -108,6 +108,8 @@ pub enum PromoteError {
     CatchingUp,
     #[error("joining a cluster that has a primary or a ready backup ({0}); cannot be promoted")]
     JoiningActiveCluster(String),
+    #[error("still checking the other brokers' status before a joining broker may become primary; retry shortly")]
+    Probing,
     #[error("not in a cluster (ha-cluster = no)")]
     Standalone,
 }
@@ -138,6 +140,8 @@ pub struct HaNode {
     known: Vec<MemberInfo>,
     /// Joining: statuses peers reported to probes.
     peers: HashMap<String, BrokerStatus>,
+    /// Indexes of `brokers` tried at least once (answered or unreachable).
+    probed: std::collections::HashSet<usize>,
     // -- primary side
     members: BTreeMap<MemberId, Member>,
     next_member: MemberId,
@@ -157,6 +161,7 @@ impl HaNode {
             primary_heard: now,
             known: Vec::new(),
             peers: HashMap::new(),
+            probed: std::collections::HashSet::new(),
             members: BTreeMap::new(),
             next_member: 1,
         }
@@ -168,6 +173,30 @@ impl HaNode {
 
     pub fn epoch(&self) -> u64 {
         self.epoch
+    }
+
+    /// Every other broker was tried at least once since we started, so a
+    /// joining broker knows whether a primary or a ready backup exists.
+    pub fn probed_all(&self) -> bool {
+        self.settings.brokers.iter().enumerate().all(|(i, b)| {
+            self.probed.contains(&i) || self.settings.own_address.as_deref() == Some(b.as_str())
+        })
+    }
+
+    /// When to try the next address after an attempt: at once during the first
+    /// round (so a joining broker learns its peers quickly), then every
+    /// `link-maintenance-interval`.
+    fn after_attempt(&self, now: Instant) -> Instant {
+        if self.probed_all() {
+            now + self.settings.maintenance
+        } else {
+            now
+        }
+    }
+
+    /// The address of `brokers[index]`.
+    pub fn broker_address(&self, index: usize) -> Option<String> {
+        self.settings.brokers.get(index).cloned()
     }
 
     pub fn broker_id(&self) -> &str {
@@ -226,6 +255,9 @@ impl HaNode {
                         "{addr} is {st}"
                     )));
                 }
+                if !self.probed_all() {
+                    return Err(PromoteError::Probing);
+                }
             }
             BrokerStatus::Ready => {}
         }
@@ -272,17 +304,26 @@ impl HaNode {
             }
             Input::LinkUp { index, epoch } => {
                 self.connecting = None;
+                self.probed.insert(index);
                 if self.status.is_backup() {
                     self.link = Some(index);
                     self.epoch = self.epoch.max(epoch);
                     self.primary_heard = now;
+                    // Even a ready backup re-synchronises from a new primary (its
+                    // queues are sent again), so it is not promotable until the
+                    // primary says it caught up.
                     self.become_(BrokerStatus::CatchUp, &mut out);
                 }
             }
             Input::LinkFailed { index } => {
+                // Unreachable: whatever it said before no longer counts.
+                if let Some(address) = self.settings.brokers.get(index) {
+                    self.peers.remove(address);
+                }
+                self.probed.insert(index);
                 if self.connecting == Some(index) {
                     self.connecting = None;
-                    self.next_attempt = now + self.settings.maintenance;
+                    self.next_attempt = self.after_attempt(now);
                 }
             }
             Input::LinkLost => self.lose_primary(now, &mut out),
@@ -308,14 +349,25 @@ impl HaNode {
                 }
                 self.known = list;
             }
-            Input::PeerStatus { address, status } => match status {
-                Some(s) => {
-                    self.peers.insert(address, s);
+            Input::PeerStatus { address, status } => {
+                // A peer that refused our link because it is not primary: a
+                // failed attempt that told us the peer's status.
+                if let Some(index) = self.settings.brokers.iter().position(|b| *b == address) {
+                    self.probed.insert(index);
+                    if self.connecting == Some(index) {
+                        self.connecting = None;
+                        self.next_attempt = self.after_attempt(now);
+                    }
                 }
-                None => {
-                    self.peers.remove(&address);
+                match status {
+                    Some(s) => {
+                        self.peers.insert(address, s);
+                    }
+                    None => {
+                        self.peers.remove(&address);
+                    }
                 }
-            },
+            }
             Input::BackupConnected {
                 broker_id,
                 address,
@@ -359,7 +411,10 @@ impl HaNode {
         if self.link.take().is_some() || self.connecting.take().is_some() {
             out.push(Action::Disconnect);
         }
-        if matches!(self.status, BrokerStatus::CatchUp | BrokerStatus::Ready) {
+        // A ready backup stays ready: it holds everything the dead primary had
+        // settled, which is what makes it promotable. One still catching up has
+        // nothing trustworthy and looks for a primary again.
+        if self.status == BrokerStatus::CatchUp {
             self.become_(BrokerStatus::Joining, out);
         }
         self.next_attempt = now;

@@ -70,9 +70,9 @@ impl BrokerStatus {
                 | (Ready, Recovering)
                 | (Ready, CatchUp)
                 | (Recovering, Active)
-                // A backup whose primary went away looks for the next one.
+                // A backup still catching up when its primary went away starts
+                // over; a ready one stays ready (it is what gets promoted).
                 | (CatchUp, Joining)
-                | (Ready, Joining)
                 // A primary that meets a newer primary steps down (epochs).
                 | (Recovering, Joining)
                 | (Active, Joining)

@@ -27,6 +27,8 @@ pub mod status {
     pub const CONFLICT: u16 = 409;
     pub const INTERNAL: u16 = 500;
     pub const NOT_IMPLEMENTED: u16 = 501;
+    /// Try again shortly (e.g. a joining broker still checking its peers).
+    pub const SERVICE_UNAVAILABLE: u16 = 503;
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -8,10 +8,10 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
-use tandem::tools::{self, call, cell, get, ToolResult};
+use tandem::tools::{self, cell, get, ToolResult};
 use tandem_ha::status::{BrokerStatus, Expectation};
 use tandem_shards::amqp::codec::Value;
-use tandem_shards::management::Request;
+use tandem_shards::management::{status, Request};
 
 #[derive(Parser)]
 #[command(
@@ -215,8 +215,21 @@ fn run(cli: &Cli) -> ToolResult<ExitCode> {
             }
             let mut mc = tools::connect(&cli.broker, true, cli.timeout)?;
             let body = Value::Map(vec![(Value::string("cluster-manager"), Value::Bool(true))]);
-            let resp = call(&mut mc, Request::new("PROMOTE", "ha-broker", None, body))?;
+            let request = Request::new("PROMOTE", "ha-broker", None, body);
+            let deadline = Instant::now() + Duration::from_secs_f64(cli.timeout.max(0.0));
+            // A joining broker answers 503 until it has heard from every peer.
+            let resp = loop {
+                let resp = mc.call(&request).map_err(|e| e.to_string())?;
+                if resp.status != status::SERVICE_UNAVAILABLE || Instant::now() >= deadline {
+                    break resp;
+                }
+                // Ask again; the loop ends at the deadline above.
+                std::thread::sleep(Duration::from_millis(50));
+            };
             mc.close();
+            if !resp.is_success() {
+                return Err(format!("{} (status {})", resp.description, resp.status));
+            }
             println!("{}", cell(resp.body.map_get("status")));
             Ok(ExitCode::SUCCESS)
         }

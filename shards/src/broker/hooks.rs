@@ -60,6 +60,10 @@ pub enum LinkEvent {
     Failed { index: usize },
     /// Backup: the link dropped.
     Lost,
+    /// Backup: the broker at `brokers[index]` refused our link because it is
+    /// not a primary; its status (a joining broker uses this to know whether a
+    /// ready backup exists, and so whether it may be promoted).
+    PeerStatus { index: usize, status: String },
     /// Backup: traffic from the primary.
     PrimaryHeard,
     /// Backup: the primary's membership.

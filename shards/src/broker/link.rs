@@ -316,6 +316,9 @@ impl Shard {
                 {
                     tracing::info!("HA: replication link closed: {e}");
                 }
+                if let Event::Detached { error: Some(e), .. } = &ev {
+                    self.outbound_refused(e);
+                }
                 self.outbound_lost(id);
             }
             Event::Opened(open) => {

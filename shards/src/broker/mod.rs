@@ -209,6 +209,7 @@ pub enum ShardMsg {
     ReplicaRefused {
         sink: ReplicaSink,
         reason: String,
+        status: Option<String>,
     },
     /// Shard 0 -> link host: the HA role accepted the backup (our epoch).
     ReplicaAccepted {
@@ -490,7 +491,11 @@ impl Shard {
             ShardMsg::GuardMember { member } => self.on_guard_member(member),
             ShardMsg::DropMember { member } => self.on_drop_member(member),
             ShardMsg::BackupAttached { sink, who } => self.on_backup_attached(sink, who),
-            ShardMsg::ReplicaRefused { sink, reason } => self.on_replica_refused(sink, reason),
+            ShardMsg::ReplicaRefused {
+                sink,
+                reason,
+                status,
+            } => self.on_replica_refused(sink, reason, status),
             ShardMsg::ReplicaAccepted { sink, epoch } => self.on_replica_accepted(sink, epoch),
             ShardMsg::CloseReplicaLink { sink } => self.conn_close(
                 sink.conn,

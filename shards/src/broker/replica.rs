@@ -71,6 +71,10 @@ pub(super) struct Outbound {
     pub(super) index: usize,
     pub(super) channel: Option<u16>,
     pub(super) link: Option<LinkKey>,
+    /// The peer refused our link and said its status.
+    pub(super) refused_status: Option<String>,
+    /// The peer accepted our link (so losing it means losing the primary).
+    pub(super) up: bool,
 }
 
 /// Link-host state of one backup's link on a primary.
@@ -330,12 +334,32 @@ impl Shard {
         let member = match self.ha.as_mut().map(|ha| ha.backup_attached(who, now)) {
             Some(Ok(m)) => m,
             Some(Err(reason)) => {
-                self.send(sink.shard, ShardMsg::ReplicaRefused { sink, reason });
+                let status = self.ha.as_ref().and_then(|ha| {
+                    ha.attributes()
+                        .into_iter()
+                        .find(|(k, _)| *k == "status")
+                        .and_then(|(_, v)| v.as_str().map(str::to_owned))
+                });
+                self.send(
+                    sink.shard,
+                    ShardMsg::ReplicaRefused {
+                        sink,
+                        reason,
+                        status,
+                    },
+                );
                 return;
             }
             None => {
                 let reason = "this broker is not in an HA cluster".to_string();
-                self.send(sink.shard, ShardMsg::ReplicaRefused { sink, reason });
+                self.send(
+                    sink.shard,
+                    ShardMsg::ReplicaRefused {
+                        sink,
+                        reason,
+                        status: None,
+                    },
+                );
                 return;
             }
         };
@@ -694,21 +718,40 @@ impl Shard {
         }
     }
 
-    /// Shard 0 refused a backup: refuse its attach with the reason.
-    pub(super) fn on_replica_refused(&mut self, sink: ReplicaSink, reason: String) {
+    /// Shard 0 refused a backup: refuse its attach with the reason (and our
+    /// status, which a joining broker takes into account before promotion).
+    pub(super) fn on_replica_refused(
+        &mut self,
+        sink: ReplicaSink,
+        reason: String,
+        status: Option<String>,
+    ) {
         if let Some(c) = self.conns.get_mut(&sink.conn) {
             if let Some(attach) = c
                 .replica_links
                 .remove(&sink.link)
                 .and_then(|rl| rl.pending_attach)
             {
-                c.engine.refuse_attach(
-                    sink.link,
-                    &attach,
-                    ErrorCondition::new(condition::NOT_ALLOWED, reason),
-                );
+                let mut error = ErrorCondition::new(condition::NOT_ALLOWED, reason);
+                error.info = status.map(|s| {
+                    Value::Map(vec![(Value::symbol("tandem.ha-status"), Value::String(s))])
+                });
+                c.engine.refuse_attach(sink.link, &attach, error);
                 self.mark_dirty(sink.conn);
             }
+        }
+    }
+
+    /// Backup: our link was refused; note the peer's status if it said.
+    pub(super) fn outbound_refused(&mut self, error: &ErrorCondition) {
+        let status = error
+            .info
+            .as_ref()
+            .and_then(|i| i.map_get("tandem.ha-status"))
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        if let Some(out) = self.replica.outbound.as_mut() {
+            out.refused_status = status;
         }
     }
 
@@ -967,6 +1010,9 @@ impl Shard {
         if !accepted {
             return; // the detach that follows says why; the link is then lost
         }
+        if let Some(out) = self.replica.outbound.as_mut() {
+            out.up = true;
+        }
         if let (Some(c), Some(link)) = (self.conns.get_mut(&conn), link) {
             c.engine.grant_credit(link, LINK_CREDIT, false);
             self.mark_dirty(conn);
@@ -1018,30 +1064,33 @@ impl Shard {
         self.mark_dirty(conn);
     }
 
-    /// Backup: the replication link or its connection ended.
+    /// Backup: the replication link or its connection ended: one event for the
+    /// HA role, whatever mix of detach, close and EOF reported it.
     pub(super) fn outbound_lost(&mut self, conn: u64) {
-        if self
-            .replica
-            .outbound
-            .as_ref()
-            .is_some_and(|o| o.conn == conn)
-        {
-            let index = self.replica.outbound.as_ref().map(|o| o.index).unwrap_or(0);
-            let was_up = self
-                .replica
-                .outbound
-                .as_ref()
-                .is_some_and(|o| o.link.is_some());
-            self.replica.outbound = None;
-            self.replica.applying.clear();
-            self.replica.stashed_binds.clear();
-            let event = if was_up {
-                LinkEvent::Lost
-            } else {
-                LinkEvent::Failed { index }
-            };
-            self.ha_link_event(event);
+        if self.replica.outbound.as_ref().is_none_or(|o| o.conn != conn) {
+            return;
         }
+        let Some(out) = self.replica.outbound.take() else {
+            return;
+        };
+        self.replica.applying.clear();
+        self.replica.stashed_binds.clear();
+        let event = match (out.up, out.refused_status) {
+            (true, _) => {
+                tracing::warn!("HA: lost the replication link to the primary");
+                LinkEvent::Lost
+            }
+            (false, Some(status)) => LinkEvent::PeerStatus {
+                index: out.index,
+                status,
+            },
+            (false, None) => LinkEvent::Failed { index: out.index },
+        };
+        self.conn_close(
+            conn,
+            ErrorCondition::new(condition::CONNECTION_FORCED, "replication link closed"),
+        );
+        self.ha_link_event(event);
     }
 
     /// Backup: registers the outbound replication connection to `brokers[index]`.
@@ -1056,11 +1105,19 @@ impl Shard {
             c.admin = true;
             c.outbound = true;
         }
+        if let Some(old) = self.replica.outbound.take() {
+            self.conn_close(
+                old.conn,
+                ErrorCondition::new(condition::CONNECTION_FORCED, "replaced"),
+            );
+        }
         self.replica.outbound = Some(Outbound {
             conn: id,
             index,
             channel: None,
             link: None,
+            refused_status: None,
+            up: false,
         });
         id
     }
