@@ -388,9 +388,12 @@ impl Shard {
         for ev in &events {
             self.apply_config(ev);
         }
-        self.replicate_config(&events);
         let others = self.shards() - 1;
         if events.is_empty() || others == 0 {
+            // Backups learn of the change (queue owners start replicas) only after
+            // every shard has it: a `StartReplica` must not overtake the event
+            // that creates the queue on its owner (they share the ring).
+            self.replicate_config(&events);
             self.send(
                 origin,
                 ShardMsg::ConfigReply {
@@ -420,6 +423,7 @@ impl Shard {
                 },
             );
         }
+        self.replicate_config(&events);
     }
 
     pub(super) fn on_config_applied(&mut self, barrier: u64) {
