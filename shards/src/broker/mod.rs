@@ -372,6 +372,7 @@ impl Shard {
             self.on_shard_msg(msg);
         }
         self.flush_acks();
+        self.flush_replica_settles();
     }
 
     /// The outbox for another shard (the runtime moves it onto the ring).

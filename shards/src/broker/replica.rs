@@ -62,6 +62,8 @@ pub(super) struct ReplicaState {
     stashed_binds: HashMap<String, Vec<Event>>,
     /// Backup shard 0: `enq` deliveries waiting for their owner to store them.
     applying: HashMap<u64, (u16, u32)>,
+    /// Backup shard 0: deliveries to settle at the end of this step, as ranges.
+    to_settle: Vec<(u16, u32)>,
     next_apply: u64,
 }
 
@@ -962,21 +964,37 @@ impl Shard {
     }
 
     fn settle_replica(&mut self, channel: u16, id: u32) {
-        let Some(out) = &self.replica.outbound else {
+        self.replica.to_settle.push((channel, id));
+    }
+
+    /// Settles this step's applied deliveries, consecutive ids in one frame.
+    pub(super) fn flush_replica_settles(&mut self) {
+        if self.replica.to_settle.is_empty() {
+            return;
+        }
+        let Some(conn) = self.replica.outbound.as_ref().map(|o| o.conn) else {
+            self.replica.to_settle.clear();
             return;
         };
-        let conn = out.conn;
+        let mut ids = std::mem::take(&mut self.replica.to_settle);
+        ids.sort_unstable();
         if let Some(c) = self.conns.get_mut(&conn) {
-            c.engine.disposition(
-                channel,
-                Role::Receiver,
-                id,
-                id,
-                true,
-                Some(&DeliveryState::Accepted),
-            );
+            let mut i = 0;
+            while i < ids.len() {
+                let (channel, first) = ids[i];
+                let mut last = first;
+                while i + 1 < ids.len() && ids[i + 1].0 == channel && ids[i + 1].1 == last.wrapping_add(1) {
+                    i += 1;
+                    last = ids[i].1;
+                }
+                c.engine
+                    .disposition(channel, Role::Receiver, first, last, true, Some(&DeliveryState::Accepted));
+                i += 1;
+            }
             self.mark_dirty(conn);
         }
+        ids.clear();
+        self.replica.to_settle = ids;
     }
 
     fn top_up_replica_credit(&mut self) {
@@ -1067,7 +1085,12 @@ impl Shard {
     /// Backup: the replication link or its connection ended: one event for the
     /// HA role, whatever mix of detach, close and EOF reported it.
     pub(super) fn outbound_lost(&mut self, conn: u64) {
-        if self.replica.outbound.as_ref().is_none_or(|o| o.conn != conn) {
+        if self
+            .replica
+            .outbound
+            .as_ref()
+            .is_none_or(|o| o.conn != conn)
+        {
             return;
         }
         let Some(out) = self.replica.outbound.take() else {
