@@ -325,3 +325,60 @@ fn a_restarted_joining_broker_refuses_promotion_while_ready_backups_exist() {
         "ready"
     )));
 }
+
+#[test]
+fn backups_authenticate_their_replication_link_with_ha_credentials() {
+    let dir = common::TempDir::new("ha-auth");
+    let users = dir.join("users");
+    std::fs::write(&users, "ha:secret\nalice:pw\n").expect("users file");
+    let users = users.to_string_lossy().into_owned();
+    let ports = [free_port(), free_port()];
+    let url = format!("127.0.0.1:{},127.0.0.1:{}", ports[0], ports[1]);
+    let start = |port: u16, creds: &[&str]| {
+        let port = port.to_string();
+        let mut args = vec![
+            "--port",
+            &port,
+            "--auth",
+            "yes",
+            "--users-file",
+            &users,
+            "--ha-cluster",
+            "yes",
+            "--ha-brokers-url",
+            &url,
+            "--link-maintenance-interval",
+            "0.2",
+        ];
+        args.extend_from_slice(creds);
+        Broker::start(&args)
+    };
+    let primary = start(
+        ports[0],
+        &["--ha-username", "ha", "--ha-password", "secret"],
+    );
+    let backup = start(
+        ports[1],
+        &["--ha-username", "ha", "--ha-password", "secret"],
+    );
+    let admin = |b: &Broker| format!("ha/secret@{}", b.url());
+    let promoted = tool(
+        "tandem-ha",
+        &["-b", &admin(&primary), "--cluster-manager", "promote"],
+    );
+    assert!(promoted.status.success(), "{}", stderr(&promoted));
+    assert!(
+        wait_until(Duration::from_secs(15), || status_is(
+            &admin(&backup),
+            "ready"
+        )),
+        "the backup authenticated with ha-username/ha-password and caught up"
+    );
+
+    // A broker with wrong credentials cannot replicate: it stays joining.
+    drop(backup);
+    let wrong = start(ports[1], &["--ha-username", "ha", "--ha-password", "nope"]);
+    let url = admin(&wrong);
+    let stayed = !wait_until(Duration::from_secs(2), || !status_is(&url, "joining"));
+    assert!(stayed, "a backup with bad credentials must not join");
+}
