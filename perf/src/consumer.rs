@@ -161,9 +161,10 @@ impl Consumer {
     }
 
     /// The link or connection went away: the end of a sink's work; for a
-    /// receiver, fine only when everything has arrived already.
+    /// receiver, fine only when everything has arrived already (and not because
+    /// a failed run stopped counting).
     fn on_down(&mut self, why: String) {
-        if !self.is_client() || self.progress.all_received() {
+        if !self.is_client() || (self.progress.all_received() && !self.progress.aborted()) {
             self.finish();
         } else {
             self.fail(why);

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use glommio::ExecutorJoinHandle;
+use hdrhistogram::Histogram;
 use tandem_shards::amqp::connection::Connection;
 use tandem_shards::url::BrokerUrl;
 
@@ -21,6 +22,7 @@ use crate::null_sink::{self, Peer, PeerStats, RunningPeer};
 use crate::producer::{Producer, ProducerPlan, ProducerStats};
 use crate::progress::Progress;
 use crate::report::{CpuFigures, LatencyFigures, RunResult};
+use crate::sequence::SequenceTracker;
 use crate::wire::{self, Role};
 
 /// How long a client may take to connect.
@@ -77,10 +79,17 @@ enum Client {
     Receiver(ExecutorJoinHandle<ConsumerStats>),
 }
 
-/// Runs `plan` and sums it up; `Err` only when the run could not be set up.
-pub fn run(plan: &LoadPlan, notes: Vec<String>) -> Result<RunResult, String> {
+/// A finished run: its figures, and the merged latency histogram (ns).
+pub struct Run {
+    pub result: RunResult,
+    pub latency: Option<Histogram<u64>>,
+}
+
+/// Runs `plan` and sums it up (`command` names it in the report); `Err` only
+/// when the run could not be set up at all.
+pub fn run(plan: &LoadPlan, command: &'static str, notes: Vec<String>) -> Result<Run, String> {
     let outcome = execute(plan)?;
-    Ok(summarize(plan, outcome, notes))
+    Ok(summarize(plan, command, outcome, notes))
 }
 
 fn execute(plan: &LoadPlan) -> Result<Outcome, String> {
@@ -229,7 +238,10 @@ fn spawn_client(
             (Peer::Sink(sink), "sink")
         } else {
             let feeds = plans.producer(i, plan.receivers, true);
-            (Peer::Source(Producer::server(feeds, progress.clone())), "source")
+            (
+                Peer::Source(Producer::server(feeds, progress.clone())),
+                "source",
+            )
         };
         let running = null_sink::start(
             peer,
@@ -277,5 +289,194 @@ async fn connect_and_drive<R: Role + 'static>(url: BrokerUrl, name: String, mut 
             role.lost(e);
             role
         }
+    }
+}
+
+/// Seconds from the start to the latest of `ends`.
+fn seconds_until(start: Option<Instant>, ends: impl Iterator<Item = Option<Instant>>) -> f64 {
+    let (Some(start), Some(end)) = (start, ends.flatten().max()) else {
+        return 0.0;
+    };
+    end.saturating_duration_since(start).as_secs_f64()
+}
+
+fn rate(n: u64, secs: f64) -> f64 {
+    if secs > 0.0 {
+        n as f64 / secs
+    } else {
+        0.0
+    }
+}
+
+fn summarize(plan: &LoadPlan, command: &'static str, o: Outcome, notes: Vec<String>) -> Run {
+    let mut errors = o.errors;
+    for p in &o.producers {
+        if let Some(e) = &p.error {
+            errors.push(format!("sender {}: {e}", p.id));
+        }
+    }
+    for (i, c) in o.consumers.iter().enumerate() {
+        if let Some(e) = &c.error {
+            errors.push(format!("receiver {i}: {e}"));
+        }
+    }
+    for (i, s) in o.sources.iter().enumerate() {
+        if let Some(e) = &s.error {
+            errors.push(format!("null source {i}: {e}"));
+        }
+    }
+    let sum_p = |f: fn(&ProducerStats) -> u64| o.producers.iter().map(f).sum::<u64>();
+    let sum_c = |f: fn(&ConsumerStats) -> u64| o.consumers.iter().map(f).sum::<u64>();
+    let (sent, received) = (sum_p(|p| p.sent), sum_c(|c| c.received));
+    let (accepted, rejected, released) = (
+        sum_p(|p| p.accepted),
+        sum_p(|p| p.rejected),
+        sum_p(|p| p.released),
+    );
+    let unsettled = if plan.presettled {
+        0
+    } else {
+        sent.saturating_sub(accepted + rejected + released)
+    };
+
+    let mut seen = SequenceTracker::default();
+    let mut duplicates = sum_c(|c| c.duplicates);
+    for c in &o.consumers {
+        duplicates += seen.merge(&c.seen);
+    }
+    let feeders = if plan.null { &o.sources } else { &o.producers };
+    let delivered: Vec<(u32, u64)> = feeders
+        .iter()
+        .map(|p| (p.id, p.delivered(plan.presettled)))
+        .collect();
+    let missing = if plan.receivers > 0 {
+        seen.missing(&delivered)
+    } else {
+        0
+    };
+
+    let send_seconds = seconds_until(o.start, o.producers.iter().map(|p| p.finished));
+    let receive_seconds = seconds_until(o.start, o.consumers.iter().map(|c| c.last_arrival));
+    let sent_rate = rate(sent, send_seconds);
+    let received_rate = rate(received, receive_seconds);
+    let mb = |r: f64| r * plan.size as f64 / 1e6;
+
+    let sender_cpu: Duration = o.producers.iter().map(|p| p.cpu).sum();
+    let receiver_cpu: Duration = o.consumers.iter().map(|c| c.cpu).sum();
+    let sink_cpu: Duration = o.sinks.iter().map(|c| c.cpu).sum();
+    let source_cpu: Duration = o.sources.iter().map(|p| p.cpu).sum();
+    let moved = sent.max(received);
+    let cpu = CpuFigures {
+        harness_us_per_msg: cpu::us_per_message(
+            o.process_cpu.saturating_sub(sink_cpu + source_cpu),
+            moved,
+        ),
+        sender_us_per_msg: cpu::us_per_message(sender_cpu, sent),
+        receiver_us_per_msg: cpu::us_per_message(receiver_cpu, received),
+        broker_us_per_msg: o.broker_cpu.and_then(|c| cpu::us_per_message(c, moved)),
+        broker_pids: plan.broker_pids.clone(),
+        null_sink_us_per_msg: plan
+            .null
+            .then(|| cpu::us_per_message(sink_cpu, sent))
+            .flatten(),
+        null_source_us_per_msg: plan
+            .null
+            .then(|| cpu::us_per_message(source_cpu, received))
+            .flatten(),
+    };
+
+    let mut histogram: Option<Histogram<u64>> = None;
+    for h in o.consumers.iter().filter_map(|c| c.latency.as_ref()) {
+        match &mut histogram {
+            None => histogram = Some(h.clone()),
+            Some(all) => {
+                let _ = all.add(h);
+            }
+        }
+    }
+    let max_lag = o
+        .producers
+        .iter()
+        .map(|p| p.max_lag)
+        .max()
+        .unwrap_or_default();
+    let latency = histogram.as_ref().filter(|h| !h.is_empty()).map(|h| {
+        let us = |ns: u64| ns as f64 / 1e3;
+        LatencyFigures {
+            count: h.len(),
+            min_us: us(h.min()),
+            mean_us: h.mean() / 1e3,
+            p50_us: us(h.value_at_quantile(0.5)),
+            p90_us: us(h.value_at_quantile(0.9)),
+            p99_us: us(h.value_at_quantile(0.99)),
+            p999_us: us(h.value_at_quantile(0.999)),
+            max_us: us(h.max()),
+            max_send_lag_us: max_lag.as_secs_f64() * 1e6,
+        }
+    });
+
+    let ok =
+        o.start.is_some() && errors.is_empty() && missing == 0 && rejected == 0 && released == 0;
+    let result = RunResult {
+        command,
+        url: if plan.null {
+            "null".into()
+        } else {
+            plan.url.redacted()
+        },
+        address: plan.address.clone(),
+        null: plan.null,
+        senders: plan.senders,
+        receivers: plan.receivers,
+        size: plan.size,
+        window: plan.window,
+        settle: if plan.presettled {
+            "pre-settled"
+        } else {
+            "at-least-once"
+        },
+        durable: plan.durable,
+        messages: plan.messages,
+        duration_s: plan.duration.map(|d| d.as_secs_f64()),
+        rate: plan.rate,
+        sent,
+        accepted,
+        rejected,
+        released,
+        unsettled,
+        received,
+        missing,
+        duplicates,
+        out_of_order: sum_c(|c| c.out_of_order),
+        unreadable: sum_c(|c| c.unreadable),
+        foreign: sum_c(|c| c.foreign),
+        send_seconds,
+        receive_seconds,
+        sent_msg_per_s: sent_rate,
+        sent_mb_per_s: mb(sent_rate),
+        received_msg_per_s: received_rate,
+        received_mb_per_s: mb(received_rate),
+        cpu,
+        latency,
+        errors,
+        notes,
+        started: o.start.is_some(),
+        ok,
+    };
+    Run {
+        result,
+        latency: histogram,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_are_shared_out_with_the_remainder_first() {
+        let parts: Vec<u64> = (0..3).map(|i| share(10, 3, i)).collect();
+        assert_eq!(parts, vec![4, 3, 3]);
+        assert_eq!(share(5, 1, 0), 5);
     }
 }

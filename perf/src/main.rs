@@ -1,257 +1,259 @@
-//! `tandem-perf`: measures any AMQP 1.0 broker the same way.
+//! `tandem-perf`: measures any AMQP 1.0 broker the same way, so Tandem is always
+//! measured side by side with its peers.
 //!
-//! This first version has `throughput` with one sender and one receiver, each on
-//! its own connection and thread: the sender keeps `--window` unsettled messages
-//! in flight, the receiver settles in ranges; every message carries a sequence
-//! number, so loss and duplicates are counted and loss exits non-zero. The full
-//! harness (several senders/receivers, latency, compare, CPU per message) is
-//! the perf issue's work.
+//! Commands: `throughput`, `latency`, `compare` (a scenario against several
+//! brokers, alternating, medians of several rounds), `plot` (latency by
+//! percentile from `.hgrm` files, as SVG) and `limit` (what plain loopback TCP
+//! moves of the same byte stream). Every command prints text, or one JSON object
+//! with `--json`. Exit status: 0 all well; 1 the run lost messages, was refused
+//! some, or failed part-way; 2 bad arguments, or the run could not start (no
+//! broker, link refused).
+//!
+//! Map of the crate:
+//! - [`load`]: one run: clients on pinned executors ([`executors`]), started
+//!   together ([`progress`]), summed up into a [`report::RunResult`].
+//! - [`wire`]: one AMQP connection on glommio, driving the project's sans-I/O
+//!   engine; [`producer`] and [`consumer`] are what a connection does.
+//! - [`message`]: the template and its stamp (run, producer, sequence, send time);
+//!   [`sequence`] counts what arrived.
+//! - [`null_sink`]: `--null`, in-process peers; [`limit`]: the loopback row.
+//! - [`cpu`]: CPU per message; [`setup`]: arguments to a plan, `--create`.
+//! - [`throughput`], [`latency`], [`compare`], [`hgrm`], [`plot`]: the commands.
 
+mod compare;
+mod consumer;
+mod cpu;
+mod executors;
+mod hgrm;
+mod latency;
+mod limit;
+mod load;
+mod message;
+mod null_sink;
+mod plot;
+mod producer;
+mod progress;
+mod report;
+mod sequence;
+mod setup;
+mod throughput;
+mod wire;
+
+use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use clap::{Parser, Subcommand, ValueEnum};
-use tandem_shards::amqp::codec::Value;
-use tandem_shards::amqp::message::MessageBuilder;
-use tandem_shards::amqp::performative::DeliveryState;
-use tandem_shards::client::{Client, ClientError, ClientOptions};
-use tandem_shards::url::BrokerUrl;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use tandem_shards::duration::parse_duration;
 
-#[derive(Parser)]
-#[command(name = "tandem-perf", version, about = "AMQP 1.0 load generator")]
-struct Cli {
+#[derive(Parser, Debug)]
+#[command(
+    name = "tandem-perf",
+    version,
+    about = "AMQP 1.0 load generator and benchmark"
+)]
+pub struct Cli {
     #[command(subcommand)]
     command: Command,
 }
 
-#[derive(Subcommand)]
-enum Command {
-    /// Sends and receives N messages and reports the rate.
-    Throughput(Throughput),
+#[derive(Subcommand, Debug, Clone)]
+pub enum Command {
+    /// Sends and receives as fast as the broker allows; reports rates, losses
+    /// and CPU per message.
+    Throughput(ThroughputArgs),
+    /// Sends at a fixed rate; reports end-to-end latency percentiles.
+    Latency(LatencyArgs),
+    /// Runs one scenario against several brokers in turn, several rounds, and
+    /// prints a table of medians with ratios to the first broker.
+    Compare(compare::CompareArgs),
+    /// Draws latency by percentile from .hgrm files as an SVG.
+    Plot(PlotArgs),
+    /// Pushes the byte stream of a throughput run through plain loopback TCP:
+    /// what the machine can move at all.
+    Limit(limit::LimitArgs),
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Settle {
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Settle {
+    /// Senders send settled; nothing is acknowledged.
     PreSettled,
+    /// Senders wait for the broker's accepted outcome; receivers accept.
     AtLeastOnce,
 }
 
-#[derive(Parser, Clone)]
-struct Throughput {
-    /// Broker URL (host:port, qpid URL grammar).
+/// What throughput and latency runs share.
+#[derive(Args, Debug, Clone)]
+pub struct LoadArgs {
+    /// Broker URL: [user[/password]@]host[:port][,host[:port]...] (qpid grammar).
     #[arg(long, default_value = "127.0.0.1:5672")]
-    url: String,
+    pub url: String,
     /// Node to send to and receive from (RabbitMQ: /amq/queue/NAME).
     #[arg(long, default_value = "tandem-perf")]
-    address: String,
-    #[arg(long, default_value_t = 100_000)]
-    messages: u64,
-    /// Body size in bytes (at least 8: the sequence number).
+    pub address: String,
+    /// Sending connections (each its own thread, spread over cores).
+    #[arg(long, default_value_t = 1)]
+    pub senders: u32,
+    /// Receiving connections (competing consumers on the address).
+    #[arg(long, default_value_t = 1)]
+    pub receivers: u32,
+    /// Body bytes per message (at least 24: the stamp).
     #[arg(long, default_value_t = 1024)]
-    size: usize,
-    /// Unsettled messages in flight per sender; also the receiver's credit.
+    pub size: usize,
+    /// Unsettled messages in flight per sender; also each receiver's credit.
     #[arg(long, default_value_t = 1000)]
-    window: u32,
+    pub window: u32,
     #[arg(long, value_enum, default_value_t = Settle::AtLeastOnce)]
-    settle: Settle,
-    /// Give up when nothing arrives for this many seconds.
-    #[arg(long, default_value_t = 10)]
-    idle_timeout: u64,
+    pub settle: Settle,
+    /// Mark messages durable (and, with --create, the queue).
+    #[arg(long)]
+    pub durable: bool,
+    /// Declare the queue first (Tandem, via $management; skipped with a note
+    /// on other brokers).
+    #[arg(long)]
+    pub create: bool,
+    /// With --create: the queue's replication level for a Tandem HA cluster.
+    #[arg(long, requires = "create", value_parser = ["none", "configuration", "all"])]
+    pub replicate: Option<String>,
+    /// Broker process to measure CPU of (repeatable; default: the process
+    /// listening on the URL's port, when it is on this machine).
+    #[arg(long = "broker-pid")]
+    pub broker_pid: Vec<u32>,
+    /// Run against the harness's own in-process peers instead of a broker: what
+    /// the harness itself can generate.
+    #[arg(long)]
+    pub null: bool,
+    /// Give up when nothing progresses for this long (e.g. 10s, 500ms).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
     /// Print one JSON object instead of text.
     #[arg(long)]
-    json: bool,
+    pub json: bool,
 }
 
-struct SendReport {
-    sent: u64,
-    accepted: u64,
-    rejected: u64,
+#[derive(Args, Debug, Clone)]
+pub struct ThroughputArgs {
+    #[command(flatten)]
+    pub load: LoadArgs,
+    /// Messages in all, shared among the senders [default: 100000].
+    #[arg(long, conflicts_with = "duration")]
+    pub messages: Option<u64>,
+    /// Send for this long instead of a number of messages (e.g. 10s).
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
 }
 
-struct RecvReport {
-    received: u64,
-    duplicates: u64,
-    out_of_order: u64,
-    missing: u64,
-    finished: Instant,
+#[derive(Args, Debug, Clone)]
+pub struct LatencyArgs {
+    #[command(flatten)]
+    pub load: LoadArgs,
+    /// Messages per second in all, shared among the senders.
+    #[arg(long, default_value_t = 1000.0)]
+    pub rate: f64,
+    /// How long to send.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Write the full percentile distribution here (HdrHistogram .hgrm text).
+    #[arg(long)]
+    pub hgrm: Option<PathBuf>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct PlotArgs {
+    /// The SVG file to write.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Chart title.
+    #[arg(long, default_value = "Latency by percentile")]
+    pub title: String,
+    /// .hgrm files (from `latency --hgrm`), one line each, named by file stem.
+    #[arg(required = true)]
+    pub runs: Vec<PathBuf>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// What a command hands back to be printed.
+pub struct Output {
+    pub text: String,
+    pub json: String,
+    /// The exit status.
+    pub code: u8,
+}
+
+impl Output {
+    fn of_run(r: &report::RunResult) -> Output {
+        Output {
+            text: r.to_text(),
+            json: serde_json::to_string_pretty(r).unwrap_or_default(),
+            code: match (r.ok, r.started) {
+                (true, _) => 0,
+                (false, true) => 1,
+                (false, false) => 2,
+            },
+        }
+    }
+}
+
+fn plot(args: &PlotArgs) -> Result<Output, String> {
+    let mut series = Vec::new();
+    for path in &args.runs {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let points = hgrm::parse(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        let label = path.file_stem().map_or_else(
+            || path.display().to_string(),
+            |s| s.to_string_lossy().into(),
+        );
+        series.push(plot::Series { label, points });
+    }
+    let svg = plot::render(&args.title, &series);
+    std::fs::write(&args.out, svg)
+        .map_err(|e| format!("cannot write {}: {e}", args.out.display()))?;
+    let labels: Vec<&str> = series.iter().map(|s| s.label.as_str()).collect();
+    Ok(Output {
+        text: format!(
+            "wrote {} ({} series: {})\n",
+            args.out.display(),
+            series.len(),
+            labels.join(", ")
+        ),
+        json: serde_json::json!({ "out": args.out, "series": labels }).to_string(),
+        code: 0,
+    })
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
-        Command::Throughput(t) => match throughput(&t) {
-            Ok(true) => ExitCode::SUCCESS,
-            Ok(false) => ExitCode::from(1),
-            Err(e) => {
-                eprintln!("tandem-perf: {e}");
-                ExitCode::from(2)
-            }
-        },
-    }
-}
-
-fn throughput(t: &Throughput) -> Result<bool, String> {
-    if t.size < 8 {
-        return Err(format!(
-            "--size {}: must be at least 8 (the sequence number)",
-            t.size
-        ));
-    }
-    let url: BrokerUrl = t.url.parse().map_err(|e| format!("--url: {e}"))?;
-    let receiver = {
-        let (url, t) = (url.clone(), t.clone());
-        let mut client =
-            Client::connect(&url, &ClientOptions::default()).map_err(|e| e.to_string())?;
-        let link = client
-            .receiver(&t.address, t.window)
-            .map_err(|e| e.to_string())?;
-        std::thread::spawn(move || receive(&mut client, link, &t))
+    let json = match &cli.command {
+        Command::Throughput(t) => t.load.json,
+        Command::Latency(l) => l.load.json,
+        Command::Compare(c) => c.json,
+        Command::Plot(p) => p.json,
+        Command::Limit(l) => l.json,
     };
-    let start = Instant::now();
-    let sent = send(&url, t).map_err(|e| format!("sender: {e}"))?;
-    let recv = receiver
-        .join()
-        .map_err(|_| "receiver thread panicked".to_string())?
-        .map_err(|e| format!("receiver: {e}"))?;
-    let secs = recv.finished.duration_since(start).as_secs_f64().max(1e-9);
-    let rate = recv.received as f64 / secs;
-    let mbps = rate * t.size as f64 / 1e6;
-    let ok = recv.missing == 0 && sent.rejected == 0;
-    if t.json {
-        println!(
-            "{{\"messages\":{},\"size\":{},\"window\":{},\"sent\":{},\"accepted\":{},\"rejected\":{},\"received\":{},\"missing\":{},\"duplicates\":{},\"out_of_order\":{},\"seconds\":{:.3},\"msg_per_s\":{:.0},\"mb_per_s\":{:.1}}}",
-            t.messages, t.size, t.window, sent.sent, sent.accepted, sent.rejected, recv.received, recv.missing, recv.duplicates, recv.out_of_order, secs, rate, mbps
-        );
-    } else {
-        println!(
-            "sent {} (accepted {}, rejected {}), received {} in {:.3}s: {:.0} msg/s, {:.1} MB/s; missing {}, duplicates {}, out of order {}",
-            sent.sent, sent.accepted, sent.rejected, recv.received, secs, rate, mbps, recv.missing, recv.duplicates, recv.out_of_order
-        );
-    }
-    Ok(ok)
-}
-
-/// A message whose data section ends with `size` bytes, the first 8 the sequence.
-fn template(size: usize) -> Vec<u8> {
-    MessageBuilder {
-        body: Some(Value::Binary(vec![0u8; size].into())),
-        ..Default::default()
-    }
-    .encode()
-    .to_vec()
-}
-
-fn send(url: &BrokerUrl, t: &Throughput) -> Result<SendReport, ClientError> {
-    let mut client = Client::connect(url, &ClientOptions::default())?;
-    let link = client.sender(&t.address)?;
-    let presettled = t.settle == Settle::PreSettled;
-    let mut message = template(t.size);
-    let seq_at = message.len() - t.size;
-    let mut report = SendReport {
-        sent: 0,
-        accepted: 0,
-        rejected: 0,
+    let outcome = match &cli.command {
+        Command::Throughput(t) => throughput::run(t).map(|r| Output::of_run(&r)),
+        Command::Latency(l) => latency::run(l).map(|r| Output::of_run(&r)),
+        Command::Compare(c) => compare::run(c),
+        Command::Plot(p) => plot(p),
+        Command::Limit(l) => limit::command(l),
     };
-    let mut in_flight: u64 = 0;
-    let idle = Duration::from_secs(t.idle_timeout);
-    let mut last_progress = Instant::now();
-    while report.sent < t.messages || in_flight > 0 {
-        while report.sent < t.messages && (presettled || in_flight < u64::from(t.window)) {
-            message[seq_at..seq_at + 8].copy_from_slice(&report.sent.to_be_bytes());
-            let tag = report.sent.to_be_bytes();
-            if client.try_send(link, &tag, &message, presettled).is_none() {
-                break;
+    match outcome {
+        Ok(out) => {
+            if json {
+                println!("{}", out.json);
+            } else {
+                print!("{}", out.text);
             }
-            report.sent += 1;
-            if !presettled {
-                in_flight += 1;
+            ExitCode::from(out.code)
+        }
+        Err(e) => {
+            if json {
+                println!("{}", serde_json::json!({ "ok": false, "error": e }));
             }
-        }
-        client.poll(Duration::from_millis(100))?;
-        let outcomes = client.take_outcomes();
-        if !outcomes.is_empty() {
-            last_progress = Instant::now();
-        }
-        for (_, state) in outcomes {
-            in_flight = in_flight.saturating_sub(1);
-            match state {
-                DeliveryState::Accepted => report.accepted += 1,
-                _ => report.rejected += 1,
-            }
-        }
-        if last_progress.elapsed() > idle {
-            return Err(ClientError::Timeout(idle, "settlements"));
+            eprintln!("tandem-perf: {e}");
+            ExitCode::from(2)
         }
     }
-    client.flush()?;
-    let _ = client.close();
-    Ok(report)
-}
-
-fn receive(
-    client: &mut Client,
-    link: tandem_shards::amqp::connection::LinkKey,
-    t: &Throughput,
-) -> Result<RecvReport, ClientError> {
-    let mut seen = vec![false; t.messages as usize];
-    let mut report = RecvReport {
-        received: 0,
-        duplicates: 0,
-        out_of_order: 0,
-        missing: 0,
-        finished: Instant::now(),
-    };
-    let mut next_expected = 0u64;
-    let idle = Duration::from_secs(t.idle_timeout);
-    let mut last = Instant::now();
-    let mut unique = 0u64;
-    while unique < t.messages {
-        client.poll(Duration::from_millis(100))?;
-        let batch = client.take_received();
-        if batch.is_empty() {
-            if last.elapsed() > idle {
-                break;
-            }
-            continue;
-        }
-        last = Instant::now();
-        let mut first_unsettled: Option<u32> = None;
-        let mut last_unsettled = 0;
-        for m in &batch {
-            report.received += 1;
-            let p = &m.payload;
-            // The sequence number opens the last `size` bytes (the body).
-            let seq = match p.len().checked_sub(t.size) {
-                Some(at) => {
-                    let mut b = [0u8; 8];
-                    b.copy_from_slice(&p[at..at + 8]);
-                    u64::from_be_bytes(b)
-                }
-                None => u64::MAX,
-            };
-            match seen.get_mut(seq as usize) {
-                Some(s) if *s => report.duplicates += 1,
-                Some(s) => {
-                    *s = true;
-                    unique += 1;
-                    if seq != next_expected {
-                        report.out_of_order += 1;
-                    }
-                    next_expected = seq + 1;
-                }
-                None => report.duplicates += 1,
-            }
-            if !m.settled {
-                first_unsettled.get_or_insert(m.delivery_id);
-                last_unsettled = m.delivery_id;
-            }
-        }
-        if let Some(first) = first_unsettled {
-            client.settle_range(first, last_unsettled, DeliveryState::Accepted)?;
-        }
-        client.flow(link, t.window)?;
-    }
-    report.finished = Instant::now();
-    report.missing = t.messages - unique;
-    Ok(report)
 }

@@ -47,9 +47,11 @@ pub fn epoch() -> Instant {
 pub fn new_run_id() -> u32 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos()));
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
     h.write_u32(std::process::id());
     h.finish() as u32
 }
@@ -91,11 +93,6 @@ impl Template {
         self.bytes[at..at + 8].copy_from_slice(&seq.to_be_bytes());
         self.bytes[at + 8..at + 16].copy_from_slice(&sent_ns.to_be_bytes());
         &self.bytes
-    }
-
-    /// Encoded length of one message.
-    pub fn len(&self) -> usize {
-        self.bytes.len()
     }
 }
 

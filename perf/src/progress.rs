@@ -29,6 +29,7 @@ pub struct Progress {
 
 impl Progress {
     pub fn new(feeders: usize) -> Progress {
+        epoch(); // fix the clock origin before any instant of the run is taken
         Progress {
             ready: AtomicUsize::new(0),
             start_ns: AtomicU64::new(0),
@@ -50,7 +51,8 @@ impl Progress {
 
     /// Starts the run (the coordinator, once every client is ready).
     pub fn go(&self, at: Instant) {
-        self.start_ns.store(ns_since_epoch(at) + 1, Ordering::SeqCst);
+        self.start_ns
+            .store(ns_since_epoch(at) + 1, Ordering::SeqCst);
     }
 
     /// When the run started, if it has.
@@ -115,7 +117,9 @@ mod tests {
         assert!(p.started().is_none());
         let t = Instant::now();
         p.go(t);
-        assert!(p.started().is_some_and(|s| s.duration_since(t).as_micros() < 2));
+        assert!(p
+            .started()
+            .is_some_and(|s| s.duration_since(t).as_micros() < 2));
         p.arrived(5, Instant::now());
         p.feeder_finished(3);
         assert!(!p.all_received(), "one feeder still running");

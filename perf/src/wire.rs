@@ -26,6 +26,8 @@ use tandem_shards::url::{BrokerUrl, Transport};
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// Read buffer growth step; one read takes at most this much.
 const READ_CHUNK: usize = 64 * 1024;
+/// The shortest timed wait of the writer (input wakes it sooner).
+const MIN_WAIT: Duration = Duration::from_micros(50);
 /// The frame size we offer: large, so a 1 MiB message is one frame.
 const MAX_FRAME: u32 = 1024 * 1024;
 
@@ -171,16 +173,15 @@ async fn write_loop<R: Role>(
         if closed || closing_since.is_some_and(|s| now.duration_since(s) >= CLOSE_GRACE) {
             break;
         }
+        // Never spin: a task that keeps yielding starves glommio's I/O polling
+        // until the preemption timer (100 ms) fires.
         let now = Instant::now();
-        if wait_until <= now {
-            futures_lite::future::yield_now().await;
-            continue;
-        }
+        let wait = wait_until.saturating_duration_since(now).max(MIN_WAIT);
         futures_lite::future::or(
             async {
                 wake.recv().await;
             },
-            glommio::timer::sleep(wait_until - now),
+            glommio::timer::sleep(wait),
         )
         .await;
     }
@@ -283,7 +284,9 @@ pub struct LinkSetup {
     pub state: LinkState,
 }
 
-/// What a [`LinkSetup`] made of an event.
+/// What a [`LinkSetup`] made of an event. (It carries the engine's `Event`,
+/// which is large for the same reason: moved once, boxing would not pay.)
+#[allow(clippy::large_enum_variant)]
 pub enum Setup {
     /// The link just came up.
     Up(LinkKey),

@@ -898,28 +898,7 @@ impl Shard {
                 continue;
             }
             let mut acc = std::mem::take(&mut c.accepted);
-            acc.sort_unstable();
-            let mut i = 0;
-            while i < acc.len() {
-                let (channel, first) = acc[i];
-                let mut last = first;
-                while i + 1 < acc.len()
-                    && acc[i + 1].0 == channel
-                    && acc[i + 1].1 == last.wrapping_add(1)
-                {
-                    i += 1;
-                    last = acc[i].1;
-                }
-                c.engine.disposition(
-                    channel,
-                    Role::Receiver,
-                    first,
-                    last,
-                    true,
-                    Some(&DeliveryState::Accepted),
-                );
-                i += 1;
-            }
+            accept_in_ranges(&mut c.engine, &mut acc);
             acc.clear();
             c.accepted = acc;
         }
@@ -1152,6 +1131,30 @@ impl Shard {
                 },
             );
         }
+    }
+}
+
+/// Settles deliveries we received as accepted, one disposition per run of
+/// consecutive ids of a session (`ids` is sorted here; left as is).
+pub(super) fn accept_in_ranges(engine: &mut Connection, ids: &mut [(u16, u32)]) {
+    ids.sort_unstable();
+    let mut i = 0;
+    while i < ids.len() {
+        let (channel, first) = ids[i];
+        let mut last = first;
+        while i + 1 < ids.len() && ids[i + 1].0 == channel && ids[i + 1].1 == last.wrapping_add(1) {
+            i += 1;
+            last = ids[i].1;
+        }
+        engine.disposition(
+            channel,
+            Role::Receiver,
+            first,
+            last,
+            true,
+            Some(&DeliveryState::Accepted),
+        );
+        i += 1;
     }
 }
 

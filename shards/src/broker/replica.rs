@@ -27,7 +27,7 @@ use super::hooks::{BackupIdentity, HaCommand, LinkEvent};
 use super::{ConfigOp, Shard, ShardMsg};
 use crate::amqp::codec::Value;
 use crate::amqp::connection::LinkKey;
-use crate::amqp::performative::{condition, DeliveryState, ErrorCondition, Role};
+use crate::amqp::performative::{condition, ErrorCondition, Role};
 use crate::exchange::BUILT_IN;
 use crate::queue::{AckTo, QueueSettings};
 use crate::replica::guard::MemberId;
@@ -977,20 +977,8 @@ impl Shard {
             return;
         };
         let mut ids = std::mem::take(&mut self.replica.to_settle);
-        ids.sort_unstable();
         if let Some(c) = self.conns.get_mut(&conn) {
-            let mut i = 0;
-            while i < ids.len() {
-                let (channel, first) = ids[i];
-                let mut last = first;
-                while i + 1 < ids.len() && ids[i + 1].0 == channel && ids[i + 1].1 == last.wrapping_add(1) {
-                    i += 1;
-                    last = ids[i].1;
-                }
-                c.engine
-                    .disposition(channel, Role::Receiver, first, last, true, Some(&DeliveryState::Accepted));
-                i += 1;
-            }
+            super::link::accept_in_ranges(&mut c.engine, &mut ids);
             self.mark_dirty(conn);
         }
         ids.clear();
