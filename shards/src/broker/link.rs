@@ -314,7 +314,7 @@ impl Shard {
                 if let Event::Closed { error: Some(e), .. }
                 | Event::Detached { error: Some(e), .. } = &ev
                 {
-                    tracing::info!("HA: replication link closed: {e}");
+                    tracing::debug!("HA: replication link closed: {e}");
                 }
                 if let Event::Detached { error: Some(e), .. } = &ev {
                     self.outbound_refused(e);
