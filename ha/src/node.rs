@@ -133,6 +133,8 @@ pub struct HaNode {
     // -- backup side
     link: Option<usize>,
     connecting: Option<usize>,
+    /// When the current attempt started (a hung peer must not stall us).
+    connecting_since: Instant,
     next_index: usize,
     next_attempt: Instant,
     primary_heard: Instant,
@@ -156,6 +158,7 @@ impl HaNode {
             epoch: 0,
             link: None,
             connecting: None,
+            connecting_since: now,
             next_index: 0,
             next_attempt: now,
             primary_heard: now,
@@ -488,6 +491,19 @@ impl HaNode {
             if self.link.is_some() && now.duration_since(self.primary_heard) > silence {
                 self.lose_primary(now, out);
             }
+            // A peer that accepted the TCP connection but never answers (stopped,
+            // hung) counts as unreachable after twice the heartbeat.
+            if let Some(index) = self.connecting {
+                if now.duration_since(self.connecting_since) > silence.max(Duration::from_secs(1)) {
+                    out.push(Action::Disconnect);
+                    self.connecting = None;
+                    self.probed.insert(index);
+                    if let Some(address) = self.settings.brokers.get(index) {
+                        self.peers.remove(address);
+                    }
+                    self.next_attempt = self.after_attempt(now);
+                }
+            }
             if self.link.is_none()
                 && self.connecting.is_none()
                 && now >= self.next_attempt
@@ -503,6 +519,7 @@ impl HaNode {
                 }
                 self.next_index = index + 1;
                 self.connecting = Some(index);
+                self.connecting_since = now;
                 self.next_attempt = now + self.settings.maintenance;
                 out.push(Action::Connect {
                     index,
@@ -569,6 +586,8 @@ impl HaNode {
                 next.push(self.primary_heard + silence);
             } else if self.connecting.is_none() {
                 next.push(self.next_attempt);
+            } else {
+                next.push(self.connecting_since + silence.max(Duration::from_secs(1)));
             }
         } else {
             for m in self.members.values() {

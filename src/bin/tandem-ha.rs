@@ -257,10 +257,19 @@ fn cluster_brokers(cli: &Cli) -> ToolResult<Vec<String>> {
     let attrs = tools::read(&mut mc, "ha-broker", None)?;
     mc.close();
     let url = cell(get(&attrs, "brokers-url"));
+    // Each broker gets the credentials given with -b.
+    let given: tandem_shards::url::BrokerUrl =
+        cli.broker.parse().map_err(|e| format!("--broker: {e}"))?;
+    let creds = match (&given.user, &given.password) {
+        (Some(u), Some(p)) => format!("{u}/{p}@"),
+        (Some(u), None) => format!("{u}@"),
+        _ => String::new(),
+    };
     let list: Vec<String> = url
         .split(',')
-        .map(|a| a.trim().to_owned())
+        .map(|a| a.trim())
         .filter(|a| !a.is_empty())
+        .map(|a| format!("{creds}{a}"))
         .collect();
     if list.is_empty() {
         return Err("the broker reports no ha-brokers-url".into());

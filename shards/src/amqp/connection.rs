@@ -1079,6 +1079,23 @@ impl Connection {
     // -----------------------------------------------------------------------
     // Commands
 
+    /// Drops the connection without another frame: anything not yet written
+    /// (e.g. our open) is discarded. HA backups refuse ordinary clients this way,
+    /// because Qpid Proton restarts its URL list from the top once it has seen a
+    /// broker's open, and would never reach the primary.
+    pub fn abort(&mut self, why: ErrorCondition) {
+        if self.phase == Phase::Closed {
+            return;
+        }
+        self.out.clear();
+        self.phase = Phase::Closed;
+        self.drop_all_links();
+        self.events.push_back(Event::Closed {
+            error: Some(why),
+            by_peer: false,
+        });
+    }
+
     /// Closes the connection with an error (or none); the peer's close finishes it.
     pub fn close_with(&mut self, error: ErrorCondition) {
         self.close(Some(error));

@@ -334,7 +334,8 @@ impl Shard {
                         let error =
                             ErrorCondition::new(condition::CONNECTION_FORCED, reason.clone());
                         if let Some(c) = self.conns.get_mut(&id) {
-                            c.engine.close_with(error);
+                            tracing::info!(conn = id, peer = %c.peer, "refusing client: {reason}");
+                            c.engine.abort(error);
                         }
                     }
                 }
@@ -422,6 +423,11 @@ impl Shard {
                 s.is_some_and(|s| s.dynamic),
             )
         };
+        if self.admin_only() {
+            if let Err(e) = self.backup_allows(&attach, client_sends, dynamic, address.as_deref()) {
+                return self.refuse(id, link, &attach, e);
+            }
+        }
         if dynamic {
             let op = ConfigOp::DeclareQueue {
                 name: None,
@@ -489,7 +495,10 @@ impl Shard {
         if !self.settings.auto_create_queues {
             return self.refuse(id, link, &attach, not_found(&address));
         }
-        let settings = node_settings(&self.settings.default_queue, &attach, client_sends);
+        let settings = match node_settings(&self.settings.default_queue, &attach, client_sends) {
+            Ok(s) => s,
+            Err(e) => return self.refuse(id, link, &attach, e),
+        };
         let op = ConfigOp::DeclareQueue {
             name: Some(address),
             settings,
@@ -497,6 +506,38 @@ impl Shard {
             strict: false,
         };
         self.request_for_attach(id, link, attach, op)
+    }
+
+    /// On a backup, admin connections are read-only: management requests, their
+    /// reply queues, browsing existing queues and the replication link only.
+    fn backup_allows(
+        &self,
+        attach: &Attach,
+        client_sends: bool,
+        dynamic: bool,
+        address: Option<&str>,
+    ) -> Result<(), ErrorCondition> {
+        let browsing = attach
+            .source
+            .as_ref()
+            .is_some_and(|s| s.distribution_mode.as_deref() == Some("copy"));
+        let allowed = match (client_sends, address) {
+            (true, Some(a)) => a == crate::management::NODE,
+            (false, _) if dynamic => true,
+            (false, Some(a)) => {
+                a == crate::replica::NODE || (browsing && self.catalogue.queues.contains_key(a))
+            }
+            _ => false,
+        };
+        if allowed {
+            Ok(())
+        } else {
+            Err(ErrorCondition::new(
+                condition::NOT_ALLOWED,
+                "this broker is an HA backup: admin connections may manage, browse and \
+                 read, not send, consume or create; use the primary",
+            ))
+        }
     }
 
     /// A backup attaches its replication link: only brokers' and admin
@@ -719,6 +760,28 @@ impl Shard {
             Some(LinkRole::Publisher { dest, .. }) => dest.clone(),
             _ => return,
         };
+        if payload.is_empty() {
+            // A message has at least a body section: an empty transfer is not one
+            // (Proton sends those when it settles deliveries it never sent).
+            if !settled {
+                if let Some(c) = self.conns.get_mut(&id) {
+                    let state = DeliveryState::Rejected(Some(ErrorCondition::new(
+                        condition::DECODE_ERROR,
+                        "empty message: a message needs at least a body section",
+                    )));
+                    c.engine.disposition(
+                        link.channel,
+                        Role::Receiver,
+                        delivery_id,
+                        delivery_id,
+                        true,
+                        Some(&state),
+                    );
+                }
+                self.mark_dirty(id);
+            }
+            return;
+        }
         self.route_buf.clear();
         let mut targets = std::mem::take(&mut self.route_buf);
         let routed = match &dest {
@@ -1240,7 +1303,11 @@ fn subscription_key(source: Option<&Source>) -> Result<BindingKey, ErrorConditio
 }
 
 /// Queue settings from an attach's node properties (create-on-demand).
-fn node_settings(defaults: &QueueSettings, attach: &Attach, client_sends: bool) -> QueueSettings {
+fn node_settings(
+    defaults: &QueueSettings,
+    attach: &Attach,
+    client_sends: bool,
+) -> Result<QueueSettings, ErrorCondition> {
     let (props, durable) = if client_sends {
         let t = attach.target.as_ref();
         (
@@ -1276,8 +1343,14 @@ fn node_settings(defaults: &QueueSettings, attach: &Attach, client_sends: bool) 
             settings.durable = *d;
         }
         if let Some(r) = props.map_get("qpid.replicate").and_then(Value::as_str) {
+            if !matches!(r, "none" | "configuration" | "all") {
+                return Err(ErrorCondition::new(
+                    condition::INVALID_FIELD,
+                    format!("qpid.replicate: '{r}' is not one of none, configuration, all"),
+                ));
+            }
             settings.replicate = Some(r.to_owned());
         }
     }
-    settings
+    Ok(settings)
 }

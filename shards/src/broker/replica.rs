@@ -429,6 +429,19 @@ impl Shard {
                 }
             }
         }
+        let inventory = Event::Inventory {
+            queues: queues
+                .iter()
+                .filter(|(_, e)| self.queue_level(&e.settings) != Level::None)
+                .map(|(n, _)| n.to_string())
+                .collect(),
+            exchanges: exchanges
+                .iter()
+                .filter(|ex| self.exchange_level(&ex.name, ex.replicate.as_deref()) != Level::None)
+                .map(|ex| ex.name.to_string())
+                .collect(),
+        };
+        events.push(inventory);
         for event in events {
             self.send(
                 sink.shard,
@@ -907,6 +920,41 @@ impl Shard {
             }
             Event::Members { epoch, members } => {
                 self.ha_link_event(LinkEvent::Members { epoch, members });
+                self.settle_replica(channel, id);
+            }
+            Event::Inventory { queues, exchanges } => {
+                let stale_queues: Vec<String> = self
+                    .catalogue
+                    .queues
+                    .iter()
+                    .filter(|(n, e)| {
+                        !e.settings.auto_delete && !queues.iter().any(|q| q.as_str() == &***n)
+                    })
+                    .map(|(n, _)| n.to_string())
+                    .collect();
+                let stale_exchanges: Vec<String> = self
+                    .catalogue
+                    .exchanges
+                    .keys()
+                    .filter(|n| !BUILT_IN.iter().any(|(b, _)| *b == &***n))
+                    .filter(|n| !exchanges.iter().any(|x| x.as_str() == &***n))
+                    .map(|n| n.to_string())
+                    .collect();
+                for name in stale_queues {
+                    tracing::info!(
+                        "HA: deleting queue '{name}', deleted on the primary while we were away"
+                    );
+                    self.apply_config_now(ConfigOp::DeleteQueue {
+                        name,
+                        if_unused: false,
+                    });
+                }
+                for name in stale_exchanges {
+                    tracing::info!(
+                        "HA: deleting exchange '{name}', deleted on the primary while we were away"
+                    );
+                    self.apply_config_now(ConfigOp::DeleteExchange { name });
+                }
                 self.settle_replica(channel, id);
             }
         }

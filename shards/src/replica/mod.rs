@@ -9,7 +9,8 @@
 //! `["exchange", name, type, attrs]`, `["exchange-delete", name]`,
 //! `["bind", exchange, queue, key]`, `["unbind", exchange, queue, key]`,
 //! `["enq", queue, position, message]`, `["deq", queue, [positions]]`,
-//! `["members", epoch, [{broker-id, address, status}]]`.
+//! `["members", epoch, [{broker-id, address, status}]]`,
+//! `["inventory", [queue names], [exchange names]]`.
 
 pub mod guard;
 
@@ -69,6 +70,13 @@ pub enum Event {
     Members {
         epoch: u64,
         members: Vec<(String, String, String)>,
+    },
+    /// Every replicated queue and exchange on the primary when the backup
+    /// connected: the backup deletes what it holds that is not listed (deleted
+    /// while it was away).
+    Inventory {
+        queues: Vec<String>,
+        exchanges: Vec<String>,
     },
 }
 
@@ -192,6 +200,11 @@ impl Event {
                 s(queue),
                 Value::List(positions.iter().map(|p| Value::Ulong(*p)).collect()),
             ],
+            Event::Inventory { queues, exchanges } => vec![
+                s("inventory"),
+                Value::List(queues.iter().map(|q| s(q)).collect()),
+                Value::List(exchanges.iter().map(|e| s(e)).collect()),
+            ],
             Event::Members { epoch, members } => vec![
                 s("members"),
                 Value::Ulong(*epoch),
@@ -304,6 +317,19 @@ impl Event {
                     _ => Vec::new(),
                 },
             },
+            "inventory" => {
+                let names = |i: usize| match items.get(i) {
+                    Some(Value::List(v)) => v
+                        .iter()
+                        .filter_map(|n| n.as_str().map(str::to_owned))
+                        .collect(),
+                    _ => Vec::new(),
+                };
+                Event::Inventory {
+                    queues: names(1),
+                    exchanges: names(2),
+                }
+            }
             other => return Err(format!("unknown replication event '{other}'")),
         })
     }
@@ -366,6 +392,10 @@ mod tests {
             Event::Members {
                 epoch: 3,
                 members: vec![("id".into(), "h:1".into(), "ready".into())],
+            },
+            Event::Inventory {
+                queues: vec!["a".into(), "b".into()],
+                exchanges: vec!["x".into()],
             },
         ];
         for e in events {

@@ -1,0 +1,175 @@
+//! What an HA primary replicates to its backups, with real brokers: queues,
+//! exchanges and bindings by replication level (`ha-replicate`, a queue's or
+//! exchange's own `--replicate`, a binding only when both ends are replicated,
+//! built-in exchanges never), messages only for level `all`, dequeues and
+//! deletes as they happen on the primary. The backups are read with the admin
+//! tools (`tandem-config --ha-admin`, `tandem-stat --ha-admin`), as qpidd's
+//! `test_replication` and `test_replicate_default` read theirs.
+
+mod common;
+mod ha_cluster;
+
+use common::run_python;
+use ha_cluster::{serial, HaCluster, Member};
+
+const PRIMARY: Member = 0;
+
+fn send(cluster: &HaCluster, queue: &str, count: usize) {
+    let out = run_python(
+        "send.py",
+        &[
+            "--url",
+            &cluster.url(PRIMARY),
+            "--address",
+            queue,
+            "--count",
+            &count.to_string(),
+        ],
+    );
+    out.assert_success();
+}
+
+fn receive(cluster: &HaCluster, queue: &str, count: usize) {
+    let out = run_python(
+        "recv.py",
+        &[
+            "--url",
+            &cluster.url(PRIMARY),
+            "--address",
+            queue,
+            "--count",
+            &count.to_string(),
+        ],
+    );
+    out.assert_success();
+    assert_eq!(out.messages().len(), count);
+}
+
+/// Polls until `marker` exists on both backups: configuration events are
+/// applied in order, so everything created before it has been applied too.
+fn wait_for_marker(cluster: &HaCluster, marker: &str) {
+    for backup in cluster.others(PRIMARY) {
+        let mut queues = Vec::new();
+        let present = common::wait_until(ha_cluster::STATUS_DEADLINE, || {
+            queues = cluster.names(backup, "queues");
+            queues.iter().any(|q| q == marker)
+        });
+        assert!(
+            present,
+            "{marker} never reached {}: {queues:?}",
+            cluster.url(backup)
+        );
+    }
+}
+
+#[test]
+fn configuration_and_messages_replicate_by_level() {
+    let _serial = serial();
+    let cluster = HaCluster::start_with_primary(Some("configuration"), PRIMARY);
+
+    cluster.config(PRIMARY, &["add", "queue", "q-default"]);
+    cluster.config(PRIMARY, &["add", "queue", "q-all", "--replicate", "all"]);
+    cluster.config(PRIMARY, &["add", "queue", "q-none", "--replicate", "none"]);
+    cluster.config(PRIMARY, &["add", "exchange", "topic", "x-default"]);
+    cluster.config(
+        PRIMARY,
+        &["add", "exchange", "topic", "x-none", "--replicate", "none"],
+    );
+    // Replicated only when both ends are; built-in exchanges never are.
+    cluster.config(PRIMARY, &["bind", "x-default", "q-default", "k.both"]);
+    cluster.config(PRIMARY, &["bind", "x-default", "q-all", "k.all"]);
+    cluster.config(PRIMARY, &["bind", "x-default", "q-none", "k.queue-none"]);
+    cluster.config(PRIMARY, &["bind", "x-none", "q-default", "k.exchange-none"]);
+    cluster.config(PRIMARY, &["bind", "amq.topic", "q-default", "k.builtin"]);
+    send(&cluster, "q-default", 5);
+    send(&cluster, "q-all", 7);
+    send(&cluster, "q-none", 2);
+    cluster.config(PRIMARY, &["add", "queue", "marker-1"]);
+    wait_for_marker(&cluster, "marker-1");
+
+    let expected_bindings = vec![
+        (
+            "x-default".to_owned(),
+            "q-all".to_owned(),
+            "k.all".to_owned(),
+        ),
+        (
+            "x-default".to_owned(),
+            "q-default".to_owned(),
+            "k.both".to_owned(),
+        ),
+    ];
+    for backup in cluster.others(PRIMARY) {
+        let mut queues = cluster.names(backup, "queues");
+        queues.sort();
+        assert_eq!(
+            queues,
+            ["marker-1", "q-all", "q-default"],
+            "{}",
+            cluster.url(backup)
+        );
+        let exchanges = cluster.names(backup, "exchanges");
+        assert!(exchanges.iter().any(|x| x == "x-default"), "{exchanges:?}");
+        assert!(!exchanges.iter().any(|x| x == "x-none"), "{exchanges:?}");
+        assert_eq!(cluster.bindings(backup), expected_bindings);
+        // Level `configuration` copies the queue, not its messages; `all` both.
+        cluster.wait_depth(backup, "q-all", 7);
+        assert_eq!(cluster.depth(backup, "q-default"), Some(0));
+    }
+    assert_eq!(cluster.depth(PRIMARY, "q-default"), Some(5));
+    assert_eq!(cluster.depth(PRIMARY, "q-none"), Some(2));
+
+    // Messages consumed on the primary leave the backups too.
+    receive(&cluster, "q-all", 3);
+    for backup in cluster.others(PRIMARY) {
+        cluster.wait_depth(backup, "q-all", 4);
+    }
+
+    // Deleting on the primary deletes on the backups.
+    cluster.config(PRIMARY, &["unbind", "x-default", "q-default", "k.both"]);
+    cluster.config(PRIMARY, &["del", "queue", "q-all", "--force"]);
+    cluster.config(PRIMARY, &["del", "exchange", "x-default"]);
+    cluster.config(PRIMARY, &["add", "queue", "marker-2"]);
+    wait_for_marker(&cluster, "marker-2");
+    for backup in cluster.others(PRIMARY) {
+        let mut queues = cluster.names(backup, "queues");
+        queues.sort();
+        assert_eq!(queues, ["marker-1", "marker-2", "q-default"]);
+        let exchanges = cluster.names(backup, "exchanges");
+        assert!(!exchanges.iter().any(|x| x == "x-default"), "{exchanges:?}");
+        assert_eq!(cluster.bindings(backup), Vec::new());
+    }
+}
+
+#[test]
+fn nothing_replicates_by_default_except_what_asks_for_it() {
+    let _serial = serial();
+    // No --ha-replicate: the default level is `none`.
+    let cluster = HaCluster::start_with_primary(None, PRIMARY);
+    let query = ha_cluster::tool_ok("tandem-ha", &["-b", &cluster.url(PRIMARY), "query"]);
+    assert!(query.contains("replicate:   none"), "{query}");
+
+    cluster.config(PRIMARY, &["add", "queue", "plain"]);
+    cluster.config(PRIMARY, &["add", "exchange", "fanout", "plain-x"]);
+    cluster.config(PRIMARY, &["bind", "plain-x", "plain"]);
+    send(&cluster, "plain", 3);
+    // A queue that asks for replication gets it even when the default is none.
+    cluster.config(PRIMARY, &["add", "queue", "asks", "--replicate", "all"]);
+    send(&cluster, "asks", 4);
+    cluster.config(
+        PRIMARY,
+        &["add", "queue", "marker", "--replicate", "configuration"],
+    );
+    wait_for_marker(&cluster, "marker");
+
+    for backup in cluster.others(PRIMARY) {
+        let mut queues = cluster.names(backup, "queues");
+        queues.sort();
+        assert_eq!(queues, ["asks", "marker"], "{}", cluster.url(backup));
+        let exchanges = cluster.names(backup, "exchanges");
+        assert!(!exchanges.iter().any(|x| x == "plain-x"), "{exchanges:?}");
+        assert_eq!(cluster.bindings(backup), Vec::new());
+        cluster.wait_depth(backup, "asks", 4);
+    }
+    assert_eq!(cluster.depth(PRIMARY, "plain"), Some(3));
+}
