@@ -389,3 +389,134 @@ fn backups_authenticate_their_replication_link_with_ha_credentials() {
     let stayed = !wait_until(Duration::from_secs(2), || !status_is(&url, "joining"));
     assert!(stayed, "a backup with bad credentials must not join");
 }
+
+#[test]
+fn admin_connections_on_a_backup_are_read_only() {
+    let cluster = Cluster::start(2);
+    tool(
+        "tandem-ha",
+        &["-b", &cluster.url(0), "--cluster-manager", "promote"],
+    );
+    assert!(wait_until(Duration::from_secs(15), || status_is(
+        &cluster.url(1),
+        "ready"
+    )));
+    let url = cluster.url(1).parse().expect("url");
+    let opts = ClientOptions {
+        properties: vec![("qpid.ha-admin".into(), Value::Bool(true))],
+        ..Default::default()
+    };
+    let mut admin = Client::connect(&url, &opts).expect("admin connection");
+    let err = admin
+        .sender("orders")
+        .err()
+        .expect("publishing on a backup is refused");
+    assert!(err.to_string().contains("amqp:not-allowed"), "{err}");
+    let err = admin
+        .receiver("orders", 10)
+        .err()
+        .expect("consuming on a backup is refused");
+    assert!(err.to_string().contains("amqp:not-allowed"), "{err}");
+    // Management reads (with a dynamic reply queue) still work.
+    let read = tool(
+        "tandem-config",
+        &["-b", &cluster.url(1), "--ha-admin", "queues"],
+    );
+    assert!(read.status.success(), "{}", stderr(&read));
+}
+
+#[test]
+fn an_invalid_qpid_replicate_node_property_is_refused_on_attach() {
+    let broker = Broker::start(&[]);
+    let url = broker.url().parse().expect("url");
+    let mut client = Client::connect(&url, &ClientOptions::default()).expect("connect");
+    let target = tandem_shards::amqp::performative::Target {
+        address: Some("typo".into()),
+        dynamic_node_properties: Some(Value::Map(vec![(
+            Value::symbol("qpid.replicate"),
+            Value::string("sometimes"),
+        )])),
+        ..Default::default()
+    };
+    let err = client.sender_to(target).err().expect("refused");
+    assert!(err.to_string().contains("qpid.replicate"), "{err}");
+}
+
+#[test]
+fn an_empty_transfer_is_rejected_not_queued() {
+    let broker = Broker::start(&[]);
+    let url = broker.url().parse().expect("url");
+    let mut client = Client::connect(&url, &ClientOptions::default()).expect("connect");
+    let link = client.sender("empties").expect("sender");
+    let id = client.send(link, b"", false).expect("send");
+    match client.outcome(id).expect("settled") {
+        tandem_shards::amqp::performative::DeliveryState::Rejected(Some(e)) => {
+            assert_eq!(e.condition, "amqp:decode-error")
+        }
+        other => panic!("an empty transfer must be rejected: {other:?}"),
+    }
+    let stat = Command::new(env!("CARGO_BIN_EXE_tandem-stat"))
+        .args(["-b", &broker.url(), "-q", "--json"])
+        .output()
+        .expect("tandem-stat");
+    let text = String::from_utf8_lossy(&stat.stdout);
+    assert!(
+        text.contains("\"name\":\"empties\",") && text.contains("\"depth\":0"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_backup_drops_what_was_deleted_while_it_was_away() {
+    let cluster = Cluster::start(2);
+    tool(
+        "tandem-ha",
+        &["-b", &cluster.url(0), "--cluster-manager", "promote"],
+    );
+    let created = tool(
+        "tandem-config",
+        &[
+            "-b",
+            &cluster.url(0),
+            "add",
+            "queue",
+            "gone",
+            "--replicate",
+            "all",
+        ],
+    );
+    assert!(created.status.success(), "{}", stderr(&created));
+    let has_gone = |url: &str| {
+        stdout(&tool(
+            "tandem-config",
+            &["-b", url, "--ha-admin", "queues", "--json"],
+        ))
+        .contains("\"name\":\"gone\"")
+    };
+    assert!(wait_until(Duration::from_secs(15), || {
+        status_is(&cluster.url(1), "ready") && has_gone(&cluster.url(1))
+    }));
+    // The backup is away (stopped, keeping its state) until the primary drops it
+    // for silence; meanwhile the queue is deleted on the primary.
+    let pid = cluster.brokers[1].pid() as i32;
+    // SAFETY: signalling a child process we started.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let dropped = wait_until(Duration::from_secs(10), || {
+        !stdout(&tool("tandem-ha", &["-b", &cluster.url(0), "query"])).contains("member:")
+    });
+    let deleted = tool(
+        "tandem-config",
+        &["-b", &cluster.url(0), "del", "queue", "gone"],
+    );
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    assert!(dropped, "the primary never dropped the stopped backup");
+    assert!(deleted.status.success(), "{}", stderr(&deleted));
+    assert!(
+        wait_until(Duration::from_secs(15), || status_is(
+            &cluster.url(1),
+            "ready"
+        ) && !has_gone(&cluster.url(1))),
+        "the re-synchronised backup still has the deleted queue"
+    );
+}

@@ -343,10 +343,14 @@ impl Client {
 
     /// Attaches a sending link to `address`.
     pub fn sender(&mut self, address: &str) -> Result<LinkKey, ClientError> {
-        let target = Target {
+        self.sender_to(Target {
             address: Some(address.to_owned()),
             ..Default::default()
-        };
+        })
+    }
+
+    /// Attaches a sending link to a target given in full (node properties...).
+    pub fn sender_to(&mut self, target: Target) -> Result<LinkKey, ClientError> {
         self.attach(Role::Sender, Source::default(), target, false)
     }
 
