@@ -409,13 +409,11 @@ fn admin_connections_on_a_backup_are_read_only() {
     let mut admin = Client::connect(&url, &opts).expect("admin connection");
     let err = admin
         .sender("orders")
-        .err()
-        .expect("publishing on a backup is refused");
+        .expect_err("publishing on a backup is refused");
     assert!(err.to_string().contains("amqp:not-allowed"), "{err}");
     let err = admin
         .receiver("orders", 10)
-        .err()
-        .expect("consuming on a backup is refused");
+        .expect_err("consuming on a backup is refused");
     assert!(err.to_string().contains("amqp:not-allowed"), "{err}");
     // Management reads (with a dynamic reply queue) still work.
     let read = tool(
@@ -438,7 +436,7 @@ fn an_invalid_qpid_replicate_node_property_is_refused_on_attach() {
         )])),
         ..Default::default()
     };
-    let err = client.sender_to(target).err().expect("refused");
+    let err = client.sender_to(target).expect_err("refused");
     assert!(err.to_string().contains("qpid.replicate"), "{err}");
 }
 
