@@ -12,17 +12,7 @@ const IO_MEMORY: usize = 1 << 20;
 
 /// The cores this process may run on, in order.
 pub fn cores() -> Vec<usize> {
-    // SAFETY: sched_getaffinity fills the set we pass.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    let ok =
-        unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) }
-            == 0;
-    if !ok {
-        return Vec::new();
-    }
-    (0..libc::CPU_SETSIZE as usize)
-        .filter(|c| unsafe { libc::CPU_ISSET(*c, &set) })
-        .collect()
+    tandem_shards::runtime::core_ids()
 }
 
 /// The core for the `k`-th executor of a run: round robin over `cores`.

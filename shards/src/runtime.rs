@@ -226,7 +226,9 @@ pub fn start(
     })
 }
 
-fn core_ids() -> Vec<usize> {
+/// The CPUs this process may run on, in order (shards and the perf harness
+/// pin their executors to them).
+pub fn core_ids() -> Vec<usize> {
     // SAFETY: sched_getaffinity fills the set we pass.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     let ok =

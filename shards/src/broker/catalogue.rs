@@ -58,6 +58,25 @@ pub enum ConfigOp {
     },
 }
 
+impl ConfigOp {
+    /// `Bind`, or `Unbind` when `bind` is false.
+    pub fn binding(bind: bool, exchange: String, queue: String, key: BindingKey) -> ConfigOp {
+        if bind {
+            ConfigOp::Bind {
+                exchange,
+                queue,
+                key,
+            }
+        } else {
+            ConfigOp::Unbind {
+                exchange,
+                queue,
+                key,
+            }
+        }
+    }
+}
+
 /// An applied configuration change, as broadcast to every shard.
 #[derive(Debug, Clone)]
 pub enum ConfigEvent {

@@ -269,19 +269,7 @@ impl Shard {
             }
             ("CREATE", "binding") | ("DELETE", "binding") => {
                 let (exchange, queue, key) = self.binding_args(&req, name.as_deref())?;
-                let op = if req.operation == "CREATE" {
-                    ConfigOp::Bind {
-                        exchange,
-                        queue,
-                        key,
-                    }
-                } else {
-                    ConfigOp::Unbind {
-                        exchange,
-                        queue,
-                        key,
-                    }
-                };
+                let op = ConfigOp::binding(req.operation == "CREATE", exchange, queue, key);
                 self.mgmt_config(op, reply);
             }
             ("READ" | "QUERY", "queue" | "exchange" | "binding" | "connection" | "broker") => {

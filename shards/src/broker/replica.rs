@@ -987,19 +987,7 @@ impl Shard {
                 });
             return;
         }
-        let op = if bind {
-            ConfigOp::Bind {
-                exchange,
-                queue,
-                key,
-            }
-        } else {
-            ConfigOp::Unbind {
-                exchange,
-                queue,
-                key,
-            }
-        };
+        let op = ConfigOp::binding(bind, exchange, queue, key);
         self.apply_config_now(op);
     }
 
