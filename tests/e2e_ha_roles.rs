@@ -465,7 +465,7 @@ fn an_empty_transfer_is_rejected_not_queued() {
 }
 
 #[test]
-fn a_backup_drops_what_was_deleted_while_it_was_away() {
+fn a_backup_catches_up_with_deletes_and_recreates_made_while_it_was_away() {
     let cluster = Cluster::start(2);
     tool(
         "tandem-ha",
@@ -482,6 +482,19 @@ fn a_backup_drops_what_was_deleted_while_it_was_away() {
             "--replicate",
             "all",
         ],
+    );
+    assert!(created.status.success(), "{}", stderr(&created));
+    let q = [
+        "add",
+        "queue",
+        "changed",
+        "--replicate",
+        "all",
+        "--max-queue-count",
+    ];
+    let created = tool(
+        "tandem-config",
+        &[&["-b", &cluster.url(0)][..], &q[..], &["5"]].concat(),
     );
     assert!(created.status.success(), "{}", stderr(&created));
     let has_gone = |url: &str| {
@@ -506,15 +519,36 @@ fn a_backup_drops_what_was_deleted_while_it_was_away() {
         "tandem-config",
         &["-b", &cluster.url(0), "del", "queue", "gone"],
     );
+    let recreated = tool(
+        "tandem-config",
+        &["-b", &cluster.url(0), "del", "queue", "changed"],
+    )
+    .status
+    .success()
+        && tool(
+            "tandem-config",
+            &[&["-b", &cluster.url(0)][..], &q[..], &["9"]].concat(),
+        )
+        .status
+        .success();
     // SAFETY: as above.
     unsafe { libc::kill(pid, libc::SIGCONT) };
     assert!(dropped, "the primary never dropped the stopped backup");
     assert!(deleted.status.success(), "{}", stderr(&deleted));
+    assert!(recreated, "re-creating 'changed' on the primary");
     assert!(
         wait_until(Duration::from_secs(15), || status_is(
             &cluster.url(1),
             "ready"
         ) && !has_gone(&cluster.url(1))),
         "the re-synchronised backup still has the deleted queue"
+    );
+    let rows = stdout(&tool(
+        "tandem-config",
+        &["-b", &cluster.url(1), "--ha-admin", "queues", "--json"],
+    ));
+    assert!(
+        rows.contains("\"name\":\"changed\"") && rows.contains("\"max-queue-count\":9"),
+        "the backup keeps the old settings of a queue re-created while it was away: {rows}"
     );
 }

@@ -37,6 +37,12 @@ pub enum ConfigOp {
         name: String,
         if_unused: bool,
     },
+    /// Declare a queue, or give an existing one these settings (a backup applying
+    /// its primary's view, e.g. after a delete and re-create it missed).
+    ReplaceQueue {
+        name: String,
+        settings: QueueSettings,
+    },
     DeclareExchange {
         name: String,
         kind: ExchangeType,
@@ -246,6 +252,34 @@ impl Catalogue {
                         },
                     });
                 }
+                Ok((
+                    events,
+                    ConfigDone {
+                        queue: Some((name, owner)),
+                    },
+                ))
+            }
+            ConfigOp::ReplaceQueue { name, settings } => {
+                let name: Arc<str> = name.into();
+                if self.exchanges.contains_key(&name) {
+                    return Err(ErrorCondition::new(
+                        condition::NOT_ALLOWED,
+                        format!("'{name}' is an exchange, not a queue"),
+                    ));
+                }
+                let (owner, changed) = match self.queues.get(&name) {
+                    Some(existing) => (existing.owner, existing.settings != settings),
+                    None => (shard_of(&name, shards), true),
+                };
+                let events = if changed {
+                    vec![ConfigEvent::QueueDeclared {
+                        name: name.clone(),
+                        owner,
+                        settings,
+                    }]
+                } else {
+                    Vec::new()
+                };
                 Ok((
                     events,
                     ConfigDone {

@@ -651,11 +651,14 @@ impl Shard {
                 name,
                 owner,
                 settings,
-            } if *owner == self.id => {
-                self.queues
-                    .entry(name.clone())
-                    .or_insert_with(|| Queue::new(name.clone(), settings.clone()));
-            }
+            } if *owner == self.id => match self.queues.get_mut(name) {
+                // Re-declared with other settings (a backup catching up).
+                Some(q) => q.settings = settings.clone(),
+                None => {
+                    self.queues
+                        .insert(name.clone(), Queue::new(name.clone(), settings.clone()));
+                }
+            },
             ConfigEvent::QueueDeleted { name } => {
                 self.forget_replica_queue(name);
                 if let Some(mut q) = self.queues.remove(name) {

@@ -831,11 +831,9 @@ impl Shard {
         match event {
             Event::Queue { name, settings } | Event::QueueReset { name, settings } => {
                 let reset = self.catalogue.queues.contains_key(name.as_str());
-                self.apply_config_now(ConfigOp::DeclareQueue {
-                    name: Some(name.clone()),
+                self.apply_config_now(ConfigOp::ReplaceQueue {
+                    name: name.clone(),
                     settings,
-                    bind: None,
-                    strict: false,
                 });
                 if reset {
                     if let Some(entry) = self.catalogue.queues.get(name.as_str()) {
