@@ -6,22 +6,13 @@
 
 mod common;
 
-use std::net::TcpListener;
 use std::process::{Command, Output};
 use std::time::Duration;
 
 use common::clients::run_python;
-use common::{wait_until, Broker};
+use common::{free_port, wait_until, Broker};
 use tandem_shards::amqp::codec::Value;
 use tandem_shards::client::{Client, ClientOptions};
-
-/// A port free right now (the broker binds it a moment later).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
 
 struct Cluster {
     brokers: Vec<Broker>,

@@ -5,19 +5,11 @@
 
 mod common;
 
-use std::net::TcpListener;
 use std::process::{Command, Output};
 use std::time::Duration;
 
 use common::clients::{run_python, spawn_python};
-use common::{wait_until, Broker};
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
+use common::{free_port, wait_until, Broker};
 
 fn tool(name: &str, args: &[&str]) -> Output {
     let path = match name {

@@ -47,6 +47,27 @@ const EXIT_DEADLINE: Duration = Duration::from_secs(10);
 /// Polls `condition` every [`POLL_INTERVAL`] until it holds (true) or `deadline`
 /// has passed (false). The only acceptable way for a test to wait.
 #[must_use]
+/// A port for a broker that must keep it across restarts (HA members): picked
+/// below the kernel's ephemeral range (32768-60999 here), so no outgoing
+/// connection can take it while its broker is down; checked free now.
+pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let seed = std::process::id().wrapping_mul(2_654_435_761)
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+    for _ in 0..1000 {
+        let n = seed.wrapping_add(NEXT.fetch_add(7919, Ordering::Relaxed));
+        let port = 20_000 + (n % 12_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port between 20000 and 32000");
+}
+
 pub fn wait_until(deadline: Duration, mut condition: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + deadline;
     loop {
