@@ -9,15 +9,12 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 
-use super::{consumer_ref, delivery_tag, ConfigDone, ConfigOp, Shard, ShardMsg};
+use super::{consumer_ref, ConfigDone, ConfigOp, Shard, ShardMsg};
 use crate::amqp::codec::Value;
 use crate::amqp::connection::{Connection, Event, LinkKey};
-use crate::amqp::message;
-use crate::amqp::performative::{
-    condition, Attach, DeliveryState, Disposition, ErrorCondition, Role, Source, Target,
-};
-use crate::exchange::{headers_key, BindingKey, RoutingInfo};
-use crate::queue::{AckTo, ConsumerRef, Delivery, QueueSettings, Settlement};
+use crate::amqp::performative::{condition, Attach, ErrorCondition, Role, Source, Target};
+use crate::exchange::{headers_key, BindingKey};
+use crate::queue::{Delivery, QueueSettings};
 
 /// Filter descriptors of the legacy AMQP 0-10 binding filters (symbol and code).
 const DIRECT_FILTER: (&str, u64) = (
@@ -35,7 +32,7 @@ const HEADERS_FILTER: (&str, u64) = (
 
 /// Where a publishing link's messages go.
 #[derive(Debug, Clone)]
-enum Dest {
+pub(super) enum Dest {
     Queue {
         name: Arc<str>,
         owner: usize,
@@ -47,7 +44,7 @@ enum Dest {
     Management,
 }
 
-enum LinkRole {
+pub(super) enum LinkRole {
     /// Waiting for shard 0 to declare the node.
     Pending,
     Publisher {
@@ -79,28 +76,28 @@ pub(super) enum Waiting {
 
 /// A publish waiting for its queues' acks.
 pub(super) struct PendingAck {
-    conn: u64,
-    link: LinkKey,
-    delivery_id: u32,
+    pub(super) conn: u64,
+    pub(super) link: LinkKey,
+    pub(super) delivery_id: u32,
     /// The client sent it pre-settled: only credit is replenished.
-    presettled: bool,
-    remaining: u32,
-    rejected: Option<ErrorCondition>,
+    pub(super) presettled: bool,
+    pub(super) remaining: u32,
+    pub(super) rejected: Option<ErrorCondition>,
 }
 
 /// A delivery to a client, until the client settles it.
-struct OutDelivery {
-    link: LinkKey,
-    queue: Arc<str>,
-    owner: usize,
-    position: u64,
+pub(super) struct OutDelivery {
+    pub(super) link: LinkKey,
+    pub(super) queue: Arc<str>,
+    pub(super) owner: usize,
+    pub(super) position: u64,
 }
 
 pub(super) struct Conn {
     pub(super) engine: Connection,
-    peer: String,
-    user: Option<String>,
-    container: String,
+    pub(super) peer: String,
+    pub(super) user: Option<String>,
+    pub(super) container: String,
     /// The peer's open arrived.
     pub(super) opened: bool,
     /// An admin connection (`qpid.ha-admin`) or another broker's link.
@@ -109,13 +106,13 @@ pub(super) struct Conn {
     pub(super) outbound: bool,
     /// Backups' replication links hosted on this connection (primary side).
     pub(super) replica_links: HashMap<LinkKey, super::replica::ReplicaLink>,
-    messages_in: u64,
-    messages_out: u64,
-    links: HashMap<LinkKey, LinkRole>,
+    pub(super) messages_in: u64,
+    pub(super) messages_out: u64,
+    pub(super) links: HashMap<LinkKey, LinkRole>,
     /// Unsettled deliveries we sent, by (channel, delivery id).
-    out: HashMap<(u16, u32), OutDelivery>,
+    pub(super) out: HashMap<(u16, u32), OutDelivery>,
     /// Publishes to settle as accepted at the end of this step, by (channel, id).
-    accepted: Vec<(u16, u32)>,
+    pub(super) accepted: Vec<(u16, u32)>,
 }
 
 impl Conn {
@@ -138,7 +135,7 @@ impl Conn {
     }
 }
 
-fn not_found(what: &str) -> ErrorCondition {
+pub(super) fn not_found(what: &str) -> ErrorCondition {
     ErrorCondition::new(condition::NOT_FOUND, format!("node '{what}' not found"))
 }
 
@@ -743,529 +740,6 @@ impl Shard {
         );
         c.engine.grant_credit(link, window, false);
         self.mark_dirty(id);
-    }
-
-    // -----------------------------------------------------------------------
-    // Publishing
-
-    fn on_publish(
-        &mut self,
-        id: u64,
-        link: LinkKey,
-        delivery_id: u32,
-        settled: bool,
-        payload: Bytes,
-    ) {
-        let dest = match self.conns.get(&id).and_then(|c| c.links.get(&link)) {
-            Some(LinkRole::Publisher { dest, .. }) => dest.clone(),
-            _ => return,
-        };
-        if payload.is_empty() {
-            // A message has at least a body section: an empty transfer is not one
-            // (Proton sends those when it settles deliveries it never sent).
-            if !settled {
-                if let Some(c) = self.conns.get_mut(&id) {
-                    let state = DeliveryState::Rejected(Some(ErrorCondition::new(
-                        condition::DECODE_ERROR,
-                        "empty message: a message needs at least a body section",
-                    )));
-                    c.engine.disposition(
-                        link.channel,
-                        Role::Receiver,
-                        delivery_id,
-                        delivery_id,
-                        true,
-                        Some(&state),
-                    );
-                }
-                self.mark_dirty(id);
-            }
-            return;
-        }
-        self.route_buf.clear();
-        let mut targets = std::mem::take(&mut self.route_buf);
-        let routed = match &dest {
-            Dest::Queue { name, .. } => {
-                targets.push(name.clone());
-                Ok(())
-            }
-            Dest::Exchange(ex) => self.route_exchange(ex, &payload, &mut targets),
-            Dest::Anonymous => self.route_anonymous(&payload, &mut targets),
-            Dest::Management => Ok(()),
-        };
-        if let Dest::Exchange(ex) = &dest {
-            let stats = self.exchange_stats.entry(ex.clone()).or_default();
-            if targets.is_empty() {
-                stats.dropped += 1;
-            } else {
-                stats.routed += 1;
-            }
-        }
-        if let Some(c) = self.conns.get_mut(&id) {
-            c.messages_in += 1;
-        }
-        if matches!(dest, Dest::Management) {
-            self.on_management(&payload);
-        }
-        let token = self.next_token;
-        self.next_token += 1;
-        let mut pending = PendingAck {
-            conn: id,
-            link,
-            delivery_id,
-            presettled: settled,
-            remaining: targets.len() as u32,
-            rejected: routed.err(),
-        };
-        if pending.rejected.is_some() {
-            pending.remaining = 0;
-        }
-        if let Some(LinkRole::Publisher { outstanding, .. }) =
-            self.conns.get_mut(&id).and_then(|c| c.links.get_mut(&link))
-        {
-            *outstanding += 1;
-        }
-        if pending.remaining == 0 {
-            self.finish_publish(pending);
-        } else {
-            self.acks.insert(token, pending);
-            let ack = Some(AckTo {
-                shard: self.id,
-                token,
-            });
-            for queue in targets.drain(..) {
-                let owner = match &dest {
-                    Dest::Queue { owner, .. } => *owner,
-                    _ => self
-                        .catalogue
-                        .queues
-                        .get(&queue)
-                        .map(|q| q.owner)
-                        .unwrap_or(0),
-                };
-                self.send(
-                    owner,
-                    ShardMsg::Enqueue {
-                        queue,
-                        message: payload.clone(),
-                        ack,
-                    },
-                );
-            }
-        }
-        self.route_buf = targets;
-    }
-
-    pub(super) fn route_exchange(
-        &self,
-        exchange: &str,
-        payload: &Bytes,
-        targets: &mut Vec<Arc<str>>,
-    ) -> Result<(), ErrorCondition> {
-        let Some(ex) = self.catalogue.exchanges.get(exchange) else {
-            return Err(not_found(exchange));
-        };
-        let bad = |e: crate::amqp::codec::CodecError| {
-            ErrorCondition::new(condition::DECODE_ERROR, format!("message: {e}"))
-        };
-        let map = message::scan(payload).map_err(bad)?;
-        let subject = message::subject(payload, &map).map_err(bad)?;
-        let props = if ex.kind == crate::exchange::ExchangeType::Headers {
-            message::application_properties(payload, &map).map_err(bad)?
-        } else {
-            None
-        };
-        ex.route(
-            &RoutingInfo {
-                subject: subject.as_deref(),
-                properties: props.as_ref(),
-            },
-            targets,
-        );
-        Ok(())
-    }
-
-    fn route_anonymous(
-        &self,
-        payload: &Bytes,
-        targets: &mut Vec<Arc<str>>,
-    ) -> Result<(), ErrorCondition> {
-        let decoded = message::DecodedMessage::decode(payload)
-            .map_err(|e| ErrorCondition::new(condition::DECODE_ERROR, format!("message: {e}")))?;
-        let to = to_address(payload).unwrap_or_default();
-        let _ = decoded;
-        if let Some((name, _)) = self.catalogue.queues.get_key_value(to.as_str()) {
-            targets.push(name.clone());
-            return Ok(());
-        }
-        if self.catalogue.exchanges.contains_key(to.as_str()) {
-            return self.route_exchange(&to, payload, targets);
-        }
-        Err(not_found(&to))
-    }
-
-    pub(super) fn on_ack(&mut self, token: u64, rejected: Option<ErrorCondition>) {
-        let Some(p) = self.acks.get_mut(&token) else {
-            return;
-        };
-        p.remaining = p.remaining.saturating_sub(1);
-        if rejected.is_some() && p.rejected.is_none() {
-            p.rejected = rejected;
-        }
-        if p.remaining == 0 {
-            if let Some(p) = self.acks.remove(&token) {
-                self.finish_publish(p);
-            }
-        }
-    }
-
-    /// Every queue has the publish: settle it (batched) and top up the link's credit.
-    fn finish_publish(&mut self, p: PendingAck) {
-        let window = self.settings.link_credit;
-        let Some(c) = self.conns.get_mut(&p.conn) else {
-            return;
-        };
-        if !p.presettled {
-            match p.rejected {
-                None => c.accepted.push((p.link.channel, p.delivery_id)),
-                Some(e) => {
-                    let state = DeliveryState::Rejected(Some(e));
-                    c.engine.disposition(
-                        p.link.channel,
-                        Role::Receiver,
-                        p.delivery_id,
-                        p.delivery_id,
-                        true,
-                        Some(&state),
-                    );
-                }
-            }
-        }
-        if let Some(LinkRole::Publisher { outstanding, .. }) = c.links.get_mut(&p.link) {
-            *outstanding = outstanding.saturating_sub(1);
-            let credit = c.engine.credit(p.link);
-            if credit + *outstanding <= window / 2 {
-                c.engine.grant_credit(p.link, window - *outstanding, false);
-            }
-        }
-        self.mark_dirty(p.conn);
-    }
-
-    /// Sends the accepted dispositions gathered during this step, as ranges.
-    pub(super) fn flush_acks(&mut self) {
-        for id in self.dirty.clone() {
-            let Some(c) = self.conns.get_mut(&id) else {
-                continue;
-            };
-            if c.accepted.is_empty() {
-                continue;
-            }
-            let mut acc = std::mem::take(&mut c.accepted);
-            accept_in_ranges(&mut c.engine, &mut acc);
-            acc.clear();
-            c.accepted = acc;
-        }
-    }
-
-    // -----------------------------------------------------------------------
-    // Consuming
-
-    /// The client changed the credit of a link we send on: ask the queue for more.
-    fn on_credit(&mut self, id: u64, link: LinkKey, drain: bool) {
-        let me = self.id;
-        let Some(c) = self.conns.get_mut(&id) else {
-            return;
-        };
-        // Deliveries that waited for credit go first.
-        if let Some(LinkRole::Consumer { buffer, .. }) = c.links.get_mut(&link) {
-            let mut waiting = std::mem::take(buffer);
-            while c.engine.credit(link) > 0 {
-                let Some(d) = waiting.pop_front() else {
-                    break;
-                };
-                if let Some(LinkRole::Consumer { queue, owner, .. }) = c.links.get(&link) {
-                    let (queue, owner) = (queue.clone(), *owner);
-                    send_delivery(c, link, &queue, owner, d);
-                }
-            }
-            if let Some(LinkRole::Consumer { buffer, .. }) = c.links.get_mut(&link) {
-                *buffer = waiting;
-            }
-        }
-        let credit = c.engine.credit(link);
-        let Some(LinkRole::Consumer {
-            queue,
-            owner,
-            requested,
-            buffer,
-            draining,
-            ..
-        }) = c.links.get_mut(&link)
-        else {
-            return;
-        };
-        let have = *requested + buffer.len() as u32;
-        let want = credit.saturating_sub(have);
-        if want == 0 && !drain {
-            return;
-        }
-        *requested += want;
-        *draining |= drain;
-        let msg = ShardMsg::Credit {
-            queue: queue.clone(),
-            consumer: consumer_ref(me, id, link),
-            credit: want,
-            drain,
-        };
-        let owner = *owner;
-        self.mark_dirty(id);
-        self.send(owner, msg);
-    }
-
-    pub(super) fn on_deliver(&mut self, queue: Arc<str>, d: Delivery) {
-        let id = d.consumer.conn;
-        let link = d.consumer.link;
-        let Some(c) = self.conns.get_mut(&id) else {
-            return self.give_back(queue, d);
-        };
-        let Some(LinkRole::Consumer {
-            requested,
-            buffer,
-            owner,
-            ..
-        }) = c.links.get_mut(&link)
-        else {
-            return self.give_back(queue, d);
-        };
-        *requested = requested.saturating_sub(1);
-        let owner = *owner;
-        if c.engine.credit(link) == 0 {
-            buffer.push_back(d);
-            return;
-        }
-        send_delivery(c, link, &queue, owner, d);
-        self.mark_dirty(id);
-    }
-
-    /// A delivery for a link that is gone goes back to its queue, not counted.
-    fn give_back(&mut self, queue: Arc<str>, d: Delivery) {
-        if d.settled {
-            return;
-        }
-        let owner = self
-            .catalogue
-            .queues
-            .get(&queue)
-            .map(|q| q.owner)
-            .unwrap_or(0);
-        self.send(
-            owner,
-            ShardMsg::Settle {
-                queue,
-                consumer: d.consumer,
-                position: d.position,
-                how: Settlement::Released,
-            },
-        );
-    }
-
-    pub(super) fn on_drained(&mut self, consumer: ConsumerRef, unused: u32) {
-        let Some(c) = self.conns.get_mut(&consumer.conn) else {
-            return;
-        };
-        if let Some(LinkRole::Consumer {
-            requested,
-            buffer,
-            draining,
-            ..
-        }) = c.links.get_mut(&consumer.link)
-        {
-            *requested = requested.saturating_sub(unused);
-            if *draining && *requested == 0 && buffer.is_empty() {
-                *draining = false;
-                c.engine.drained(consumer.link);
-                self.mark_dirty(consumer.conn);
-            }
-        }
-    }
-
-    pub(super) fn on_consumer_gone(&mut self, consumer: ConsumerRef, error: ErrorCondition) {
-        let Some(c) = self.conns.get_mut(&consumer.conn) else {
-            return;
-        };
-        if c.links.remove(&consumer.link).is_some() {
-            c.out.retain(|_, o| o.link != consumer.link);
-            c.engine.detach_with(consumer.link, error);
-            self.mark_dirty(consumer.conn);
-        }
-    }
-
-    /// The client settled (or changed the state of) deliveries we sent.
-    fn on_disposition(&mut self, id: u64, channel: u16, d: Disposition) {
-        if d.role != Role::Receiver {
-            // The client as sender settling its own transfers: we settle on store.
-            return;
-        }
-        let me = self.id;
-        let Some(c) = self.conns.get_mut(&id) else {
-            return;
-        };
-        let how = match &d.state {
-            None | Some(DeliveryState::Accepted) | Some(DeliveryState::Rejected(_)) => {
-                Settlement::Consumed
-            }
-            Some(DeliveryState::Released) => Settlement::Released,
-            Some(DeliveryState::Modified {
-                delivery_failed, ..
-            }) => {
-                if *delivery_failed {
-                    Settlement::Failed
-                } else {
-                    Settlement::Released
-                }
-            }
-            Some(DeliveryState::Received { .. }) => return,
-        };
-        let last = d.last.unwrap_or(d.first);
-        let span = u64::from(last.wrapping_sub(d.first)) + 1;
-        let ids: Vec<u32> = if span as usize > c.out.len() {
-            let mut v: Vec<u32> = c
-                .out
-                .keys()
-                .filter(|(ch, id)| {
-                    *ch == channel && id.wrapping_sub(d.first) <= last.wrapping_sub(d.first)
-                })
-                .map(|(_, id)| *id)
-                .collect();
-            v.sort_unstable();
-            v
-        } else {
-            (0..span as u32).map(|i| d.first.wrapping_add(i)).collect()
-        };
-        let mut settles = Vec::new();
-        for delivery_id in ids {
-            if let Some(o) = c.out.remove(&(channel, delivery_id)) {
-                settles.push((o.owner, o.queue, consumer_ref(me, id, o.link), o.position));
-            }
-        }
-        if !d.settled {
-            // We settle what the client decided, so it can forget the deliveries.
-            c.engine
-                .disposition(channel, Role::Sender, d.first, last, true, d.state.as_ref());
-            self.mark_dirty(id);
-        }
-        for (owner, queue, consumer, position) in settles {
-            self.send(
-                owner,
-                ShardMsg::Settle {
-                    queue,
-                    consumer,
-                    position,
-                    how,
-                },
-            );
-        }
-    }
-
-    fn on_detached(&mut self, id: u64, link: LinkKey) {
-        let me = self.id;
-        let Some(c) = self.conns.get_mut(&id) else {
-            return;
-        };
-        let Some(role) = c.links.remove(&link) else {
-            return;
-        };
-        if let LinkRole::Consumer { queue, owner, .. } = role {
-            let mut delivered: Vec<u64> = Vec::new();
-            c.out.retain(|_, o| {
-                if o.link == link {
-                    delivered.push(o.position);
-                    false
-                } else {
-                    true
-                }
-            });
-            self.send(
-                owner,
-                ShardMsg::Unsubscribe {
-                    queue,
-                    consumer: consumer_ref(me, id, link),
-                    delivered,
-                },
-            );
-        }
-    }
-}
-
-/// Settles deliveries we received as accepted, one disposition per run of
-/// consecutive ids of a session (`ids` is sorted here; left as is).
-pub(super) fn accept_in_ranges(engine: &mut Connection, ids: &mut [(u16, u32)]) {
-    ids.sort_unstable();
-    let mut i = 0;
-    while i < ids.len() {
-        let (channel, first) = ids[i];
-        let mut last = first;
-        while i + 1 < ids.len() && ids[i + 1].0 == channel && ids[i + 1].1 == last.wrapping_add(1) {
-            i += 1;
-            last = ids[i].1;
-        }
-        engine.disposition(
-            channel,
-            Role::Receiver,
-            first,
-            last,
-            true,
-            Some(&DeliveryState::Accepted),
-        );
-        i += 1;
-    }
-}
-
-/// Puts one delivery on the wire, rewriting the header when it is a redelivery.
-fn send_delivery(c: &mut Conn, link: LinkKey, queue: &Arc<str>, owner: usize, d: Delivery) {
-    let payload = if d.delivery_count > 0 {
-        match message::scan(&d.message) {
-            Ok(map) => {
-                let mut header = message::Header::read(&d.message, &map).unwrap_or_default();
-                header.delivery_count = d.delivery_count;
-                header.first_acquirer = false;
-                message::with_header(&d.message, &map, &header)
-            }
-            Err(_) => d.message.clone(),
-        }
-    } else {
-        d.message.clone()
-    };
-    let tag = delivery_tag(d.position);
-    if let Some(delivery_id) = c.engine.send(link, &tag, &payload, d.settled) {
-        c.messages_out += 1;
-        if !d.settled {
-            c.out.insert(
-                (link.channel, delivery_id),
-                OutDelivery {
-                    link,
-                    queue: queue.clone(),
-                    owner,
-                    position: d.position,
-                },
-            );
-        }
-    }
-}
-
-/// The `to` field of a message's properties.
-fn to_address(payload: &Bytes) -> Option<String> {
-    let map = message::scan(payload).ok()?;
-    let (start, end) = map.properties?;
-    match crate::amqp::codec::Decoder::new(payload.slice(start..end))
-        .value()
-        .ok()?
-    {
-        Value::Described(_, body) => match *body {
-            Value::List(items) => items.get(2).and_then(|v| v.as_str()).map(str::to_owned),
-            _ => None,
-        },
-        _ => None,
     }
 }
 

@@ -5,12 +5,16 @@
 //!
 //! - `mod.rs` (this file): shard state, cross-shard messages, queue-owner side.
 //! - `catalogue.rs`: the configuration replica and its single ordering point.
-//! - `link.rs`: the connection side: attaches, publishes, deliveries, settlement.
+//! - `link.rs`: the connection side: socket events, what each attach means.
+//! - `publish.rs`: routing a client's messages and settling them once stored.
+//! - `consume.rs`: credit, deliveries and settlement for consumers and browsers.
 
 mod catalogue;
+mod consume;
 pub mod hooks;
 mod link;
 mod mgmt;
+mod publish;
 mod replica;
 
 use std::collections::{HashMap, VecDeque};

@@ -1012,7 +1012,7 @@ impl Shard {
         };
         let mut ids = std::mem::take(&mut self.replica.to_settle);
         if let Some(c) = self.conns.get_mut(&conn) {
-            super::link::accept_in_ranges(&mut c.engine, &mut ids);
+            super::publish::accept_in_ranges(&mut c.engine, &mut ids);
             self.mark_dirty(conn);
         }
         ids.clear();
