@@ -126,17 +126,26 @@ pub fn start(
     // silently; a plain bind first proves the port is free.
     if bind.port() != 0 {
         if let Err(e) = std::net::TcpListener::bind(bind) {
-            return Err(if e.kind() == std::io::ErrorKind::AddrInUse {
-                StartError::PortInUse {
-                    interface: bind.ip().to_string(),
-                    port: bind.port(),
-                }
-            } else {
-                StartError::Listen {
+            if e.kind() != std::io::ErrorKind::AddrInUse {
+                return Err(StartError::Listen {
                     addr: bind,
                     source: e,
-                }
-            });
+                });
+            }
+            // The plain bind also fails while connections of a broker that just
+            // died on this port are still closing; only a live listener is
+            // another broker (a resource manager restarts us at once).
+            let probe = if bind.ip().is_unspecified() {
+                SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), bind.port())
+            } else {
+                bind
+            };
+            if std::net::TcpStream::connect_timeout(&probe, Duration::from_secs(1)).is_ok() {
+                return Err(StartError::PortInUse {
+                    interface: bind.ip().to_string(),
+                    port: bind.port(),
+                });
+            }
         }
     }
     let first =
