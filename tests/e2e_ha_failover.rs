@@ -7,10 +7,12 @@
 //! promotion of a catching-up broker.
 //!
 //! The Proton clients (`tests/clients/proton/ha_send.py`, `ha_recv.py`) fail
-//! over along the cluster's URL list with Proton's own reconnect. They run with
-//! `--forced-reconnect` unless a test says otherwise: Proton 0.37 does not move
-//! on after a backup's `amqp:connection:forced` close until its idle timeout
-//! expires (see `a_stock_proton_client_whose_first_address_is_a_backup_reaches_the_primary`).
+//! over along the cluster's URL list with Proton's own reconnect. Backups drop
+//! ordinary clients before sending their open, which stock Proton treats as a
+//! lost connection and so tries the next address
+//! (`a_stock_proton_client_whose_first_address_is_a_backup_reaches_the_primary`);
+//! some tests still pass `--forced-reconnect`, a client-side fallback for brokers
+//! that close with `amqp:connection:forced` instead.
 
 mod common;
 mod ha_cluster;
@@ -427,8 +429,9 @@ fn a_stock_proton_client_whose_first_address_is_a_backup_reaches_the_primary() {
     // The last address is the primary; the first two are ready backups.
     let cluster = HaCluster::start_with_primary(Some("all"), 2);
     cluster.config(2, &["add", "queue", "stock"]);
-    // No --forced-reconnect: Proton's own behaviour. A heartbeat makes Proton give
-    // up on the refused connection at all (without one it waits forever).
+    // No --forced-reconnect: Proton's own behaviour. A backup drops the
+    // connection before its open, so Proton moves on at once (no heartbeat is
+    // needed for that; the test keeps one for the failover part).
     let out = run_python(
         "ha_send.py",
         &[

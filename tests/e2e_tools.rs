@@ -904,3 +904,15 @@ fn both_tools_accept_ha_admin() {
     let queues = run_program(STAT, &["-b", &url, "--ha-admin", "-q"]);
     table_rows(queues.ok(), "queue");
 }
+
+#[test]
+fn one_management_connection_answers_many_requests() {
+    // Tools that retry (tandem-ha promote) make many requests on one connection;
+    // the reply link's credit must be topped up, not run out after a few.
+    let broker = Broker::start(&["--worker-threads", "2"]);
+    let mut mc = tandem::tools::connect(&broker.url(), false, 10.0).expect("connect");
+    for i in 0..40 {
+        tandem::tools::read(&mut mc, "broker", None)
+            .unwrap_or_else(|e| panic!("request {i} got no answer: {e}"));
+    }
+}

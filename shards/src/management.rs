@@ -16,6 +16,9 @@ use crate::client::{Client, ClientError};
 /// The node address.
 pub const NODE: &str = "$management";
 
+/// Replies a management client can receive before it grants more credit.
+const REPLY_CREDIT: u32 = 16;
+
 /// HTTP-like status codes, as AMQP Management uses them.
 pub mod status {
     pub const OK: u16 = 200;
@@ -191,6 +194,8 @@ pub fn map(entries: Vec<(&str, Value)>) -> Value {
 pub struct ManagementClient {
     client: Client,
     sender: crate::amqp::connection::LinkKey,
+    /// The reply receiver, whose credit is topped up after every reply.
+    replies: crate::amqp::connection::LinkKey,
     reply_to: String,
     next_id: u64,
     timeout: Duration,
@@ -198,11 +203,12 @@ pub struct ManagementClient {
 
 impl ManagementClient {
     pub fn new(mut client: Client, timeout: Duration) -> Result<ManagementClient, ClientError> {
-        let (_, reply_to) = client.dynamic_receiver(16)?;
+        let (replies, reply_to) = client.dynamic_receiver(REPLY_CREDIT)?;
         let sender = client.sender(NODE)?;
         Ok(ManagementClient {
             client,
             sender,
+            replies,
             reply_to,
             next_id: 1,
             timeout,
@@ -225,6 +231,8 @@ impl ManagementClient {
                 continue;
             };
             self.client.accept(&m)?;
+            // A long-lived client (a tool retrying) must never run out of credit.
+            self.client.flow(self.replies, REPLY_CREDIT)?;
             let Some(decoded) = m.decode() else { continue };
             let correlated = match &decoded.correlation_id {
                 Some(v) => v.as_u64() == Some(id),

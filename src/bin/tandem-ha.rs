@@ -124,7 +124,7 @@ fn run(cli: &Cli) -> ToolResult<ExitCode> {
                     Err(e) => format!("unreachable ({e})"),
                 };
                 if *all {
-                    println!("{url} {shown}");
+                    println!("{} {shown}", without_credentials(url));
                 } else if status.is_ok() {
                     println!("{shown}");
                 }
@@ -160,7 +160,7 @@ fn run(cli: &Cli) -> ToolResult<ExitCode> {
                     continue;
                 }
                 if *all {
-                    println!("{url}:");
+                    println!("{}:", without_credentials(url));
                 }
                 for key in [
                     "status",
@@ -234,6 +234,11 @@ fn run(cli: &Cli) -> ToolResult<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// A broker URL as printed: the address only, never the credentials.
+fn without_credentials(url: &str) -> &str {
+    url.rsplit_once('@').map_or(url, |(_, address)| address)
 }
 
 /// The broker's HA status.

@@ -257,7 +257,7 @@ impl Shard {
         self.dirty.retain(|c| *c != id);
     }
 
-    fn conn_events(&mut self, id: u64) {
+    pub(super) fn conn_events(&mut self, id: u64) {
         loop {
             let Some(ev) = self.conns.get_mut(&id).and_then(|c| c.engine.poll_event()) else {
                 break;

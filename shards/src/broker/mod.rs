@@ -720,6 +720,8 @@ impl Shard {
     /// connected are closed too (a primary that steps down must drop them).
     fn apply_admission(&mut self, admission: hooks::Admission) {
         if let hooks::Admission::AdminOnly { reason } = &admission {
+            // Dropped without a close frame, like a backup's refusal: Proton only
+            // moves on promptly after a dropped connection.
             let error = ErrorCondition::new(condition::CONNECTION_FORCED, reason.clone());
             let ids: Vec<u64> = self
                 .conns
@@ -728,7 +730,10 @@ impl Shard {
                 .map(|(id, _)| *id)
                 .collect();
             for id in ids {
-                self.conn_close(id, error.clone());
+                if let Some(c) = self.conns.get_mut(&id) {
+                    c.engine.abort(error.clone());
+                }
+                self.conn_events(id);
             }
         }
         self.admission = admission;
