@@ -6,10 +6,11 @@
 
 mod common;
 
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Duration;
 
 use common::clients::run_python;
+use common::tools::{status_is, stderr, stdout, tool};
 use common::{free_port, wait_until, Broker};
 use tandem_shards::amqp::codec::Value;
 use tandem_shards::client::{Client, ClientOptions};
@@ -68,35 +69,6 @@ impl Cluster {
 
 fn as_strs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
-}
-
-fn status_is(url: &str, expect: &str) -> bool {
-    tool(
-        "tandem-ha",
-        &["-b", url, "status", &format!("--expect={expect}")],
-    )
-    .status
-    .success()
-}
-
-fn tool(name: &str, args: &[&str]) -> Output {
-    let path = match name {
-        "tandem-ha" => env!("CARGO_BIN_EXE_tandem-ha"),
-        _ => env!("CARGO_BIN_EXE_tandem-config"),
-    };
-    Command::new(path)
-        .args(args)
-        .args(["--timeout", "10"])
-        .output()
-        .expect("running the tool")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).trim().to_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).trim().to_owned()
 }
 
 #[test]

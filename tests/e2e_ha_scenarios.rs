@@ -5,28 +5,11 @@
 
 mod common;
 
-use std::process::{Command, Output};
 use std::time::Duration;
 
 use common::clients::{run_python, spawn_python};
+use common::tools::{status_is, stdout, tool};
 use common::{free_port, wait_until, Broker};
-
-fn tool(name: &str, args: &[&str]) -> Output {
-    let path = match name {
-        "tandem-ha" => env!("CARGO_BIN_EXE_tandem-ha"),
-        "tandem-stat" => env!("CARGO_BIN_EXE_tandem-stat"),
-        _ => env!("CARGO_BIN_EXE_tandem-config"),
-    };
-    Command::new(path)
-        .args(args)
-        .args(["--timeout", "10"])
-        .output()
-        .expect("running the tool")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).trim().to_owned()
-}
 
 /// Three cluster members' arguments (started on demand).
 struct Members {
@@ -70,15 +53,6 @@ impl Members {
         let args: Vec<&str> = self.args[i].iter().map(String::as_str).collect();
         Broker::start(&args)
     }
-}
-
-fn status_is(url: &str, expect: &str) -> bool {
-    tool(
-        "tandem-ha",
-        &["-b", url, "status", &format!("--expect={expect}")],
-    )
-    .status
-    .success()
 }
 
 fn promote(b: &Broker) {

@@ -19,6 +19,7 @@
 pub mod clients;
 pub mod idle;
 pub mod json;
+pub mod tools;
 
 pub use clients::*;
 pub use idle::wait_until_idle;

@@ -13,7 +13,7 @@
 #![allow(dead_code)]
 
 use std::net::TcpListener;
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -66,27 +66,7 @@ pub fn signal(pid: u32, signal: libc::c_int) {
 }
 
 /// Runs one of the admin tools with `args` and a `--timeout`.
-pub fn tool(name: &str, args: &[&str], timeout_secs: u32) -> Output {
-    let path = match name {
-        "tandem-ha" => env!("CARGO_BIN_EXE_tandem-ha"),
-        "tandem-config" => env!("CARGO_BIN_EXE_tandem-config"),
-        "tandem-stat" => env!("CARGO_BIN_EXE_tandem-stat"),
-        other => panic!("no tool {other}"),
-    };
-    Command::new(path)
-        .args(args)
-        .args(["--timeout", &timeout_secs.to_string()])
-        .output()
-        .unwrap_or_else(|e| panic!("running {name}: {e}"))
-}
-
-pub fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).trim().to_owned()
-}
-
-pub fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).trim().to_owned()
-}
+pub use super::common::tools::{run_tool as tool, stderr, stdout};
 
 /// Runs a tool that must succeed and returns its stdout.
 pub fn tool_ok(name: &str, args: &[&str]) -> String {

@@ -97,12 +97,7 @@ impl Shard {
         if d.settled {
             return;
         }
-        let owner = self
-            .catalogue
-            .queues
-            .get(&queue)
-            .map(|q| q.owner)
-            .unwrap_or(0);
+        let owner = self.owner_of(&queue);
         self.send(
             owner,
             ShardMsg::Settle {

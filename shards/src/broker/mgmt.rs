@@ -717,12 +717,7 @@ impl Shard {
             return;
         }
         for queue in targets {
-            let owner = self
-                .catalogue
-                .queues
-                .get(&queue)
-                .map(|q| q.owner)
-                .unwrap_or(0);
+            let owner = self.owner_of(&queue);
             self.send(
                 owner,
                 ShardMsg::Enqueue {

@@ -694,6 +694,16 @@ impl Shard {
         }
     }
 
+    /// The shard owning `queue` (as this shard's catalogue knows it; shard 0 for
+    /// a queue it does not know, whose owner then answers "no longer exists").
+    fn owner_of(&self, queue: &str) -> usize {
+        self.catalogue
+            .queues
+            .get(queue)
+            .map(|q| q.owner)
+            .unwrap_or(0)
+    }
+
     /// Shard 0: installs the broker's HA role.
     pub fn set_ha(&mut self, handler: Box<dyn hooks::HaHandler>) {
         self.ha = Some(handler);

@@ -107,12 +107,7 @@ impl Shard {
             for queue in targets.drain(..) {
                 let owner = match &dest {
                     Dest::Queue { owner, .. } => *owner,
-                    _ => self
-                        .catalogue
-                        .queues
-                        .get(&queue)
-                        .map(|q| q.owner)
-                        .unwrap_or(0),
+                    _ => self.owner_of(&queue),
                 };
                 self.send(
                     owner,

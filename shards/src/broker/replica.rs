@@ -716,12 +716,7 @@ impl Shard {
             }
         }
         for (queue, member, position) in acks {
-            let owner = self
-                .catalogue
-                .queues
-                .get(&queue)
-                .map(|q| q.owner)
-                .unwrap_or(0);
+            let owner = self.owner_of(&queue);
             self.send(
                 owner,
                 ShardMsg::ReplicaAck {
