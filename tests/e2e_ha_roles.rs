@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::clients::run_python;
-use common::tools::{status_is, stderr, stdout, tool};
+use common::tools::{ha_member_args, status_is, stderr, stdout, tool};
 use common::{free_port, wait_until, Broker};
 use tandem_shards::amqp::codec::Value;
 use tandem_shards::client::{Client, ClientOptions};
@@ -22,34 +22,7 @@ struct Cluster {
 
 impl Cluster {
     fn start(n: usize) -> Cluster {
-        let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
-        let url = ports
-            .iter()
-            .map(|p| format!("127.0.0.1:{p}"))
-            .collect::<Vec<_>>()
-            .join(",");
-        let args: Vec<Vec<String>> = ports
-            .iter()
-            .map(|p| {
-                [
-                    "--port",
-                    &p.to_string(),
-                    "--ha-cluster",
-                    "yes",
-                    "--ha-brokers-url",
-                    &url,
-                    "--link-heartbeat-interval",
-                    "1",
-                    "--link-maintenance-interval",
-                    "0.2",
-                    "--worker-threads",
-                    "2",
-                ]
-                .iter()
-                .map(|s| s.to_string())
-                .collect()
-            })
-            .collect();
+        let args = ha_member_args(n, &["--worker-threads", "2"]);
         let brokers = args.iter().map(|a| Broker::start(&as_strs(a))).collect();
         Cluster { brokers, args }
     }

@@ -8,8 +8,8 @@ mod common;
 use std::time::Duration;
 
 use common::clients::{run_python, spawn_python};
-use common::tools::{status_is, stdout, tool};
-use common::{free_port, wait_until, Broker};
+use common::tools::{ha_member_args, status_is, stdout, tool};
+use common::{wait_until, Broker};
 
 /// Three cluster members' arguments (started on demand).
 struct Members {
@@ -18,34 +18,7 @@ struct Members {
 
 impl Members {
     fn new(n: usize, replicate: &str) -> Members {
-        let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
-        let url = ports
-            .iter()
-            .map(|p| format!("127.0.0.1:{p}"))
-            .collect::<Vec<_>>()
-            .join(",");
-        let args = ports
-            .iter()
-            .map(|p| {
-                [
-                    "--port",
-                    &p.to_string(),
-                    "--ha-cluster",
-                    "yes",
-                    "--ha-brokers-url",
-                    &url,
-                    "--ha-replicate",
-                    replicate,
-                    "--link-heartbeat-interval",
-                    "1",
-                    "--link-maintenance-interval",
-                    "0.2",
-                ]
-                .iter()
-                .map(|s| s.to_string())
-                .collect()
-            })
-            .collect();
+        let args = ha_member_args(n, &["--ha-replicate", replicate]);
         Members { args }
     }
 

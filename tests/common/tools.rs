@@ -40,3 +40,36 @@ pub fn status_is(url: &str, expect: &str) -> bool {
     .status
     .success()
 }
+
+/// Command lines for `n` members of one HA cluster on fresh ports (short
+/// heartbeat and maintenance intervals), each followed by `extra`.
+pub fn ha_member_args(n: usize, extra: &[&str]) -> Vec<Vec<String>> {
+    let ports: Vec<u16> = (0..n).map(|_| super::free_port()).collect();
+    let url = ports
+        .iter()
+        .map(|p| format!("127.0.0.1:{p}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    ports
+        .iter()
+        .map(|p| {
+            let mut args: Vec<String> = [
+                "--port",
+                &p.to_string(),
+                "--ha-cluster",
+                "yes",
+                "--ha-brokers-url",
+                &url,
+                "--link-heartbeat-interval",
+                "1",
+                "--link-maintenance-interval",
+                "0.2",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            args.extend(extra.iter().map(|s| s.to_string()));
+            args
+        })
+        .collect()
+}

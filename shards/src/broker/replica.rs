@@ -552,19 +552,12 @@ impl Shard {
                             binding.queue.to_string(),
                             binding.key.clone(),
                         );
-                        if matches!(ev, ConfigEvent::Bound { .. }) {
-                            Event::Bind {
-                                exchange,
-                                queue,
-                                key,
-                            }
-                        } else {
-                            Event::Unbind {
-                                exchange,
-                                queue,
-                                key,
-                            }
-                        }
+                        Event::binding(
+                            matches!(ev, ConfigEvent::Bound { .. }),
+                            exchange,
+                            queue,
+                            key,
+                        )
                     })
                 }
             };

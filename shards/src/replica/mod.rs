@@ -149,6 +149,23 @@ fn key_from(v: &Value) -> BindingKey {
 }
 
 impl Event {
+    /// `Bind`, or `Unbind` when `bind` is false.
+    pub fn binding(bind: bool, exchange: String, queue: String, key: BindingKey) -> Event {
+        if bind {
+            Event::Bind {
+                exchange,
+                queue,
+                key,
+            }
+        } else {
+            Event::Unbind {
+                exchange,
+                queue,
+                key,
+            }
+        }
+    }
+
     /// The event as a message to send on the replication link.
     pub fn encode(&self) -> Bytes {
         let list = match self {
@@ -268,19 +285,7 @@ impl Event {
                 let exchange = name()?;
                 let queue = text(2).ok_or("binding event without a queue")?;
                 let key = key_from(items.get(3).unwrap_or(&Value::Null));
-                if kind == "bind" {
-                    Event::Bind {
-                        exchange,
-                        queue,
-                        key,
-                    }
-                } else {
-                    Event::Unbind {
-                        exchange,
-                        queue,
-                        key,
-                    }
-                }
+                Event::binding(kind == "bind", exchange, queue, key)
             }
             "enq" => Event::Enqueue {
                 queue: name()?,
