@@ -1,0 +1,203 @@
+//! The resource-manager integration with the real scripts: the test plays
+//! rgmanager (per-node `tandemd` services restarted in place, one relocatable
+//! `tandemd-primary` service carrying the clients' virtual IP, as in
+//! `config/cluster.conf`) on three network namespaces, and plays Pacemaker's
+//! resource executor with the OCF agent `scripts/ocf/tandem`, including
+//! `ocf-tester` from Debian's `resource-agents`.
+//!
+//! The namespace test needs root and `ip`, and says so and passes without them.
+//! The OCF tests need `ocf-tester` and `xmllint` (`scripts/test` installs
+//! `resource-agents` and `libxml2-utils`).
+
+mod common;
+mod ha_cluster;
+mod resource_manager;
+
+use std::fs;
+use std::time::{Duration, Instant};
+
+use common::{spawn_python, wait_until};
+use ha_cluster::{connections, now, serial, settlements, signal, STATUS_DEADLINE};
+use resource_manager::Cluster;
+
+/// How long the Proton clients may run before they give up.
+const CLIENT_TIMEOUT: &str = "120";
+
+/// Messages the client publishes (and consumes) through the fail-over.
+const MESSAGES: usize = 2000;
+
+/// How long, after the kill, the relocated service may take to settle a message.
+const SERVICE_DEADLINE: Duration = Duration::from_secs(30);
+
+#[test]
+fn rgmanager_relocates_the_primary_and_its_virtual_ip_after_kill_9_and_no_settled_message_is_lost()
+{
+    if let Some(why) = resource_manager::unavailable() {
+        eprintln!("SKIPPED rgmanager_relocates_the_primary...: {why}");
+        return;
+    }
+    let _serial = serial();
+    let cluster = Cluster::create();
+    let [node1, node2, node3] = [&cluster.nodes[0], &cluster.nodes[1], &cluster.nodes[2]];
+
+    // rgmanager starts the per-node services, then the primary service on one
+    // node: its <ip> resource first, then its <script>.
+    for node in &cluster.nodes {
+        node.expect("tandemd", "start", 0);
+        node.expect("tandemd", "status", 0);
+        node.expect("tandemd-primary", "status", 3);
+    }
+    node1.add_vip(&cluster.vip);
+    node1.expect("tandemd-primary", "start", 0);
+    node1.expect("tandemd-primary", "status", 0);
+    for node in [node2, node3] {
+        let ready = wait_until(STATUS_DEADLINE, || {
+            common::tools::status_is(&node.url(), "ready")
+        });
+        assert!(ready, "{} did not become a ready backup", node.name);
+        node.expect("tandemd-primary", "status", 3);
+    }
+    assert_eq!(hook_saw(node1), "joining", "node1's pre-promote hook");
+
+    // A client of the virtual IP only, consuming and publishing.
+    let vip_url = format!("{}:{}", cluster.vip, resource_manager::PORT);
+    let count = MESSAGES.to_string();
+    let queue = "rm-orders";
+    let mut receiver = spawn_python(
+        "ha_recv.py",
+        &[
+            "--urls",
+            &vip_url,
+            "--address",
+            queue,
+            "--expect",
+            &count,
+            "--timeout",
+            CLIENT_TIMEOUT,
+        ],
+    );
+    receiver.wait_ready();
+    let mut sender = spawn_python(
+        "ha_send.py",
+        &[
+            "--urls",
+            &vip_url,
+            "--address",
+            queue,
+            "--count",
+            &count,
+            "--interval-ms",
+            "3",
+            "--timeout",
+            CLIENT_TIMEOUT,
+        ],
+    );
+    sender.wait_for(Duration::from_secs(60), "500 settlements", |lines| {
+        lines.iter().filter(|l| l.has("settled")).count() >= 500
+    });
+
+    // kill -9 of the primary broker.
+    let pid = node1.broker_pid().expect("node1's pid file");
+    signal(pid, libc::SIGKILL);
+    let killed = Instant::now();
+    let t_kill = now();
+
+    // rgmanager's status poll notices the primary service has failed...
+    let detected = wait_until(SERVICE_DEADLINE, || {
+        node1.script("tandemd-primary", "status").code != Some(0)
+    });
+    assert!(detected, "tandemd-primary status still 0 after the kill");
+    let detection = killed.elapsed();
+    // ...and relocates it: stop on the failed node (script, then ip), start
+    // on the next node (ip, then script).
+    node1.expect("tandemd-primary", "stop", 0);
+    node1.del_vip(&cluster.vip);
+    node2.add_vip(&cluster.vip);
+    let started = node2.expect("tandemd-primary", "start", 0);
+    let promoted = killed.elapsed();
+    assert!(
+        started.output.contains("is primary"),
+        "tandemd-primary start on node2: {}",
+        started.output
+    );
+    assert_eq!(hook_saw(node2), "ready", "node2's pre-promote hook");
+
+    // The per-node service of node1 failed too: rgmanager restarts it there.
+    let status = node1.script("tandemd", "status");
+    assert_eq!(
+        status.code,
+        Some(1),
+        "node1 tandemd status: {}",
+        status.output
+    );
+    node1.expect("tandemd", "restart", 0);
+
+    // Service is back when the publisher sees its first settlement after the kill.
+    let mut first_after = None;
+    let served = wait_until(SERVICE_DEADLINE, || {
+        first_after = settlements(&sender)
+            .into_iter()
+            .map(|(_, t)| t)
+            .find(|t| *t > t_kill);
+        first_after.is_some()
+    });
+    assert!(
+        served,
+        "no settlement within {SERVICE_DEADLINE:?} of the kill"
+    );
+    let kill_to_service = first_after.map_or(0.0, |t| t - t_kill);
+    let reconnected = connections(&sender)
+        .iter()
+        .map(|(_, t)| *t)
+        .find(|t| *t > t_kill)
+        .map_or(0.0, |t| t - t_kill);
+    println!(
+        "rgmanager fail-over after kill -9: detected {:.3}s, promoted {:.3}s, \
+         publisher reconnected {reconnected:.3}s, first settlement {kill_to_service:.3}s",
+        detection.as_secs_f64(),
+        promoted.as_secs_f64()
+    );
+
+    // The clients only ever used the virtual IP, and reconnected through it.
+    let vip = cluster.vip.clone();
+    let reconnected = connections(&sender)
+        .iter()
+        .filter(|(url, _)| url.contains(&vip))
+        .count();
+    assert!(
+        reconnected >= 2,
+        "sender connections: {:?}",
+        connections(&sender)
+    );
+
+    let sent = sender.wait();
+    sent.assert_success();
+    let summary = sent.summary();
+    assert_eq!(summary["settled_unique"].as_u64(), Some(MESSAGES as u64));
+    let received = receiver.wait();
+    received.assert_success();
+    let summary = received.summary();
+    assert_eq!(
+        summary["missing"].as_array().map(|m| m.len()),
+        Some(0),
+        "messages lost: {summary:?}"
+    );
+    assert_eq!(summary["received_unique"].as_u64(), Some(MESSAGES as u64));
+
+    // The restarted node1 is a ready backup of node2, and only node2 is primary.
+    let ready = wait_until(STATUS_DEADLINE, || {
+        common::tools::status_is(&node1.url(), "ready")
+    });
+    assert!(ready, "node1's restarted broker did not become ready");
+    node2.expect("tandemd-primary", "status", 0);
+    node1.expect("tandemd-primary", "status", 3);
+    node3.expect("tandemd-primary", "status", 3);
+}
+
+/// What the pre-promote hook of `node` recorded as its broker's status.
+fn hook_saw(node: &resource_manager::Node) -> String {
+    fs::read_to_string(&node.hook_record)
+        .unwrap_or_else(|e| panic!("{}: no pre-promote hook record: {e}", node.name))
+        .trim()
+        .to_owned()
+}
