@@ -14,11 +14,12 @@ mod ha_cluster;
 mod resource_manager;
 
 use std::fs;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{spawn_python, wait_until};
 use ha_cluster::{connections, now, serial, settlements, signal, STATUS_DEADLINE};
-use resource_manager::Cluster;
+use resource_manager::{Cluster, OcfBrokers};
 
 /// How long the Proton clients may run before they give up.
 const CLIENT_TIMEOUT: &str = "120";
@@ -198,4 +199,120 @@ fn hook_saw(node: &resource_manager::Node) -> String {
         .unwrap_or_else(|e| panic!("{}: no pre-promote hook record: {e}", node.name))
         .trim()
         .to_owned()
+}
+
+/// Exit codes of OCF agents.
+const OCF_SUCCESS: i32 = 0;
+const OCF_ERR_GENERIC: i32 = 1;
+const OCF_NOT_RUNNING: i32 = 7;
+const OCF_RUNNING_PROMOTED: i32 = 8;
+
+/// Panics naming the Debian packages when `program` is missing.
+fn require(program: &str, package: &str) {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        found,
+        "{program} is missing: apt-get install {package} (scripts/test installs it)"
+    );
+}
+
+#[test]
+fn the_ocf_agent_passes_ocf_tester_against_a_real_broker() {
+    require("ocf-tester", "resource-agents");
+    require("xmllint", "libxml2-utils");
+    let _serial = serial();
+    // A one-broker cluster: ocf-tester promotes and demotes the same instance,
+    // and a joining broker with no peers may become the first primary.
+    let brokers = OcfBrokers::new(1);
+    let agent = resource_manager::scripts_dir().join("ocf/tandem");
+    let mut command = Command::new("timeout");
+    command.args(["-k", "5", "300", "ocf-tester", "-n", "tandem-ocf-tester"]);
+    for (key, value) in &brokers.params {
+        // ocf-tester sets no clone instance number: name instance 0's files.
+        command.args(["-o", &format!("{key}={}", value.replace("{clone}", "0"))]);
+    }
+    let started = Instant::now();
+    let out = command
+        .arg(&agent)
+        .output()
+        .unwrap_or_else(|e| panic!("running ocf-tester: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && text.contains("passed all tests"),
+        "ocf-tester failed ({}):\n{text}",
+        out.status
+    );
+    println!(
+        "ocf-tester passed in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    // ocf-tester ends with stop: nothing may be left running.
+    assert_eq!(brokers.ocf("monitor", 0).code, Some(OCF_NOT_RUNNING));
+}
+
+#[test]
+fn the_ocf_agent_promotes_only_a_ready_broker_and_demotes_by_restarting() {
+    require("ocf-tester", "resource-agents");
+    let _serial = serial();
+    let brokers = OcfBrokers::new(3);
+    for i in 0..3 {
+        brokers.expect("monitor", i, OCF_NOT_RUNNING);
+        brokers.expect("start", i, OCF_SUCCESS);
+        brokers.expect("monitor", i, OCF_SUCCESS);
+    }
+    // A brand-new cluster: every broker joining, the first promote is allowed.
+    brokers.expect("promote", 0, OCF_SUCCESS);
+    brokers.expect("monitor", 0, OCF_RUNNING_PROMOTED);
+    for i in [1, 2] {
+        let ready = wait_until(STATUS_DEADLINE, || {
+            common::tools::status_is(&brokers.url(i), "ready")
+        });
+        assert!(ready, "instance {i} did not become ready");
+        brokers.expect("monitor", i, OCF_SUCCESS);
+    }
+
+    // The primary dies: its monitor says so, Pacemaker's demote and stop of
+    // the failed instance succeed, and it starts again as a joining backup.
+    let pid = brokers.pid(0).expect("instance 0's pid file");
+    signal(pid, libc::SIGKILL);
+    brokers.expect("monitor", 0, OCF_NOT_RUNNING);
+    brokers.expect("demote", 0, OCF_SUCCESS);
+    brokers.expect("stop", 0, OCF_SUCCESS);
+    brokers.expect("start", 0, OCF_SUCCESS);
+    // It is not ready and the others are: promoting it is refused...
+    let refused = brokers.ocf("promote", 0);
+    assert_eq!(refused.code, Some(OCF_ERR_GENERIC), "{}", refused.output);
+    assert!(
+        refused.output.contains("was not promoted"),
+        "{}",
+        refused.output
+    );
+    brokers.expect("monitor", 0, OCF_SUCCESS);
+    // ...and promoting a ready backup works; the restarted broker follows it.
+    brokers.expect("promote", 1, OCF_SUCCESS);
+    brokers.expect("monitor", 1, OCF_RUNNING_PROMOTED);
+    let ready = wait_until(STATUS_DEADLINE, || {
+        common::tools::status_is(&brokers.url(0), "ready")
+    });
+    assert!(ready, "the restarted instance 0 did not become ready");
+
+    // Demoting the primary restarts it: it comes back a backup.
+    let old_pid = brokers.pid(1);
+    brokers.expect("demote", 1, OCF_SUCCESS);
+    brokers.expect("monitor", 1, OCF_SUCCESS);
+    assert_ne!(brokers.pid(1), old_pid, "demote did not restart the broker");
+    brokers.expect("promote", 2, OCF_SUCCESS);
+    brokers.expect("monitor", 2, OCF_RUNNING_PROMOTED);
+
+    for i in 0..3 {
+        brokers.expect("stop", i, OCF_SUCCESS);
+        brokers.expect("monitor", i, OCF_NOT_RUNNING);
+    }
 }

@@ -150,9 +150,7 @@ impl Node {
 
     /// The pid the init script recorded for the node's broker.
     pub fn broker_pid(&self) -> Option<u32> {
-        fs::read_to_string(&self.pidfile)
-            .ok()
-            .and_then(|text| text.trim().parse().ok())
+        read_pid(&self.pidfile)
     }
 
     /// The last lines of the node's broker log.
@@ -348,11 +346,7 @@ impl Cluster {
             if run.code != Some(0) {
                 eprintln!("{}: tandemd stop: {}", node.name, run.output);
             }
-            if let Some(pid) = node.broker_pid() {
-                if is_tandemd(pid) {
-                    crate::ha_cluster::signal(pid, libc::SIGKILL);
-                }
-            }
+            kill_broker(&node.pidfile);
         }
     }
 }
@@ -377,6 +371,20 @@ impl Drop for Cluster {
     }
 }
 
+/// SIGKILL to the broker a pid file names, if it is still a tandemd of ours.
+fn kill_broker(pidfile: &Path) {
+    if let Some(pid) = read_pid(pidfile).filter(|pid| is_tandemd(*pid)) {
+        crate::ha_cluster::signal(pid, libc::SIGKILL);
+    }
+}
+
+/// The pid a pid file names.
+fn read_pid(pidfile: &Path) -> Option<u32> {
+    fs::read_to_string(pidfile)
+        .ok()
+        .and_then(|text| text.trim().parse().ok())
+}
+
 /// Whether `pid` runs the tandemd binary these tests built.
 fn is_tandemd(pid: u32) -> bool {
     let exe = fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
@@ -398,4 +406,133 @@ pub fn repo_path(relative: &str) -> PathBuf {
 /// `scripts/` of the source tree.
 pub fn scripts_dir() -> PathBuf {
     repo_path("scripts")
+}
+
+/// Brokers of one cluster on 127.0.0.1 run by the OCF agent, one per clone
+/// instance: the agent's `{clone}` placeholder picks each instance's config,
+/// pid file and log, as in a Pacemaker clone with several instances per node.
+pub struct OcfBrokers {
+    /// Each instance's port.
+    pub ports: Vec<u16>,
+    /// The agent's parameters (`OCF_RESKEY_name=value`), the same for every instance.
+    pub params: Vec<(String, String)>,
+    dir: TempDir,
+}
+
+impl OcfBrokers {
+    /// Writes `count` members' configs (fresh ports, short HA intervals).
+    pub fn new(count: usize) -> OcfBrokers {
+        let dir = TempDir::new("ocf");
+        let ports: Vec<u16> = (0..count).map(|_| crate::common::free_port()).collect();
+        let url = ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        for (i, port) in ports.iter().enumerate() {
+            let config = format!(
+                "port = {port}\ninterface = \"127.0.0.1\"\ndata-dir = \"{}\"\n\
+                 worker-threads = 2\nha-cluster = true\nha-brokers-url = \"{url}\"\n\
+                 ha-replicate = \"all\"\nlink-heartbeat-interval = 1\n\
+                 link-maintenance-interval = 0.2\nha-backup-timeout = 3\n",
+                dir.join(&format!("data-{i}")).display()
+            );
+            fs::write(dir.join(&format!("tandemd-{i}.toml")), config).expect("writing a config");
+        }
+        let bin = Path::new(tandemd_path())
+            .parent()
+            .expect("the binaries' directory");
+        let in_dir = |name: &str| dir.join(name).display().to_string();
+        let params = [
+            ("config", in_dir("tandemd-{clone}.toml")),
+            ("pidfile", in_dir("tandemd-{clone}.pid")),
+            ("log", in_dir("tandemd-{clone}.log")),
+            ("binary", bin.join("tandemd").display().to_string()),
+            ("tandem_ha", bin.join("tandem-ha").display().to_string()),
+            ("pre_promote_dir", in_dir("pre-promote.d")),
+            ("post_promote_dir", in_dir("post-promote.d")),
+            ("check_timeout", "2".to_owned()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        OcfBrokers { ports, params, dir }
+    }
+
+    /// `127.0.0.1:PORT` of instance `i`.
+    pub fn url(&self, i: usize) -> String {
+        format!("127.0.0.1:{}", self.ports[i])
+    }
+
+    /// Every instance's address, comma-separated (the clients' URL list).
+    pub fn urls(&self) -> String {
+        (0..self.ports.len())
+            .map(|i| self.url(i))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// A directory of the instances' files.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// Runs the agent's `action` for clone instance `i`, as Pacemaker's
+    /// executor does (OCF environment, the parameters as `OCF_RESKEY_*`).
+    pub fn ocf(&self, action: &str, i: usize) -> ScriptRun {
+        let agent = scripts_dir().join("ocf/tandem");
+        let deadline = SCRIPT_DEADLINE.as_secs().to_string();
+        let mut command = Command::new("timeout");
+        command
+            .args(["-k", "5", &deadline])
+            .arg(&agent)
+            .arg(action)
+            .env("OCF_ROOT", "/usr/lib/ocf")
+            .env("OCF_RESOURCE_INSTANCE", format!("tandem:{i}"))
+            .env("OCF_RESKEY_CRM_meta_clone", i.to_string())
+            .env("OCF_RESKEY_CRM_meta_timeout", "60000");
+        for (key, value) in &self.params {
+            command.env(format!("OCF_RESKEY_{key}"), value);
+        }
+        let out = command
+            .output()
+            .unwrap_or_else(|e| panic!("running {} {action}: {e}", agent.display()));
+        ScriptRun {
+            code: out.status.code(),
+            output: format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        }
+    }
+
+    /// Runs the agent and asserts its exit code.
+    pub fn expect(&self, action: &str, i: usize, code: i32) {
+        let run = self.ocf(action, i);
+        assert_eq!(
+            run.code,
+            Some(code),
+            "instance {i}: {action} exited {:?}, expected {code}: {}",
+            run.code,
+            run.output
+        );
+    }
+
+    /// The pid of instance `i`'s broker, from its pid file.
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        read_pid(&self.path(&format!("tandemd-{i}.pid")))
+    }
+}
+
+impl Drop for OcfBrokers {
+    fn drop(&mut self) {
+        for i in 0..self.ports.len() {
+            if std::thread::panicking() {
+                let log = fs::read_to_string(self.path(&format!("tandemd-{i}.log")));
+                eprintln!("--- instance {i} log ---\n{}", log.unwrap_or_default());
+            }
+            kill_broker(&self.path(&format!("tandemd-{i}.pid")));
+        }
+    }
 }
