@@ -17,9 +17,9 @@ use std::fs;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{spawn_python, wait_until};
-use ha_cluster::{connections, now, serial, settlements, signal, STATUS_DEADLINE};
-use resource_manager::{Cluster, OcfBrokers};
+use common::{spawn_python, wait_until, ClientProcess};
+use ha_cluster::{connections, now, serial, settlements, signal, stdout, tool, STATUS_DEADLINE};
+use resource_manager::{Cluster, OcfBrokers, Pacemaker, PACEMAKER_DEADLINE};
 
 /// How long the Proton clients may run before they give up.
 const CLIENT_TIMEOUT: &str = "120";
@@ -62,40 +62,7 @@ fn rgmanager_relocates_the_primary_and_its_virtual_ip_after_kill_9_and_no_settle
 
     // A client of the virtual IP only, consuming and publishing.
     let vip_url = format!("{}:{}", cluster.vip, resource_manager::PORT);
-    let count = MESSAGES.to_string();
-    let queue = "rm-orders";
-    let mut receiver = spawn_python(
-        "ha_recv.py",
-        &[
-            "--urls",
-            &vip_url,
-            "--address",
-            queue,
-            "--expect",
-            &count,
-            "--timeout",
-            CLIENT_TIMEOUT,
-        ],
-    );
-    receiver.wait_ready();
-    let mut sender = spawn_python(
-        "ha_send.py",
-        &[
-            "--urls",
-            &vip_url,
-            "--address",
-            queue,
-            "--count",
-            &count,
-            "--interval-ms",
-            "3",
-            "--timeout",
-            CLIENT_TIMEOUT,
-        ],
-    );
-    sender.wait_for(Duration::from_secs(60), "500 settlements", |lines| {
-        lines.iter().filter(|l| l.has("settled")).count() >= 500
-    });
+    let (sender, receiver) = publish_and_consume(&vip_url, "rm-orders");
 
     // kill -9 of the primary broker.
     let pid = node1.broker_pid().expect("node1's pid file");
@@ -133,13 +100,66 @@ fn rgmanager_relocates_the_primary_and_its_virtual_ip_after_kill_9_and_no_settle
     );
     node1.expect("tandemd", "restart", 0);
 
-    // Service is back when the publisher, connected again, has a message settled.
+    let (reconnected, kill_to_service) = time_to_service(&sender, t_kill);
+    println!(
+        "rgmanager fail-over after kill -9: detected {:.3}s, promoted {:.3}s, \
+         publisher reconnected {reconnected:.3}s, first settlement {kill_to_service:.3}s",
+        detection.as_secs_f64(),
+        promoted.as_secs_f64()
+    );
+
+    // The publisher only ever used the virtual IP, and reconnected through it.
+    let used = connections(&sender);
+    assert!(
+        used.len() >= 2 && used.iter().all(|(url, _)| url.contains(&cluster.vip)),
+        "publisher connections: {used:?}"
+    );
+
+    expect_every_message(sender, receiver);
+
+    // The restarted node1 is a ready backup of node2, and only node2 is primary.
+    let ready = wait_until(STATUS_DEADLINE, || {
+        common::tools::status_is(&node1.url(), "ready")
+    });
+    assert!(ready, "node1's restarted broker did not become ready");
+    node2.expect("tandemd-primary", "status", 0);
+    node1.expect("tandemd-primary", "status", 3);
+    node3.expect("tandemd-primary", "status", 3);
+}
+
+/// Starts a consumer of `queue` (waiting until it is attached), then a publisher
+/// of [`MESSAGES`] numbered messages, both failing over along `urls`; returns
+/// once the publisher has had 500 messages settled.
+fn publish_and_consume(urls: &str, queue: &str) -> (ClientProcess, ClientProcess) {
+    let count = MESSAGES.to_string();
+    let common = [
+        "--urls",
+        urls,
+        "--address",
+        queue,
+        "--timeout",
+        CLIENT_TIMEOUT,
+    ];
+    let mut receiver = spawn_python("ha_recv.py", &[&common[..], &["--expect", &count]].concat());
+    receiver.wait_ready();
+    let publish = ["--count", &count, "--interval-ms", "3"];
+    let mut sender = spawn_python("ha_send.py", &[&common[..], &publish].concat());
+    sender.wait_for(Duration::from_secs(60), "500 settlements", |lines| {
+        lines.iter().filter(|l| l.has("settled")).count() >= 500
+    });
+    (sender, receiver)
+}
+
+/// Seconds from `t_kill` until the publisher connected again, and until it had
+/// its first message settled on that connection; panics if that takes longer
+/// than [`SERVICE_DEADLINE`].
+fn time_to_service(sender: &ClientProcess, t_kill: f64) -> (f64, f64) {
     let mut service = None;
     let served = wait_until(SERVICE_DEADLINE, || {
         let after = |t: &f64| *t > t_kill;
-        let back = connections(&sender).into_iter().map(|(_, t)| t).find(after);
+        let back = connections(sender).into_iter().map(|(_, t)| t).find(after);
         service = back.and_then(|back| {
-            let settled = settlements(&sender).into_iter().map(|(_, t)| t);
+            let settled = settlements(sender).into_iter().map(|(_, t)| t);
             settled.filter(|t| *t >= back).map(|t| (back, t)).next()
         });
         service.is_some()
@@ -148,27 +168,11 @@ fn rgmanager_relocates_the_primary_and_its_virtual_ip_after_kill_9_and_no_settle
         served,
         "no settlement on a new connection within {SERVICE_DEADLINE:?} of the kill"
     );
-    let (reconnected, kill_to_service) =
-        service.map_or((0.0, 0.0), |(c, s)| (c - t_kill, s - t_kill));
-    println!(
-        "rgmanager fail-over after kill -9: detected {:.3}s, promoted {:.3}s, \
-         publisher reconnected {reconnected:.3}s, first settlement {kill_to_service:.3}s",
-        detection.as_secs_f64(),
-        promoted.as_secs_f64()
-    );
+    service.map_or((0.0, 0.0), |(c, s)| (c - t_kill, s - t_kill))
+}
 
-    // The clients only ever used the virtual IP, and reconnected through it.
-    let vip = cluster.vip.clone();
-    let reconnected = connections(&sender)
-        .iter()
-        .filter(|(url, _)| url.contains(&vip))
-        .count();
-    assert!(
-        reconnected >= 2,
-        "sender connections: {:?}",
-        connections(&sender)
-    );
-
+/// Waits for both clients to finish: every message settled, every message received.
+fn expect_every_message(sender: ClientProcess, receiver: ClientProcess) {
     let sent = sender.wait();
     sent.assert_success();
     let summary = sent.summary();
@@ -182,15 +186,6 @@ fn rgmanager_relocates_the_primary_and_its_virtual_ip_after_kill_9_and_no_settle
         "messages lost: {summary:?}"
     );
     assert_eq!(summary["received_unique"].as_u64(), Some(MESSAGES as u64));
-
-    // The restarted node1 is a ready backup of node2, and only node2 is primary.
-    let ready = wait_until(STATUS_DEADLINE, || {
-        common::tools::status_is(&node1.url(), "ready")
-    });
-    assert!(ready, "node1's restarted broker did not become ready");
-    node2.expect("tandemd-primary", "status", 0);
-    node1.expect("tandemd-primary", "status", 3);
-    node3.expect("tandemd-primary", "status", 3);
 }
 
 /// What the pre-promote hook of `node` recorded as its broker's status.
@@ -314,5 +309,114 @@ fn the_ocf_agent_promotes_only_a_ready_broker_and_demotes_by_restarting() {
     for i in 0..3 {
         brokers.expect("stop", i, OCF_SUCCESS);
         brokers.expect("monitor", i, OCF_NOT_RUNNING);
+    }
+}
+
+#[test]
+fn pacemaker_promotes_a_ready_clone_instance_after_kill_9_and_no_settled_message_is_lost() {
+    if let Some(why) = Pacemaker::unavailable() {
+        eprintln!("SKIPPED pacemaker_promotes...: {why}");
+        return;
+    }
+    let _serial = serial();
+    let brokers = OcfBrokers::new(3);
+    let mut pacemaker = Pacemaker::start();
+    pacemaker.load(&pacemaker_config(&brokers, &pacemaker.provider));
+
+    // Pacemaker starts three instances and promotes one.
+    let mut primary = None;
+    let settled = wait_until(PACEMAKER_DEADLINE, || {
+        let statuses: Vec<String> = (0..3).map(|i| ha_status(&brokers.url(i))).collect();
+        let primaries: Vec<usize> = (0..3).filter(|&i| statuses[i] == "active").collect();
+        let ready = statuses.iter().filter(|s| *s == "ready").count();
+        primary = primaries.first().copied();
+        primaries.len() == 1 && ready == 2
+    });
+    assert!(
+        settled,
+        "no active primary with two ready backups:\n{}",
+        pacemaker.describe()
+    );
+    let old = primary.expect("a primary");
+
+    let (sender, receiver) = publish_and_consume(&brokers.urls(), "pcmk-orders");
+    let pid = brokers.pid(old).expect("the primary's pid file");
+    signal(pid, libc::SIGKILL);
+    let killed = Instant::now();
+    let t_kill = now();
+
+    // Pacemaker's monitor notices, recovers the instance and promotes another.
+    let mut new = None;
+    let promoted = wait_until(SERVICE_DEADLINE, || {
+        new = (0..3).find(|&i| i != old && ha_status(&brokers.url(i)) == "active");
+        new.is_some()
+    });
+    assert!(
+        promoted,
+        "no other instance promoted:\n{}",
+        pacemaker.describe()
+    );
+    let promotion = killed.elapsed();
+    let (reconnected, kill_to_service) = time_to_service(&sender, t_kill);
+    println!(
+        "pacemaker fail-over after kill -9: instance {old} -> {new:?} promoted {:.3}s, \
+         publisher reconnected {reconnected:.3}s, first settlement {kill_to_service:.3}s",
+        promotion.as_secs_f64()
+    );
+    expect_every_message(sender, receiver);
+
+    // The killed instance was restarted by Pacemaker and is a ready backup.
+    let ready = wait_until(PACEMAKER_DEADLINE, || {
+        ha_status(&brokers.url(old)) == "ready"
+    });
+    assert!(
+        ready,
+        "instance {old} did not come back ready:\n{}",
+        pacemaker.describe()
+    );
+    assert_ne!(
+        brokers.pid(old),
+        Some(pid),
+        "instance {old} was not restarted"
+    );
+}
+
+/// `config/pacemaker.crm` for three instances of the clone on this one node:
+/// the test's provider and parameters, `clone-node-max=3` with unique
+/// instances, and without the virtual IP (there is one node).
+fn pacemaker_config(brokers: &OcfBrokers, provider: &str) -> String {
+    let example = resource_manager::repo_path("config/pacemaker.crm");
+    let example = fs::read_to_string(&example)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", example.display()));
+    let brokers_part = example
+        .split("# The clients' virtual IP")
+        .next()
+        .unwrap_or_default();
+    let params: Vec<String> = brokers
+        .params
+        .iter()
+        .map(|(key, value)| format!("{key}=\"{value}\""))
+        .collect();
+    let text = brokers_part
+        .replace("ocf:tandem:tandem", &format!("ocf:{provider}:tandem"))
+        .replace(
+            "params config=\"/etc/tandem/tandemd.toml\" check_timeout=2",
+            &format!("params {}", params.join(" ")),
+        )
+        .replace("clone-node-max=1", "clone-node-max=3 globally-unique=true");
+    assert!(
+        text.contains(&format!("ocf:{provider}:tandem")) && text.contains("globally-unique"),
+        "config/pacemaker.crm changed shape:\n{text}"
+    );
+    format!("property stonith-enabled=false no-quorum-policy=ignore\n{text}")
+}
+
+/// `tandem-ha status` of a broker, or "" when it does not answer.
+fn ha_status(url: &str) -> String {
+    let out = tool("tandem-ha", &["-b", url, "status"], 2);
+    if out.status.success() {
+        stdout(&out)
+    } else {
+        String::new()
     }
 }

@@ -536,3 +536,204 @@ impl Drop for OcfBrokers {
         }
     }
 }
+
+/// A single-node Pacemaker cluster (Debian's corosync and pacemaker) started by
+/// the test, with the OCF agent installed under a provider name of its own.
+/// There can be only one per machine: [`Pacemaker::unavailable`] refuses when
+/// corosync already runs. Drop stops the resources, erases the configuration
+/// it loaded, and stops pacemaker and corosync.
+pub struct Pacemaker {
+    corosync: Child,
+    pacemakerd: Child,
+    /// `/usr/lib/ocf/resource.d/PROVIDER`, holding a link to `scripts/ocf/tandem`.
+    provider_dir: PathBuf,
+    /// The OCF provider name of the agent: `ocf:PROVIDER:tandem`.
+    pub provider: String,
+    /// Whether a configuration was loaded (and must be stopped and erased).
+    loaded: bool,
+    dir: TempDir,
+}
+
+/// How long Pacemaker may take to elect itself (dc-deadtime is 20 s) or to
+/// stop its resources and itself.
+pub const PACEMAKER_DEADLINE: Duration = Duration::from_secs(90);
+
+impl Pacemaker {
+    /// Why Pacemaker cannot run here, if it cannot.
+    pub fn unavailable() -> Option<String> {
+        if let Some(why) = unavailable() {
+            return Some(why);
+        }
+        for program in [
+            "corosync",
+            "pacemakerd",
+            "crm",
+            "crm_mon",
+            "crm_resource",
+            "cibadmin",
+        ] {
+            if !Path::new("/usr/sbin").join(program).exists() {
+                return Some(format!(
+                    "/usr/sbin/{program} is missing (apt-get install corosync pacemaker crmsh)"
+                ));
+            }
+        }
+        if run_ok("corosync-cfgtool", &["-s"]) {
+            return Some("corosync already runs on this machine: one cluster per machine".into());
+        }
+        None
+    }
+
+    /// Starts corosync (one node, 127.0.0.1) and pacemakerd, installs the agent
+    /// and waits until the node is online with quorum.
+    pub fn start() -> Pacemaker {
+        let dir = TempDir::new("pacemaker");
+        let conf = dir.join("corosync.conf");
+        let name = format!("tandem{}", std::process::id());
+        fs::write(
+            &conf,
+            format!(
+                "totem {{\n version: 2\n cluster_name: {name}\n transport: knet\n \
+                 crypto_cipher: none\n crypto_hash: none\n}}\n\
+                 nodelist {{\n node {{\n ring0_addr: 127.0.0.1\n name: node1\n nodeid: 1\n }}\n}}\n\
+                 quorum {{\n provider: corosync_votequorum\n}}\n\
+                 logging {{\n to_stderr: yes\n to_logfile: no\n to_syslog: no\n}}\n"
+            ),
+        )
+        .expect("writing corosync.conf");
+        let corosync = spawn_logged("corosync", &["-f", "-c", &conf.display().to_string()], &dir);
+        let mut pacemakerd = Command::new("pacemakerd");
+        pacemakerd.env("PCMK_logfile", dir.join("pacemaker.log"));
+        let pacemakerd = spawn_logged_command(pacemakerd, "pacemakerd", &dir);
+        let provider_dir = Path::new("/usr/lib/ocf/resource.d").join(&name);
+        let pacemaker = Pacemaker {
+            corosync,
+            pacemakerd,
+            provider_dir,
+            provider: name,
+            loaded: false,
+            dir,
+        };
+        fs::create_dir_all(&pacemaker.provider_dir).expect("creating the OCF provider dir");
+        std::os::unix::fs::symlink(
+            scripts_dir().join("ocf/tandem"),
+            pacemaker.provider_dir.join("tandem"),
+        )
+        .expect("linking the agent");
+        let online = crate::common::wait_until(PACEMAKER_DEADLINE, || {
+            let status = output_of("crm_mon", &["-1"]);
+            status.contains("partition with quorum") && status.contains("Online: [ node1 ]")
+        });
+        assert!(
+            online,
+            "pacemaker did not come online within {PACEMAKER_DEADLINE:?}:\n{}",
+            output_of("crm_mon", &["-1"])
+        );
+        pacemaker
+    }
+
+    /// `crm configure load replace` of `text`.
+    pub fn load(&mut self, text: &str) {
+        let file = self.dir.join("config.crm");
+        fs::write(&file, text).expect("writing the crm configuration");
+        self.loaded = true;
+        let out = Command::new("crm")
+            .args(["configure", "load", "replace"])
+            .arg(&file)
+            .output()
+            .expect("running crm");
+        assert!(
+            out.status.success(),
+            "crm configure load failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// `crm_mon -1` output, for assertion messages.
+    pub fn describe(&self) -> String {
+        output_of("crm_mon", &["-1", "-A"])
+    }
+}
+
+impl Drop for Pacemaker {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- crm_mon ---\n{}", self.describe());
+        }
+        if self.loaded {
+            // Stop the resources, then forget them (an erased resource that
+            // still runs is no longer stopped by anyone).
+            let _ = Command::new("crm_resource")
+                .args([
+                    "--resource",
+                    "tandem",
+                    "--meta",
+                    "--set-parameter",
+                    "target-role",
+                ])
+                .args(["--parameter-value", "Stopped"])
+                .output();
+            let stopped = crate::common::wait_until(PACEMAKER_DEADLINE, || {
+                output_of("crm_resource", &["--resource", "tandem", "--locate"])
+                    .to_lowercase()
+                    .contains("not running")
+            });
+            if !stopped {
+                eprintln!("pacemaker did not stop the brokers:\n{}", self.describe());
+            }
+            let _ = Command::new("cibadmin")
+                .args(["--erase", "--force"])
+                .output();
+        }
+        for child in [&mut self.pacemakerd, &mut self.corosync] {
+            crate::ha_cluster::signal(child.id(), libc::SIGTERM);
+            let exited = crate::common::wait_until(PACEMAKER_DEADLINE, || {
+                child.try_wait().ok().flatten().is_some()
+            });
+            if !exited {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        let _ = fs::remove_dir_all(&self.provider_dir);
+    }
+}
+
+/// Whether `program ARGS` exits 0.
+fn run_ok(program: &str, args: &[&str]) -> bool {
+    Command::new(program)
+        .args(args)
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// The stdout and stderr of `program ARGS` (empty when it cannot run).
+fn output_of(program: &str, args: &[&str]) -> String {
+    Command::new(program)
+        .args(args)
+        .output()
+        .map(|o| {
+            let out = String::from_utf8_lossy(&o.stdout);
+            format!("{out}{}", String::from_utf8_lossy(&o.stderr))
+        })
+        .unwrap_or_default()
+}
+
+/// Starts `program ARGS` with its output in `dir/PROGRAM.log`.
+fn spawn_logged(program: &str, args: &[&str], dir: &TempDir) -> Child {
+    let mut command = Command::new(program);
+    command.args(args);
+    spawn_logged_command(command, program, dir)
+}
+
+fn spawn_logged_command(mut command: Command, name: &str, dir: &TempDir) -> Child {
+    let log = fs::File::create(dir.join(&format!("{name}.log"))).expect("creating a log");
+    let err = log.try_clone().expect("cloning the log handle");
+    command
+        .stdin(std::process::Stdio::null())
+        .stdout(log)
+        .stderr(err)
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {name}: {e}"))
+}
