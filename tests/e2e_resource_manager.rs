@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use common::{spawn_python, wait_until, ClientProcess};
 use ha_cluster::{connections, now, serial, settlements, signal, stdout, tool, STATUS_DEADLINE};
-use resource_manager::{Cluster, OcfBrokers, Pacemaker, PACEMAKER_DEADLINE};
+use resource_manager::{Cluster, OcfBrokers, Pacemaker, ScriptRun, PACEMAKER_DEADLINE};
 
 /// How long the Proton clients may run before they give up.
 const CLIENT_TIMEOUT: &str = "120";
@@ -234,15 +234,12 @@ fn the_ocf_agent_passes_ocf_tester_against_a_real_broker() {
         .arg(&agent)
         .output()
         .unwrap_or_else(|e| panic!("running ocf-tester: {e}"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let run = ScriptRun::from(out);
     assert!(
-        out.status.success() && text.contains("passed all tests"),
-        "ocf-tester failed ({}):\n{text}",
-        out.status
+        run.code == Some(0) && run.output.contains("passed all tests"),
+        "ocf-tester failed ({:?}):\n{}",
+        run.code,
+        run.output
     );
     println!(
         "ocf-tester passed in {:.1}s",

@@ -40,6 +40,16 @@ pub struct ScriptRun {
     pub output: String,
 }
 
+impl From<Output> for ScriptRun {
+    fn from(out: Output) -> ScriptRun {
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        ScriptRun {
+            code: out.status.code(),
+            output: format!("{stdout}{}", String::from_utf8_lossy(&out.stderr)),
+        }
+    }
+}
+
 /// Why this machine cannot run the namespace tests, if it cannot.
 pub fn unavailable() -> Option<String> {
     // SAFETY: geteuid(2) has no preconditions and cannot fail.
@@ -111,21 +121,14 @@ impl Node {
     pub fn script(&self, script: &str, action: &str) -> ScriptRun {
         let path = scripts_dir().join("init.d").join(script);
         let deadline = SCRIPT_DEADLINE.as_secs().to_string();
-        let out: Output = Command::new("timeout")
+        let out = Command::new("timeout")
             .args(["-k", "5", &deadline, "ip", "netns", "exec", &self.netns])
             .arg(&path)
             .arg(action)
             .env("TANDEMD_DEFAULTS", &self.defaults)
             .output()
             .unwrap_or_else(|e| panic!("running {} {action}: {e}", path.display()));
-        ScriptRun {
-            code: out.status.code(),
-            output: format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        }
+        ScriptRun::from(out)
     }
 
     /// Runs the script and asserts its exit code.
@@ -497,14 +500,7 @@ impl OcfBrokers {
         let out = command
             .output()
             .unwrap_or_else(|e| panic!("running {} {action}: {e}", agent.display()));
-        ScriptRun {
-            code: out.status.code(),
-            output: format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        }
+        ScriptRun::from(out)
     }
 
     /// Runs the agent and asserts its exit code.
@@ -713,10 +709,7 @@ fn output_of(program: &str, args: &[&str]) -> String {
     Command::new(program)
         .args(args)
         .output()
-        .map(|o| {
-            let out = String::from_utf8_lossy(&o.stdout);
-            format!("{out}{}", String::from_utf8_lossy(&o.stderr))
-        })
+        .map(|o| ScriptRun::from(o).output)
         .unwrap_or_default()
 }
 
