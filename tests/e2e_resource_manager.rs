@@ -17,7 +17,7 @@ use std::fs;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{spawn_python, wait_until, ClientProcess};
+use common::{spawn_python, wait_until, ClientProcess, TempDir};
 use ha_cluster::{connections, now, serial, settlements, signal, stdout, tool, STATUS_DEADLINE};
 use resource_manager::{Cluster, OcfBrokers, Pacemaker, ScriptRun, PACEMAKER_DEADLINE};
 
@@ -222,7 +222,15 @@ fn the_ocf_agent_passes_ocf_tester_against_a_real_broker() {
     // A one-broker cluster: ocf-tester promotes and demotes the same instance,
     // and a joining broker with no peers may become the first primary.
     let brokers = OcfBrokers::new(1);
-    let agent = resource_manager::scripts_dir().join("ocf/tandem");
+    // ocf-tester runs meta-data as user nobody, who may not reach the source
+    // tree: test a copy (agent and library, in their layout) in the temp dir.
+    let copy = TempDir::new("ocf-agent");
+    for file in ["ocf/tandem", "lib/tandem-daemon.sh"] {
+        let to = copy.join(file);
+        fs::create_dir_all(to.parent().expect("a parent")).expect("creating the copy's dirs");
+        fs::copy(resource_manager::scripts_dir().join(file), &to).expect("copying the agent");
+    }
+    let agent = copy.join("ocf/tandem");
     let mut command = Command::new("timeout");
     command.args(["-k", "5", "300", "ocf-tester", "-n", "tandem-ocf-tester"]);
     for (key, value) in &brokers.params {
