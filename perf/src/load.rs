@@ -37,6 +37,8 @@ const READY_POLL: Duration = Duration::from_millis(1);
 pub struct LoadPlan {
     pub url: BrokerUrl,
     pub address: String,
+    /// Queues the load is spread over (see [`LoadPlan::address_of`]).
+    pub queues: u32,
     pub senders: u32,
     pub receivers: u32,
     /// Total messages over all senders (`None`: for `duration`).
@@ -54,6 +56,23 @@ pub struct LoadPlan {
     pub null: bool,
     pub idle_timeout: Duration,
     pub broker_pids: Vec<u32>,
+}
+
+impl LoadPlan {
+    /// The node sender or receiver `i` uses: the address itself, or with
+    /// several queues `ADDRESS-(i mod queues)`.
+    pub fn address_of(&self, i: u32) -> String {
+        queue_name(&self.address, self.queues, i)
+    }
+}
+
+/// Queue `i mod queues` of a run over `queues` queues named after `address`.
+pub fn queue_name(address: &str, queues: u32, i: u32) -> String {
+    if queues <= 1 {
+        address.to_owned()
+    } else {
+        format!("{address}-{}", i % queues)
+    }
 }
 
 /// What the threads of a run handed back.
@@ -255,7 +274,7 @@ fn spawn_client(
             .map_err(|e| format!("--null peer address: {e}"))?;
         peers.push(running);
     }
-    let address = plan.address.clone();
+    let address = plan.address_of(i);
     if sender {
         let name = format!("sender-{i}");
         let producer = plans.producer(i, plan.senders, !plan.null);
@@ -424,7 +443,10 @@ fn summarize(plan: &LoadPlan, command: &'static str, o: Outcome, notes: Vec<Stri
         } else {
             plan.url.redacted()
         },
-        address: plan.address.clone(),
+        address: match plan.queues {
+            0 | 1 => plan.address.clone(),
+            n => format!("{}-0..{}", plan.address, n - 1),
+        },
         null: plan.null,
         senders: plan.senders,
         receivers: plan.receivers,

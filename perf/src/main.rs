@@ -97,6 +97,10 @@ pub struct LoadArgs {
     /// Receiving connections (competing consumers on the address).
     #[arg(long, default_value_t = 1)]
     pub receivers: u32,
+    /// Spread the load over this many queues, ADDRESS-0 .. ADDRESS-(N-1): sender
+    /// i and receiver i use queue i mod N. 1 uses ADDRESS itself.
+    #[arg(long, default_value_t = 1)]
+    pub queues: u32,
     /// Body bytes per message (at least 24: the stamp).
     #[arg(long, default_value_t = 1024)]
     pub size: usize,

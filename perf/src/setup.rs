@@ -10,7 +10,7 @@ use tandem_shards::management::{map, ManagementClient, Request};
 use tandem_shards::url::BrokerUrl;
 
 use crate::cpu;
-use crate::load::LoadPlan;
+use crate::load::{queue_name, LoadPlan};
 use crate::message::STAMP_LEN;
 use crate::LoadArgs;
 
@@ -42,13 +42,24 @@ pub fn plan(args: &LoadArgs, shape: Shape) -> Result<(LoadPlan, Vec<String>), St
     }
     let url: BrokerUrl = args.url.parse().map_err(|e| format!("--url: {e}"))?;
     let mut notes = Vec::new();
+    if args.queues == 0 {
+        return Err("--queues 0: at least one queue is needed".into());
+    }
+    if args.queues > 1 && args.queues > args.senders.max(1).min(args.receivers.max(1)) {
+        return Err(format!(
+            "--queues {}: more queues than senders ({}) or receivers ({}); every queue needs both",
+            args.queues, args.senders, args.receivers
+        ));
+    }
     if args.create && !args.null {
-        notes.push(declare_queue(
-            &url,
-            &args.address,
-            args.durable,
-            args.replicate.as_deref(),
-        )?);
+        for q in 0..args.queues {
+            notes.push(declare_queue(
+                &url,
+                &queue_name(&args.address, args.queues, q),
+                args.durable,
+                args.replicate.as_deref(),
+            )?);
+        }
     }
     let mut broker_pids = args.broker_pid.clone();
     if broker_pids.is_empty() && !args.null {
@@ -63,6 +74,7 @@ pub fn plan(args: &LoadArgs, shape: Shape) -> Result<(LoadPlan, Vec<String>), St
     let plan = LoadPlan {
         url,
         address: args.address.clone(),
+        queues: args.queues,
         senders: args.senders,
         receivers: args.receivers,
         messages: shape.messages,

@@ -262,6 +262,35 @@ fn large_message_is_split_into_frames_and_reassembled() {
 }
 
 #[test]
+fn a_message_sent_in_pieces_arrives_whole_across_frames() {
+    // Pieces of 7, 1500 and 0 bytes over 512-byte frames: frames end inside
+    // pieces and pieces end inside frames.
+    let mut p = Pair::new(None, 512, None);
+    let ch = p.open_session();
+    let (client_link, server_link) = p.attach(ch, Role::Sender, "q");
+    p.server.grant_credit(server_link, 1, false);
+    p.run();
+    let head: Vec<u8> = (0..7u8).collect();
+    let body: Vec<u8> = (0..1500u32).map(|i| (i % 241) as u8).collect();
+    p.client
+        .send_parts(client_link, b"parts", &[&head, &body, &[]], false)
+        .expect("credit");
+    p.run();
+    let payloads: Vec<_> = p
+        .server_events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Transfer { payload, .. } => Some(payload.clone()),
+            _ => None,
+        })
+        .collect();
+    let whole: Vec<u8> = head.iter().chain(&body).copied().collect();
+    assert_eq!(payloads.len(), 1);
+    assert_eq!(&payloads[0][..], &whole[..]);
+    assert!(p.server.is_open(), "no frame exceeded the limit");
+}
+
+#[test]
 fn transfer_without_credit_detaches_the_link() {
     let mut p = Pair::new(None, 65536, None);
     let ch = p.open_session();

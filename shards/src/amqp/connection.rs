@@ -1343,6 +1343,20 @@ impl Connection {
         payload: &[u8],
         settled: bool,
     ) -> Option<u32> {
+        self.send_parts(link, tag, &[payload], settled)
+    }
+
+    /// Like [`send`](Self::send), for a payload held in several pieces (a header
+    /// and a shared message body, say): sent as their concatenation, without
+    /// first joining them.
+    pub fn send_parts(
+        &mut self,
+        link: LinkKey,
+        tag: &[u8],
+        parts: &[&[u8]],
+        settled: bool,
+    ) -> Option<u32> {
+        let total: usize = parts.iter().map(|p| p.len()).sum();
         let max_frame = self
             .remote_max_frame
             .min(self.cfg.max_frame_size.max(MIN_MAX_FRAME_SIZE)) as usize;
@@ -1367,29 +1381,30 @@ impl Connection {
             self.frames_out += 1;
             let start = begin_frame(out, FRAME_AMQP, link.channel);
             let perf_start = out.len();
-            let transfer = |more: bool| {
-                Performative::Transfer(Transfer {
-                    handle: link.handle,
-                    delivery_id: first.then_some(delivery_id),
-                    delivery_tag: first.then(|| Bytes::copy_from_slice(tag)),
-                    message_format: first.then_some(0),
-                    settled: first.then_some(settled),
-                    more,
-                    ..Default::default()
-                })
-            };
-            // Measure with more=true (the longer encoding), so the frame fits
-            // either way; re-encode shorter when this is the last frame.
-            transfer(true).encode(out);
-            let header_len = out.len() - start;
-            let room = max_frame.saturating_sub(header_len).max(1);
-            let chunk = (payload.len() - offset).min(room);
-            let more = offset + chunk < payload.len();
-            if !more {
+            let mut transfer = Performative::Transfer(Transfer {
+                handle: link.handle,
+                delivery_id: first.then_some(delivery_id),
+                delivery_tag: first.then(|| Bytes::copy_from_slice(tag)),
+                message_format: first.then_some(0),
+                settled: first.then_some(settled),
+                more: false,
+                ..Default::default()
+            });
+            // Encode as the last frame; when the rest does not fit, encode
+            // again with `more` set (the longer encoding) and fill what fits.
+            transfer.encode(out);
+            let room = |out: &BytesMut| max_frame.saturating_sub(out.len() - start).max(1);
+            let mut more = total - offset > room(out);
+            if more {
                 out.truncate(perf_start);
-                transfer(false).encode(out);
+                if let Performative::Transfer(t) = &mut transfer {
+                    t.more = true;
+                }
+                transfer.encode(out);
             }
-            out.put_slice(&payload[offset..offset + chunk]);
+            let chunk = (total - offset).min(room(out));
+            more &= offset + chunk < total;
+            put_range(out, parts, offset, chunk);
             end_frame(out, start);
             s.next_outgoing_id = s.next_outgoing_id.wrapping_add(1);
             if !frame.is_empty() {
@@ -1536,5 +1551,22 @@ impl Session {
             blocked: VecDeque::new(),
             ended_local: false,
         }
+    }
+}
+
+/// Appends bytes `offset..offset + len` of the concatenation of `parts`.
+fn put_range(out: &mut BytesMut, parts: &[&[u8]], mut offset: usize, mut len: usize) {
+    for part in parts {
+        if len == 0 {
+            break;
+        }
+        if offset >= part.len() {
+            offset -= part.len();
+            continue;
+        }
+        let take = (part.len() - offset).min(len);
+        out.put_slice(&part[offset..offset + take]);
+        offset = 0;
+        len -= take;
     }
 }

@@ -16,6 +16,10 @@ use crate::amqp::performative::{condition, Attach, ErrorCondition, Role, Source,
 use crate::exchange::{headers_key, BindingKey};
 use crate::queue::{Delivery, QueueSettings};
 
+/// Bounds of the buffer a connection's next output batch starts in.
+const OUTPUT_MIN: usize = 4 * 1024;
+const OUTPUT_MAX: usize = 256 * 1024;
+
 /// Filter descriptors of the legacy AMQP 0-10 binding filters (symbol and code).
 const DIRECT_FILTER: (&str, u64) = (
     "apache.org:legacy-amqp-direct-binding:string",
@@ -180,7 +184,13 @@ impl Shard {
     pub fn conn_output(&mut self, id: u64) -> Option<Bytes> {
         let c = self.conns.get_mut(&id)?;
         if c.engine.has_output() {
-            Some(c.engine.output().split().freeze())
+            let out = c.engine.output();
+            let bytes = out.split().freeze();
+            // The written bytes keep the old allocation; start the next batch in
+            // one the size of this one, rather than growing from nothing by
+            // doubling (each step a realloc that copies every frame so far).
+            out.reserve(bytes.len().clamp(OUTPUT_MIN, OUTPUT_MAX));
+            Some(bytes)
         } else {
             None
         }

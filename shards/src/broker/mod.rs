@@ -187,7 +187,7 @@ pub enum ShardMsg {
     /// Owner or shard 0 -> link host: an event for the backup's stream.
     ReplicaOut {
         sink: ReplicaSink,
-        event: crate::replica::Event,
+        event: crate::replica::Encoded,
         meta: EnqueueMeta,
     },
     /// Link host -> owner: the backup has the queue up to this position.

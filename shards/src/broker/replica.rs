@@ -31,7 +31,7 @@ use crate::amqp::performative::{condition, ErrorCondition, Role};
 use crate::exchange::BUILT_IN;
 use crate::queue::{AckTo, QueueSettings};
 use crate::replica::guard::MemberId;
-use crate::replica::Event;
+use crate::replica::{Encoded, Event};
 
 /// Where a backup's replication stream is written: its link on some shard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,7 +85,7 @@ pub(super) struct ReplicaLink {
     /// The backup's attach, answered when the HA role accepts it.
     pub(super) pending_attach: Option<Box<crate::amqp::performative::Attach>>,
     /// Events waiting for credit.
-    pub(super) backlog: VecDeque<(Bytes, EnqueueMeta)>,
+    pub(super) backlog: VecDeque<(Encoded, EnqueueMeta)>,
     /// Unsettled `enq` deliveries: delivery id -> what they acknowledge.
     pub(super) unsettled: HashMap<u32, EnqueueMeta>,
     pub(super) last_heard: Option<Instant>,
@@ -146,12 +146,9 @@ impl Shard {
         let Some(sinks) = self.replica.sinks.get(queue) else {
             return;
         };
+        let event = Encoded::enqueue(queue, position, message);
         for sink in sinks.clone() {
-            let event = Event::Enqueue {
-                queue: queue.to_string(),
-                position,
-                message: message.clone(),
-            };
+            let event = event.clone();
             self.send(
                 sink.shard,
                 ShardMsg::ReplicaOut {
@@ -179,11 +176,13 @@ impl Shard {
             }
         }
         let sinks = self.replica.sinks.get(queue).cloned().unwrap_or_default();
+        let event = Event::Dequeue {
+            queue: queue.to_string(),
+            positions: gone,
+        }
+        .encode_parts();
         for sink in sinks {
-            let event = Event::Dequeue {
-                queue: queue.to_string(),
-                positions: gone.clone(),
-            };
+            let event = event.clone();
             self.send(
                 sink.shard,
                 ShardMsg::ReplicaOut {
@@ -223,25 +222,18 @@ impl Shard {
         let settings = q.settings.clone();
         let snapshot = q.snapshot();
         self.guard.guard(&queue, sink.member, next);
-        let mut out = vec![Event::QueueReset {
+        let reset = Event::QueueReset {
             name: queue.to_string(),
             settings,
-        }];
+        };
         let last = snapshot.last().map(|(p, _)| *p);
-        out.extend(
-            snapshot
-                .into_iter()
-                .map(|(position, message)| Event::Enqueue {
-                    queue: queue.to_string(),
-                    position,
-                    message,
-                }),
-        );
-        for event in out {
-            let meta = match &event {
-                Event::Enqueue { position, .. } => Some((queue.clone(), *position)),
-                _ => None,
-            };
+        let enqueues = snapshot.into_iter().map(|(position, message)| {
+            (
+                Encoded::enqueue(&queue, position, message),
+                Some((queue.clone(), position)),
+            )
+        });
+        for (event, meta) in std::iter::once((reset.encode_parts(), None)).chain(enqueues) {
             self.send(sink.shard, ShardMsg::ReplicaOut { sink, event, meta });
         }
         let sinks = self.replica.sinks.entry(queue.clone()).or_default();
@@ -447,7 +439,7 @@ impl Shard {
                 sink.shard,
                 ShardMsg::ReplicaOut {
                     sink,
-                    event,
+                    event: event.encode_parts(),
                     meta: None,
                 },
             );
@@ -561,7 +553,7 @@ impl Shard {
                     })
                 }
             };
-            if let Some(event) = out {
+            if let Some(event) = out.as_ref().map(Event::encode_parts) {
                 for sink in &sinks {
                     self.send(
                         sink.shard,
@@ -625,7 +617,7 @@ impl Shard {
                             sink.shard,
                             ShardMsg::ReplicaOut {
                                 sink,
-                                event,
+                                event: event.encode_parts(),
                                 meta: None,
                             },
                         );
@@ -643,7 +635,7 @@ impl Shard {
     // -----------------------------------------------------------------------
     // Link host (primary): the backup's `$ha.replication` link
 
-    pub(super) fn on_replica_out(&mut self, sink: ReplicaSink, event: Event, meta: EnqueueMeta) {
+    pub(super) fn on_replica_out(&mut self, sink: ReplicaSink, event: Encoded, meta: EnqueueMeta) {
         let Some(c) = self.conns.get_mut(&sink.conn) else {
             return;
         };
@@ -651,7 +643,7 @@ impl Shard {
             return;
         };
         rl.member.get_or_insert(sink.member);
-        rl.backlog.push_back((event.encode(), meta));
+        rl.backlog.push_back((event, meta));
         self.drain_replica_link(sink.conn, sink.link);
     }
 
@@ -668,7 +660,10 @@ impl Shard {
             let Some((payload, meta)) = rl.backlog.pop_front() else {
                 break;
             };
-            match c.engine.send(link, b"r", &payload, false) {
+            match c
+                .engine
+                .send_parts(link, b"r", &[&payload.head, &payload.tail], false)
+            {
                 Some(id) => {
                     rl.unsettled.insert(id, meta);
                     sent = true;
@@ -689,7 +684,9 @@ impl Shard {
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
-        let mut acks = Vec::new();
+        // Acknowledgements are cumulative per queue: one per queue and backup,
+        // for the highest position the range settled.
+        let mut acks: HashMap<(Arc<str>, MemberId), u64> = HashMap::new();
         for rl in c.replica_links.values_mut() {
             let Some(member) = rl.member else { continue };
             let span = u64::from(last.wrapping_sub(first)) + 1;
@@ -704,11 +701,12 @@ impl Shard {
             };
             for id in ids {
                 if let Some(Some((queue, position))) = rl.unsettled.remove(&id) {
-                    acks.push((queue, member, position));
+                    let highest = acks.entry((queue, member)).or_default();
+                    *highest = (*highest).max(position);
                 }
             }
         }
-        for (queue, member, position) in acks {
+        for ((queue, member), position) in acks {
             let owner = self.owner_of(&queue);
             self.send(
                 owner,

@@ -14,7 +14,7 @@
 
 pub mod guard;
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::amqp::codec::Value;
 use crate::amqp::message::MessageBuilder;
@@ -148,6 +148,48 @@ fn key_from(v: &Value) -> BindingKey {
     }
 }
 
+/// An encoded event: `head` followed by `tail` on the wire.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Encoded {
+    pub head: Bytes,
+    pub tail: Bytes,
+}
+
+impl Encoded {
+    /// The `enq` event for `message` at `position` of `queue`. The header is
+    /// the amqp-value section holding `["enq", queue, position, binary]` up to
+    /// the binary's length; the message itself follows as the tail, shared with
+    /// the queue (and with every other backup's copy of the event).
+    pub fn enqueue(queue: &str, position: u64, message: Bytes) -> Encoded {
+        let mut items = BytesMut::new();
+        Value::string("enq").encode(&mut items);
+        Value::string(queue).encode(&mut items);
+        Value::Ulong(position).encode(&mut items);
+        let message_len = u32::try_from(message.len()).unwrap_or(u32::MAX);
+        let mut head = BytesMut::with_capacity(items.len() + 20);
+        head.put_slice(&[0x00, 0x53, 0x77]); // amqp-value section
+        head.put_u8(0xd0); // list32: size, count, items
+        let size = 4 + items.len() + 5 + message.len();
+        head.put_u32(u32::try_from(size).unwrap_or(u32::MAX));
+        head.put_u32(4);
+        head.put_slice(&items);
+        head.put_u8(0xb0); // vbin32
+        head.put_u32(message_len);
+        Encoded {
+            head: head.freeze(),
+            tail: message,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.head.len() + self.tail.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 impl Event {
     /// `Bind`, or `Unbind` when `bind` is false.
     pub fn binding(bind: bool, exchange: String, queue: String, key: BindingKey) -> Event {
@@ -168,6 +210,27 @@ impl Event {
 
     /// The event as a message to send on the replication link.
     pub fn encode(&self) -> Bytes {
+        let parts = self.encode_parts();
+        if parts.tail.is_empty() {
+            return parts.head;
+        }
+        let mut out = BytesMut::with_capacity(parts.len());
+        out.put_slice(&parts.head);
+        out.put_slice(&parts.tail);
+        out.freeze()
+    }
+
+    /// The event's encoding in two pieces, sent back to back: an `enq` event's
+    /// message is its own piece, never copied into the event.
+    pub fn encode_parts(&self) -> Encoded {
+        if let Event::Enqueue {
+            queue,
+            position,
+            message,
+        } = self
+        {
+            return Encoded::enqueue(queue, *position, message.clone());
+        }
         let list = match self {
             Event::Queue { name, settings } => vec![s("queue"), s(name), settings_value(settings)],
             Event::QueueReset { name, settings } => {
@@ -202,16 +265,7 @@ impl Event {
                 queue,
                 key,
             } => vec![s("unbind"), s(exchange), s(queue), key_value(key)],
-            Event::Enqueue {
-                queue,
-                position,
-                message,
-            } => vec![
-                s("enq"),
-                s(queue),
-                Value::Ulong(*position),
-                Value::Binary(message.clone()),
-            ],
+            Event::Enqueue { .. } => unreachable!("encoded above"),
             Event::Dequeue { queue, positions } => vec![
                 s("deq"),
                 s(queue),
@@ -233,11 +287,15 @@ impl Event {
                 ),
             ],
         };
-        MessageBuilder {
+        let head = MessageBuilder {
             body: Some(Value::List(list)),
             ..Default::default()
         }
-        .encode()
+        .encode();
+        Encoded {
+            head,
+            tail: Bytes::new(),
+        }
     }
 
     /// Reads an event from a replication message, or says what is wrong.
@@ -406,5 +464,21 @@ mod tests {
         for e in events {
             assert_eq!(Event::decode(&e.encode()).expect("decodes"), e);
         }
+    }
+
+    #[test]
+    fn an_enqueue_header_is_the_event_up_to_the_message() {
+        let message = Bytes::from(vec![0x5a; 300]);
+        let queue = "q".repeat(300); // a str32 name
+        let whole = Event::Enqueue {
+            queue: queue.clone(),
+            position: 1 << 40,
+            message: message.clone(),
+        };
+        let parts = Encoded::enqueue(&queue, 1 << 40, message.clone());
+        assert_eq!(parts.tail, message);
+        let mut joined = parts.head.to_vec();
+        joined.extend_from_slice(&parts.tail);
+        assert_eq!(Event::decode(&Bytes::from(joined)).expect("decodes"), whole);
     }
 }
