@@ -47,6 +47,9 @@ pub struct ConsumerPlan {
     /// Record end-to-end latency.
     pub latency: bool,
     pub until: Until,
+    /// No senders in this run (`--senders 0`): drain what the queue holds,
+    /// counting every message whatever run sent it.
+    pub drain: bool,
     /// Give up when nothing arrives for this long.
     pub idle_timeout: Duration,
 }
@@ -174,7 +177,13 @@ impl Consumer {
     fn on_transfer(&mut self, delivery_id: u32, settled: bool, payload: &[u8], now: Instant) {
         self.since_grant += 1;
         match read_stamp(payload, self.plan.size) {
-            Some(stamp) if stamp.run != self.plan.run => self.stats.foreign += 1,
+            Some(stamp) if stamp.run != self.plan.run => {
+                self.stats.foreign += 1;
+                if self.plan.drain {
+                    self.stats.received += 1;
+                    self.this_read += 1;
+                }
+            }
             Some(stamp) => {
                 self.stats.received += 1;
                 match self.stats.seen.record(stamp.producer, stamp.seq) {

@@ -120,6 +120,10 @@ fn execute(plan: &LoadPlan) -> Result<Outcome, String> {
         plan.senders
     };
     let progress = Arc::new(Progress::new(feeders as usize));
+    if plan.senders == 0 && !plan.null {
+        // Draining: the messages to wait for are already on the queue.
+        progress.expect(plan.messages.unwrap_or(0));
+    }
     let plans = Plans { plan, run_id };
     let mut clients = Vec::new();
     let mut peers: Vec<RunningPeer> = Vec::new();
@@ -234,6 +238,7 @@ impl Plans<'_> {
             presettled: plan.presettled,
             latency: plan.latency,
             until,
+            drain: plan.senders == 0 && !plan.null,
             idle_timeout: plan.idle_timeout,
         }
     }

@@ -91,7 +91,8 @@ pub struct LoadArgs {
     /// Node to send to and receive from (RabbitMQ: /amq/queue/NAME).
     #[arg(long, default_value = "tandem-perf")]
     pub address: String,
-    /// Sending connections (each its own thread, spread over cores).
+    /// Sending connections (each its own thread, spread over cores). With 0 the
+    /// receivers drain the queue: every message counts, up to --messages.
     #[arg(long, default_value_t = 1)]
     pub senders: u32,
     /// Receiving connections (competing consumers on the address).

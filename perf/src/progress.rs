@@ -77,6 +77,12 @@ impl Progress {
         self.feeders_running.fetch_sub(1, Ordering::SeqCst);
     }
 
+    /// `n` messages are to arrive that no producer of this run feeds (a drain
+    /// of what earlier runs left on the queue).
+    pub fn expect(&self, n: u64) {
+        self.fed.fetch_add(n, Ordering::SeqCst);
+    }
+
     /// Receivers got `n` more messages at `now`.
     pub fn arrived(&self, n: u64, now: Instant) {
         self.received.fetch_add(n, Ordering::SeqCst);

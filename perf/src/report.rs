@@ -166,7 +166,13 @@ impl RunResult {
                 self.out_of_order
             );
         }
-        if self.unreadable > 0 || self.foreign > 0 {
+        if self.senders == 0 {
+            let _ = writeln!(
+                t,
+                "  drained: {} sent by earlier runs (counted), {} unreadable",
+                self.foreign, self.unreadable
+            );
+        } else if self.unreadable > 0 || self.foreign > 0 {
             let _ = writeln!(
                 t,
                 "  also received {} unreadable and {} from earlier runs (not counted)",

@@ -42,6 +42,9 @@ pub fn plan(args: &LoadArgs, shape: Shape) -> Result<(LoadPlan, Vec<String>), St
     }
     let url: BrokerUrl = args.url.parse().map_err(|e| format!("--url: {e}"))?;
     let mut notes = Vec::new();
+    if args.senders == 0 && shape.messages.is_none() && !args.null {
+        return Err("--senders 0 drains the queue: give --messages, how many to receive".into());
+    }
     if args.queues == 0 {
         return Err("--queues 0: at least one queue is needed".into());
     }

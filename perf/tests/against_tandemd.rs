@@ -338,3 +338,94 @@ fn deleting_the_queue_mid_run_makes_throughput_exit_non_zero() {
     let errors = j["errors"].to_string();
     assert!(errors.contains("resource-deleted"), "{errors}");
 }
+
+#[test]
+fn queues_spread_senders_and_receivers_over_several_queues() {
+    let broker = Broker::start();
+    let url = broker.url();
+    let (status, j, err) = run_perf(&[
+        "throughput",
+        "--url",
+        &url,
+        "--address",
+        "spread",
+        "--queues",
+        "2",
+        "--senders",
+        "2",
+        "--receivers",
+        "2",
+        "--messages",
+        "4000",
+        "--size",
+        "128",
+        "--create",
+        "--json",
+    ]);
+    assert!(status.success(), "exit {status}: {j:#}\n{err}");
+    assert_eq!(num(&j, "received"), 4_000);
+    assert_eq!(num(&j, "missing"), 0);
+    // Both queues were declared and used; the plain address was not.
+    let mut mgmt = broker.management();
+    for (name, found) in [("spread-0", true), ("spread-1", true), ("spread", false)] {
+        let reply = mgmt
+            .call(&Request::new("READ", "queue", Some(name), map(Vec::new())))
+            .expect("management answers");
+        assert_eq!(reply.is_success(), found, "{name}: {reply:?}");
+    }
+    // More queues than receivers would leave a queue nobody drains.
+    let (status, j, _) = run_perf(&[
+        "throughput",
+        "--url",
+        &url,
+        "--queues",
+        "3",
+        "--senders",
+        "3",
+        "--receivers",
+        "2",
+        "--messages",
+        "10",
+        "--json",
+    ]);
+    assert!(!status.success());
+    assert!(
+        j["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("--queues 3")),
+        "{j:#}"
+    );
+}
+
+#[test]
+fn senders_0_drains_what_an_earlier_run_left_and_fails_when_short() {
+    let broker = Broker::start();
+    let url = broker.url();
+    let base = ["throughput", "--url", &url, "--address", "left", "--json"];
+    let fill = [&base[..], &["--receivers", "0", "--messages", "500"]].concat();
+    let (status, j, err) = run_perf(&fill);
+    assert!(status.success(), "exit {status}: {j:#}\n{err}");
+    assert_eq!(num(&j, "accepted"), 500);
+
+    let drain = [&base[..], &["--senders", "0", "--messages", "500"]].concat();
+    let (status, j, err) = run_perf(&drain);
+    assert!(status.success(), "exit {status}: {j:#}\n{err}");
+    assert_eq!(num(&j, "received"), 500, "{j:#}");
+
+    // Nothing is left: a drain of one more gives up and fails.
+    let short = [
+        &base[..],
+        &[
+            "--senders",
+            "0",
+            "--messages",
+            "1",
+            "--idle-timeout",
+            "500ms",
+        ],
+    ]
+    .concat();
+    let (status, j, _) = run_perf(&short);
+    assert!(!status.success(), "{j:#}");
+    assert_eq!(j["ok"], false, "{j:#}");
+}

@@ -200,6 +200,11 @@ impl Queue {
             || (s.max_size > 0 && self.bytes + size > s.max_size && self.depth() > 0)
     }
 
+    /// Message bytes held.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
     pub fn stats(&self) -> QueueStats {
         QueueStats {
             depth: self.depth(),

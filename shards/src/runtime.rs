@@ -426,6 +426,7 @@ async fn shard_main(
         if rt.overflow.replace(false) {
             rt.after_step();
         }
+        rt.shard.borrow_mut().release_memory();
         if has_ha {
             rt.shard.borrow_mut().poll_ha(Instant::now());
             rt.after_step();

@@ -311,7 +311,14 @@ pub struct Shard {
     replica: replica::ReplicaState,
     /// Backup shard 0: replication connections the runtime should open.
     replica_connects: Vec<(usize, String)>,
+    /// Most message bytes this shard's queues held since memory was last
+    /// handed back to the system.
+    queued_high: u64,
 }
+
+/// Freed message memory is handed back to the system once a shard's queues
+/// shrink by this much from their high-water mark.
+const RELEASE_AFTER: u64 = 64 * 1024 * 1024;
 
 impl Shard {
     pub fn new(id: usize, settings: Arc<BrokerSettings>) -> Shard {
@@ -344,6 +351,23 @@ impl Shard {
             guard: crate::replica::guard::SettlementGuard::new(),
             replica: replica::ReplicaState::default(),
             replica_connects: Vec::new(),
+            queued_high: 0,
+        }
+    }
+
+    /// Called now and then: when the queues have shrunk a lot, asks the
+    /// allocator to return the freed pages (glibc keeps them otherwise, and a
+    /// broker that held a million messages would stay that size for good).
+    pub fn release_memory(&mut self) {
+        let queued: u64 = self.queues.values().map(Queue::bytes).sum();
+        self.queued_high = self.queued_high.max(queued);
+        if self.queued_high - queued >= RELEASE_AFTER {
+            self.queued_high = queued;
+            #[cfg(target_env = "gnu")]
+            // SAFETY: malloc_trim only walks the allocator's own free lists.
+            unsafe {
+                libc::malloc_trim(0);
+            }
         }
     }
 
