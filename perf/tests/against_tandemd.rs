@@ -165,6 +165,15 @@ fn run_perf(args: &[&str]) -> (ExitStatus, Json, String) {
     finish(spawn_perf(args), RUN_DEADLINE)
 }
 
+/// `tandem-perf throughput --json --url URL` with `args` (space-separated).
+fn run_throughput(url: &str, args: &str) -> (ExitStatus, Json, String) {
+    let args: Vec<&str> = ["throughput", "--json", "--url", url]
+        .into_iter()
+        .chain(args.split(' '))
+        .collect();
+    run_perf(&args)
+}
+
 fn num(j: &Json, key: &str) -> u64 {
     j[key]
         .as_u64()
@@ -343,25 +352,10 @@ fn deleting_the_queue_mid_run_makes_throughput_exit_non_zero() {
 fn queues_spread_senders_and_receivers_over_several_queues() {
     let broker = Broker::start();
     let url = broker.url();
-    let (status, j, err) = run_perf(&[
-        "throughput",
-        "--url",
+    let (status, j, err) = run_throughput(
         &url,
-        "--address",
-        "spread",
-        "--queues",
-        "2",
-        "--senders",
-        "2",
-        "--receivers",
-        "2",
-        "--messages",
-        "4000",
-        "--size",
-        "128",
-        "--create",
-        "--json",
-    ]);
+        "--address spread --queues 2 --senders 2 --receivers 2 --messages 4000 --create",
+    );
     assert!(status.success(), "exit {status}: {j:#}\n{err}");
     assert_eq!(num(&j, "received"), 4_000);
     assert_eq!(num(&j, "missing"), 0);
@@ -374,20 +368,7 @@ fn queues_spread_senders_and_receivers_over_several_queues() {
         assert_eq!(reply.is_success(), found, "{name}: {reply:?}");
     }
     // More queues than receivers would leave a queue nobody drains.
-    let (status, j, _) = run_perf(&[
-        "throughput",
-        "--url",
-        &url,
-        "--queues",
-        "3",
-        "--senders",
-        "3",
-        "--receivers",
-        "2",
-        "--messages",
-        "10",
-        "--json",
-    ]);
+    let (status, j, _) = run_throughput(&url, "--queues 3 --senders 3 --receivers 2 --messages 10");
     assert!(!status.success());
     assert!(
         j["error"]
@@ -401,31 +382,19 @@ fn queues_spread_senders_and_receivers_over_several_queues() {
 fn senders_0_drains_what_an_earlier_run_left_and_fails_when_short() {
     let broker = Broker::start();
     let url = broker.url();
-    let base = ["throughput", "--url", &url, "--address", "left", "--json"];
-    let fill = [&base[..], &["--receivers", "0", "--messages", "500"]].concat();
-    let (status, j, err) = run_perf(&fill);
+    let (status, j, err) = run_throughput(&url, "--address left --receivers 0 --messages 500");
     assert!(status.success(), "exit {status}: {j:#}\n{err}");
     assert_eq!(num(&j, "accepted"), 500);
 
-    let drain = [&base[..], &["--senders", "0", "--messages", "500"]].concat();
-    let (status, j, err) = run_perf(&drain);
+    let (status, j, err) = run_throughput(&url, "--address left --senders 0 --messages 500");
     assert!(status.success(), "exit {status}: {j:#}\n{err}");
     assert_eq!(num(&j, "received"), 500, "{j:#}");
 
     // Nothing is left: a drain of one more gives up and fails.
-    let short = [
-        &base[..],
-        &[
-            "--senders",
-            "0",
-            "--messages",
-            "1",
-            "--idle-timeout",
-            "500ms",
-        ],
-    ]
-    .concat();
-    let (status, j, _) = run_perf(&short);
+    let (status, j, _) = run_throughput(
+        &url,
+        "--address left --senders 0 --messages 1 --idle-timeout 500ms",
+    );
     assert!(!status.success(), "{j:#}");
     assert_eq!(j["ok"], false, "{j:#}");
 }

@@ -97,6 +97,28 @@ impl Pair {
         panic!("engines never went quiet");
     }
 
+    /// A pair with `max_frame` on the server, a session, and a client sender
+    /// on "q" the server granted one credit: (pair, client link, server link).
+    fn sending(max_frame: u32) -> (Pair, LinkKey, LinkKey) {
+        let mut p = Pair::new(None, max_frame, None);
+        let ch = p.open_session();
+        let (client_link, server_link) = p.attach(ch, Role::Sender, "q");
+        p.server.grant_credit(server_link, 1, false);
+        p.run();
+        (p, client_link, server_link)
+    }
+
+    /// The payloads of the transfers the server received, in order.
+    fn server_payloads(&self) -> Vec<bytes::Bytes> {
+        self.server_events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Transfer { payload, .. } => Some(payload.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
     fn open_session(&mut self) -> u16 {
         self.run();
         let ch = self.client.begin();
@@ -222,11 +244,7 @@ fn transfer_within_credit_then_settle_with_accepted() {
 #[test]
 fn large_message_is_split_into_frames_and_reassembled() {
     // The server only accepts 512-byte frames: a 5000-byte message takes many.
-    let mut p = Pair::new(None, 512, None);
-    let ch = p.open_session();
-    let (client_link, server_link) = p.attach(ch, Role::Sender, "q");
-    p.server.grant_credit(server_link, 1, false);
-    p.run();
+    let (mut p, client_link, server_link) = Pair::sending(512);
     p.server.grant_credit(server_link, 2, false);
     p.run();
     let body: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
@@ -240,14 +258,7 @@ fn large_message_is_split_into_frames_and_reassembled() {
         .expect("credit");
     assert_eq!(second, first + 1, "delivery ids count messages, not frames");
     p.run();
-    let payloads: Vec<_> = p
-        .server_events
-        .iter()
-        .filter_map(|e| match e {
-            Event::Transfer { payload, .. } => Some(payload.clone()),
-            _ => None,
-        })
-        .collect();
+    let payloads = p.server_payloads();
     assert_eq!(
         payloads.len(),
         2,
@@ -265,25 +276,14 @@ fn large_message_is_split_into_frames_and_reassembled() {
 fn a_message_sent_in_pieces_arrives_whole_across_frames() {
     // Pieces of 7, 1500 and 0 bytes over 512-byte frames: frames end inside
     // pieces and pieces end inside frames.
-    let mut p = Pair::new(None, 512, None);
-    let ch = p.open_session();
-    let (client_link, server_link) = p.attach(ch, Role::Sender, "q");
-    p.server.grant_credit(server_link, 1, false);
-    p.run();
+    let (mut p, client_link, _) = Pair::sending(512);
     let head: Vec<u8> = (0..7u8).collect();
     let body: Vec<u8> = (0..1500u32).map(|i| (i % 241) as u8).collect();
     p.client
         .send_parts(client_link, b"parts", &[&head, &body, &[]], false)
         .expect("credit");
     p.run();
-    let payloads: Vec<_> = p
-        .server_events
-        .iter()
-        .filter_map(|e| match e {
-            Event::Transfer { payload, .. } => Some(payload.clone()),
-            _ => None,
-        })
-        .collect();
+    let payloads = p.server_payloads();
     let whole: Vec<u8> = head.iter().chain(&body).copied().collect();
     assert_eq!(payloads.len(), 1);
     assert_eq!(&payloads[0][..], &whole[..]);
