@@ -28,6 +28,9 @@ use crate::broker::{BrokerSettings, Shard, ShardMsg};
 
 /// Messages a ring holds before the sender keeps them in its outbox instead.
 const RING_CAPACITY: usize = 16 * 1024;
+/// Housekeeping ticks (50 ms when idle) between looks at whether queues shrank
+/// enough to hand memory back.
+const RELEASE_MEMORY_TICKS: u32 = 10;
 /// How long a closing connection waits for the peer's close.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
@@ -415,7 +418,9 @@ async fn shard_main(
     })
     .detach();
 
-    // Housekeeping: ring overflow retries, the HA role's timers, the stop flag.
+    // Housekeeping: ring overflow retries, the HA role's timers, memory
+    // release, the stop flag.
+    let mut ticks: u32 = 0;
     loop {
         let wait = if rt.overflow.get() {
             Duration::from_millis(1)
@@ -426,7 +431,10 @@ async fn shard_main(
         if rt.overflow.replace(false) {
             rt.after_step();
         }
-        rt.shard.borrow_mut().release_memory();
+        ticks = ticks.wrapping_add(1);
+        if ticks % RELEASE_MEMORY_TICKS == 0 {
+            rt.shard.borrow_mut().release_memory();
+        }
         if has_ha {
             rt.shard.borrow_mut().poll_ha(Instant::now());
             rt.after_step();
