@@ -432,7 +432,7 @@ async fn shard_main(
             rt.after_step();
         }
         ticks = ticks.wrapping_add(1);
-        if ticks % RELEASE_MEMORY_TICKS == 0 {
+        if ticks.is_multiple_of(RELEASE_MEMORY_TICKS) {
             rt.shard.borrow_mut().release_memory();
         }
         if has_ha {

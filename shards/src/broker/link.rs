@@ -313,7 +313,7 @@ impl Shard {
                 link,
                 ..
             } if self.conns.get(&id).is_some_and(|c| c.outbound) => {
-                self.apply_replica_event(link.channel, delivery_id, &payload);
+                self.apply_replica_delivery(link.channel, delivery_id, &payload);
             }
             Event::Detached { .. } | Event::Closed { .. }
                 if self.conns.get(&id).is_some_and(|c| c.outbound) =>

@@ -400,6 +400,7 @@ impl Shard {
             self.on_shard_msg(msg);
         }
         self.flush_acks();
+        self.flush_replica_links();
         self.flush_replica_settles();
     }
 

@@ -60,8 +60,14 @@ pub(super) struct ReplicaState {
     pub(super) outbound: Option<Outbound>,
     /// Backup shard 0: bindings waiting for their queue to be declared.
     stashed_binds: HashMap<String, Vec<Event>>,
-    /// Backup shard 0: `enq` deliveries waiting for their owner to store them.
+    /// Backup shard 0: `enq` events waiting for their owner to store them, and
+    /// the delivery each belongs to.
     applying: HashMap<u64, (u16, u32)>,
+    /// Link host: replication links with new events, written at the end of the
+    /// step so that the events of one step share deliveries.
+    to_drain: Vec<(u64, LinkKey)>,
+    /// Backup shard 0: deliveries with `enq` events not stored yet (how many).
+    unapplied: HashMap<(u16, u32), usize>,
     /// Backup shard 0: deliveries to settle at the end of this step, as ranges.
     to_settle: Vec<(u16, u32)>,
     next_apply: u64,
@@ -86,8 +92,9 @@ pub(super) struct ReplicaLink {
     pub(super) pending_attach: Option<Box<crate::amqp::performative::Attach>>,
     /// Events waiting for credit.
     pub(super) backlog: VecDeque<(Encoded, EnqueueMeta)>,
-    /// Unsettled `enq` deliveries: delivery id -> what they acknowledge.
-    pub(super) unsettled: HashMap<u32, EnqueueMeta>,
+    /// Unsettled deliveries: delivery id -> the queue positions their `enq`
+    /// events acknowledge.
+    pub(super) unsettled: HashMap<u32, Vec<(Arc<str>, u64)>>,
     pub(super) last_heard: Option<Instant>,
 }
 
@@ -112,6 +119,10 @@ impl Level {
 
 /// Credit a backup grants its link, topped up at half.
 const LINK_CREDIT: u32 = 1000;
+/// Most events, and bytes of events (unless one event is larger), in one
+/// replication delivery.
+const BATCH_EVENTS: usize = 256;
+const BATCH_BYTES: usize = 64 * 1024;
 
 impl Shard {
     /// The replication level of a queue: its own `qpid.replicate`, else the
@@ -644,7 +655,19 @@ impl Shard {
         };
         rl.member.get_or_insert(sink.member);
         rl.backlog.push_back((event, meta));
-        self.drain_replica_link(sink.conn, sink.link);
+        if !self.replica.to_drain.contains(&(sink.conn, sink.link)) {
+            self.replica.to_drain.push((sink.conn, sink.link));
+        }
+    }
+
+    /// Writes the events this step queued for each backup's link.
+    pub(super) fn flush_replica_links(&mut self) {
+        let links = std::mem::take(&mut self.replica.to_drain);
+        for &(conn, link) in &links {
+            self.drain_replica_link(conn, link);
+        }
+        self.replica.to_drain = links;
+        self.replica.to_drain.clear();
     }
 
     /// Writes queued events within the backup's credit.
@@ -656,23 +679,33 @@ impl Shard {
             return;
         };
         let mut sent = false;
-        while c.engine.credit(link) > 0 {
-            let Some((payload, meta)) = rl.backlog.pop_front() else {
-                break;
-            };
-            match c
-                .engine
-                .send_parts(link, b"r", &[&payload.head, &payload.tail], false)
-            {
-                Some(id) => {
-                    rl.unsettled.insert(id, meta);
-                    sent = true;
-                }
-                None => {
-                    rl.backlog.push_front((payload, meta));
+        while c.engine.credit(link) > 0 && !rl.backlog.is_empty() {
+            // As many waiting events as fit one batch go in one delivery.
+            let mut count = 0;
+            let mut bytes = 0;
+            for (event, _) in &rl.backlog {
+                if count == BATCH_EVENTS || (count > 0 && bytes + event.len() > BATCH_BYTES) {
                     break;
                 }
+                count += 1;
+                bytes += event.len();
             }
+            let parts: Vec<&[u8]> = rl
+                .backlog
+                .iter()
+                .take(count)
+                .flat_map(|(event, _)| [&event.head[..], &event.tail[..]])
+                .collect();
+            let Some(id) = c.engine.send_parts(link, b"r", &parts, false) else {
+                break;
+            };
+            let acks = rl
+                .backlog
+                .drain(..count)
+                .filter_map(|(_, meta)| meta)
+                .collect();
+            rl.unsettled.insert(id, acks);
+            sent = true;
         }
         if sent {
             self.mark_dirty(conn);
@@ -700,7 +733,7 @@ impl Shard {
                 (0..span as u32).map(|i| first.wrapping_add(i)).collect()
             };
             for id in ids {
-                if let Some(Some((queue, position))) = rl.unsettled.remove(&id) {
+                for (queue, position) in rl.unsettled.remove(&id).unwrap_or_default() {
                     let highest = acks.entry((queue, member)).or_default();
                     *highest = (*highest).max(position);
                 }
@@ -804,16 +837,25 @@ impl Shard {
     // -----------------------------------------------------------------------
     // Backup shard 0: applying the stream
 
-    /// An event arrived on our replication link as delivery `id`.
-    pub(super) fn apply_replica_event(&mut self, channel: u16, id: u32, payload: &Bytes) {
-        let event = match Event::decode(payload) {
-            Ok(e) => e,
-            Err(e) => {
-                tracing::error!("HA: undecodable replication event: {e}");
-                self.settle_replica(channel, id);
-                return;
+    /// Delivery `id` arrived on our replication link: applies its events in
+    /// order; it is settled once every `enq` among them is stored.
+    pub(super) fn apply_replica_delivery(&mut self, channel: u16, id: u32, payload: &Bytes) {
+        // The delivery itself counts as one unapplied part until all its events
+        // were handed on, so an owner that stores at once cannot settle it early.
+        *self.replica.unapplied.entry((channel, id)).or_default() += 1;
+        match Event::decode_all(payload) {
+            Ok(events) => {
+                for event in events {
+                    self.apply_replica_event(channel, id, event);
+                }
             }
-        };
+            Err(e) => tracing::error!("HA: undecodable replication message: {e}"),
+        }
+        self.delivery_part_applied((channel, id));
+        self.top_up_replica_credit();
+    }
+
+    fn apply_replica_event(&mut self, channel: u16, id: u32, event: Event) {
         match event {
             Event::Queue { name, settings } | Event::QueueReset { name, settings } => {
                 let reset = self.catalogue.queues.contains_key(name.as_str());
@@ -835,14 +877,12 @@ impl Shard {
                 for bind in self.replica.stashed_binds.remove(&name).unwrap_or_default() {
                     self.apply_binding(bind);
                 }
-                self.settle_replica(channel, id);
             }
             Event::QueueDelete { name } => {
                 self.apply_config_now(ConfigOp::DeleteQueue {
                     name,
                     if_unused: false,
                 });
-                self.settle_replica(channel, id);
             }
             Event::Exchange {
                 name,
@@ -856,26 +896,24 @@ impl Shard {
                     durable,
                     replicate,
                 });
-                self.settle_replica(channel, id);
             }
             Event::ExchangeDelete { name } => {
                 self.apply_config_now(ConfigOp::DeleteExchange { name });
-                self.settle_replica(channel, id);
             }
             bind @ (Event::Bind { .. } | Event::Unbind { .. }) => {
                 self.apply_binding(bind);
-                self.settle_replica(channel, id);
             }
             Event::Enqueue {
                 queue,
                 position,
                 message,
-            } => match self.catalogue.queues.get_key_value(queue.as_str()) {
-                Some((name, entry)) => {
+            } => {
+                if let Some((name, entry)) = self.catalogue.queues.get_key_value(queue.as_str()) {
                     let (name, owner) = (name.clone(), entry.owner);
                     let token = self.replica.next_apply;
                     self.replica.next_apply += 1;
                     self.replica.applying.insert(token, (channel, id));
+                    *self.replica.unapplied.entry((channel, id)).or_default() += 1;
                     self.send(
                         owner,
                         ShardMsg::ReplicaEnqueue {
@@ -887,8 +925,7 @@ impl Shard {
                         },
                     );
                 }
-                None => self.settle_replica(channel, id),
-            },
+            }
             Event::Dequeue { queue, positions } => {
                 if let Some((name, entry)) = self.catalogue.queues.get_key_value(queue.as_str()) {
                     let (name, owner) = (name.clone(), entry.owner);
@@ -900,11 +937,9 @@ impl Shard {
                         },
                     );
                 }
-                self.settle_replica(channel, id);
             }
             Event::Members { epoch, members } => {
                 self.ha_link_event(LinkEvent::Members { epoch, members });
-                self.settle_replica(channel, id);
             }
             Event::Inventory { queues, exchanges } => {
                 let stale_queues: Vec<String> = self
@@ -939,10 +974,8 @@ impl Shard {
                     );
                     self.apply_config_now(ConfigOp::DeleteExchange { name });
                 }
-                self.settle_replica(channel, id);
             }
         }
-        self.top_up_replica_credit();
     }
 
     fn apply_binding(&mut self, event: Event) {
@@ -1022,8 +1055,19 @@ impl Shard {
 
     /// Backup shard 0: an owner stored a replicated message.
     pub(super) fn on_replica_applied(&mut self, token: u64) {
-        if let Some((channel, id)) = self.replica.applying.remove(&token) {
-            self.settle_replica(channel, id);
+        if let Some(delivery) = self.replica.applying.remove(&token) {
+            self.delivery_part_applied(delivery);
+        }
+    }
+
+    /// One part of a replication delivery is applied; the last settles it.
+    fn delivery_part_applied(&mut self, delivery: (u16, u32)) {
+        if let Some(left) = self.replica.unapplied.get_mut(&delivery) {
+            *left -= 1;
+            if *left == 0 {
+                self.replica.unapplied.remove(&delivery);
+                self.settle_replica(delivery.0, delivery.1);
+            }
         }
     }
 
@@ -1105,6 +1149,7 @@ impl Shard {
             return;
         };
         self.replica.applying.clear();
+        self.replica.unapplied.clear();
         self.replica.stashed_binds.clear();
         let event = match (out.up, out.refused_status) {
             (true, _) => {

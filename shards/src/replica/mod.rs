@@ -4,7 +4,8 @@
 //! settlement guard queue owners keep. The HA module (`tandem-ha`) decides who is
 //! primary and when; this module only carries and applies what it decides.
 //!
-//! On the wire each event is one message whose body is an amqp-value list:
+//! On the wire each event is an amqp-sequence section holding a list, and one
+//! replication message (delivery) carries one or more of them, in order:
 //! `["queue", name, attrs]`, `["queue-reset", name, attrs]`, `["queue-delete", name]`,
 //! `["exchange", name, type, attrs]`, `["exchange-delete", name]`,
 //! `["bind", exchange, queue, key]`, `["unbind", exchange, queue, key]`,
@@ -16,8 +17,7 @@ pub mod guard;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::amqp::codec::Value;
-use crate::amqp::message::MessageBuilder;
+use crate::amqp::codec::{Decoder, Value};
 use crate::exchange::{BindingKey, ExchangeType};
 use crate::queue::{LimitPolicy, QueueSettings};
 
@@ -148,6 +148,11 @@ fn key_from(v: &Value) -> BindingKey {
     }
 }
 
+/// The amqp-sequence section descriptor: every event is one such section, so a
+/// delivery may carry several (a message body of amqp-sequence sections).
+const AMQP_SEQUENCE: u64 = 0x76;
+const SECTION: [u8; 3] = [0x00, 0x53, AMQP_SEQUENCE as u8];
+
 /// An encoded event: `head` followed by `tail` on the wire.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Encoded {
@@ -157,7 +162,7 @@ pub struct Encoded {
 
 impl Encoded {
     /// The `enq` event for `message` at `position` of `queue`. The header is
-    /// the amqp-value section holding `["enq", queue, position, binary]` up to
+    /// the amqp-sequence section holding `["enq", queue, position, binary]` up to
     /// the binary's length; the message itself follows as the tail, shared with
     /// the queue (and with every other backup's copy of the event).
     pub fn enqueue(queue: &str, position: u64, message: Bytes) -> Encoded {
@@ -167,7 +172,7 @@ impl Encoded {
         Value::Ulong(position).encode(&mut items);
         let message_len = u32::try_from(message.len()).unwrap_or(u32::MAX);
         let mut head = BytesMut::with_capacity(items.len() + 20);
-        head.put_slice(&[0x00, 0x53, 0x77]); // amqp-value section
+        head.put_slice(&SECTION);
         head.put_u8(0xd0); // list32: size, count, items
         let size = 4 + items.len() + 5 + message.len();
         head.put_u32(u32::try_from(size).unwrap_or(u32::MAX));
@@ -287,23 +292,57 @@ impl Event {
                 ),
             ],
         };
-        let head = MessageBuilder {
-            body: Some(Value::List(list)),
-            ..Default::default()
-        }
-        .encode();
+        let mut head = BytesMut::new();
+        head.put_slice(&SECTION);
+        Value::List(list).encode(&mut head);
         Encoded {
-            head,
+            head: head.freeze(),
             tail: Bytes::new(),
         }
     }
 
-    /// Reads an event from a replication message, or says what is wrong.
+    /// Reads the one event of a replication message, or says what is wrong.
     pub fn decode(payload: &Bytes) -> Result<Event, String> {
-        let m = crate::amqp::message::DecodedMessage::decode(payload).map_err(|e| e.to_string())?;
-        let Some(Value::List(items)) = m.body else {
-            return Err("replication message body is not a list".into());
-        };
+        let mut events = Event::decode_all(payload)?;
+        match (events.pop(), events.is_empty()) {
+            (Some(event), true) => Ok(event),
+            _ => Err("expected exactly one replication event".into()),
+        }
+    }
+
+    /// Reads every event of a replication message: its body is one
+    /// amqp-sequence section per event.
+    pub fn decode_all(payload: &Bytes) -> Result<Vec<Event>, String> {
+        let mut d = Decoder::new(payload.clone());
+        let mut events = Vec::new();
+        while !d.is_empty() {
+            let items = match d.value().map_err(|e| e.to_string())? {
+                Value::Described(code, body) if code.as_u64() == Some(AMQP_SEQUENCE) => match *body
+                {
+                    Value::List(items) => items,
+                    other => {
+                        return Err(format!(
+                            "replication section holds {}, not a list",
+                            other.type_name()
+                        ))
+                    }
+                },
+                other => {
+                    return Err(format!(
+                        "replication message section is {}, not an amqp-sequence",
+                        other.type_name()
+                    ))
+                }
+            };
+            events.push(Event::from_items(items)?);
+        }
+        if events.is_empty() {
+            return Err("replication message without events".into());
+        }
+        Ok(events)
+    }
+
+    fn from_items(items: Vec<Value>) -> Result<Event, String> {
         let text = |i: usize| items.get(i).and_then(Value::as_str).map(str::to_owned);
         let name = || text(1).ok_or_else(|| "replication event without a name".to_string());
         let kind = text(0).ok_or("replication event without a type")?;
@@ -464,6 +503,30 @@ mod tests {
         for e in events {
             assert_eq!(Event::decode(&e.encode()).expect("decodes"), e);
         }
+    }
+
+    #[test]
+    fn a_delivery_carries_several_events_in_order_and_nothing_else() {
+        let first = Event::QueueDelete { name: "a".into() };
+        let second = Event::Enqueue {
+            queue: "q".into(),
+            position: 3,
+            message: Bytes::from_static(b"\x00\x53\x77\x40"),
+        };
+        let mut batch = first.encode().to_vec();
+        batch.extend_from_slice(&second.encode());
+        let batch = Bytes::from(batch);
+        assert_eq!(
+            Event::decode_all(&batch).expect("decodes"),
+            vec![first, second]
+        );
+        assert!(Event::decode(&batch).is_err(), "one event expected");
+        assert!(Event::decode_all(&Bytes::new()).is_err(), "no events");
+        // An amqp-value section is not an event section.
+        let value = Bytes::from_static(b"\x00\x53\x77\x45");
+        assert!(Event::decode_all(&value).is_err());
+        // A truncated batch is an error, not a shorter batch.
+        assert!(Event::decode_all(&batch.slice(..batch.len() - 1)).is_err());
     }
 
     #[test]
