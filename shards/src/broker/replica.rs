@@ -154,20 +154,9 @@ impl Shard {
 
     /// Sends a new message to the backups streaming `queue`.
     pub(super) fn replicate_enqueue(&mut self, queue: &Arc<str>, position: u64, message: Bytes) {
-        let Some(sinks) = self.replica.sinks.get(queue) else {
-            return;
-        };
-        let event = Encoded::enqueue(queue, position, message);
-        for sink in sinks.clone() {
-            let event = event.clone();
-            self.send(
-                sink.shard,
-                ShardMsg::ReplicaOut {
-                    sink,
-                    event,
-                    meta: Some((queue.clone(), position)),
-                },
-            );
+        if self.replica.sinks.contains_key(queue) {
+            let event = Encoded::enqueue(queue, position, message);
+            self.stream_to_backups(queue, event, Some((queue.clone(), position)));
         }
     }
 
@@ -186,22 +175,21 @@ impl Shard {
                 self.ack(ack);
             }
         }
-        let sinks = self.replica.sinks.get(queue).cloned().unwrap_or_default();
-        let event = Event::Dequeue {
-            queue: queue.to_string(),
-            positions: gone,
+        if self.replica.sinks.contains_key(queue) {
+            let event = Event::Dequeue {
+                queue: queue.to_string(),
+                positions: gone,
+            };
+            self.stream_to_backups(queue, event.encode_parts(), None);
         }
-        .encode_parts();
+    }
+
+    /// Sends one event to every backup streaming `queue`.
+    fn stream_to_backups(&mut self, queue: &Arc<str>, event: Encoded, meta: EnqueueMeta) {
+        let sinks = self.replica.sinks.get(queue).cloned().unwrap_or_default();
         for sink in sinks {
-            let event = event.clone();
-            self.send(
-                sink.shard,
-                ShardMsg::ReplicaOut {
-                    sink,
-                    event,
-                    meta: None,
-                },
-            );
+            let (event, meta) = (event.clone(), meta.clone());
+            self.send(sink.shard, ShardMsg::ReplicaOut { sink, event, meta });
         }
     }
 
