@@ -143,7 +143,7 @@ tandem_start() {
             tandem_stop
             return 1
         fi
-        sleep 0.1
+        sleep 0.1 # poll until it answers (bounded: TANDEMD_START_TIMEOUT)
         waited=$((waited + 1))
     done
 }
@@ -164,7 +164,7 @@ tandem_stop() {
             kill -KILL "$pid" 2>/dev/null
             break
         fi
-        sleep 0.1
+        sleep 0.1 # poll until it exits (bounded: TANDEMD_STOP_TIMEOUT)
         waited=$((waited + 1))
     done
     rm -f "$TANDEMD_PIDFILE"
