@@ -45,9 +45,6 @@ pub const POLL_INTERVAL: Duration = Duration::from_millis(20);
 /// How long a terminated or killed process may take to be reaped.
 const EXIT_DEADLINE: Duration = Duration::from_secs(10);
 
-/// Polls `condition` every [`POLL_INTERVAL`] until it holds (true) or `deadline`
-/// has passed (false). The only acceptable way for a test to wait.
-#[must_use]
 /// A port for a broker that must keep it across restarts (HA members): picked
 /// below the kernel's ephemeral range (32768-60999 here), so no outgoing
 /// connection can take it while its broker is down; checked free now.
@@ -59,16 +56,25 @@ pub fn free_port() -> u16 {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos())
             .unwrap_or(0);
+    // Ports handed out before in this process stay taken: a test that stops a
+    // broker and starts another on its port must not find that a parallel
+    // test was given the port meanwhile.
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     for _ in 0..1000 {
         let n = seed.wrapping_add(NEXT.fetch_add(7919, Ordering::Relaxed));
         let port = 20_000 + (n % 12_000) as u16;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if !given.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.push(port);
             return port;
         }
     }
     panic!("no free port between 20000 and 32000");
 }
 
+/// Polls `condition` every [`POLL_INTERVAL`] until it holds (true) or `deadline`
+/// has passed (false). The only acceptable way for a test to wait.
+#[must_use]
 pub fn wait_until(deadline: Duration, mut condition: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + deadline;
     loop {
