@@ -142,3 +142,27 @@ fn connections_beyond_max_connections_are_refused_and_others_keep_working() {
         tandem_shards::amqp::performative::DeliveryState::Accepted
     );
 }
+
+#[test]
+fn tools_take_a_missing_password_from_tandem_password() {
+    let (broker, _dir) = broker_with_users();
+    let url = format!("alice@{}", broker.url());
+    let ping = |password: Option<&str>| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tandem-ha"));
+        cmd.args(["-b", &url, "--timeout", "10", "ping"]);
+        match password {
+            Some(p) => cmd.env("TANDEM_PASSWORD", p),
+            None => cmd.env_remove("TANDEM_PASSWORD"),
+        };
+        cmd.output().expect("running tandem-ha")
+    };
+    assert!(ping(Some("secret")).status.success(), "the right password");
+    assert!(!ping(Some("wrong")).status.success(), "a wrong password");
+    assert!(!ping(None).status.success(), "no password at all");
+    // A password in the URL wins over the variable.
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tandem-ha"));
+    let with_password = format!("alice/secret@{}", broker.url());
+    cmd.args(["-b", &with_password, "--timeout", "10", "ping"])
+        .env("TANDEM_PASSWORD", "wrong");
+    assert!(cmd.output().expect("running tandem-ha").status.success());
+}

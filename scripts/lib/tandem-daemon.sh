@@ -40,6 +40,9 @@ tandem_settle_defaults() {
     : "${TANDEMD_START_TIMEOUT:=30}"
     : "${TANDEMD_STOP_TIMEOUT:=30}"
     : "${TANDEM_HA_BROKER:=$(tandem_local_address)}"
+    # tandem-ha reads the password of a `user@host` TANDEM_HA_BROKER from here,
+    # which keeps it out of the process list.
+    if [ -n "${TANDEM_PASSWORD:-}" ]; then export TANDEM_PASSWORD; fi
 }
 
 # The value of a top-level `key = value` line of the TOML config, unquoted

@@ -20,7 +20,8 @@ use tandem_shards::management::{status, Request};
     about = "Tandem HA administration: status, promotion, membership"
 )]
 struct Cli {
-    /// Broker URL: [user[/password]@]host[:port]
+    /// Broker URL: [user[/password]@]host[:port]; with user@ and no password, the
+    /// password comes from $TANDEM_PASSWORD
     #[arg(
         short = 'b',
         long = "broker",

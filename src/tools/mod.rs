@@ -15,7 +15,8 @@ use tandem_shards::url::BrokerUrl;
 /// Connection options common to all tools.
 #[derive(Args, Debug, Clone)]
 pub struct BrokerArgs {
-    /// Broker URL: [amqp:][user[/password]@]host[:port][,host[:port]...]
+    /// Broker URL: [amqp:][user[/password]@]host[:port][,host[:port]...]; with
+    /// user@ and no password, the password comes from $TANDEM_PASSWORD
     #[arg(
         short = 'b',
         long = "broker",
@@ -42,9 +43,18 @@ impl BrokerArgs {
     }
 }
 
-/// Connects to `url` (with `qpid.ha-admin` when asked) and opens the management channel.
+/// The environment variable a URL with a user name but no password takes its
+/// password from.
+pub const PASSWORD_VAR: &str = "TANDEM_PASSWORD";
+
+/// Connects to `url` (with `qpid.ha-admin` when asked) and opens the management
+/// channel. A URL of `user@host` takes the password from `TANDEM_PASSWORD`.
 pub fn connect(url: &str, ha_admin: bool, timeout_secs: f64) -> ToolResult<ManagementClient> {
-    let url: BrokerUrl = url.parse().map_err(|e| format!("--broker: {e}"))?;
+    let mut url: BrokerUrl = url.parse().map_err(|e| format!("--broker: {e}"))?;
+    if url.user.is_some() && url.password.is_none() {
+        // Scripts keep the password off command lines (where `ps` shows it).
+        url.password = std::env::var(PASSWORD_VAR).ok();
+    }
     if !(timeout_secs.is_finite() && timeout_secs > 0.0) {
         return Err(format!(
             "--timeout: '{timeout_secs}' must be a positive number of seconds"
