@@ -9,14 +9,15 @@
 mod common;
 mod ha_cluster;
 
-use common::run_python;
+use common::{run_python, ClientOutput};
 use ha_cluster::{serial, HaCluster, Member};
 
 const PRIMARY: Member = 0;
 
-fn send(cluster: &HaCluster, queue: &str, count: usize) {
+/// Runs a Proton client `script` for `count` messages on `queue` of the primary.
+fn proton(script: &str, cluster: &HaCluster, queue: &str, count: usize) -> ClientOutput {
     let out = run_python(
-        "send.py",
+        script,
         &[
             "--url",
             &cluster.url(PRIMARY),
@@ -27,21 +28,15 @@ fn send(cluster: &HaCluster, queue: &str, count: usize) {
         ],
     );
     out.assert_success();
+    out
+}
+
+fn send(cluster: &HaCluster, queue: &str, count: usize) {
+    proton("send.py", cluster, queue, count);
 }
 
 fn receive(cluster: &HaCluster, queue: &str, count: usize) {
-    let out = run_python(
-        "recv.py",
-        &[
-            "--url",
-            &cluster.url(PRIMARY),
-            "--address",
-            queue,
-            "--count",
-            &count.to_string(),
-        ],
-    );
-    out.assert_success();
+    let out = proton("recv.py", cluster, queue, count);
     assert_eq!(out.messages().len(), count);
 }
 

@@ -28,6 +28,27 @@ impl Members {
     }
 }
 
+/// Promotes `b` as soon as it lets itself be (it may still be probing its peers).
+fn promote_when_possible(b: &Broker) {
+    let promoted = wait_until(Duration::from_secs(10), || {
+        tool(
+            "tandem-ha",
+            &["-b", &b.url(), "--cluster-manager", "promote"],
+        )
+        .status
+        .success()
+    });
+    assert!(promoted, "{} could not be promoted", b.url());
+}
+
+/// Waits until every one of `backups` is ready.
+fn wait_ready(backups: &[Broker]) {
+    let ready = wait_until(Duration::from_secs(15), || {
+        backups.iter().all(|b| status_is(&b.url(), "ready"))
+    });
+    assert!(ready, "backups not ready");
+}
+
 fn promote(b: &Broker) {
     let out = tool(
         "tandem-ha",
@@ -80,12 +101,7 @@ fn depth(b: &Broker, queue: &str) -> Option<u64> {
 fn backups_joining_before_between_and_after_sends_all_get_every_message() {
     let members = Members::new(3, "all");
     let primary = members.start(0);
-    assert!(wait_until(Duration::from_secs(10), || tool(
-        "tandem-ha",
-        &["-b", &primary.url(), "--cluster-manager", "promote"]
-    )
-    .status
-    .success()));
+    promote_when_possible(&primary);
     send(&primary, "sync", 10, "before-");
     let b1 = members.start(1);
     assert!(wait_until(Duration::from_secs(15), || status_is(
@@ -113,15 +129,8 @@ fn backups_joining_before_between_and_after_sends_all_get_every_message() {
 fn a_new_primary_without_queues_still_goes_active() {
     let members = Members::new(3, "all");
     let mut brokers: Vec<Broker> = (0..3).map(|i| members.start(i)).collect();
-    assert!(wait_until(Duration::from_secs(10), || tool(
-        "tandem-ha",
-        &["-b", &brokers[0].url(), "--cluster-manager", "promote"]
-    )
-    .status
-    .success()));
-    assert!(wait_until(Duration::from_secs(15), || {
-        status_is(&brokers[1].url(), "ready") && status_is(&brokers[2].url(), "ready")
-    }));
+    promote_when_possible(&brokers[0]);
+    wait_ready(&brokers[1..]);
     brokers[0].kill();
     promote(&brokers[1]);
     assert!(
@@ -141,12 +150,7 @@ fn temporary_and_auto_delete_queues_are_not_replicated() {
     let members = Members::new(2, "all");
     let primary = members.start(0);
     let backup = members.start(1);
-    assert!(wait_until(Duration::from_secs(10), || tool(
-        "tandem-ha",
-        &["-b", &primary.url(), "--cluster-manager", "promote"]
-    )
-    .status
-    .success()));
+    promote_when_possible(&primary);
     assert!(wait_until(Duration::from_secs(15), || status_is(
         &backup.url(),
         "ready"
@@ -199,15 +203,8 @@ fn temporary_and_auto_delete_queues_are_not_replicated() {
 fn every_broker_reports_the_membership_and_epoch() {
     let members = Members::new(3, "none");
     let brokers: Vec<Broker> = (0..3).map(|i| members.start(i)).collect();
-    assert!(wait_until(Duration::from_secs(10), || tool(
-        "tandem-ha",
-        &["-b", &brokers[0].url(), "--cluster-manager", "promote"]
-    )
-    .status
-    .success()));
-    assert!(wait_until(Duration::from_secs(15), || {
-        status_is(&brokers[1].url(), "ready") && status_is(&brokers[2].url(), "ready")
-    }));
+    promote_when_possible(&brokers[0]);
+    wait_ready(&brokers[1..]);
     for b in &brokers {
         let q = stdout(&tool("tandem-ha", &["-b", &b.url(), "query"]));
         assert!(q.contains("epoch:       1"), "{q}");
