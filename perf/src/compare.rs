@@ -146,6 +146,28 @@ pub struct Row {
     pub limit_runs: Vec<LimitResult>,
 }
 
+impl Row {
+    /// A row of harness runs (a broker's, or the harness's own `--null`).
+    fn of_runs(
+        name: String,
+        kind: &'static str,
+        url: Option<String>,
+        address: Option<String>,
+        runs: Vec<RunResult>,
+    ) -> Row {
+        Row {
+            name,
+            kind,
+            url,
+            address,
+            median: run_medians(&runs),
+            failed_rounds: runs.iter().filter(|r| !r.ok).count() as u32,
+            runs,
+            limit_runs: Vec::new(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Comparison {
     pub scenario: String,
@@ -356,28 +378,16 @@ pub fn run(args: &CompareArgs) -> Result<Output, String> {
             write_median_hgrm(dir, &b.name, rs)?;
         }
         let results: Vec<RunResult> = rs.iter().map(|(r, _)| r.clone()).collect();
-        rows.push(Row {
-            name: b.name.clone(),
-            kind: "broker",
-            url: Some(b.url.clone()),
-            address: b.address.clone(),
-            median: run_medians(&results),
-            failed_rounds: results.iter().filter(|r| !r.ok).count() as u32,
-            runs: results,
-            limit_runs: Vec::new(),
-        });
+        rows.push(Row::of_runs(
+            b.name.clone(),
+            "broker",
+            Some(b.url.clone()),
+            b.address.clone(),
+            results,
+        ));
     }
     if !args.no_null {
-        rows.push(Row {
-            name: "null".into(),
-            kind: "null",
-            url: None,
-            address: None,
-            median: run_medians(&null_runs),
-            failed_rounds: null_runs.iter().filter(|r| !r.ok).count() as u32,
-            runs: null_runs,
-            limit_runs: Vec::new(),
-        });
+        rows.push(Row::of_runs("null".into(), "null", None, None, null_runs));
     }
     if !args.no_limit {
         rows.push(Row {
