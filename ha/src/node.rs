@@ -46,8 +46,6 @@ pub enum Input {
     LinkLost,
     /// Backup: traffic (or a heartbeat) from the primary.
     PrimaryHeard,
-    /// Backup: every replicated queue has caught up.
-    CaughtUp,
     /// Backup: the primary's view of the cluster.
     Members(Vec<MemberInfo>),
     /// Joining broker: what a peer answered to a status probe (`None`: no answer).
@@ -331,11 +329,6 @@ impl HaNode {
             }
             Input::LinkLost => self.lose_primary(now, &mut out),
             Input::PrimaryHeard => self.primary_heard = now,
-            Input::CaughtUp => {
-                if self.status == BrokerStatus::CatchUp {
-                    self.become_(BrokerStatus::Ready, &mut out);
-                }
-            }
             Input::Members(list) => {
                 if let Some(me) = list.iter().find(|m| m.broker_id == self.settings.broker_id) {
                     match (self.status, me.status) {

@@ -20,8 +20,6 @@ use glommio::channels::shared_channel::{self, ConnectedSender, SharedReceiver, S
 use glommio::net::{TcpListener, TcpStream};
 use glommio::{LocalExecutorBuilder, Placement};
 
-use crate::amqp::codec::Value;
-use crate::amqp::connection::{Connection, ConnectionConfig, Sasl};
 use crate::amqp::performative::{condition, ErrorCondition};
 use crate::broker::hooks::HaHandler;
 use crate::broker::{BrokerSettings, Shard, ShardMsg};
@@ -347,6 +345,7 @@ async fn shard_main(
             while bell.recv().await.is_some() {
                 {
                     let mut shard = rt.shard.borrow_mut();
+                    shard.set_now(Instant::now());
                     while let Ok(msg) = ring.pop() {
                         shard.on_shard_msg(msg);
                     }
@@ -371,7 +370,7 @@ async fn shard_main(
             }
         }
     }
-    let mut shard = Shard::new(id, settings.clone());
+    let mut shard = Shard::new(id, settings.clone(), Instant::now());
     let has_ha = ha.is_some();
     if let Some(factory) = ha {
         shard.set_ha(factory());
@@ -413,7 +412,7 @@ async fn shard_main(
                 );
                 continue;
             }
-            serve(&accept_rt, stream, &settings, conn_count.clone());
+            serve(&accept_rt, stream, conn_count.clone());
         }
     })
     .detach();
@@ -468,12 +467,7 @@ async fn shard_main(
 }
 
 /// Starts the reader and writer tasks of a new connection.
-fn serve(
-    rt: &Rc<Runtime>,
-    stream: TcpStream,
-    settings: &Arc<BrokerSettings>,
-    conn_count: Arc<AtomicUsize>,
-) {
+fn serve(rt: &Rc<Runtime>, stream: TcpStream, conn_count: Arc<AtomicUsize>) {
     let _ = stream.set_nodelay(true);
     let peer = stream
         .peer_addr()
@@ -488,8 +482,11 @@ fn serve(
         return;
     }
     let write_half = unsafe { TcpStream::from_raw_fd(dup) };
-    let engine = Connection::server(connection_config(settings, rt.id), Instant::now());
-    let id = rt.shard.borrow_mut().add_connection(engine, peer.clone());
+    let id = {
+        let mut shard = rt.shard.borrow_mut();
+        shard.set_now(Instant::now());
+        shard.accept_connection(peer.clone())
+    };
     tracing::debug!(shard = rt.id, conn = id, %peer, "accepted");
     let (wake_tx, wake_rx) = local_channel::new_bounded(1);
     rt.writers.borrow_mut().insert(id, wake_tx);
@@ -538,109 +535,21 @@ async fn connect_replica(
         return;
     }
     let write_half = unsafe { TcpStream::from_raw_fd(dup) };
-    let who = rt.shard.borrow().ha_identity();
-    let backup_info = who
-        .map(|w| {
-            Value::Map(vec![
-                (Value::symbol("broker-id"), Value::String(w.broker_id)),
-                (Value::symbol("address"), Value::String(w.address)),
-                (Value::symbol("epoch"), Value::Ulong(w.epoch)),
-            ])
-        })
-        .unwrap_or(Value::Bool(true));
-    let credentials = link
-        .username
-        .clone()
-        .map(|u| (u, link.password.clone().unwrap_or_default()));
-    let cfg = ConnectionConfig {
-        container_id: settings.container_id.clone(),
-        max_frame_size: settings.max_frame_size,
-        channel_max: 16,
-        // The primary must be heard at least every heartbeat; twice that is silence.
-        idle_timeout: Some(link.heartbeat * 2),
-        properties: Some(Value::Map(vec![(
-            Value::symbol("qpid.ha-backup"),
-            backup_info,
-        )])),
-        max_message_size: settings.max_message_size,
-        hostname: Some(address.clone()),
-        sasl: Sasl::Client {
-            credentials,
-            skip: false,
-        },
+    let opened = {
+        let mut shard = rt.shard.borrow_mut();
+        shard.set_now(Instant::now());
+        shard.open_replica_connection(index, address.clone())
     };
-    let mut engine = Connection::client(cfg, Instant::now());
-    engine.set_heartbeat(link.heartbeat);
+    let Some(id) = opened else {
+        return;
+    };
     conn_count.fetch_add(1, Ordering::Relaxed);
-    let id = rt
-        .shard
-        .borrow_mut()
-        .add_replica_connection(engine, index, address.clone());
     tracing::info!("HA: replication link connecting to {address}");
     let (wake_tx, wake_rx) = local_channel::new_bounded(1);
     rt.writers.borrow_mut().insert(id, wake_tx);
     glommio::spawn_local(read_loop(rt.clone(), id, stream)).detach();
     glommio::spawn_local(write_loop(rt.clone(), id, write_half, wake_rx, conn_count)).detach();
     rt.after_step();
-}
-
-fn connection_config(settings: &BrokerSettings, shard: usize) -> ConnectionConfig {
-    let users = settings.users.clone();
-    let auth = settings.auth;
-    let authenticator = Box::new(move |mechanism: &str, response: &[u8]| -> Option<String> {
-        match mechanism {
-            "ANONYMOUS" if !auth => Some("anonymous".into()),
-            "PLAIN" => {
-                // authzid NUL authcid NUL password
-                let mut parts = response.split(|b| *b == 0);
-                let _authzid = parts.next()?;
-                let user = std::str::from_utf8(parts.next()?).ok()?;
-                let pass = std::str::from_utf8(parts.next()?).ok()?;
-                if !auth || users.get(user).is_some_and(|p| p == pass) {
-                    Some(user.to_owned())
-                } else {
-                    None
-                }
-            }
-            _ => None,
-        }
-    });
-    let mechanisms = if auth {
-        vec!["PLAIN".to_owned()]
-    } else {
-        vec!["ANONYMOUS".to_owned(), "PLAIN".to_owned()]
-    };
-    ConnectionConfig {
-        container_id: settings.container_id.clone(),
-        max_frame_size: settings.max_frame_size,
-        channel_max: 255,
-        idle_timeout: settings.idle_timeout,
-        properties: Some(Value::Map(
-            [
-                (Value::symbol("product"), Value::string("tandem")),
-                (
-                    Value::symbol("version"),
-                    Value::string(env!("CARGO_PKG_VERSION")),
-                ),
-                (Value::symbol("tandem.shard"), Value::Uint(shard as u32)),
-            ]
-            .into_iter()
-            .chain(
-                settings
-                    .open_properties
-                    .iter()
-                    .map(|(k, v)| (Value::symbol(k), v.clone())),
-            )
-            .collect(),
-        )),
-        max_message_size: settings.max_message_size,
-        hostname: None,
-        sasl: Sasl::Server {
-            mechanisms,
-            authenticator,
-            require: auth,
-        },
-    }
 }
 
 async fn read_loop(rt: Rc<Runtime>, id: u64, mut stream: TcpStream) {
@@ -652,7 +561,15 @@ async fn read_loop(rt: Rc<Runtime>, id: u64, mut stream: TcpStream) {
         let start = buf.len();
         let room = buf.capacity() - start;
         buf.resize(start + room, 0);
-        let n = stream.read(&mut buf[start..]).await.unwrap_or(0);
+        let n = match stream.read(&mut buf[start..]).await {
+            Ok(n) => n,
+            Err(e) => {
+                // Taken as the end of the connection, but said: a reset and a
+                // clean close are different stories for an operator.
+                tracing::warn!(shard = rt.id, conn = id, "socket read failed: {e}");
+                0
+            }
+        };
         buf.truncate(start + n);
         if n == 0 {
             rt.shard.borrow_mut().conn_eof(id);

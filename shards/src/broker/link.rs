@@ -149,6 +149,7 @@ impl Shard {
 
     /// Bytes from a client's socket.
     pub fn conn_input(&mut self, id: u64, buf: &mut BytesMut, now: Instant) {
+        self.set_now(now);
         let (outbound, hosts_replicas) = match self.conns.get_mut(&id) {
             Some(c) => {
                 c.engine.input(buf, now);
@@ -175,6 +176,7 @@ impl Shard {
 
     /// Timer: heartbeats and idle timeout; returns the next deadline.
     pub fn conn_tick(&mut self, id: u64, now: Instant) -> Option<Instant> {
+        self.set_now(now);
         let next = self.conns.get_mut(&id).and_then(|c| c.engine.tick(now));
         self.conn_events(id);
         next

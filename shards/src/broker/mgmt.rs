@@ -345,7 +345,15 @@ impl Shard {
 
     /// Shard 0: a request for the `ha-broker` entity, answered by the HA role.
     pub(super) fn on_ha_request(&mut self, req: Request, reply: ReplyTo) {
-        let now = std::time::Instant::now();
+        let resp = self.ha_request(req);
+        self.mgmt_reply(&reply, resp);
+    }
+
+    /// Shard 0: answers a request for the `ha-broker` entity (READ, QUERY,
+    /// PROMOTE) and applies what the operation changed in the HA role before
+    /// returning. The management node uses it; so do simulations.
+    pub fn ha_request(&mut self, req: Request) -> Response {
+        let now = self.now;
         let resp = match self.ha.as_mut() {
             None => Response::error(
                 status::NOT_FOUND,
@@ -366,7 +374,7 @@ impl Shard {
         };
         // The operation may have changed the role: apply it before replying.
         self.poll_ha(now);
-        self.mgmt_reply(&reply, resp);
+        resp
     }
 
     fn mgmt_config(&mut self, op: ConfigOp, reply: ReplyTo) {

@@ -4,11 +4,13 @@
 //! bytes and ring messages and carries out what it leaves in its outboxes.
 //!
 //! - `mod.rs` (this file): shard state, cross-shard messages, queue-owner side.
+//! - `accept.rs`: how connections begin (server engines, a backup's replication engine).
 //! - `catalogue.rs`: the configuration replica and its single ordering point.
 //! - `link.rs`: the connection side: socket events, what each attach means.
 //! - `publish.rs`: routing a client's messages and settling them once stored.
 //! - `consume.rs`: credit, deliveries and settlement for consumers and browsers.
 
+mod accept;
 mod catalogue;
 mod consume;
 pub mod hooks;
@@ -294,6 +296,10 @@ pub struct Shard {
     /// Temporary-name counter.
     next_temp: u64,
     started: Instant,
+    /// The time of the input being handled: the runtime sets it before each
+    /// batch (`set_now`), simulations pass a virtual clock. Broker logic reads
+    /// no other clock.
+    now: Instant,
     /// Routing scratch space, reused per message.
     route_buf: Vec<Arc<str>>,
     deliveries_buf: Vec<Delivery>,
@@ -321,7 +327,7 @@ pub struct Shard {
 const RELEASE_AFTER: u64 = 64 * 1024 * 1024;
 
 impl Shard {
-    pub fn new(id: usize, settings: Arc<BrokerSettings>) -> Shard {
+    pub fn new(id: usize, settings: Arc<BrokerSettings>, now: Instant) -> Shard {
         let shards = settings.shards;
         let initial_admission = settings.initial_admission.clone();
         Shard {
@@ -340,7 +346,8 @@ impl Shard {
             barriers: HashMap::new(),
             next_barrier: 1,
             next_temp: 1,
-            started: Instant::now(),
+            started: now,
+            now,
             route_buf: Vec::new(),
             deliveries_buf: Vec::new(),
             admitted_buf: Vec::new(),
@@ -376,7 +383,12 @@ impl Shard {
     }
 
     pub fn uptime(&self) -> Duration {
-        self.started.elapsed()
+        self.now.saturating_duration_since(self.started)
+    }
+
+    /// Sets the time of the inputs that follow (ring messages, replies).
+    pub fn set_now(&mut self, now: Instant) {
+        self.now = self.now.max(now);
     }
 
     pub fn connection_count(&self) -> usize {
@@ -686,6 +698,7 @@ impl Shard {
                 None => {
                     self.queues
                         .insert(name.clone(), Queue::new(name.clone(), settings.clone()));
+                    self.guard_new_queue(name);
                 }
             },
             ConfigEvent::QueueDeleted { name } => {
@@ -736,6 +749,7 @@ impl Shard {
 
     /// Shard 0: lets the HA role run its timers and applies what it decides.
     pub fn poll_ha(&mut self, now: Instant) {
+        self.set_now(now);
         let Some(ha) = self.ha.as_mut() else {
             return;
         };

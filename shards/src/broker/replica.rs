@@ -52,6 +52,10 @@ pub(super) struct ReplicaState {
     sinks: HashMap<Arc<str>, Vec<ReplicaSink>>,
     /// Owner side: position a backup must acknowledge to have caught up a queue.
     catch_up: HashMap<(MemberId, Arc<str>), u64>,
+    /// Owner side: backups that settlements wait for, so that a queue created
+    /// later waits for them too (an expected backup without a link yet has no
+    /// stream to start the queue's guard).
+    guarded: HashSet<MemberId>,
     /// Shard 0 of a primary: every backup's sink.
     members: Vec<ReplicaSink>,
     /// Shard 0 of a primary: `all` queues each backup has not caught up yet.
@@ -275,6 +279,7 @@ impl Shard {
     /// Owner: settlements on every replicated queue now wait for `member`
     /// (expected backups at promotion, and backups that timed out catching up).
     pub(super) fn on_guard_member(&mut self, member: MemberId) {
+        self.replica.guarded.insert(member);
         let names: Vec<Arc<str>> = self.queues.keys().cloned().collect();
         for name in names {
             let level_all = self
@@ -293,6 +298,7 @@ impl Shard {
 
     /// Every shard: `member` is gone; release what waited for it.
     pub(super) fn on_drop_member(&mut self, member: MemberId) {
+        self.replica.guarded.remove(&member);
         let mut released = Vec::new();
         self.guard.drop_backup(member, &mut released);
         for ack in released {
@@ -304,6 +310,23 @@ impl Shard {
         self.replica.catch_up.retain(|(m, _), _| *m != member);
         self.replica.members.retain(|s| s.member != member);
         self.replica.pending_ready.remove(&member);
+    }
+
+    /// Owner: a new queue's settlements wait for every guarded backup.
+    pub(super) fn guard_new_queue(&mut self, name: &Arc<str>) {
+        let Some(q) = self.queues.get(name) else {
+            return;
+        };
+        if self.replica.guarded.is_empty() || self.queue_level(&q.settings) != Level::All {
+            return;
+        }
+        if let Some(q) = self.queues.get_mut(name) {
+            q.track_dequeues(true);
+            let next = q.next_position();
+            for &member in &self.replica.guarded {
+                self.guard.guard(name, member, next);
+            }
+        }
     }
 
     /// Owner: a replicated queue was deleted; nothing waits for it.
@@ -323,7 +346,7 @@ impl Shard {
     /// A backup attached its link on some shard: register it, send it the
     /// configuration and start every `all` queue's replica.
     pub(super) fn on_backup_attached(&mut self, mut sink: ReplicaSink, who: BackupIdentity) {
-        let now = Instant::now();
+        let now = self.now;
         let member = match self.ha.as_mut().map(|ha| ha.backup_attached(who, now)) {
             Some(Ok(m)) => m,
             Some(Err(reason)) => {
@@ -465,7 +488,7 @@ impl Shard {
     }
 
     pub(super) fn ha_link_event(&mut self, event: LinkEvent) {
-        let now = Instant::now();
+        let now = self.now;
         if let Some(ha) = self.ha.as_mut() {
             ha.link_event(event, now);
         }

@@ -1,0 +1,1089 @@
+//! A simulated cluster of the real code: every broker is its real [`Shard`]s
+//! with the real HA role ([`HaBroker`]) on shard 0, exactly as `tandemd` builds
+//! them; only the runtime is replaced. Shard rings are FIFO queues, sockets are
+//! in-memory pipes between real connection engines, and time is a virtual
+//! clock advanced in fixed steps. Clients are real client engines that publish
+//! and consume numbered messages and fail over as Proton does (next address
+//! after a dropped connection, unsettled messages sent again).
+//!
+//! Faults: `kill` (kill -9: every socket of the broker closes), `stall`
+//! (SIGSTOP: nothing moves, bytes wait in the pipes), `resume`, `restart` (a
+//! new process with a new broker id). A test-driven [`Peer`] engine can stand
+//! in for a broker to feed a backup whatever stream a test needs.
+//!
+//! Runs are deterministic: the only randomness (which shard accepts a
+//! connection, the publish schedule) comes from a seeded [`Rng`].
+
+// Each test binary uses a different part of this module.
+#![allow(dead_code)]
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use tandem_ha::broker::{ClusterInfo, HaBroker};
+use tandem_ha::node::HaSettings;
+use tandem_shards::amqp::codec::Value;
+use tandem_shards::amqp::connection::{Connection, ConnectionConfig, Event, LinkKey, Sasl};
+use tandem_shards::amqp::message::{DecodedMessage, MessageBuilder};
+use tandem_shards::amqp::performative::{Attach, DeliveryState, Role, Source, Target};
+use tandem_shards::broker::hooks::Admission;
+use tandem_shards::broker::{BrokerSettings, HaLinkSettings, Shard};
+use tandem_shards::management::{Request, Response};
+
+/// One step of the virtual clock.
+pub const STEP: Duration = Duration::from_millis(10);
+/// `link-heartbeat-interval`: silence for twice this drops a peer.
+pub const HEARTBEAT: Duration = Duration::from_millis(500);
+/// `ha-backup-timeout`.
+pub const BACKUP_TIMEOUT: Duration = Duration::from_secs(3);
+/// `link-maintenance-interval`.
+pub const MAINTENANCE: Duration = Duration::from_millis(100);
+/// Bytes a pipe carries each way per step (25 MB/s), so that catching up on
+/// a long queue takes visible time.
+pub const BANDWIDTH: usize = 256 * 1024;
+/// How long the runtime waits for a peer's close before dropping the socket
+/// (`runtime::CLOSE_GRACE`).
+pub const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// A small deterministic generator (xorshift64*), seeded per run.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// A number in `0..n` (`n > 0`).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Health {
+    Up,
+    /// SIGSTOP: alive but nothing runs; bytes wait in the pipes.
+    Stalled,
+    /// kill -9.
+    Dead,
+}
+
+/// One broker process.
+pub struct Broker {
+    pub shards: Vec<Shard>,
+    pub health: Health,
+    pub broker_id: String,
+}
+
+/// One side of a pipe.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum End {
+    Shard {
+        broker: usize,
+        shard: usize,
+        conn: u64,
+    },
+    Client(usize),
+    Peer(usize),
+}
+
+/// A socket pair: bytes written by side `i` wait in `held[i]` until side
+/// `1 - i` runs and reads them into `rx[1 - i]`.
+struct Pipe {
+    ends: [End; 2],
+    held: [Vec<Bytes>; 2],
+    rx: [BytesMut; 2],
+    /// Bytes side `i` may still send this step.
+    budget: [usize; 2],
+    /// Since when side `i` waits for the peer's close.
+    closing_since: [Option<Instant>; 2],
+}
+
+/// What a client does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Publisher,
+    Consumer,
+}
+
+/// A client with its own engine, failing over between the brokers in order.
+pub struct Client {
+    pub kind: Kind,
+    queue: String,
+    engine: Option<Connection>,
+    /// The broker it is connected (or connecting) to.
+    pub broker: usize,
+    channel: u16,
+    link: Option<LinkKey>,
+    /// Publisher: numbers to send (again) before new ones.
+    unsent: VecDeque<u64>,
+    /// Publisher: next new number, and how many to publish in all.
+    pub next_seq: u64,
+    pub limit: u64,
+    /// Publisher: most new messages per step (`None`: as credit allows).
+    pub per_step: Option<u64>,
+    /// Publisher: bytes of padding in each message.
+    pub padding: usize,
+    sent_this_step: u64,
+    /// Publisher: delivery id -> number.
+    unsettled: HashMap<u32, u64>,
+    /// Publisher: numbers the broker accepted (settled).
+    pub settled: BTreeSet<u64>,
+    /// Consumer: numbers received, in order, duplicates included.
+    pub received: Vec<u64>,
+    /// Connections made.
+    pub connects: usize,
+    /// Steps to wait before the next connection attempt.
+    backoff: u32,
+}
+
+impl Client {
+    fn new(kind: Kind, queue: &str, limit: u64) -> Client {
+        Client {
+            kind,
+            queue: queue.into(),
+            engine: None,
+            broker: 0,
+            channel: 0,
+            link: None,
+            unsent: VecDeque::new(),
+            next_seq: 1,
+            limit,
+            per_step: None,
+            padding: 0,
+            sent_this_step: 0,
+            unsettled: HashMap::new(),
+            settled: BTreeSet::new(),
+            received: Vec::new(),
+            connects: 0,
+            backoff: 0,
+        }
+    }
+
+    /// Numbers sent and not settled, waiting to go (again).
+    pub fn outstanding(&self) -> usize {
+        self.unsent.len() + self.unsettled.len()
+    }
+
+    /// The client's state, for failure messages.
+    pub fn describe(&self) -> String {
+        format!(
+            "connected to {} {} (link {:?}), {} connections, next {} of {}, {} settled, {} unsent, {} unsettled",
+            self.broker,
+            self.engine.is_some(),
+            self.link,
+            self.connects,
+            self.next_seq,
+            self.limit,
+            self.settled.len(),
+            self.unsent.len(),
+            self.unsettled.len()
+        )
+    }
+
+    /// The connection dropped: the next attempt goes to the next broker.
+    fn lost(&mut self) {
+        self.engine = None;
+        self.broker += 1;
+        self.link = None;
+        let mut again: Vec<u64> = self.unsettled.drain().map(|(_, s)| s).collect();
+        again.sort_unstable();
+        for s in again.into_iter().rev() {
+            self.unsent.push_front(s);
+        }
+        self.backoff = 5;
+    }
+
+    fn on_event(&mut self, ev: Event) {
+        let Some(engine) = self.engine.as_mut() else {
+            return;
+        };
+        match ev {
+            Event::Opened(_) => self.channel = engine.begin(),
+            Event::Begun { channel } => {
+                let (role, source, target) = match self.kind {
+                    Kind::Publisher => (
+                        Role::Sender,
+                        Source::default(),
+                        Target {
+                            address: Some(self.queue.clone()),
+                            ..Default::default()
+                        },
+                    ),
+                    Kind::Consumer => (
+                        Role::Receiver,
+                        Source {
+                            address: Some(self.queue.clone()),
+                            ..Default::default()
+                        },
+                        Target::default(),
+                    ),
+                };
+                self.link = engine.attach(channel, attach(&self.queue, role, source, target));
+            }
+            Event::Attached { link, attach } => {
+                let refused = match self.kind {
+                    Kind::Publisher => attach.target.is_none(),
+                    Kind::Consumer => attach.source.is_none(),
+                };
+                if refused {
+                    engine.close(None);
+                } else if self.kind == Kind::Consumer {
+                    engine.grant_credit(link, 100, false);
+                }
+            }
+            Event::Transfer {
+                link,
+                delivery_id,
+                settled,
+                payload,
+                ..
+            } => {
+                let number = DecodedMessage::decode(&payload)
+                    .ok()
+                    .and_then(|m| m.body)
+                    .and_then(|b| b.as_u64());
+                if let Some(n) = number {
+                    self.received.push(n);
+                }
+                if !settled {
+                    engine.disposition(
+                        link.channel,
+                        Role::Receiver,
+                        delivery_id,
+                        delivery_id,
+                        true,
+                        Some(&DeliveryState::Accepted),
+                    );
+                }
+                if engine.credit(link) < 50 {
+                    engine.grant_credit(link, 100, false);
+                }
+            }
+            Event::Disposition { disposition, .. } if disposition.settled => {
+                let last = disposition.last.unwrap_or(disposition.first);
+                let mut id = disposition.first;
+                loop {
+                    if let Some(n) = self.unsettled.remove(&id) {
+                        match disposition.state {
+                            Some(DeliveryState::Accepted) => {
+                                self.settled.insert(n);
+                            }
+                            _ => self.unsent.push_back(n),
+                        }
+                    }
+                    if id == last {
+                        break;
+                    }
+                    id = id.wrapping_add(1);
+                }
+            }
+            Event::Detached { .. } | Event::Ended { .. } => engine.close(None),
+            _ => {}
+        }
+    }
+
+    /// Sends what credit and the schedule allow.
+    fn publish(&mut self) {
+        let (Kind::Publisher, Some(engine), Some(link)) = (self.kind, self.engine.as_mut(), self.link)
+        else {
+            return;
+        };
+        while engine.credit(link) > 0 {
+            let n = match self.unsent.front() {
+                Some(&n) => n,
+                None if self.next_seq <= self.limit
+                    && self.per_step.is_none_or(|max| self.sent_this_step < max) =>
+                {
+                    self.next_seq
+                }
+                None => break,
+            };
+            let payload = MessageBuilder {
+                body: Some(Value::Ulong(n)),
+                application_properties: (self.padding > 0)
+                    .then(|| ("padding".to_owned(), Value::String("x".repeat(self.padding))))
+                    .into_iter()
+                    .collect(),
+                ..Default::default()
+            }
+            .encode();
+            let Some(id) = engine.send(link, &n.to_be_bytes(), &payload, false) else {
+                break;
+            };
+            if self.unsent.front() == Some(&n) {
+                self.unsent.pop_front();
+            } else {
+                self.next_seq += 1;
+                self.sent_this_step += 1;
+            }
+            self.unsettled.insert(id, n);
+        }
+    }
+}
+
+fn attach(name: &str, role: Role, source: Source, target: Target) -> Attach {
+    Attach {
+        name: format!("sim-{name}-{role:?}"),
+        handle: 0,
+        role,
+        snd_settle_mode: None,
+        rcv_settle_mode: None,
+        source: Some(source),
+        target: Some(target),
+        initial_delivery_count: None,
+        max_message_size: None,
+        offered_capabilities: None,
+        desired_capabilities: None,
+        properties: None,
+    }
+}
+
+fn client_config(properties: Option<Value>) -> ConnectionConfig {
+    ConnectionConfig {
+        container_id: "sim-client".into(),
+        max_frame_size: 65536,
+        channel_max: 16,
+        idle_timeout: None,
+        properties,
+        max_message_size: 1 << 20,
+        hostname: None,
+        sasl: Sasl::Client {
+            credentials: None,
+            skip: false,
+        },
+    }
+}
+
+/// A test-driven engine standing in for a broker at an address of the
+/// cluster: the test reads its events and makes it answer.
+pub struct Peer {
+    pub address: String,
+    pub engine: Option<Connection>,
+    pub events: Vec<Event>,
+    /// The peer's connection was closed by the other side.
+    pub closed: bool,
+}
+
+pub struct Cluster {
+    pub now: Instant,
+    pub brokers: Vec<Broker>,
+    pub clients: Vec<Client>,
+    pub peers: Vec<Peer>,
+    addresses: Vec<String>,
+    shards_per_broker: usize,
+    pipes: Vec<Pipe>,
+    pub rng: Rng,
+    pub seed: u64,
+    restarts: usize,
+}
+
+/// `node{i}:5672`, the replication address of broker `i`.
+pub fn address(i: usize) -> String {
+    format!("node{i}:5672")
+}
+
+impl Cluster {
+    /// `n` brokers of `shards` shards each, all joining, none promoted.
+    pub fn new(n: usize, shards: usize, seed: u64) -> Cluster {
+        let mut c = Cluster {
+            now: Instant::now(),
+            brokers: Vec::new(),
+            clients: Vec::new(),
+            peers: Vec::new(),
+            addresses: (0..n).map(address).collect(),
+            shards_per_broker: shards,
+            pipes: Vec::new(),
+            rng: Rng::new(seed),
+            seed,
+            restarts: 0,
+        };
+        for i in 0..n {
+            let b = c.start_broker(i);
+            c.brokers.push(b);
+        }
+        c
+    }
+
+    /// Replaces the address list every broker is given (before they run), for
+    /// tests that put a [`Peer`] at one of the addresses.
+    pub fn with_addresses(n: usize, addresses: Vec<String>, seed: u64) -> Cluster {
+        let mut c = Cluster::new(0, 1, seed);
+        c.addresses = addresses;
+        for i in 0..n {
+            let b = c.start_broker(i);
+            c.brokers.push(b);
+        }
+        c
+    }
+
+    fn start_broker(&mut self, i: usize) -> Broker {
+        let own = self.addresses.get(i).cloned().unwrap_or_else(|| address(i));
+        let settings = Arc::new(BrokerSettings {
+            shards: self.shards_per_broker,
+            container_id: format!("broker-{i}"),
+            initial_admission: Admission::AdminOnly {
+                reason: "backup broker (joining), not primary: try another address".into(),
+            },
+            ha_replicate: Some("all".into()),
+            ha_link: Some(HaLinkSettings {
+                username: None,
+                password: None,
+                heartbeat: HEARTBEAT,
+            }),
+            ..Default::default()
+        });
+        let broker_id = format!("broker-{i}-{}", self.restarts);
+        let ha = HaBroker::new(
+            HaSettings {
+                broker_id: broker_id.clone(),
+                brokers: self.addresses.clone(),
+                backup_timeout: BACKUP_TIMEOUT,
+                heartbeat: HEARTBEAT,
+                maintenance: MAINTENANCE,
+                own_address: Some(own.clone()),
+            },
+            ClusterInfo {
+                brokers_url: self.addresses.join(","),
+                public_url: self.addresses.join(","),
+                replicate: "all".into(),
+                self_address: own,
+            },
+            self.now,
+        );
+        let mut shards: Vec<Shard> = (0..self.shards_per_broker)
+            .map(|s| Shard::new(s, settings.clone(), self.now))
+            .collect();
+        shards[0].set_ha(Box::new(ha));
+        Broker {
+            shards,
+            health: Health::Up,
+            broker_id,
+        }
+    }
+
+    // -----------------------------------------------------------------------
+    // Faults
+
+    /// kill -9: the process is gone, every socket of it closes.
+    pub fn kill(&mut self, b: usize) {
+        self.brokers[b].health = Health::Dead;
+        let mut i = 0;
+        while i < self.pipes.len() {
+            let side = self.pipes[i]
+                .ends
+                .iter()
+                .position(|e| matches!(e, End::Shard { broker, .. } if *broker == b));
+            match side {
+                Some(side) => {
+                    let other = self.pipes[i].ends[1 - side];
+                    self.pipes.swap_remove(i);
+                    self.eof(other);
+                }
+                None => i += 1,
+            }
+        }
+    }
+
+    /// SIGSTOP.
+    pub fn stall(&mut self, b: usize) {
+        self.brokers[b].health = Health::Stalled;
+    }
+
+    /// SIGCONT.
+    pub fn resume(&mut self, b: usize) {
+        self.brokers[b].health = Health::Up;
+    }
+
+    /// Starts broker `b` again as a new process (a new broker id), joining.
+    pub fn restart(&mut self, b: usize) {
+        if self.brokers[b].health != Health::Dead {
+            self.kill(b);
+        }
+        self.restarts += 1;
+        self.brokers[b] = self.start_broker(b);
+    }
+
+    // -----------------------------------------------------------------------
+    // The HA role, as the tools see it
+
+    fn ha_request(&mut self, b: usize, operation: &str, body: Value) -> Response {
+        let resp = self.brokers[b].shards[0].ha_request(Request {
+            operation: operation.into(),
+            entity_type: "ha-broker".into(),
+            name: None,
+            body,
+        });
+        self.settle_rings();
+        resp
+    }
+
+    fn attribute(&mut self, b: usize, name: &str) -> Value {
+        let resp = self.ha_request(b, "READ", Value::Map(Vec::new()));
+        resp.body.map_get(name).cloned().unwrap_or(Value::Null)
+    }
+
+    /// `tandem-ha status` of broker `b`.
+    pub fn status(&mut self, b: usize) -> String {
+        self.attribute(b, "status")
+            .as_str()
+            .unwrap_or("?")
+            .to_owned()
+    }
+
+    pub fn statuses(&mut self) -> Vec<String> {
+        (0..self.brokers.len()).map(|b| self.status(b)).collect()
+    }
+
+    pub fn epoch(&mut self, b: usize) -> u64 {
+        self.attribute(b, "epoch").as_u64().unwrap_or(0)
+    }
+
+    /// Broker `b`'s members as `(broker id, status)` (a backup: as the
+    /// primary last told it).
+    pub fn members(&mut self, b: usize) -> Vec<(String, String)> {
+        match self.attribute(b, "members") {
+            Value::List(list) => list
+                .iter()
+                .map(|m| {
+                    let get = |k: &str| {
+                        m.map_get(k)
+                            .and_then(Value::as_str)
+                            .unwrap_or("?")
+                            .to_owned()
+                    };
+                    (get("broker-id"), get("status"))
+                })
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// `tandem-ha --cluster-manager promote`; the error text when refused.
+    pub fn promote(&mut self, b: usize) -> Result<(), String> {
+        self.promote_as(b, true)
+    }
+
+    pub fn promote_as(&mut self, b: usize, cluster_manager: bool) -> Result<(), String> {
+        let body = Value::Map(vec![(
+            Value::string("cluster-manager"),
+            Value::Bool(cluster_manager),
+        )]);
+        let resp = self.ha_request(b, "PROMOTE", body);
+        match resp.status {
+            200 => Ok(()),
+            code => Err(format!("status {code}: {}", resp.description)),
+        }
+    }
+
+    // -----------------------------------------------------------------------
+    // Clients
+
+    /// A client of `kind` on `queue`; a publisher sends `limit` messages.
+    pub fn add_client(&mut self, kind: Kind, queue: &str, limit: u64) -> usize {
+        self.clients.push(Client::new(kind, queue, limit));
+        self.clients.len() - 1
+    }
+
+    fn connect_client(&mut self, c: usize) {
+        let n = self.brokers.len();
+        let b = self.clients[c].broker % n;
+        if self.brokers[b].health == Health::Dead {
+            self.clients[c].broker = (b + 1) % n;
+            self.clients[c].backoff = 1;
+            return;
+        }
+        let shard = self.rng.below(self.shards_per_broker as u64) as usize;
+        let now = self.now;
+        let s = &mut self.brokers[b].shards[shard];
+        s.set_now(now);
+        let conn = s.accept_connection(format!("client-{c}"));
+        let client = &mut self.clients[c];
+        client.engine = Some(Connection::client(client_config(None), now));
+        client.connects += 1;
+        self.pipes.push(pipe(
+            End::Client(c),
+            End::Shard {
+                broker: b,
+                shard,
+                conn,
+            },
+        ));
+    }
+
+    /// A test-driven peer at `address` (a replication link to that address
+    /// reaches it).
+    pub fn add_peer(&mut self, address: &str) -> usize {
+        self.peers.push(Peer {
+            address: address.into(),
+            engine: None,
+            events: Vec::new(),
+            closed: false,
+        });
+        self.peers.len() - 1
+    }
+
+    // -----------------------------------------------------------------------
+    // Running
+
+    /// Advances the clock one step and runs everything that is due.
+    pub fn step(&mut self) {
+        self.now += STEP;
+        let now = self.now;
+        for p in &mut self.pipes {
+            p.budget = [BANDWIDTH, BANDWIDTH];
+        }
+        for b in 0..self.brokers.len() {
+            if self.brokers[b].health != Health::Up {
+                continue;
+            }
+            for s in 0..self.brokers[b].shards.len() {
+                let shard = &mut self.brokers[b].shards[s];
+                shard.set_now(now);
+                if s == 0 {
+                    shard.poll_ha(now);
+                }
+                for id in shard.conn_ids() {
+                    shard.conn_tick(id, now);
+                }
+            }
+            let connects = self.brokers[b].shards[0].take_replica_connects();
+            for (index, address) in connects {
+                self.connect_replica(b, index, address);
+            }
+        }
+        for c in 0..self.clients.len() {
+            self.clients[c].sent_this_step = 0;
+            if self.clients[c].engine.is_none() {
+                if self.clients[c].backoff > 0 {
+                    self.clients[c].backoff -= 1;
+                } else {
+                    self.connect_client(c);
+                }
+            }
+            if let Some(e) = self.clients[c].engine.as_mut() {
+                e.tick(now);
+            }
+        }
+        for p in &mut self.peers {
+            if let Some(e) = p.engine.as_mut() {
+                e.tick(now);
+            }
+        }
+        self.settle();
+    }
+
+    /// Steps until `done` holds or `limit` of virtual time has passed.
+    pub fn run_until(&mut self, limit: Duration, mut done: impl FnMut(&mut Cluster) -> bool) -> bool {
+        let end = self.now + limit;
+        while self.now < end {
+            if done(self) {
+                return true;
+            }
+            self.step();
+        }
+        done(self)
+    }
+
+    /// Runs for `d` of virtual time.
+    pub fn run_for(&mut self, d: Duration) {
+        self.run_until(d, |_| false);
+    }
+
+    fn connect_replica(&mut self, b: usize, index: usize, address: String) {
+        let target = self.addresses.iter().position(|a| *a == address);
+        let peer = self.peers.iter().position(|p| p.address == address);
+        let reachable = match (target, peer) {
+            (_, Some(_)) => true,
+            (Some(t), None) => t != b && self.brokers.get(t).is_some_and(|t| t.health != Health::Dead),
+            (None, None) => false,
+        };
+        if !reachable {
+            self.brokers[b].shards[0].replica_connect_failed(index);
+            return;
+        }
+        let Some(conn) = self.brokers[b].shards[0].open_replica_connection(index, address.clone())
+        else {
+            return;
+        };
+        let backup = End::Shard {
+            broker: b,
+            shard: 0,
+            conn,
+        };
+        let other = match (peer, target) {
+            (Some(p), _) => {
+                self.peers[p].engine = Some(Connection::server(peer_config(), self.now));
+                self.peers[p].closed = false;
+                End::Peer(p)
+            }
+            (None, Some(t)) => {
+                let shard = self.rng.below(self.shards_per_broker as u64) as usize;
+                let now = self.now;
+                let s = &mut self.brokers[t].shards[shard];
+                s.set_now(now);
+                let conn = s.accept_connection(format!("broker-{b}"));
+                End::Shard {
+                    broker: t,
+                    shard,
+                    conn,
+                }
+            }
+            (None, None) => return,
+        };
+        self.pipes.push(pipe(backup, other));
+    }
+
+    fn runs(&self, end: End) -> bool {
+        match end {
+            End::Shard { broker, .. } => self.brokers[broker].health == Health::Up,
+            End::Client(_) | End::Peer(_) => true,
+        }
+    }
+
+    /// Moves shard messages and bytes until nothing moves.
+    pub fn settle(&mut self) {
+        for _ in 0..10_000 {
+            let moved = self.settle_rings() | self.move_bytes() | self.reap();
+            if !moved {
+                return;
+            }
+        }
+        panic!("seed {}: the cluster never settled", self.seed);
+    }
+
+    /// Delivers every shard's outbox messages (FIFO per pair of shards).
+    fn settle_rings(&mut self) -> bool {
+        let mut any = false;
+        loop {
+            let mut moved = false;
+            for b in &mut self.brokers {
+                if b.health != Health::Up {
+                    continue;
+                }
+                let n = b.shards.len();
+                for from in 0..n {
+                    b.shards[from].run_local();
+                    for to in 0..n {
+                        if to == from {
+                            continue;
+                        }
+                        let msgs: Vec<_> = b.shards[from].outbox_for(to).drain(..).collect();
+                        moved |= !msgs.is_empty();
+                        for m in msgs {
+                            b.shards[to].on_shard_msg(m);
+                        }
+                    }
+                }
+            }
+            if !moved {
+                return any;
+            }
+            any = true;
+        }
+    }
+
+    fn output(&mut self, end: End) -> Option<Bytes> {
+        match end {
+            End::Shard {
+                broker,
+                shard,
+                conn,
+            } => {
+                let now = self.now;
+                let s = &mut self.brokers[broker].shards[shard];
+                let out = s.conn_output(conn);
+                if out.is_some() {
+                    s.conn_wrote(conn, now);
+                }
+                out
+            }
+            End::Client(c) => {
+                let client = &mut self.clients[c];
+                client.publish();
+                let e = client.engine.as_mut()?;
+                e.has_output().then(|| e.output().split().freeze())
+            }
+            End::Peer(p) => {
+                let e = self.peers[p].engine.as_mut()?;
+                e.has_output().then(|| e.output().split().freeze())
+            }
+        }
+    }
+
+    fn input(&mut self, end: End, buf: &mut BytesMut) {
+        let now = self.now;
+        match end {
+            End::Shard {
+                broker,
+                shard,
+                conn,
+            } => {
+                self.brokers[broker].shards[shard].conn_input(conn, buf, now);
+            }
+            End::Client(c) => {
+                let client = &mut self.clients[c];
+                if let Some(e) = client.engine.as_mut() {
+                    e.input(buf, now);
+                    let mut events = Vec::new();
+                    while let Some(ev) = e.poll_event() {
+                        events.push(ev);
+                    }
+                    for ev in events {
+                        client.on_event(ev);
+                    }
+                    client.publish();
+                }
+            }
+            End::Peer(p) => {
+                let peer = &mut self.peers[p];
+                if let Some(e) = peer.engine.as_mut() {
+                    e.input(buf, now);
+                    while let Some(ev) = e.poll_event() {
+                        peer.events.push(ev);
+                    }
+                }
+            }
+        }
+    }
+
+    fn move_bytes(&mut self) -> bool {
+        let mut moved = false;
+        for i in 0..self.pipes.len() {
+            for side in 0..2 {
+                let (from, to) = (self.pipes[i].ends[side], self.pipes[i].ends[1 - side]);
+                if self.runs(from) {
+                    if let Some(bytes) = self.output(from) {
+                        self.pipes[i].held[side].push(bytes);
+                    }
+                }
+                if self.runs(to) && self.pipes[i].budget[side] > 0 {
+                    let mut rx = std::mem::take(&mut self.pipes[i].rx[1 - side]);
+                    let p = &mut self.pipes[i];
+                    let mut taken = 0;
+                    while taken < p.held[side].len() && p.budget[side] > 0 {
+                        let chunk = &mut p.held[side][taken];
+                        let n = chunk.len().min(p.budget[side]);
+                        rx.extend_from_slice(&chunk.split_to(n));
+                        p.budget[side] -= n;
+                        if chunk.is_empty() {
+                            taken += 1;
+                        }
+                    }
+                    p.held[side].drain(..taken);
+                    if !rx.is_empty() {
+                        self.input(to, &mut rx);
+                        moved = true;
+                    }
+                    self.pipes[i].rx[1 - side] = rx;
+                }
+            }
+        }
+        moved
+    }
+
+    fn is_closed(&self, end: End) -> bool {
+        match end {
+            End::Shard {
+                broker,
+                shard,
+                conn,
+            } => {
+                let s = &self.brokers[broker].shards[shard];
+                s.conn_closed(conn) && !s.conn_has_output(conn)
+            }
+            End::Client(c) => self.clients[c]
+                .engine
+                .as_ref()
+                .is_none_or(|e| e.is_closed() && !e.has_output()),
+            End::Peer(p) => self.peers[p]
+                .engine
+                .as_ref()
+                .is_none_or(|e| e.is_closed() && !e.has_output()),
+        }
+    }
+
+    /// The socket of `end` saw end of file.
+    fn eof(&mut self, end: End) {
+        match end {
+            End::Shard {
+                broker,
+                shard,
+                conn,
+            } => {
+                if self.brokers[broker].health != Health::Dead {
+                    self.brokers[broker].shards[shard].conn_eof(conn);
+                    self.brokers[broker].shards[shard].remove_connection(conn);
+                }
+            }
+            End::Client(c) => self.clients[c].lost(),
+            End::Peer(p) => {
+                self.peers[p].engine = None;
+                self.peers[p].closed = true;
+            }
+        }
+    }
+
+    fn is_closing(&self, end: End) -> bool {
+        match end {
+            End::Shard {
+                broker,
+                shard,
+                conn,
+            } => self.brokers[broker].shards[shard].conn_closing(conn),
+            End::Client(c) => self.clients[c]
+                .engine
+                .as_ref()
+                .is_some_and(Connection::is_closing),
+            End::Peer(p) => self.peers[p]
+                .engine
+                .as_ref()
+                .is_some_and(Connection::is_closing),
+        }
+    }
+
+    /// Closes the sockets of connections that are over, or that waited for
+    /// the peer's close longer than [`CLOSE_GRACE`].
+    fn reap(&mut self) -> bool {
+        let mut moved = false;
+        let mut i = 0;
+        while i < self.pipes.len() {
+            let mut gone = None;
+            for side in 0..2 {
+                let end = self.pipes[i].ends[side];
+                if !self.runs(end) {
+                    continue;
+                }
+                if self.is_closing(end) {
+                    let since = *self.pipes[i].closing_since[side].get_or_insert(self.now);
+                    if self.now.duration_since(since) > CLOSE_GRACE {
+                        gone = Some(side);
+                        break;
+                    }
+                }
+                if self.is_closed(end) {
+                    gone = Some(side);
+                    break;
+                }
+            }
+            match gone {
+                // A stopped peer reads the last bytes and the end of file when
+                // it runs again (the kernel keeps them meanwhile).
+                Some(side) if !self.runs(self.pipes[i].ends[1 - side]) => i += 1,
+                Some(side) => {
+                    let (end, other) = (self.pipes[i].ends[side], self.pipes[i].ends[1 - side]);
+                    // What it wrote reaches the other side before the end of file.
+                    let held = std::mem::take(&mut self.pipes[i].held[side]);
+                    if !held.is_empty() {
+                        let mut rx = std::mem::take(&mut self.pipes[i].rx[1 - side]);
+                        for b in held {
+                            rx.extend_from_slice(&b);
+                        }
+                        self.input(other, &mut rx);
+                    }
+                    self.pipes.swap_remove(i);
+                    self.eof(end);
+                    self.eof(other);
+                    moved = true;
+                }
+                None => i += 1,
+            }
+        }
+        moved
+    }
+
+    /// Cuts the connection between broker `b`'s replication link and its
+    /// primary, as a network blip would (both sockets see an error).
+    pub fn cut_replication_link(&mut self, b: usize) -> bool {
+        let found = self.pipes.iter().position(|p| {
+            matches!(p.ends[0], End::Shard { broker, .. } if broker == b)
+                && matches!(p.ends[1], End::Shard { .. } | End::Peer(_))
+        });
+        let Some(i) = found else { return false };
+        let p = self.pipes.swap_remove(i);
+        self.eof(p.ends[0]);
+        self.eof(p.ends[1]);
+        true
+    }
+
+    // -----------------------------------------------------------------------
+    // Checks
+
+    /// Every number a publisher had settled that no consumer received.
+    pub fn lost(&self) -> Vec<u64> {
+        let received: BTreeSet<u64> = self
+            .clients
+            .iter()
+            .filter(|c| c.kind == Kind::Consumer)
+            .flat_map(|c| c.received.iter().copied())
+            .collect();
+        self.clients
+            .iter()
+            .filter(|c| c.kind == Kind::Publisher)
+            .flat_map(|c| c.settled.iter().copied())
+            .filter(|n| !received.contains(n))
+            .collect()
+    }
+
+    /// Which broker is primary and active, if exactly one is.
+    pub fn active(&mut self) -> Option<usize> {
+        let up: Vec<usize> = (0..self.brokers.len())
+            .filter(|&b| self.brokers[b].health == Health::Up)
+            .collect();
+        let active: Vec<usize> = up
+            .into_iter()
+            .filter(|&b| self.status(b) == "active")
+            .collect();
+        (active.len() == 1).then(|| active[0])
+    }
+}
+
+fn pipe(a: End, b: End) -> Pipe {
+    Pipe {
+        ends: [a, b],
+        held: [Vec::new(), Vec::new()],
+        rx: [BytesMut::new(), BytesMut::new()],
+        budget: [BANDWIDTH, BANDWIDTH],
+        closing_since: [None, None],
+    }
+}
+
+fn peer_config() -> ConnectionConfig {
+    ConnectionConfig {
+        container_id: "sim-peer".into(),
+        max_frame_size: 65536,
+        channel_max: 16,
+        idle_timeout: None,
+        properties: None,
+        max_message_size: 1 << 20,
+        hostname: None,
+        sasl: Sasl::Server {
+            mechanisms: vec!["ANONYMOUS".into()],
+            authenticator: Box::new(|_, _| Some("anonymous".into())),
+            require: false,
+        },
+    }
+}
+
+/// Three brokers, 0 promoted and active, 1 and 2 ready.
+pub fn running_cluster(shards: usize, seed: u64) -> Cluster {
+    let mut c = Cluster::new(3, shards, seed);
+    assert!(
+        c.run_until(Duration::from_secs(2), |c| c.promote(0).is_ok()),
+        "seed {seed}: broker 0 was never promotable"
+    );
+    let ok = c.run_until(Duration::from_secs(5), |c| {
+        c.statuses() == ["active", "ready", "ready"]
+    });
+    assert!(ok, "seed {seed}: cluster not running: {:?}", c.statuses());
+    c
+}

@@ -1,0 +1,294 @@
+//! Fail-over scenarios on the simulated cluster of the real code
+//! (`cluster/mod.rs`): three brokers' real shards and HA roles, real client
+//! engines, a virtual clock. Each runs in well under a second of real time; a
+//! failure names its seed.
+
+mod cluster;
+
+use std::time::Duration;
+
+use cluster::{running_cluster, Cluster, Kind, BACKUP_TIMEOUT, HEARTBEAT};
+
+const SEED: u64 = 1;
+
+/// Runs until `publisher` has every one of its messages settled.
+fn all_settled(c: &mut Cluster, publisher: usize, within: Duration) -> bool {
+    c.run_until(within, |c| {
+        let p = &c.clients[publisher];
+        p.settled.len() as u64 == p.limit
+    })
+}
+
+/// Consumes `queue` on broker `b` until every settled message arrived; the
+/// numbers lost.
+fn drain(c: &mut Cluster, queue: &str, b: usize) -> Vec<u64> {
+    let consumer = c.add_client(Kind::Consumer, queue, 0);
+    c.clients[consumer].broker = b;
+    c.run_until(Duration::from_secs(5), |c| c.lost().is_empty());
+    c.lost()
+}
+
+#[test]
+fn first_primary_of_an_all_joining_cluster_then_two_ready_backups() {
+    let mut c = running_cluster(1, SEED);
+    let members = c.members(0);
+    assert_eq!(members.len(), 2, "{members:?}");
+    assert!(members.iter().all(|(_, s)| s == "ready"), "{members:?}");
+    // Backups learn the membership, including their own readiness.
+    let own = c.brokers[1].broker_id.clone();
+    assert!(
+        c.members(1).iter().any(|(id, s)| *id == own && s == "ready"),
+        "{:?}",
+        c.members(1)
+    );
+}
+
+#[test]
+fn promotion_is_refused_without_cluster_manager_and_while_catching_up() {
+    let mut c = Cluster::new(3, 1, SEED);
+    let refused = c.promote_as(0, false).expect_err("needs --cluster-manager");
+    assert!(refused.contains("cluster-manager"), "{refused}");
+    // A primary alone with a long queue, then two backups that must catch up.
+    c.kill(1);
+    c.kill(2);
+    assert!(c.run_until(Duration::from_secs(2), |c| c.promote(0).is_ok()));
+    let p = c.add_client(Kind::Publisher, "q", 2000);
+    c.clients[p].padding = 1024;
+    assert!(all_settled(&mut c, p, Duration::from_secs(10)));
+    c.restart(1);
+    c.restart(2);
+    assert!(
+        c.run_until(Duration::from_secs(5), |c| c.status(1) == "catch-up"),
+        "{:?}",
+        c.statuses()
+    );
+    let refused = c.promote(1).expect_err("catching up");
+    assert!(refused.contains("catching up"), "{refused}");
+    assert!(c.run_until(Duration::from_secs(10), |c| c.statuses()
+        == ["active", "ready", "ready"]));
+}
+
+#[test]
+fn joining_broker_refuses_promotion_while_a_ready_backup_exists() {
+    let mut c = running_cluster(1, SEED);
+    c.kill(0);
+    c.restart(2);
+    // Broker 2 is new and joining; it hears that broker 1 is a ready backup.
+    c.run_for(Duration::from_secs(1));
+    assert_eq!(c.status(2), "joining");
+    let refused = c.promote(2).expect_err("a ready backup exists");
+    assert!(refused.contains("ready"), "{refused}");
+    c.promote(1).expect("the ready backup may be promoted");
+}
+
+#[test]
+fn failover_waits_for_the_expected_backup_and_survives_n_minus_one_failures() {
+    let mut c = running_cluster(1, SEED);
+    let p = c.add_client(Kind::Publisher, "q", 10);
+    assert!(all_settled(&mut c, p, Duration::from_secs(2)));
+
+    // kill -9 the primary; promote ready backup 1.
+    c.kill(0);
+    c.step();
+    assert_eq!(
+        c.statuses()[1..],
+        ["ready", "ready"],
+        "ready backups stay ready without a primary"
+    );
+    c.promote(1).expect("1 was ready");
+    assert_eq!(c.status(1), "recovering", "waits for expected backup 2");
+    // Publishes during recovery wait for broker 2 until it is back and ready.
+    c.clients[p].limit = 11;
+    assert!(c.run_until(Duration::from_secs(5), |c| c.status(1) == "active"
+        && c.status(2) == "ready"));
+    assert!(all_settled(&mut c, p, Duration::from_secs(2)));
+
+    // Second failure in succession: kill 1, promote 2, which has no backups.
+    c.kill(1);
+    c.step();
+    c.promote(2).expect("2 was ready");
+    assert!(c.run_until(BACKUP_TIMEOUT * 2, |c| c.status(2) == "active"));
+    c.clients[p].limit = 12;
+    assert!(
+        all_settled(&mut c, p, Duration::from_secs(2)),
+        "a primary without backups settles"
+    );
+    assert_eq!(drain(&mut c, "q", 2), Vec::<u64>::new(), "settled and lost");
+}
+
+#[test]
+fn an_expected_backup_that_never_returns_is_dropped_after_backup_timeout() {
+    let mut c = running_cluster(1, SEED);
+    c.kill(0);
+    c.kill(2);
+    c.step();
+    c.promote(1).expect("promote");
+    let promoted_at = c.now;
+    let p = c.add_client(Kind::Publisher, "q", 1);
+    c.clients[p].broker = 1;
+    c.run_for(BACKUP_TIMEOUT / 2);
+    assert!(
+        c.clients[p].settled.is_empty(),
+        "held for expected backup 2"
+    );
+    assert!(c.run_until(BACKUP_TIMEOUT * 2, |c| c.status(1) == "active"));
+    let waited = c.now.duration_since(promoted_at);
+    assert!(waited >= BACKUP_TIMEOUT, "went active after {waited:?}");
+    assert!(all_settled(&mut c, p, Duration::from_secs(1)));
+}
+
+#[test]
+fn a_stalled_backup_holds_settlements_until_twice_the_heartbeat() {
+    let mut c = running_cluster(1, SEED);
+    c.stall(2);
+    let stalled_at = c.now;
+    let p = c.add_client(Kind::Publisher, "q", 1);
+    c.run_for(HEARTBEAT);
+    assert!(c.clients[p].settled.is_empty(), "backup 2 has not acknowledged");
+    assert!(all_settled(&mut c, p, HEARTBEAT * 4));
+    let waited = c.now.duration_since(stalled_at);
+    assert!(waited > HEARTBEAT * 2, "released after {waited:?}");
+    // Resumed, it rejoins and becomes ready again.
+    c.resume(2);
+    let ok = c.run_until(Duration::from_secs(5), |c| {
+        c.status(2) == "ready" && c.members(0).iter().filter(|(_, s)| s == "ready").count() == 2
+    });
+    assert!(ok, "{:?} {:?}", c.statuses(), c.members(0));
+}
+
+#[test]
+fn a_stale_primary_steps_down_when_a_backup_of_a_newer_primary_connects() {
+    let mut c = running_cluster(1, SEED);
+    // 0 stops (SIGSTOP); the backups lose it; 1 is promoted (a newer epoch).
+    c.stall(0);
+    c.run_for(HEARTBEAT * 3);
+    c.promote(1).expect("promote");
+    assert!(c.run_until(Duration::from_secs(5), |c| c.status(1) == "active"
+        && c.status(2) == "ready"));
+    assert!(c.epoch(1) > c.epoch(0));
+    // 0 comes back still primary. Its newer-epoch backup 2 loses 1 and tries 0.
+    c.resume(0);
+    assert_eq!(c.status(0), "active", "nothing told it yet");
+    c.kill(1);
+    assert!(
+        c.run_until(Duration::from_secs(5), |c| c.status(0) == "joining"),
+        "the stale primary never stepped down: {:?}",
+        c.statuses()
+    );
+}
+
+#[test]
+fn every_status_change_is_reported() {
+    use std::sync::{Arc, Mutex};
+    let log = Arc::new(Mutex::new(Vec::<u8>::new()));
+    let writer = log.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_writer(move || LogWriter(writer.clone()))
+        .finish();
+    tracing::subscriber::with_default(subscriber, || {
+        running_cluster(1, SEED);
+    });
+    let text = String::from_utf8_lossy(&log.lock().unwrap_or_else(|e| e.into_inner())).to_string();
+    let count = |s: &str| text.matches(s).count();
+    // 0: joining -> recovering -> active; 1 and 2: joining -> catch-up -> ready.
+    assert_eq!(count("status changed from joining to recovering"), 1, "{text}");
+    assert_eq!(count("status changed from recovering to active"), 1, "{text}");
+    assert_eq!(count("status changed from joining to catch-up"), 2, "{text}");
+    assert_eq!(count("status changed from catch-up to ready"), 2, "{text}");
+    assert_eq!(count("status changed"), 6, "{text}");
+}
+
+struct LogWriter(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn a_backup_that_reconnects_catches_up_and_loses_nothing() {
+    let mut c = running_cluster(2, SEED);
+    let p = c.add_client(Kind::Publisher, "q", 200);
+    c.clients[p].per_step = Some(5);
+    c.run_for(Duration::from_millis(200));
+    assert!(c.cut_replication_link(2), "backup 2 has a link");
+    assert!(all_settled(&mut c, p, Duration::from_secs(10)));
+    assert!(
+        c.run_until(Duration::from_secs(5), |c| c.status(2) == "ready"),
+        "{:?}",
+        c.statuses()
+    );
+    // Only broker 2 is left: it must hold every settled message.
+    c.kill(0);
+    c.kill(1);
+    c.promote(2).expect("2 is ready");
+    assert_eq!(drain(&mut c, "q", 2), Vec::<u64>::new(), "settled and lost");
+}
+
+/// A seeded random schedule of publishes, consumes and primary kills; every
+/// settled message must reach a consumer.
+fn failover_under_load(seed: u64) {
+    let mut c = running_cluster(2, seed);
+    let queues = ["q0", "q1"];
+    let mut publishers = Vec::new();
+    for q in queues {
+        let limit = 400 + c.rng.below(400);
+        let p = c.add_client(Kind::Publisher, q, limit);
+        c.clients[p].per_step = Some(1 + c.rng.below(8));
+        publishers.push(p);
+        let consumer = c.add_client(Kind::Consumer, q, 0);
+        c.clients[consumer].broker = c.rng.below(3) as usize;
+    }
+    for round in 0..3 {
+        let pause = Duration::from_millis(200 + 100 * c.rng.below(10));
+        c.run_for(pause);
+        let Some(primary) = c.active() else {
+            panic!("seed {seed} round {round}: no single active primary: {:?}", c.statuses());
+        };
+        c.kill(primary);
+        let promoted = c.run_until(Duration::from_secs(3), |c| {
+            (0..3).any(|b| {
+                b != primary && c.brokers[b].health == cluster::Health::Up && c.promote(b).is_ok()
+            })
+        });
+        assert!(promoted, "seed {seed} round {round}: nothing promotable: {:?}", c.statuses());
+        let down = Duration::from_millis(100 * c.rng.below(5));
+        c.run_for(down);
+        c.restart(primary);
+        let settled = c.run_until(Duration::from_secs(15), |c| {
+            c.active().is_some() && (0..3).all(|b| matches!(c.status(b).as_str(), "active" | "ready"))
+        });
+        assert!(settled, "seed {seed} round {round}: cluster did not recover: {:?}", c.statuses());
+    }
+    for &p in &publishers {
+        assert!(
+            all_settled(&mut c, p, Duration::from_secs(20)),
+            "seed {seed}: publisher {p} stuck: {}, {:?}",
+            c.clients[p].describe(),
+            c.statuses()
+        );
+    }
+    let drained = c.run_until(Duration::from_secs(10), |c| c.lost().is_empty());
+    assert!(drained, "seed {seed}: settled messages lost: {:?}", c.lost());
+}
+
+#[test]
+fn failover_under_a_seeded_random_schedule_loses_no_settled_message() {
+    let seeds: Vec<u64> = match std::env::var("TANDEM_SIM_SEEDS") {
+        Ok(list) => list.split(',').filter_map(|s| s.trim().parse().ok()).collect(),
+        Err(_) => vec![1, 2, 3],
+    };
+    for seed in seeds {
+        failover_under_load(seed);
+    }
+}
