@@ -223,6 +223,10 @@ impl Default for Config {
     }
 }
 
+/// The shortest `link-heartbeat-interval` and `link-maintenance-interval` a
+/// cluster accepts.
+const MIN_CLUSTER_INTERVAL: Duration = Duration::from_millis(10);
+
 impl HaConfig {
     fn resolve(src: &Sources) -> Result<HaConfig, ConfigError> {
         let cluster = src.get("ha-cluster", value::boolean)?;
@@ -246,6 +250,23 @@ impl HaConfig {
                               or ha-brokers-url = \"node1,node2,node3\" in the config file)"
                         .into(),
                 });
+            }
+        }
+        if cluster.as_ref().is_some_and(|c| c.value) {
+            // Below this a cluster drops every backup at once and settles with
+            // no copy anywhere (and timers this short only burn CPU).
+            for key in ["link-heartbeat-interval", "link-maintenance-interval"] {
+                if let Some(set) = src.get(key, value::duration)? {
+                    if set.value < MIN_CLUSTER_INTERVAL {
+                        return Err(ConfigError::InvalidValue {
+                            origin: set.origin,
+                            value: Some(format!("'{:?}'", set.value)),
+                            reason: "a cluster needs at least 10ms (backups would be dropped \
+                                     as silent before they could answer)"
+                                .into(),
+                        });
+                    }
+                }
             }
         }
         if let (Some(password), None) = (&password, &username) {

@@ -178,6 +178,7 @@ impl HaHandler for HaBroker {
             }
             LinkEvent::Failed { index } => Input::LinkFailed { index },
             LinkEvent::Lost => Input::LinkLost,
+            LinkEvent::Diverged => Input::Diverged,
             LinkEvent::PrimaryHeard => Input::PrimaryHeard,
             LinkEvent::PeerStatus { index, status } => Input::PeerStatus {
                 address: self.node.broker_address(index).unwrap_or_default(),

@@ -44,6 +44,9 @@ pub enum Input {
     LinkFailed { index: usize },
     /// Backup: the replication link dropped.
     LinkLost,
+    /// Backup: an event of the stream could not be applied, so what we hold
+    /// is not a copy of the primary: not ready until re-synchronised.
+    Diverged,
     /// Backup: traffic (or a heartbeat) from the primary.
     PrimaryHeard,
     /// Backup: the primary's view of the cluster.
@@ -110,6 +113,11 @@ pub enum PromoteError {
     Probing,
     #[error("not in a cluster (ha-cluster = no)")]
     Standalone,
+    #[error(
+        "the cluster epoch is at its largest value ({}): no promotion can raise it",
+        u64::MAX
+    )]
+    EpochExhausted,
 }
 
 #[derive(Debug, Clone)]
@@ -271,8 +279,10 @@ impl HaNode {
         if self.link.take().is_some() || self.connecting.take().is_some() {
             out.push(Action::Disconnect);
         }
-        let known_epoch = self.epoch;
-        self.epoch = known_epoch + 1;
+        self.epoch = self
+            .epoch
+            .checked_add(1)
+            .ok_or(PromoteError::EpochExhausted)?;
         self.become_(BrokerStatus::Recovering, &mut out);
         for m in expected {
             let id = self.next_member;
@@ -328,6 +338,12 @@ impl HaNode {
                 }
             }
             Input::LinkLost => self.lose_primary(now, &mut out),
+            Input::Diverged => {
+                if self.status == BrokerStatus::Ready {
+                    self.become_(BrokerStatus::CatchUp, &mut out);
+                }
+                self.lose_primary(now, &mut out);
+            }
             Input::PrimaryHeard => self.primary_heard = now,
             Input::Members(list) => {
                 if let Some(me) = list.iter().find(|m| m.broker_id == self.settings.broker_id) {
@@ -436,24 +452,24 @@ impl HaNode {
             self.next_attempt = now;
             return;
         }
-        // An expected backup (or a known one reconnecting) keeps its id and guards.
-        let existing = self
+        // One member per link: a member lives as long as the link that made it,
+        // so closing a stale or duplicate link never unguards a live backup. The
+        // one exception is an expected backup's placeholder (made at promotion,
+        // keyed by broker id): its first link takes it over, guards and all.
+        let placeholder = self
             .members
             .iter()
-            .find(|(_, m)| m.broker_id == broker_id)
+            .find(|(_, m)| m.broker_id == broker_id && !m.connected && m.expected_until.is_some())
             .map(|(id, _)| *id);
-        let id = match existing {
-            Some(id) => id,
+        let (id, expected_until) = match placeholder {
+            Some(id) => (id, self.members.get(&id).and_then(|m| m.expected_until)),
             None => {
                 let id = self.next_member;
                 self.next_member += 1;
                 out.push(Action::Guard { member: id });
-                id
+                (id, None)
             }
         };
-        let expected_until = existing
-            .and_then(|id| self.members.get(&id))
-            .and_then(|m| m.expected_until);
         self.members.insert(
             id,
             Member {
@@ -592,5 +608,123 @@ impl HaNode {
             }
         }
         next.into_iter().min()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(now: Instant) -> HaNode {
+        HaNode::new(
+            HaSettings {
+                broker_id: "b1".into(),
+                brokers: vec!["a:1".into(), "b:1".into()],
+                backup_timeout: Duration::from_secs(1),
+                heartbeat: Duration::from_secs(1),
+                maintenance: Duration::from_millis(100),
+                own_address: Some("b:1".into()),
+            },
+            now,
+        )
+    }
+
+    fn ready(status: BrokerStatus) -> MemberInfo {
+        MemberInfo {
+            broker_id: "b1".into(),
+            address: "b:1".into(),
+            status,
+        }
+    }
+
+    #[test]
+    fn promotion_refuses_to_wrap_the_epoch() {
+        let now = Instant::now();
+        let mut n = node(now);
+        n.handle(
+            Input::LinkUp {
+                index: 0,
+                epoch: u64::MAX,
+            },
+            now,
+        );
+        n.handle(Input::Members(vec![ready(BrokerStatus::Ready)]), now);
+        assert_eq!(n.status(), BrokerStatus::Ready);
+        assert_eq!(
+            n.promote(true, now).err(),
+            Some(PromoteError::EpochExhausted)
+        );
+        assert_eq!(n.status(), BrokerStatus::Ready, "nothing changed");
+        assert_eq!(n.epoch(), u64::MAX);
+    }
+
+    #[test]
+    fn a_second_link_with_the_same_broker_id_is_a_member_of_its_own() {
+        let now = Instant::now();
+        let mut n = node(now);
+        n.handle(Input::LinkFailed { index: 0 }, now);
+        n.promote(true, now).expect("first primary");
+        let connect = |n: &mut HaNode| {
+            let out = n.handle(
+                Input::BackupConnected {
+                    broker_id: "b2".into(),
+                    address: "c:1".into(),
+                    epoch: 1,
+                },
+                now,
+            );
+            out.iter()
+                .find_map(|a| match a {
+                    Action::Accepted { member } => Some(*member),
+                    _ => None,
+                })
+                .expect("accepted")
+        };
+        let real = connect(&mut n);
+        let impostor = connect(&mut n);
+        assert_ne!(real, impostor, "one member per link");
+        let out = n.handle(Input::BackupLost { member: impostor }, now);
+        assert!(
+            !out.iter()
+                .any(|a| matches!(a, Action::DropBackup { member, .. } if *member == real)),
+            "{out:?}"
+        );
+        assert_eq!(n.members().len(), 1);
+    }
+
+    #[test]
+    fn an_expected_backups_first_link_takes_over_its_placeholder() {
+        let now = Instant::now();
+        let mut n = node(now);
+        n.handle(Input::LinkUp { index: 0, epoch: 1 }, now);
+        let other = MemberInfo {
+            broker_id: "b2".into(),
+            address: "c:1".into(),
+            status: BrokerStatus::Ready,
+        };
+        n.handle(Input::Members(vec![ready(BrokerStatus::Ready), other]), now);
+        let out = n.promote(true, now).expect("ready");
+        let placeholder = out
+            .iter()
+            .find_map(|a| match a {
+                Action::Guard { member } => Some(*member),
+                _ => None,
+            })
+            .expect("the expected backup is guarded at promotion");
+        let out = n.handle(
+            Input::BackupConnected {
+                broker_id: "b2".into(),
+                address: "c:1".into(),
+                epoch: 2,
+            },
+            now,
+        );
+        assert!(out.contains(&Action::Accepted {
+            member: placeholder
+        }));
+        assert!(
+            !out.iter().any(|a| matches!(a, Action::Guard { .. })),
+            "already guarded: {out:?}"
+        );
     }
 }

@@ -506,9 +506,16 @@ async fn connect_replica(
     let Some(link) = settings.ha_link.clone() else {
         return;
     };
-    let resolved = std::net::ToSocketAddrs::to_socket_addrs(&address.as_str())
-        .ok()
-        .and_then(|mut a| a.next());
+    // Name resolution blocks (getaddrinfo): it runs on glommio's blocking
+    // thread pool, never on the executor.
+    let name = address.clone();
+    let resolved = glommio::executor()
+        .spawn_blocking(move || {
+            std::net::ToSocketAddrs::to_socket_addrs(&name.as_str())
+                .ok()
+                .and_then(|mut a| a.next())
+        })
+        .await;
     let stream = match resolved {
         Some(addr) => {
             TcpStream::connect_timeout(addr, link.heartbeat.max(Duration::from_secs(1))).await

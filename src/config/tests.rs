@@ -276,7 +276,7 @@ fn command_line_sets_every_option() {
         "--ha-mechanism", "SCRAM-SHA-256",
         "--ha-backup-timeout", "1m",
         "--link-maintenance-interval", "0.1",
-        "--link-heartbeat-interval", "10ns",
+        "--link-heartbeat-interval", "10ms",
         "--ha-queue-replication", "1",
     ]);
     assert_eq!(c.port, 0);
@@ -309,7 +309,7 @@ fn command_line_sets_every_option() {
     assert_eq!(ha.mechanism.as_deref(), Some("SCRAM-SHA-256"));
     assert_eq!(ha.backup_timeout, Duration::from_secs(60));
     assert_eq!(ha.link_maintenance_interval, Duration::from_millis(100));
-    assert_eq!(ha.link_heartbeat_interval, Duration::from_nanos(10));
+    assert_eq!(ha.link_heartbeat_interval, Duration::from_millis(10));
     assert!(ha.queue_replication);
 }
 
@@ -644,4 +644,27 @@ fn choice_enums_parse_and_display() {
         "some".parse::<ReplicateLevel>().map_err(|e| e.to_string()),
         Err("'some' is not one of none, configuration, all".to_string())
     );
+}
+
+#[test]
+fn a_cluster_refuses_heartbeat_and_maintenance_intervals_below_10ms() {
+    let cluster = ["--ha-cluster", "yes", "--ha-brokers-url", "a,b"];
+    let with = |extra: [&'static str; 2]| -> Vec<&'static str> {
+        cluster.iter().copied().chain(extra).collect()
+    };
+    assert_eq!(
+        error(&with(["--link-heartbeat-interval", "0"])).to_string(),
+        "--link-heartbeat-interval: '0ns' is not allowed: a cluster needs at least 10ms \
+         (backups would be dropped as silent before they could answer)"
+    );
+    let short = error(&with(["--link-maintenance-interval", "9ms"])).to_string();
+    assert!(
+        short.starts_with("--link-maintenance-interval: '9ms' is not allowed"),
+        "{short}"
+    );
+    let c = loaded(&with(["--link-heartbeat-interval", "10ms"]));
+    assert_eq!(c.ha.link_heartbeat_interval, Duration::from_millis(10));
+    // Outside a cluster the intervals mean nothing and are not checked.
+    let c = loaded(&["--link-heartbeat-interval", "0"]);
+    assert_eq!(c.ha.link_heartbeat_interval, Duration::ZERO);
 }

@@ -294,7 +294,8 @@ impl Client {
 
     /// Sends what credit and the schedule allow.
     fn publish(&mut self) {
-        let (Kind::Publisher, Some(engine), Some(link)) = (self.kind, self.engine.as_mut(), self.link)
+        let (Kind::Publisher, Some(engine), Some(link)) =
+            (self.kind, self.engine.as_mut(), self.link)
         else {
             return;
         };
@@ -311,7 +312,12 @@ impl Client {
             let payload = MessageBuilder {
                 body: Some(Value::Ulong(n)),
                 application_properties: (self.padding > 0)
-                    .then(|| ("padding".to_owned(), Value::String("x".repeat(self.padding))))
+                    .then(|| {
+                        (
+                            "padding".to_owned(),
+                            Value::String("x".repeat(self.padding)),
+                        )
+                    })
                     .into_iter()
                     .collect(),
                 ..Default::default()
@@ -499,9 +505,11 @@ impl Cluster {
         self.brokers[b].health = Health::Stalled;
     }
 
-    /// SIGCONT.
+    /// SIGCONT. What waited in its sockets is read before its timers run (a
+    /// woken process finds both due; the sockets are what this models).
     pub fn resume(&mut self, b: usize) {
         self.brokers[b].health = Health::Up;
+        self.settle();
     }
 
     /// Starts broker `b` again as a new process (a new broker id), joining.
@@ -632,6 +640,57 @@ impl Cluster {
         self.peers.len() - 1
     }
 
+    /// A test-driven client engine connected to broker `b`, its open frame
+    /// carrying `properties` (another broker's link, say).
+    pub fn connect_peer(&mut self, b: usize, properties: Option<Value>) -> usize {
+        let shard = self.rng.below(self.shards_per_broker as u64) as usize;
+        let now = self.now;
+        let s = &mut self.brokers[b].shards[shard];
+        s.set_now(now);
+        let conn = s.accept_connection("peer".into());
+        self.peers.push(Peer {
+            address: String::new(),
+            engine: Some(Connection::client(client_config(properties), now)),
+            events: Vec::new(),
+            closed: false,
+        });
+        let p = self.peers.len() - 1;
+        self.pipes.push(pipe(
+            End::Peer(p),
+            End::Shard {
+                broker: b,
+                shard,
+                conn,
+            },
+        ));
+        p
+    }
+
+    /// Runs until peer `p` reported an event `pick` accepts, and returns it.
+    pub fn peer_event<T>(
+        &mut self,
+        p: usize,
+        limit: Duration,
+        mut pick: impl FnMut(&Event) -> Option<T>,
+    ) -> Option<T> {
+        let mut found = None;
+        self.run_until(limit, |c| {
+            if let Some(i) = c.peers[p].events.iter().position(|e| pick(e).is_some()) {
+                let ev = c.peers[p].events.remove(i);
+                found = pick(&ev);
+            }
+            found.is_some()
+        });
+        found
+    }
+
+    /// Peer `p`'s engine (to attach, accept, send), and settles what it did.
+    pub fn with_peer<T>(&mut self, p: usize, f: impl FnOnce(&mut Connection) -> T) -> Option<T> {
+        let out = self.peers[p].engine.as_mut().map(f);
+        self.settle();
+        out
+    }
+
     // -----------------------------------------------------------------------
     // Running
 
@@ -683,7 +742,11 @@ impl Cluster {
     }
 
     /// Steps until `done` holds or `limit` of virtual time has passed.
-    pub fn run_until(&mut self, limit: Duration, mut done: impl FnMut(&mut Cluster) -> bool) -> bool {
+    pub fn run_until(
+        &mut self,
+        limit: Duration,
+        mut done: impl FnMut(&mut Cluster) -> bool,
+    ) -> bool {
         let end = self.now + limit;
         while self.now < end {
             if done(self) {
@@ -704,7 +767,13 @@ impl Cluster {
         let peer = self.peers.iter().position(|p| p.address == address);
         let reachable = match (target, peer) {
             (_, Some(_)) => true,
-            (Some(t), None) => t != b && self.brokers.get(t).is_some_and(|t| t.health != Health::Dead),
+            (Some(t), None) => {
+                t != b
+                    && self
+                        .brokers
+                        .get(t)
+                        .is_some_and(|t| t.health != Health::Dead)
+            }
             (None, None) => false,
         };
         if !reachable {

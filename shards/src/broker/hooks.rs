@@ -60,6 +60,9 @@ pub enum LinkEvent {
     Failed { index: usize },
     /// Backup: the link dropped.
     Lost,
+    /// Backup: an event of the stream could not be applied; our copy is not
+    /// trustworthy until a new link has re-synchronised it.
+    Diverged,
     /// Backup: the broker at `brokers[index]` refused our link because it is
     /// not a primary; its status (a joining broker uses this to know whether a
     /// ready backup exists, and so whether it may be promoted).

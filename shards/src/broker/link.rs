@@ -328,7 +328,16 @@ impl Shard {
                 if let Event::Detached { error: Some(e), .. } = &ev {
                     self.outbound_refused(e);
                 }
+                let dropped = matches!(&ev, Event::Closed { error: Some(e), .. }
+                    | Event::Detached { error: Some(e), .. }
+                    if super::replica::dropped_by_primary_said(e));
                 self.outbound_lost(id);
+                // The links' detaches come before the close that says why.
+                if dropped && self.replica.lost_up == Some(id) {
+                    self.replica.lost_up = None;
+                    tracing::warn!("HA: the primary dropped us: not ready until caught up again");
+                    self.ha_link_event(super::hooks::LinkEvent::Diverged);
+                }
             }
             Event::Opened(open) => {
                 let admin = super::hooks::is_admin_connection(open.properties.as_ref());

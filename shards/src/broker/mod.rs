@@ -242,9 +242,10 @@ pub enum ShardMsg {
         origin: usize,
         token: u64,
     },
-    /// Owner -> shard 0: stored.
+    /// Owner -> shard 0: stored, or not (the queue is missing).
     ReplicaApplied {
         token: u64,
+        stored: bool,
     },
     ReplicaDequeue {
         queue: Arc<str>,
@@ -539,13 +540,9 @@ impl Shard {
                 status,
             } => self.on_replica_refused(sink, reason, status),
             ShardMsg::ReplicaAccepted { sink, epoch } => self.on_replica_accepted(sink, epoch),
-            ShardMsg::CloseReplicaLink { sink } => self.conn_close(
-                sink.conn,
-                ErrorCondition::new(
-                    condition::CONNECTION_FORCED,
-                    "backup dropped by the primary",
-                ),
-            ),
+            ShardMsg::CloseReplicaLink { sink } => {
+                self.conn_close(sink.conn, replica::dropped_by_primary())
+            }
             ShardMsg::BackupHeard { member } => {
                 self.ha_link_event(hooks::LinkEvent::BackupHeard { member })
             }
@@ -559,12 +556,16 @@ impl Shard {
                 origin,
                 token,
             } => {
-                if let Some(q) = self.queues.get_mut(&queue) {
-                    q.insert_at(position, message);
-                }
-                self.send(origin, ShardMsg::ReplicaApplied { token });
+                let stored = match self.queues.get_mut(&queue) {
+                    Some(q) => {
+                        q.insert_at(position, message);
+                        true
+                    }
+                    None => false,
+                };
+                self.send(origin, ShardMsg::ReplicaApplied { token, stored });
             }
-            ShardMsg::ReplicaApplied { token } => self.on_replica_applied(token),
+            ShardMsg::ReplicaApplied { token, stored } => self.on_replica_applied(token, stored),
             ShardMsg::ReplicaDequeue { queue, positions } => {
                 if let Some(q) = self.queues.get_mut(&queue) {
                     for p in positions {

@@ -62,11 +62,18 @@ pub(super) struct ReplicaState {
     pending_ready: HashMap<MemberId, HashSet<Arc<str>>>,
     /// Backup shard 0: the outbound link's connection and link.
     pub(super) outbound: Option<Outbound>,
+    /// Backup shard 0: the connection of the last link that was up when it
+    /// was lost (its close may still say that the primary dropped us).
+    pub(super) lost_up: Option<u64>,
     /// Backup shard 0: bindings waiting for their queue to be declared.
     stashed_binds: HashMap<String, Vec<Event>>,
-    /// Backup shard 0: `enq` events waiting for their owner to store them, and
-    /// the delivery each belongs to.
-    applying: HashMap<u64, (u16, u32)>,
+    /// Backup shard 0: `enq` events waiting for their owner to store them: the
+    /// delivery each belongs to, its queue and position.
+    applying: HashMap<u64, Applying>,
+    /// Backup shard 0: queues the stream deleted. Their owners' last events may
+    /// still follow (they travel on another ring of the primary than the
+    /// delete), and are skipped, until the queue is declared again.
+    deleted: HashSet<String>,
     /// Link host: replication links with new events, written at the end of the
     /// step so that the events of one step share deliveries.
     to_drain: Vec<(u64, LinkKey)>,
@@ -75,6 +82,14 @@ pub(super) struct ReplicaState {
     /// Backup shard 0: deliveries to settle at the end of this step, as ranges.
     to_settle: Vec<(u16, u32)>,
     next_apply: u64,
+}
+
+/// An `enq` event a backup handed to the queue's owner to store.
+pub(super) struct Applying {
+    /// The replication delivery it came in (channel, delivery id).
+    delivery: (u16, u32),
+    queue: Arc<str>,
+    position: u64,
 }
 
 /// The backup's outbound replication connection.
@@ -849,26 +864,61 @@ impl Shard {
     // Backup shard 0: applying the stream
 
     /// Delivery `id` arrived on our replication link: applies its events in
-    /// order; it is settled once every `enq` among them is stored.
+    /// order; it is settled once every `enq` among them is stored. A delivery
+    /// that cannot be applied whole is never settled: the link is dropped and
+    /// this backup starts over ([`Self::replica_diverged`]).
     pub(super) fn apply_replica_delivery(&mut self, channel: u16, id: u32, payload: &Bytes) {
+        if self.replica.outbound.as_ref().is_none_or(|o| !o.up) {
+            return; // a delivery after the link failed: nothing more is applied
+        }
+        let events = match Event::decode_all(payload) {
+            Ok(events) => events,
+            Err(e) => {
+                self.replica_diverged(format!("undecodable replication delivery {id}: {e}"));
+                return;
+            }
+        };
         // The delivery itself counts as one unapplied part until all its events
         // were handed on, so an owner that stores at once cannot settle it early.
         *self.replica.unapplied.entry((channel, id)).or_default() += 1;
-        match Event::decode_all(payload) {
-            Ok(events) => {
-                for event in events {
-                    self.apply_replica_event(channel, id, event);
-                }
+        for event in events {
+            if let Err(why) = self.apply_replica_event(channel, id, event) {
+                self.replica_diverged(why);
+                return;
             }
-            Err(e) => tracing::error!("HA: undecodable replication message: {e}"),
         }
         self.delivery_part_applied((channel, id));
         self.top_up_replica_credit();
     }
 
-    fn apply_replica_event(&mut self, channel: u16, id: u32, event: Event) {
+    /// Backup: an event of the stream could not be applied, so this copy of
+    /// the primary can no longer be trusted. Logs why, settles nothing more,
+    /// drops the link and tells the HA role, which stops being `ready` and
+    /// looks for the primary again (the next link starts from a full reset).
+    pub(super) fn replica_diverged(&mut self, why: String) {
+        tracing::error!("HA: {why}; dropping the replication link to re-synchronise");
+        let Some(conn) = self.replica.outbound.as_ref().map(|o| o.conn) else {
+            return;
+        };
+        self.replica.to_settle.clear();
+        self.outbound_lost(conn);
+        self.ha_link_event(LinkEvent::Diverged);
+    }
+
+    /// The queue an `enq` or `deq` event names, with its owner; `Ok(None)` for
+    /// a queue the stream deleted, an error for one the backup never heard of.
+    fn replica_target(&self, queue: &str, what: &str) -> Result<Option<(Arc<str>, usize)>, String> {
+        match self.catalogue.queues.get_key_value(queue) {
+            Some((name, entry)) => Ok(Some((name.clone(), entry.owner))),
+            None if self.replica.deleted.contains(queue) => Ok(None),
+            None => Err(format!("{what} for unknown queue '{queue}'")),
+        }
+    }
+
+    fn apply_replica_event(&mut self, channel: u16, id: u32, event: Event) -> Result<(), String> {
         match event {
             Event::Queue { name, settings } | Event::QueueReset { name, settings } => {
+                self.replica.deleted.remove(&name);
                 let reset = self.catalogue.queues.contains_key(name.as_str());
                 self.apply_config_now(ConfigOp::ReplaceQueue {
                     name: name.clone(),
@@ -890,6 +940,7 @@ impl Shard {
                 }
             }
             Event::QueueDelete { name } => {
+                self.replica.deleted.insert(name.clone());
                 self.apply_config_now(ConfigOp::DeleteQueue {
                     name,
                     if_unused: false,
@@ -919,11 +970,16 @@ impl Shard {
                 position,
                 message,
             } => {
-                if let Some((name, entry)) = self.catalogue.queues.get_key_value(queue.as_str()) {
-                    let (name, owner) = (name.clone(), entry.owner);
+                let what = format!("enq of position {position}");
+                if let Some((name, owner)) = self.replica_target(&queue, &what)? {
                     let token = self.replica.next_apply;
                     self.replica.next_apply += 1;
-                    self.replica.applying.insert(token, (channel, id));
+                    let applying = Applying {
+                        delivery: (channel, id),
+                        queue: name.clone(),
+                        position,
+                    };
+                    self.replica.applying.insert(token, applying);
                     *self.replica.unapplied.entry((channel, id)).or_default() += 1;
                     self.send(
                         owner,
@@ -938,8 +994,8 @@ impl Shard {
                 }
             }
             Event::Dequeue { queue, positions } => {
-                if let Some((name, entry)) = self.catalogue.queues.get_key_value(queue.as_str()) {
-                    let (name, owner) = (name.clone(), entry.owner);
+                let what = format!("deq of {} positions", positions.len());
+                if let Some((name, owner)) = self.replica_target(&queue, &what)? {
                     self.send(
                         owner,
                         ShardMsg::ReplicaDequeue {
@@ -974,6 +1030,7 @@ impl Shard {
                     tracing::info!(
                         "HA: deleting queue '{name}', deleted on the primary while we were away"
                     );
+                    self.replica.deleted.insert(name.clone());
                     self.apply_config_now(ConfigOp::DeleteQueue {
                         name,
                         if_unused: false,
@@ -987,6 +1044,7 @@ impl Shard {
                 }
             }
         }
+        Ok(())
     }
 
     fn apply_binding(&mut self, event: Event) {
@@ -1064,10 +1122,18 @@ impl Shard {
         }
     }
 
-    /// Backup shard 0: an owner stored a replicated message.
-    pub(super) fn on_replica_applied(&mut self, token: u64) {
-        if let Some(delivery) = self.replica.applying.remove(&token) {
-            self.delivery_part_applied(delivery);
+    /// Backup shard 0: an owner stored a replicated message, or could not.
+    pub(super) fn on_replica_applied(&mut self, token: u64, stored: bool) {
+        let Some(a) = self.replica.applying.remove(&token) else {
+            return;
+        };
+        if stored {
+            self.delivery_part_applied(a.delivery);
+        } else {
+            self.replica_diverged(format!(
+                "enq of position {} on queue '{}' not stored: the queue is missing on its owner shard",
+                a.position, a.queue
+            ));
         }
     }
 
@@ -1162,6 +1228,7 @@ impl Shard {
         self.replica.applying.clear();
         self.replica.unapplied.clear();
         self.replica.stashed_binds.clear();
+        self.replica.lost_up = out.up.then_some(conn);
         let event = match (out.up, out.refused_status) {
             (true, _) => {
                 tracing::warn!("HA: lost the replication link to the primary");
@@ -1218,6 +1285,32 @@ impl Shard {
     pub fn ha_identity(&self) -> Option<BackupIdentity> {
         self.ha.as_ref().map(|h| h.identity())
     }
+}
+
+/// How a primary closes the link of a backup it no longer waits for: the
+/// backup must know that it missed what was settled since, and must not stay
+/// `ready` (see [`dropped_by_primary_said`]).
+pub(super) fn dropped_by_primary() -> ErrorCondition {
+    let mut error = ErrorCondition::new(
+        condition::CONNECTION_FORCED,
+        "backup dropped by the primary",
+    );
+    error.info = Some(Value::Map(vec![(
+        Value::symbol("tandem.ha-dropped"),
+        Value::Bool(true),
+    )]));
+    error
+}
+
+/// Whether a close of our replication link says the primary dropped us.
+pub(super) fn dropped_by_primary_said(error: &ErrorCondition) -> bool {
+    matches!(
+        error
+            .info
+            .as_ref()
+            .and_then(|i| i.map_get("tandem.ha-dropped")),
+        Some(Value::Bool(true))
+    )
 }
 
 /// Reads a backup's identity from its attach properties.
