@@ -202,7 +202,11 @@ impl Client {
             Err(e)
                 if matches!(
                     e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    std::io::ErrorKind::WouldBlock
+                        | std::io::ErrorKind::TimedOut
+                        // A signal (glommio's, in a process that runs a broker
+                        // too): nothing was read; the caller's loop reads again.
+                        | std::io::ErrorKind::Interrupted
                 ) => {}
             Err(e) => return Err(e.into()),
         }

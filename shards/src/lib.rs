@@ -1,13 +1,16 @@
 //! tandem-shards: the broker engine, one instance per core.
 //!
+//! - [`access`]: the access-policy seam (who may connect, attach, manage, publish).
 //! - [`amqp`]: the AMQP 1.0 codec, framing, performatives, message sections and the
 //!   sans-I/O connection engine (used by the broker and by [`client`]).
 //! - [`queue`], [`exchange`], [`placement`]: nodes, routing, and which shard owns a queue.
 //! - [`broker`]: one shard's state and logic, without I/O.
 //! - [`runtime`]: the thin glommio layer: executors, sockets, rings and doorbells.
+//! - [`stats`]: a read-only view of the running shards' counters for other threads.
 //! - [`client`]: a small blocking AMQP client for tools, tests and (later) HA links.
 //! - [`url`], [`duration`]: parsing of broker URLs and durations.
 
+pub mod access;
 pub mod amqp;
 pub mod broker;
 pub mod client;
@@ -18,4 +21,5 @@ pub mod placement;
 pub mod queue;
 pub mod replica;
 pub mod runtime;
+pub mod stats;
 pub mod url;

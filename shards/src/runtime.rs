@@ -23,6 +23,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 use crate::amqp::performative::{condition, ErrorCondition};
 use crate::broker::hooks::HaHandler;
 use crate::broker::{BrokerSettings, Shard, ShardMsg};
+use crate::stats::{StatsHandle, PUBLISH_EVERY};
 
 /// Messages a ring holds before the sender keeps them in its outbox instead.
 const RING_CAPACITY: usize = 16 * 1024;
@@ -58,9 +59,15 @@ pub struct Running {
     pub addr: SocketAddr,
     stop: Arc<AtomicBool>,
     handles: Vec<glommio::ExecutorJoinHandle<()>>,
+    stats: StatsHandle,
 }
 
 impl Running {
+    /// The shards' counters, readable from any thread (a metrics exporter).
+    pub fn stats(&self) -> StatsHandle {
+        self.stats.clone()
+    }
+
     /// Closes every connection politely and waits for the shards to finish.
     pub fn shutdown(self) {
         self.stop.store(true, Ordering::SeqCst);
@@ -186,6 +193,7 @@ pub fn start(
     let conn_count = Arc::new(AtomicUsize::new(0));
     let settings = Arc::new(settings);
     let (ready_tx, ready_rx) = mpsc::channel::<Result<usize, (usize, String)>>();
+    let stats = StatsHandle::new(n);
     let mut handles = Vec::new();
     let mut ha = ha;
     for (id, ((listener, out), inc)) in listeners
@@ -204,11 +212,15 @@ pub fn start(
         let stop = stop.clone();
         let ready = ready_tx.clone();
         let conn_count = conn_count.clone();
+        let stats = stats.clone();
         let fd = listener.into_raw_fd();
         let handle = LocalExecutorBuilder::new(placement)
             .name(&format!("shard-{id}"))
             .spawn(move || async move {
-                shard_main(id, settings, fd, out, inc, stop, conn_count, ready, ha).await;
+                shard_main(
+                    id, settings, fd, out, inc, stop, conn_count, ready, ha, stats,
+                )
+                .await;
             })
             .map_err(|e| StartError::Shard {
                 shard: id,
@@ -233,6 +245,7 @@ pub fn start(
         addr,
         stop,
         handles,
+        stats,
     })
 }
 
@@ -314,6 +327,7 @@ async fn shard_main(
     conn_count: Arc<AtomicUsize>,
     ready: mpsc::Sender<Result<usize, (usize, String)>>,
     ha: Option<HaFactory>,
+    stats: StatsHandle,
 ) {
     // SAFETY: the fd is a listening socket we created and handed over.
     let listener = unsafe { TcpListener::from_raw_fd(listener_fd) };
@@ -420,6 +434,8 @@ async fn shard_main(
     // Housekeeping: ring overflow retries, the HA role's timers, memory
     // release, the stop flag.
     let mut ticks: u32 = 0;
+    let mut published = Instant::now();
+    stats.publish(rt.shard.borrow().snapshot());
     loop {
         let wait = if rt.overflow.get() {
             Duration::from_millis(1)
@@ -433,6 +449,13 @@ async fn shard_main(
         ticks = ticks.wrapping_add(1);
         if ticks.is_multiple_of(RELEASE_MEMORY_TICKS) {
             rt.shard.borrow_mut().release_memory();
+        }
+        let now = Instant::now();
+        if now.duration_since(published) >= PUBLISH_EVERY {
+            published = now;
+            let mut shard = rt.shard.borrow_mut();
+            shard.set_now(now);
+            stats.publish(shard.snapshot());
         }
         if has_ha {
             rt.shard.borrow_mut().poll_ha(Instant::now());

@@ -10,6 +10,7 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 
 use super::{consumer_ref, ConfigDone, ConfigOp, Shard, ShardMsg};
+use crate::access::Access;
 use crate::amqp::codec::Value;
 use crate::amqp::connection::{Connection, Event, LinkKey};
 use crate::amqp::performative::{condition, Attach, ErrorCondition, Role, Source, Target};
@@ -137,6 +138,14 @@ impl Conn {
             accepted: Vec::new(),
         }
     }
+}
+
+/// A receiving link that browses (`distribution-mode = copy`).
+fn is_browser(attach: &Attach) -> bool {
+    attach
+        .source
+        .as_ref()
+        .is_some_and(|s| s.distribution_mode.as_deref() == Some("copy"))
 }
 
 pub(super) fn not_found(what: &str) -> ErrorCondition {
@@ -340,6 +349,15 @@ impl Shard {
                 }
             }
             Event::Opened(open) => {
+                let access = Access::Connect {
+                    properties: open.properties.as_ref(),
+                };
+                if let Err(error) = self.allowed(id, &access) {
+                    if let Some(c) = self.conns.get_mut(&id) {
+                        c.engine.close_with(error);
+                    }
+                    return;
+                }
                 let admin = super::hooks::is_admin_connection(open.properties.as_ref());
                 if let Some(c) = self.conns.get_mut(&id) {
                     tracing::debug!(conn = id, peer = %c.peer, container = %open.container_id, admin, "connection opened");
@@ -441,6 +459,19 @@ impl Shard {
                 s.is_some_and(|s| s.dynamic),
             )
         };
+        let node = address.as_deref().unwrap_or("");
+        let access = if client_sends {
+            Access::Publish { node }
+        } else {
+            Access::Consume {
+                node,
+                browse: is_browser(&attach),
+                dynamic,
+            }
+        };
+        if let Err(e) = self.allowed(id, &access) {
+            return self.refuse(id, link, &attach, e);
+        }
         if self.admin_only() {
             if let Err(e) = self.backup_allows(&attach, client_sends, dynamic, address.as_deref()) {
                 return self.refuse(id, link, &attach, e);
@@ -535,10 +566,7 @@ impl Shard {
         dynamic: bool,
         address: Option<&str>,
     ) -> Result<(), ErrorCondition> {
-        let browsing = attach
-            .source
-            .as_ref()
-            .is_some_and(|s| s.distribution_mode.as_deref() == Some("copy"));
+        let browsing = is_browser(attach);
         let allowed = match (client_sends, address) {
             (true, Some(a)) => a == crate::management::NODE,
             (false, _) if dynamic => true,

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::{ConfigDone, ConfigOp, Shard, ShardMsg};
+use crate::access::Access;
 use crate::amqp::codec::Value;
 use crate::amqp::message::DecodedMessage;
 use crate::amqp::performative::{condition, ErrorCondition};
@@ -162,7 +163,7 @@ fn status_of(e: &ErrorCondition) -> u16 {
 
 impl Shard {
     /// A request arrived on a link to `$management`.
-    pub(super) fn on_management(&mut self, payload: &Bytes) {
+    pub(super) fn on_management(&mut self, id: u64, payload: &Bytes) {
         let decoded = match DecodedMessage::decode(payload) {
             Ok(d) => d,
             Err(e) => {
@@ -185,6 +186,15 @@ impl Shard {
             Ok(r) => r,
             Err(e) => return self.mgmt_reply(&reply, bad(e)),
         };
+        let access = Access::Manage {
+            operation: &request.operation,
+            entity_type: &request.entity_type,
+            name: request.name.as_deref(),
+        };
+        if let Err(e) = self.allowed(id, &access) {
+            let why = e.description.unwrap_or(e.condition);
+            return self.mgmt_reply(&reply, Response::error(status::FORBIDDEN, why));
+        }
         if let Err(resp) = self.dispatch_management(request, reply.clone()) {
             self.mgmt_reply(&reply, resp);
         }
@@ -427,7 +437,9 @@ impl Shard {
     }
 
     /// This shard's counters.
-    pub(super) fn report(&self) -> ShardReport {
+    /// This shard's counters: owned queues, exchanges routed here,
+    /// connections served (management gathers and the stats handle).
+    pub fn report(&self) -> ShardReport {
         ShardReport {
             queues: self
                 .queues

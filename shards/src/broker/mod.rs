@@ -5,6 +5,7 @@
 //!
 //! - `mod.rs` (this file): shard state, cross-shard messages, queue-owner side.
 //! - `accept.rs`: how connections begin (server engines, a backup's replication engine).
+//! - `policy.rs`: where the access policy is asked.
 //! - `catalogue.rs`: the configuration replica and its single ordering point.
 //! - `link.rs`: the connection side: socket events, what each attach means.
 //! - `publish.rs`: routing a client's messages and settling them once stored.
@@ -16,6 +17,7 @@ mod consume;
 pub mod hooks;
 mod link;
 mod mgmt;
+mod policy;
 mod publish;
 mod replica;
 
@@ -61,6 +63,8 @@ pub struct BrokerSettings {
     pub ha_replicate: Option<String>,
     /// In a cluster: how backups connect to the primary.
     pub ha_link: Option<HaLinkSettings>,
+    /// Who may connect, attach, manage and publish ([`crate::access`]).
+    pub access: Arc<dyn crate::access::AccessPolicy>,
 }
 
 /// How a backup's replication link connects and keeps alive.
@@ -93,6 +97,7 @@ impl Default for BrokerSettings {
             open_properties: Vec::new(),
             ha_replicate: None,
             ha_link: None,
+            access: Arc::new(crate::access::AllowAll),
         }
     }
 }
@@ -385,6 +390,16 @@ impl Shard {
 
     pub fn uptime(&self) -> Duration {
         self.now.saturating_duration_since(self.started)
+    }
+
+    /// A snapshot of this shard's counters for [`crate::stats::StatsHandle`].
+    pub fn snapshot(&self) -> crate::stats::ShardSnapshot {
+        crate::stats::ShardSnapshot {
+            shard: self.id,
+            taken: self.now,
+            uptime: self.uptime(),
+            report: self.report(),
+        }
     }
 
     /// Sets the time of the inputs that follow (ring messages, replies).

@@ -34,24 +34,14 @@ impl Shard {
         if payload.is_empty() {
             // A message has at least a body section: an empty transfer is not one
             // (Proton sends those when it settles deliveries it never sent).
-            if !settled {
-                if let Some(c) = self.conns.get_mut(&id) {
-                    let state = DeliveryState::Rejected(Some(ErrorCondition::new(
-                        condition::DECODE_ERROR,
-                        "empty message: a message needs at least a body section",
-                    )));
-                    c.engine.disposition(
-                        link.channel,
-                        Role::Receiver,
-                        delivery_id,
-                        delivery_id,
-                        true,
-                        Some(&state),
-                    );
-                }
-                self.mark_dirty(id);
-            }
-            return;
+            let error = ErrorCondition::new(
+                condition::DECODE_ERROR,
+                "empty message: a message needs at least a body section",
+            );
+            return self.reject_delivery(id, link, delivery_id, settled, error);
+        }
+        if let Err(error) = self.may_send(id, &dest, &payload) {
+            return self.reject_delivery(id, link, delivery_id, settled, error);
         }
         self.route_buf.clear();
         let mut targets = std::mem::take(&mut self.route_buf);
@@ -76,7 +66,7 @@ impl Shard {
             c.messages_in += 1;
         }
         if matches!(dest, Dest::Management) {
-            self.on_management(&payload);
+            self.on_management(id, &payload);
         }
         let token = self.next_token;
         self.next_token += 1;
@@ -120,6 +110,33 @@ impl Shard {
             }
         }
         self.route_buf = targets;
+    }
+
+    /// Settles a publish as rejected with `error` (nothing to do for one the
+    /// client sent settled).
+    fn reject_delivery(
+        &mut self,
+        id: u64,
+        link: LinkKey,
+        delivery_id: u32,
+        settled: bool,
+        error: ErrorCondition,
+    ) {
+        if settled {
+            return;
+        }
+        if let Some(c) = self.conns.get_mut(&id) {
+            let state = DeliveryState::Rejected(Some(error));
+            c.engine.disposition(
+                link.channel,
+                Role::Receiver,
+                delivery_id,
+                delivery_id,
+                true,
+                Some(&state),
+            );
+        }
+        self.mark_dirty(id);
     }
 
     pub(super) fn route_exchange(
@@ -259,7 +276,7 @@ pub(super) fn accept_in_ranges(engine: &mut Connection, ids: &mut [(u16, u32)]) 
 }
 
 /// The `to` field of a message's properties.
-fn to_address(payload: &Bytes) -> Option<String> {
+pub(super) fn to_address(payload: &Bytes) -> Option<String> {
     let map = message::scan(payload).ok()?;
     let (start, end) = map.properties?;
     match crate::amqp::codec::Decoder::new(payload.slice(start..end))

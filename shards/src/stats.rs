@@ -1,0 +1,114 @@
+//! A read-only view of a running broker's counters for threads outside the
+//! executors (a metrics exporter, say). Each shard publishes a snapshot of its
+//! counters from its housekeeping task every [`PUBLISH_EVERY`]; a reader copies
+//! the latest one of each shard. The data path never touches it: a shard takes
+//! its slot's lock only to swap in a new snapshot, a reader only to clone an
+//! `Arc`.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::broker::ShardReport;
+
+/// How often each shard publishes a snapshot (at the latest, when busy).
+pub const PUBLISH_EVERY: Duration = Duration::from_millis(250);
+
+/// One shard's counters at one moment.
+#[derive(Debug, Clone)]
+pub struct ShardSnapshot {
+    pub shard: usize,
+    /// When the shard took it (its clock).
+    pub taken: Instant,
+    /// How long the shard has run.
+    pub uptime: Duration,
+    /// Queues it owns, exchanges routed through it, connections it serves.
+    pub report: ShardReport,
+}
+
+/// The counters of every shard, as last published. Cheap to clone; hand it
+/// to any thread.
+#[derive(Debug, Clone)]
+pub struct StatsHandle {
+    slots: Arc<[Mutex<Option<Arc<ShardSnapshot>>>]>,
+}
+
+impl StatsHandle {
+    /// Slots for `shards` shards, none published yet.
+    pub fn new(shards: usize) -> StatsHandle {
+        StatsHandle {
+            slots: (0..shards).map(|_| Mutex::new(None)).collect(),
+        }
+    }
+
+    /// A shard publishes its latest snapshot.
+    pub fn publish(&self, snapshot: ShardSnapshot) {
+        if let Some(slot) = self.slots.get(snapshot.shard) {
+            let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());
+            *slot = Some(Arc::new(snapshot));
+        }
+    }
+
+    /// The latest snapshot of every shard (`None` for one that has not
+    /// published yet).
+    pub fn shards(&self) -> Vec<Option<Arc<ShardSnapshot>>> {
+        self.slots
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).clone())
+            .collect()
+    }
+
+    /// Messages queued on `queue`, from its owner's latest snapshot.
+    pub fn queue_depth(&self, queue: &str) -> Option<u64> {
+        self.shards().into_iter().flatten().find_map(|s| {
+            s.report
+                .queues
+                .iter()
+                .find(|(n, _)| &**n == queue)
+                .map(|(_, q)| q.depth)
+        })
+    }
+
+    /// Connections served, summed over the shards' latest snapshots.
+    pub fn connections(&self) -> usize {
+        self.shards()
+            .into_iter()
+            .flatten()
+            .map(|s| s.report.connections.len())
+            .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::QueueStats;
+
+    #[test]
+    fn readers_see_each_shards_latest_snapshot() {
+        let stats = StatsHandle::new(2);
+        assert!(stats.shards().iter().all(Option::is_none));
+        let snapshot = |shard, depth| ShardSnapshot {
+            shard,
+            taken: Instant::now(),
+            uptime: Duration::ZERO,
+            report: ShardReport {
+                queues: vec![(
+                    "q".into(),
+                    QueueStats {
+                        depth,
+                        ..Default::default()
+                    },
+                )],
+                ..Default::default()
+            },
+        };
+        stats.publish(snapshot(1, 3));
+        assert_eq!(stats.queue_depth("q"), Some(3));
+        stats.publish(snapshot(1, 5));
+        assert_eq!(stats.queue_depth("q"), Some(5));
+        assert_eq!(stats.queue_depth("other"), None);
+        // A shard that does not exist publishes nowhere.
+        stats.publish(snapshot(7, 1));
+        assert_eq!(stats.shards().len(), 2);
+    }
+}
