@@ -11,7 +11,7 @@ use bytes::{Bytes, BytesMut};
 use cluster::{address, running_cluster, Cluster, Kind};
 use tandem_shards::amqp::codec::Value;
 use tandem_shards::amqp::connection::{Event, LinkKey};
-use tandem_shards::amqp::performative::{Attach, Role, Source, Target};
+use tandem_shards::amqp::performative::{Attach, Source};
 use tandem_shards::replica::Event as Replication;
 
 const SEED: u64 = 7;
@@ -185,30 +185,19 @@ fn impersonate(c: &mut Cluster, b: usize, victim: usize) {
         })
         .and_then(|()| c.with_peer(p, |e| e.begin()))
         .expect("opened");
-    let attach = Attach {
-        name: format!("ha-replication-{id}"),
-        handle: 0,
-        role: Role::Receiver,
-        snd_settle_mode: None,
-        rcv_settle_mode: None,
-        source: Some(Source {
-            address: Some(tandem_shards::replica::NODE.into()),
-            ..Default::default()
-        }),
-        target: Some(Target::default()),
-        initial_delivery_count: None,
-        max_message_size: None,
-        offered_capabilities: None,
-        desired_capabilities: None,
-        properties: Some(Value::Map(vec![
+    let source = Source {
+        address: Some(tandem_shards::replica::NODE.into()),
+        ..Default::default()
+    };
+    let attach =
+        Attach::receiver(format!("ha-replication-{id}"), source).with_properties(Value::Map(vec![
             (Value::symbol("tandem.ha-broker-id"), Value::String(id)),
             (
                 Value::symbol("tandem.ha-address"),
                 Value::String(address(victim)),
             ),
             (Value::symbol("tandem.ha-epoch"), Value::Ulong(epoch)),
-        ])),
-    };
+        ]));
     c.with_peer(p, |e| e.attach(channel, attach));
     c.peer_event(p, Duration::from_secs(1), |e| {
         matches!(e, Event::Attached { .. }).then_some(())

@@ -321,18 +321,13 @@ impl LinkSetup {
         };
         LinkSetup {
             attach: Some(Attach {
-                name: format!("tandem-perf-{}-{name}", std::process::id()),
-                handle: 0,
-                role,
                 snd_settle_mode: Some(if settled { 1 } else { 0 }),
-                rcv_settle_mode: None,
-                source: Some(source),
-                target: Some(target),
-                initial_delivery_count: None,
-                max_message_size: None,
-                offered_capabilities: None,
-                desired_capabilities: None,
-                properties: None,
+                ..Attach::new(
+                    format!("tandem-perf-{}-{name}", std::process::id()),
+                    role,
+                    Some(source),
+                    Some(target),
+                )
             }),
             server: false,
             state: LinkState::Pending,

@@ -318,19 +318,10 @@ impl Client {
         }
         .unwrap_or_default();
         self.next_link += 1;
+        let name = format!("{}-{}-{}", address, std::process::id(), self.next_link);
         let attach = Attach {
-            name: format!("{}-{}-{}", address, std::process::id(), self.next_link),
-            handle: 0,
-            role,
             snd_settle_mode: settled.then_some(1),
-            rcv_settle_mode: None,
-            source: Some(source),
-            target: Some(target),
-            initial_delivery_count: None,
-            max_message_size: None,
-            offered_capabilities: None,
-            desired_capabilities: None,
-            properties: None,
+            ..Attach::new(name, role, Some(source), Some(target))
         };
         let link = self
             .conn

@@ -3,6 +3,7 @@
 //! - [`access`]: the access-policy seam (who may connect, attach, manage, publish).
 //! - [`amqp`]: the AMQP 1.0 codec, framing, performatives, message sections and the
 //!   sans-I/O connection engine (used by the broker and by [`client`]).
+//! - [`attributes`]: reading and writing attribute maps (queue settings).
 //! - [`queue`], [`exchange`], [`placement`]: nodes, routing, and which shard owns a queue.
 //! - [`broker`]: one shard's state and logic, without I/O.
 //! - [`runtime`]: the thin glommio layer: executors, sockets, rings and doorbells.
@@ -12,6 +13,7 @@
 
 pub mod access;
 pub mod amqp;
+pub mod attributes;
 pub mod broker;
 pub mod client;
 pub mod duration;

@@ -30,6 +30,9 @@ const RING_CAPACITY: usize = 16 * 1024;
 /// Housekeeping ticks (50 ms when idle) between looks at whether queues shrank
 /// enough to hand memory back.
 const RELEASE_MEMORY_TICKS: u32 = 10;
+/// How long start-up waits for a port whose listener still answers although
+/// its broker may just have died, before calling the port in use.
+const PREDECESSOR_GRACE: Duration = Duration::from_secs(3);
 /// How long a closing connection waits for the peer's close.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
@@ -148,11 +151,18 @@ pub fn start(
             } else {
                 bind
             };
-            if std::net::TcpStream::connect_timeout(&probe, Duration::from_secs(1)).is_ok() {
-                return Err(StartError::PortInUse {
-                    interface: bind.ip().to_string(),
-                    port: bind.port(),
-                });
+            // The listener of a broker killed a moment ago can outlive its
+            // process briefly (io_uring tears its files down asynchronously)
+            // and still complete connections: give it a moment to go.
+            let since = Instant::now();
+            while std::net::TcpStream::connect_timeout(&probe, Duration::from_secs(1)).is_ok() {
+                if since.elapsed() >= PREDECESSOR_GRACE {
+                    return Err(StartError::PortInUse {
+                        interface: bind.ip().to_string(),
+                        port: bind.port(),
+                    });
+                }
+                std::thread::sleep(Duration::from_millis(50));
             }
         }
     }

@@ -170,23 +170,13 @@ impl Pair {
                 Target::default(),
             ),
         };
-        let link = self.client.attach(
-            channel,
-            Attach {
-                name: format!("{address}-{role:?}"),
-                handle: 0,
-                role,
-                snd_settle_mode: None,
-                rcv_settle_mode: None,
-                source: Some(source),
-                target: Some(target),
-                initial_delivery_count: None,
-                max_message_size: None,
-                offered_capabilities: None,
-                desired_capabilities: None,
-                properties: None,
-            },
-        )?;
+        let attach = Attach::new(
+            format!("{address}-{role:?}"),
+            role,
+            Some(source),
+            Some(target),
+        );
+        let link = self.client.attach(channel, attach)?;
         self.pump();
         let refused = self
             .events
@@ -223,26 +213,13 @@ impl Pair {
     /// A management request from a dynamic reply queue; the response.
     fn manage(&mut self, req: &Request) -> Option<Response> {
         let channel = self.session();
-        let reply = self.client.attach(
-            channel,
-            Attach {
-                name: "replies".into(),
-                handle: 0,
-                role: Role::Receiver,
-                snd_settle_mode: None,
-                rcv_settle_mode: None,
-                source: Some(Source {
-                    dynamic: true,
-                    ..Default::default()
-                }),
-                target: Some(Target::default()),
-                initial_delivery_count: None,
-                max_message_size: None,
-                offered_capabilities: None,
-                desired_capabilities: None,
-                properties: None,
-            },
-        )?;
+        let dynamic = Source {
+            dynamic: true,
+            ..Default::default()
+        };
+        let reply = self
+            .client
+            .attach(channel, Attach::receiver("replies", dynamic))?;
         self.pump();
         let address = self.events.iter().find_map(|e| match e {
             Event::Attached { link, attach } if *link == reply => {

@@ -338,20 +338,12 @@ impl Client {
 }
 
 fn attach(name: &str, role: Role, source: Source, target: Target) -> Attach {
-    Attach {
-        name: format!("sim-{name}-{role:?}"),
-        handle: 0,
+    Attach::new(
+        format!("sim-{name}-{role:?}"),
         role,
-        snd_settle_mode: None,
-        rcv_settle_mode: None,
-        source: Some(source),
-        target: Some(target),
-        initial_delivery_count: None,
-        max_message_size: None,
-        offered_capabilities: None,
-        desired_capabilities: None,
-        properties: None,
-    }
+        Some(source),
+        Some(target),
+    )
 }
 
 fn client_config(properties: Option<Value>) -> ConnectionConfig {

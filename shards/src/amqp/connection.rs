@@ -1189,22 +1189,12 @@ impl Connection {
             return;
         };
         let attach = Attach {
-            name: remote.name.clone(),
             handle: link.handle,
-            role: state.role,
             snd_settle_mode: remote.snd_settle_mode,
             rcv_settle_mode: Some(0),
-            source,
-            target,
-            initial_delivery_count: if state.role == Role::Sender {
-                Some(0)
-            } else {
-                None
-            },
-            max_message_size: None,
-            offered_capabilities: None,
-            desired_capabilities: None,
+            initial_delivery_count: (state.role == Role::Sender).then_some(0),
             properties,
+            ..Attach::new(remote.name.clone(), state.role, source, target)
         };
         self.frames_out += 1;
         write_frame(&mut self.out, link.channel, &Performative::Attach(attach));
@@ -1218,18 +1208,9 @@ impl Connection {
             Role::Receiver => Role::Sender,
         };
         let attach = Attach {
-            name: remote.name.clone(),
             handle: link.handle,
-            role,
-            snd_settle_mode: None,
-            rcv_settle_mode: None,
-            source: None,
-            target: None,
-            initial_delivery_count: if role == Role::Sender { Some(0) } else { None },
-            max_message_size: None,
-            offered_capabilities: None,
-            desired_capabilities: None,
-            properties: None,
+            initial_delivery_count: (role == Role::Sender).then_some(0),
+            ..Attach::new(remote.name.clone(), role, None, None)
         };
         self.frames_out += 1;
         write_frame(&mut self.out, link.channel, &Performative::Attach(attach));

@@ -339,6 +339,48 @@ pub struct Attach {
     pub properties: Option<Value>,
 }
 
+impl Attach {
+    /// An attach of ours: `role` with its terminus; the engine assigns the
+    /// handle, everything else is the spec's default.
+    pub fn new(
+        name: impl Into<String>,
+        role: Role,
+        source: Option<Source>,
+        target: Option<Target>,
+    ) -> Attach {
+        Attach {
+            name: name.into(),
+            handle: 0,
+            role,
+            snd_settle_mode: None,
+            rcv_settle_mode: None,
+            source,
+            target,
+            initial_delivery_count: None,
+            max_message_size: None,
+            offered_capabilities: None,
+            desired_capabilities: None,
+            properties: None,
+        }
+    }
+
+    /// A receiving link from `source`.
+    pub fn receiver(name: impl Into<String>, source: Source) -> Attach {
+        Attach::new(name, Role::Receiver, Some(source), Some(Target::default()))
+    }
+
+    /// A sending link to `target`.
+    pub fn sender(name: impl Into<String>, target: Target) -> Attach {
+        Attach::new(name, Role::Sender, Some(Source::default()), Some(target))
+    }
+
+    /// With these attach properties.
+    pub fn with_properties(mut self, properties: Value) -> Attach {
+        self.properties = Some(properties);
+        self
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Flow {
     pub next_incoming_id: Option<u32>,

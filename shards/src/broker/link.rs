@@ -848,32 +848,10 @@ fn node_settings(
     if durable.unwrap_or(0) > 0 {
         settings.durable = true;
     }
-    if let Some(props) = props {
-        if let Some(n) = props.map_get("max-queue-size").and_then(Value::as_u64) {
-            settings.max_size = n;
-        }
-        if let Some(n) = props.map_get("max-queue-count").and_then(Value::as_u64) {
-            settings.max_count = n;
-        }
-        if let Some(p) = props
-            .map_get("limit-policy")
-            .and_then(Value::as_str)
-            .and_then(crate::queue::LimitPolicy::parse)
-        {
-            settings.policy = p;
-        }
-        if let Some(Value::Bool(d)) = props.map_get("durable") {
-            settings.durable = *d;
-        }
-        if let Some(r) = props.map_get("qpid.replicate").and_then(Value::as_str) {
-            if !matches!(r, "none" | "configuration" | "all") {
-                return Err(ErrorCondition::new(
-                    condition::INVALID_FIELD,
-                    format!("qpid.replicate: '{r}' is not one of none, configuration, all"),
-                ));
-            }
-            settings.replicate = Some(r.to_owned());
-        }
+    match props {
+        Some(props) => settings
+            .with_attributes(props)
+            .map_err(|e| ErrorCondition::new(condition::INVALID_FIELD, e)),
+        None => Ok(settings),
     }
-    Ok(settings)
 }

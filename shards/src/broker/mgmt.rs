@@ -12,9 +12,10 @@ use crate::access::Access;
 use crate::amqp::codec::Value;
 use crate::amqp::message::DecodedMessage;
 use crate::amqp::performative::{condition, ErrorCondition};
+use crate::attributes;
 use crate::exchange::{headers_key, BindingKey, ExchangeType};
 use crate::management::{attr, status, Request, Response};
-use crate::queue::{LimitPolicy, QueueSettings, QueueStats};
+use crate::queue::QueueStats;
 
 /// Where a reply goes.
 #[derive(Debug, Clone)]
@@ -68,89 +69,18 @@ fn bad(what: impl Into<String>) -> Response {
     Response::error(status::BAD_REQUEST, what)
 }
 
-/// A non-negative integer attribute, given as a number or a decimal string.
-fn u64_attr(body: &Value, key: &str) -> Result<Option<u64>, Response> {
-    match attr(body, key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => s
-            .trim()
-            .parse::<u64>()
-            .map(Some)
-            .map_err(|_| bad(format!("{key}: '{s}' is not a non-negative whole number"))),
-        Some(v) => v
-            .as_u64()
-            .map(Some)
-            .ok_or_else(|| bad(format!("{key}: {v:?} is not a non-negative whole number"))),
-    }
-}
-
 fn bool_attr(body: &Value, key: &str) -> Result<Option<bool>, Response> {
-    match attr(body, key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Bool(b)) => Ok(Some(*b)),
-        Some(Value::String(s)) => match s.to_ascii_lowercase().as_str() {
-            "true" | "yes" | "1" => Ok(Some(true)),
-            "false" | "no" | "0" => Ok(Some(false)),
-            _ => Err(bad(format!("{key}: '{s}' is not a boolean"))),
-        },
-        Some(v) => Err(bad(format!("{key}: {v:?} is not a boolean"))),
-    }
+    attributes::bool_attr(body, key).map_err(bad)
 }
 
 fn str_attr<'a>(body: &'a Value, key: &str) -> Result<Option<&'a str>, Response> {
-    match attr(body, key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(v) => v
-            .as_str()
-            .map(Some)
-            .ok_or_else(|| bad(format!("{key}: {v:?} is not a string"))),
-    }
+    attributes::str_attr(body, key).map_err(bad)
 }
 
 fn replicate_attr(body: &Value) -> Result<Option<String>, Response> {
-    let given = str_attr(body, "qpid.replicate")?.or(str_attr(body, "replicate")?);
-    match given {
-        None => Ok(None),
-        Some(r @ ("none" | "configuration" | "all")) => Ok(Some(r.to_owned())),
-        Some(other) => Err(bad(format!(
-            "replicate: '{other}' is not one of none, configuration, all"
-        ))),
-    }
+    attributes::replicate_attr(body).map_err(bad)
 }
 
-/// Queue settings from CREATE attributes, on top of the broker's defaults.
-fn queue_settings(defaults: &QueueSettings, body: &Value) -> Result<QueueSettings, Response> {
-    let mut s = defaults.clone();
-    if let Some(n) = u64_attr(body, "max-queue-size")? {
-        s.max_size = n;
-    }
-    if let Some(n) = u64_attr(body, "max-queue-count")? {
-        s.max_count = n;
-    }
-    if let Some(p) = str_attr(body, "limit-policy")? {
-        s.policy = LimitPolicy::parse(p).ok_or_else(|| {
-            bad(format!(
-                "limit-policy: '{p}' is not one of flow, reject, ring"
-            ))
-        })?;
-    }
-    if let Some(d) = bool_attr(body, "durable")? {
-        s.durable = d;
-    }
-    if let Some(a) = bool_attr(body, "auto-delete")? {
-        s.auto_delete = a;
-    }
-    if let Some(k) = str_attr(body, "lvq-key")? {
-        if k.is_empty() {
-            return Err(bad("lvq-key: must not be empty"));
-        }
-        s.lvq_key = Some(k.to_owned());
-    }
-    s.replicate = replicate_attr(body)?;
-    Ok(s)
-}
-
-/// The HTTP-like status for an AMQP error condition.
 fn status_of(e: &ErrorCondition) -> u16 {
     match e.condition.as_str() {
         condition::NOT_FOUND => status::NOT_FOUND,
@@ -227,7 +157,11 @@ impl Shard {
         let need_name = || name.clone().ok_or_else(|| bad("missing 'name'"));
         match (req.operation.as_str(), req.entity_type.as_str()) {
             ("CREATE", "queue") => {
-                let settings = queue_settings(&self.settings.default_queue, &req.body)?;
+                let settings = self
+                    .settings
+                    .default_queue
+                    .with_attributes(&req.body)
+                    .map_err(bad)?;
                 let op = ConfigOp::DeclareQueue {
                     name: Some(need_name()?),
                     settings,

@@ -27,7 +27,7 @@ use super::hooks::{BackupIdentity, HaCommand, LinkEvent};
 use super::{ConfigOp, Shard, ShardMsg};
 use crate::amqp::codec::Value;
 use crate::amqp::connection::LinkKey;
-use crate::amqp::performative::{condition, ErrorCondition, Role};
+use crate::amqp::performative::{condition, ErrorCondition};
 use crate::exchange::BUILT_IN;
 use crate::queue::{AckTo, QueueSettings};
 use crate::replica::guard::MemberId;
@@ -1179,33 +1179,26 @@ impl Shard {
         };
         let channel = c.engine.begin();
         out.channel = Some(channel);
-        let attach = crate::amqp::performative::Attach {
-            name: format!("ha-replication-{}", who.broker_id),
-            handle: 0,
-            role: Role::Receiver,
-            snd_settle_mode: None,
-            rcv_settle_mode: None,
-            source: Some(crate::amqp::performative::Source {
-                address: Some(crate::replica::NODE.into()),
-                ..Default::default()
-            }),
-            target: Some(Default::default()),
-            initial_delivery_count: None,
-            max_message_size: None,
-            offered_capabilities: None,
-            desired_capabilities: None,
-            properties: Some(Value::Map(vec![
-                (
-                    Value::symbol("tandem.ha-broker-id"),
-                    Value::String(who.broker_id),
-                ),
-                (
-                    Value::symbol("tandem.ha-address"),
-                    Value::String(who.address),
-                ),
-                (Value::symbol("tandem.ha-epoch"), Value::Ulong(who.epoch)),
-            ])),
+        let source = crate::amqp::performative::Source {
+            address: Some(crate::replica::NODE.into()),
+            ..Default::default()
         };
+        let properties = Value::Map(vec![
+            (
+                Value::symbol("tandem.ha-broker-id"),
+                Value::String(who.broker_id.clone()),
+            ),
+            (
+                Value::symbol("tandem.ha-address"),
+                Value::String(who.address),
+            ),
+            (Value::symbol("tandem.ha-epoch"), Value::Ulong(who.epoch)),
+        ]);
+        let attach = crate::amqp::performative::Attach::receiver(
+            format!("ha-replication-{}", who.broker_id),
+            source,
+        )
+        .with_properties(properties);
         out.link = c.engine.attach(channel, attach);
         let conn = out.conn;
         self.mark_dirty(conn);

@@ -19,7 +19,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::amqp::codec::{Decoder, Value};
 use crate::exchange::{BindingKey, ExchangeType};
-use crate::queue::{LimitPolicy, QueueSettings};
+use crate::queue::QueueSettings;
 
 /// The node a backup attaches its replication receiver to on the primary.
 pub const NODE: &str = "$ha.replication";
@@ -82,50 +82,6 @@ pub enum Event {
 
 fn s(v: &str) -> Value {
     Value::string(v)
-}
-
-fn settings_value(st: &QueueSettings) -> Value {
-    let mut m = vec![
-        (s("max-queue-size"), Value::Ulong(st.max_size)),
-        (s("max-queue-count"), Value::Ulong(st.max_count)),
-        (s("limit-policy"), s(st.policy.as_str())),
-        (s("durable"), Value::Bool(st.durable)),
-    ];
-    if let Some(k) = &st.lvq_key {
-        m.push((s("lvq-key"), s(k)));
-    }
-    if let Some(r) = &st.replicate {
-        m.push((s("replicate"), s(r)));
-    }
-    Value::Map(m)
-}
-
-fn settings_from(v: &Value) -> QueueSettings {
-    QueueSettings {
-        max_size: v
-            .map_get("max-queue-size")
-            .and_then(Value::as_u64)
-            .unwrap_or(0),
-        max_count: v
-            .map_get("max-queue-count")
-            .and_then(Value::as_u64)
-            .unwrap_or(0),
-        policy: v
-            .map_get("limit-policy")
-            .and_then(Value::as_str)
-            .and_then(LimitPolicy::parse)
-            .unwrap_or(LimitPolicy::Flow),
-        durable: matches!(v.map_get("durable"), Some(Value::Bool(true))),
-        auto_delete: false,
-        replicate: v
-            .map_get("replicate")
-            .and_then(Value::as_str)
-            .map(str::to_owned),
-        lvq_key: v
-            .map_get("lvq-key")
-            .and_then(Value::as_str)
-            .map(str::to_owned),
-    }
 }
 
 fn key_value(k: &BindingKey) -> Value {
@@ -237,9 +193,9 @@ impl Event {
             return Encoded::enqueue(queue, *position, message.clone());
         }
         let list = match self {
-            Event::Queue { name, settings } => vec![s("queue"), s(name), settings_value(settings)],
+            Event::Queue { name, settings } => vec![s("queue"), s(name), settings.attributes()],
             Event::QueueReset { name, settings } => {
-                vec![s("queue-reset"), s(name), settings_value(settings)]
+                vec![s("queue-reset"), s(name), settings.attributes()]
             }
             Event::QueueDelete { name } => vec![s("queue-delete"), s(name)],
             Event::Exchange {
@@ -348,7 +304,9 @@ impl Event {
         let kind = text(0).ok_or("replication event without a type")?;
         Ok(match kind.as_str() {
             "queue" | "queue-reset" => {
-                let settings = settings_from(items.get(2).unwrap_or(&Value::Null));
+                let settings = QueueSettings::default()
+                    .with_attributes(items.get(2).unwrap_or(&Value::Null))
+                    .map_err(|e| format!("queue settings: {e}"))?;
                 if kind == "queue" {
                     Event::Queue {
                         name: name()?,
