@@ -11,9 +11,11 @@ use std::process::ExitCode;
 
 use tandem_ha::broker::{ClusterInfo, HaBroker};
 use tandem_ha::node::HaSettings;
+use tandem_ha::role::HaHandler;
+use tandem_ha::stream::StreamSettings;
 use tandem_shards::amqp::codec::Value;
-use tandem_shards::broker::hooks::{Admission, HaHandler};
-use tandem_shards::broker::{BrokerSettings, HaLinkSettings};
+use tandem_shards::broker::admission::Admission;
+use tandem_shards::broker::BrokerSettings;
 use tandem_shards::queue::{LimitPolicy, QueueSettings};
 use tandem_shards::runtime;
 
@@ -123,7 +125,7 @@ fn run(cfg: &Config) -> Result<(), String> {
 fn with_ha(
     cfg: &Config,
     mut settings: BrokerSettings,
-) -> Result<(BrokerSettings, Option<runtime::HaFactory>), String> {
+) -> Result<(BrokerSettings, Option<runtime::ExtensionFactory>), String> {
     let brokers_url = cfg
         .ha
         .brokers_url
@@ -169,14 +171,18 @@ fn with_ha(
         replicate: cfg.ha.replicate.to_string(),
         self_address: format!("{}:{}", cfg.interface, cfg.port),
     };
-    settings.ha_replicate = Some(cfg.ha.replicate.to_string());
-    settings.ha_link = Some(HaLinkSettings {
+    let stream = StreamSettings {
+        replicate: cfg.ha.replicate.to_string(),
         username: cfg.ha.username.clone(),
         password: cfg.ha.password.clone(),
         heartbeat: cfg.ha.link_heartbeat_interval,
-    });
-    let factory: runtime::HaFactory = Box::new(move || {
-        Box::new(HaBroker::new(ha_settings, info, std::time::Instant::now())) as Box<dyn HaHandler>
+        container_id: settings.container_id.clone(),
+        max_frame_size: settings.max_frame_size,
+        max_message_size: settings.max_message_size,
+    };
+    let started = std::time::Instant::now();
+    let factory = tandem_ha::stream::extension(stream, move || {
+        Box::new(HaBroker::new(ha_settings.clone(), info.clone(), started)) as Box<dyn HaHandler>
     });
     Ok((settings, Some(factory)))
 }

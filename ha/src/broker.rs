@@ -7,9 +7,10 @@
 use std::time::Instant;
 
 use tandem_shards::amqp::codec::Value;
-use tandem_shards::broker::hooks::{
-    Admission, BackupIdentity, HaCommand, HaHandler, HaOutcome, HaReply, LinkEvent, MemberId,
-};
+use tandem_shards::broker::admission::Admission;
+
+use crate::guard::MemberId;
+use crate::role::{BackupIdentity, HaCommand, HaHandler, HaOutcome, HaReply, LinkEvent};
 use tandem_shards::management::status;
 
 use crate::node::{Action, HaNode, HaSettings, Input, MemberInfo};

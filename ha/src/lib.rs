@@ -1,17 +1,21 @@
-//! tandem-ha: the HA module, as sans-I/O state machines the broker's runtime
-//! drives (and tests drive with a virtual clock).
+//! tandem-ha: the HA module. It plugs into every shard of `tandem-shards`
+//! through the extension seam (`tandem_shards::broker::ext`), which names
+//! nothing after HA.
 //!
 //! - [`status`]: broker statuses and the legal transitions between them.
-//! - [`node`]: one broker's role: promotion rules, finding the primary,
-//!   expected backups and their timeout, heartbeat drops, epochs.
-//! - [`guard`]: delayed settlement of publishes until backups have them.
-//! - [`broker`]: the role as the broker runs it on shard 0: the `ha-broker`
-//!   management entity, promotion, and whom the shards admit.
-//!
-//! Not built yet (see README): the replication stream itself (configuration,
-//! catch-up and live events between the brokers), so backups stay `joining`.
+//! - [`node`]: one broker's role as a sans-I/O state machine: promotion rules,
+//!   finding the primary, membership (one member per link), expected backups
+//!   and their timeout, heartbeat drops, epochs.
+//! - [`broker`]: the role as shard 0 runs it: the `ha-broker` management
+//!   entity, promotion, and whom the shards admit.
+//! - [`role`]: what the role and the stream say to each other.
+//! - [`stream`]: the replication stream: queue owners, the primary's shard 0,
+//!   link hosts, the backup's apply; and its wire codec ([`stream::codec`]).
+//! - [`guard`]: delayed settlement: each backup link is a settlement holder.
 
 pub mod broker;
 pub mod guard;
 pub mod node;
+pub mod role;
 pub mod status;
+pub mod stream;

@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use cluster::{address, running_cluster, Cluster, Kind};
+use tandem_ha::stream::codec::Event as Replication;
 use tandem_shards::amqp::codec::Value;
 use tandem_shards::amqp::connection::{Event, LinkKey};
 use tandem_shards::amqp::performative::{Attach, Source};
-use tandem_shards::replica::Event as Replication;
 
 const SEED: u64 = 7;
 
@@ -186,7 +186,7 @@ fn impersonate(c: &mut Cluster, b: usize, victim: usize) {
         .and_then(|()| c.with_peer(p, |e| e.begin()))
         .expect("opened");
     let source = Source {
-        address: Some(tandem_shards::replica::NODE.into()),
+        address: Some(tandem_ha::stream::NODE.into()),
         ..Default::default()
     };
     let attach =

@@ -4,6 +4,7 @@
 //! - [`amqp`]: the AMQP 1.0 codec, framing, performatives, message sections and the
 //!   sans-I/O connection engine (used by the broker and by [`client`]).
 //! - [`attributes`]: reading and writing attribute maps (queue settings).
+//! - [`holders`]: settlement holders (a publish settles once every holder released it).
 //! - [`queue`], [`exchange`], [`placement`]: nodes, routing, and which shard owns a queue.
 //! - [`broker`]: one shard's state and logic, without I/O.
 //! - [`runtime`]: the thin glommio layer: executors, sockets, rings and doorbells.
@@ -18,10 +19,10 @@ pub mod broker;
 pub mod client;
 pub mod duration;
 pub mod exchange;
+pub mod holders;
 pub mod management;
 pub mod placement;
 pub mod queue;
-pub mod replica;
 pub mod runtime;
 pub mod stats;
 pub mod url;

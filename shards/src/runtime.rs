@@ -21,7 +21,7 @@ use glommio::net::{TcpListener, TcpStream};
 use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::amqp::performative::{condition, ErrorCondition};
-use crate::broker::hooks::HaHandler;
+use crate::broker::ext::Extension;
 use crate::broker::{BrokerSettings, Shard, ShardMsg};
 use crate::stats::{StatsHandle, PUBLISH_EVERY};
 
@@ -121,15 +121,16 @@ fn listener_socket(addr: SocketAddr) -> std::io::Result<socket2::Socket> {
     Ok(s)
 }
 
-/// Builds the broker's HA role on shard 0's thread (it need not be `Send`).
-pub type HaFactory = Box<dyn FnOnce() -> Box<dyn HaHandler> + Send>;
+/// Builds each shard's extension on that shard's thread (the extension need
+/// not be `Send`): called with the shard's id.
+pub type ExtensionFactory = Arc<dyn Fn(usize) -> Box<dyn Extension> + Send + Sync>;
 
 /// Starts `settings.shards` shards listening on `bind` (port 0 picks one); with
-/// `ha`, shard 0 runs the broker's HA role.
+/// `extension`, every shard runs one (HA replication).
 pub fn start(
     settings: BrokerSettings,
     bind: SocketAddr,
-    ha: Option<HaFactory>,
+    extension: Option<ExtensionFactory>,
 ) -> Result<Running, StartError> {
     check_runtime()?;
     let n = settings.shards.max(1);
@@ -205,14 +206,13 @@ pub fn start(
     let (ready_tx, ready_rx) = mpsc::channel::<Result<usize, (usize, String)>>();
     let stats = StatsHandle::new(n);
     let mut handles = Vec::new();
-    let mut ha = ha;
     for (id, ((listener, out), inc)) in listeners
         .into_iter()
         .zip(outgoing)
         .zip(incoming)
         .enumerate()
     {
-        let ha = if id == 0 { ha.take() } else { None };
+        let ext = extension.clone();
         let placement = if n <= cores.len() {
             Placement::Fixed(cores[id])
         } else {
@@ -228,7 +228,7 @@ pub fn start(
             .name(&format!("shard-{id}"))
             .spawn(move || async move {
                 shard_main(
-                    id, settings, fd, out, inc, stop, conn_count, ready, ha, stats,
+                    id, settings, fd, out, inc, stop, conn_count, ready, ext, stats,
                 )
                 .await;
             })
@@ -336,7 +336,7 @@ async fn shard_main(
     stop: Arc<AtomicBool>,
     conn_count: Arc<AtomicUsize>,
     ready: mpsc::Sender<Result<usize, (usize, String)>>,
-    ha: Option<HaFactory>,
+    extension: Option<ExtensionFactory>,
     stats: StatsHandle,
 ) {
     // SAFETY: the fd is a listening socket we created and handed over.
@@ -395,9 +395,9 @@ async fn shard_main(
         }
     }
     let mut shard = Shard::new(id, settings.clone(), Instant::now());
-    let has_ha = ha.is_some();
-    if let Some(factory) = ha {
-        shard.set_ha(factory());
+    let has_ext = extension.is_some();
+    if let Some(factory) = extension {
+        shard.set_extension(factory(id));
     }
     let rt = Rc::new(Runtime {
         id,
@@ -467,15 +467,16 @@ async fn shard_main(
             shard.set_now(now);
             stats.publish(shard.snapshot());
         }
-        if has_ha {
-            rt.shard.borrow_mut().poll_ha(Instant::now());
+        if has_ext {
+            rt.shard.borrow_mut().poll_extension(Instant::now());
             rt.after_step();
-            let connects = rt.shard.borrow_mut().take_replica_connects();
-            for (index, address) in connects {
-                glommio::spawn_local(connect_replica(
+            let connects = rt.shard.borrow_mut().take_connection_requests();
+            for (token, address, timeout) in connects {
+                glommio::spawn_local(connect_owned(
                     rt.clone(),
-                    index,
+                    token,
                     address,
+                    timeout,
                     housekeeping_count.clone(),
                 ))
                 .detach();
@@ -527,18 +528,16 @@ fn serve(rt: &Rc<Runtime>, stream: TcpStream, conn_count: Arc<AtomicUsize>) {
     glommio::spawn_local(write_loop(rt.clone(), id, write_half, wake_rx, conn_count)).detach();
 }
 
-/// A backup's replication link: connect to the primary candidate, then serve
-/// the connection like any other (the shard drives its client engine).
-async fn connect_replica(
+/// A connection the extension asked for (a backup's replication link):
+/// resolve and connect, then serve it like any other, with the engine the
+/// extension gives it.
+async fn connect_owned(
     rt: Rc<Runtime>,
-    index: usize,
+    token: u64,
     address: String,
+    timeout: Duration,
     conn_count: Arc<AtomicUsize>,
 ) {
-    let settings = rt.shard.borrow().settings.clone();
-    let Some(link) = settings.ha_link.clone() else {
-        return;
-    };
     // Name resolution blocks (getaddrinfo): it runs on glommio's blocking
     // thread pool, never on the executor.
     let name = address.clone();
@@ -550,9 +549,7 @@ async fn connect_replica(
         })
         .await;
     let stream = match resolved {
-        Some(addr) => {
-            TcpStream::connect_timeout(addr, link.heartbeat.max(Duration::from_secs(1))).await
-        }
+        Some(addr) => TcpStream::connect_timeout(addr, timeout).await,
         None => Err(glommio::GlommioError::IoError(std::io::Error::other(
             "cannot resolve",
         ))),
@@ -560,8 +557,8 @@ async fn connect_replica(
     let stream = match stream {
         Ok(s) => s,
         Err(e) => {
-            tracing::debug!("HA: cannot reach {address}: {e}");
-            rt.shard.borrow_mut().replica_connect_failed(index);
+            tracing::debug!("cannot reach {address}: {e}");
+            rt.shard.borrow_mut().connection_failed(token);
             rt.after_step();
             return;
         }
@@ -570,7 +567,7 @@ async fn connect_replica(
     // SAFETY: dup of a valid open socket; the new fd is owned by the new stream.
     let dup = unsafe { libc::dup(stream.as_raw_fd()) };
     if dup < 0 {
-        rt.shard.borrow_mut().replica_connect_failed(index);
+        rt.shard.borrow_mut().connection_failed(token);
         rt.after_step();
         return;
     }
@@ -578,13 +575,12 @@ async fn connect_replica(
     let opened = {
         let mut shard = rt.shard.borrow_mut();
         shard.set_now(Instant::now());
-        shard.open_replica_connection(index, address.clone())
+        shard.connection_opened(token, address.clone())
     };
     let Some(id) = opened else {
         return;
     };
     conn_count.fetch_add(1, Ordering::Relaxed);
-    tracing::info!("HA: replication link connecting to {address}");
     let (wake_tx, wake_rx) = local_channel::new_bounded(1);
     rt.writers.borrow_mut().insert(id, wake_tx);
     glommio::spawn_local(read_loop(rt.clone(), id, stream)).detach();

@@ -24,12 +24,14 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use tandem_ha::broker::{ClusterInfo, HaBroker};
 use tandem_ha::node::HaSettings;
+use tandem_ha::role::HaHandler;
+use tandem_ha::stream::StreamSettings;
 use tandem_shards::amqp::codec::Value;
 use tandem_shards::amqp::connection::{Connection, ConnectionConfig, Event, LinkKey, Sasl};
 use tandem_shards::amqp::message::{DecodedMessage, MessageBuilder};
 use tandem_shards::amqp::performative::{Attach, DeliveryState, Role, Source, Target};
-use tandem_shards::broker::hooks::Admission;
-use tandem_shards::broker::{BrokerSettings, HaLinkSettings, Shard};
+use tandem_shards::broker::admission::Admission;
+use tandem_shards::broker::{BrokerSettings, Shard};
 use tandem_shards::management::{Request, Response};
 
 /// One step of the virtual clock.
@@ -432,16 +434,10 @@ impl Cluster {
             initial_admission: Admission::AdminOnly {
                 reason: "backup broker (joining), not primary: try another address".into(),
             },
-            ha_replicate: Some("all".into()),
-            ha_link: Some(HaLinkSettings {
-                username: None,
-                password: None,
-                heartbeat: HEARTBEAT,
-            }),
             ..Default::default()
         });
         let broker_id = format!("broker-{i}-{}", self.restarts);
-        let ha = HaBroker::new(
+        let role = HaBroker::new(
             HaSettings {
                 broker_id: broker_id.clone(),
                 brokers: self.addresses.clone(),
@@ -458,10 +454,28 @@ impl Cluster {
             },
             self.now,
         );
-        let mut shards: Vec<Shard> = (0..self.shards_per_broker)
-            .map(|s| Shard::new(s, settings.clone(), self.now))
+        // Built as tandemd builds it: one stream per shard, the role on shard 0.
+        let stream = StreamSettings {
+            replicate: "all".into(),
+            username: None,
+            password: None,
+            heartbeat: HEARTBEAT,
+            container_id: settings.container_id.clone(),
+            max_frame_size: settings.max_frame_size,
+            max_message_size: settings.max_message_size,
+        };
+        let roles = std::sync::Mutex::new(Some(role));
+        let factory = tandem_ha::stream::extension(stream, move || {
+            let role = roles.lock().ok().and_then(|mut r| r.take());
+            Box::new(role.expect("one role per broker")) as Box<dyn HaHandler>
+        });
+        let shards: Vec<Shard> = (0..self.shards_per_broker)
+            .map(|s| {
+                let mut shard = Shard::new(s, settings.clone(), self.now);
+                shard.set_extension(factory(s));
+                shard
+            })
             .collect();
-        shards[0].set_ha(Box::new(ha));
         Broker {
             shards,
             health: Health::Up,
@@ -517,7 +531,7 @@ impl Cluster {
     // The HA role, as the tools see it
 
     fn ha_request(&mut self, b: usize, operation: &str, body: Value) -> Response {
-        let resp = self.brokers[b].shards[0].ha_request(Request {
+        let resp = self.brokers[b].shards[0].manage(Request {
             operation: operation.into(),
             entity_type: "ha-broker".into(),
             name: None,
@@ -700,16 +714,14 @@ impl Cluster {
             for s in 0..self.brokers[b].shards.len() {
                 let shard = &mut self.brokers[b].shards[s];
                 shard.set_now(now);
-                if s == 0 {
-                    shard.poll_ha(now);
-                }
+                shard.poll_extension(now);
                 for id in shard.conn_ids() {
                     shard.conn_tick(id, now);
                 }
             }
-            let connects = self.brokers[b].shards[0].take_replica_connects();
-            for (index, address) in connects {
-                self.connect_replica(b, index, address);
+            let connects = self.brokers[b].shards[0].take_connection_requests();
+            for (token, address, _timeout) in connects {
+                self.connect_replica(b, token, address);
             }
         }
         for c in 0..self.clients.len() {
@@ -754,7 +766,7 @@ impl Cluster {
         self.run_until(d, |_| false);
     }
 
-    fn connect_replica(&mut self, b: usize, index: usize, address: String) {
+    fn connect_replica(&mut self, b: usize, token: u64, address: String) {
         let target = self.addresses.iter().position(|a| *a == address);
         let peer = self.peers.iter().position(|p| p.address == address);
         let reachable = match (target, peer) {
@@ -769,11 +781,10 @@ impl Cluster {
             (None, None) => false,
         };
         if !reachable {
-            self.brokers[b].shards[0].replica_connect_failed(index);
+            self.brokers[b].shards[0].connection_failed(token);
             return;
         }
-        let Some(conn) = self.brokers[b].shards[0].open_replica_connection(index, address.clone())
-        else {
+        let Some(conn) = self.brokers[b].shards[0].connection_opened(token, address.clone()) else {
             return;
         };
         let backup = End::Shard {

@@ -1,8 +1,8 @@
-//! How a shard's connections begin: the engine of an accepted client
-//! connection (SASL mechanisms, open properties, limits), and the engine of a
-//! backup's own replication connection to a primary. The runtime hands over a
-//! socket's peer address and moves bytes; it builds no engine itself, so a
-//! simulation starts connections exactly as the broker does.
+//! How an accepted connection begins: its server engine (SASL mechanisms,
+//! open properties, limits). The runtime hands over a socket's peer address
+//! and moves bytes; it builds no engine itself, so a simulation starts
+//! connections exactly as the broker does. (Connections the extension opens
+//! get their engine from it: [`super::ext`].)
 
 use crate::amqp::codec::Value;
 use crate::amqp::connection::{Connection, ConnectionConfig, Sasl};
@@ -15,47 +15,6 @@ impl Shard {
     pub fn accept_connection(&mut self, peer: String) -> u64 {
         let engine = Connection::server(server_config(&self.settings, self.id), self.now);
         self.add_connection(engine, peer)
-    }
-
-    /// Backup: starts the replication connection to `brokers[index]` at
-    /// `address` (the runtime has connected the socket); `None` outside a
-    /// cluster.
-    pub fn open_replica_connection(&mut self, index: usize, address: String) -> Option<u64> {
-        let link = self.settings.ha_link.clone()?;
-        let backup_info = self
-            .ha_identity()
-            .map(|w| {
-                Value::Map(vec![
-                    (Value::symbol("broker-id"), Value::String(w.broker_id)),
-                    (Value::symbol("address"), Value::String(w.address)),
-                    (Value::symbol("epoch"), Value::Ulong(w.epoch)),
-                ])
-            })
-            .unwrap_or(Value::Bool(true));
-        let credentials = link
-            .username
-            .clone()
-            .map(|u| (u, link.password.clone().unwrap_or_default()));
-        let cfg = ConnectionConfig {
-            container_id: self.settings.container_id.clone(),
-            max_frame_size: self.settings.max_frame_size,
-            channel_max: 16,
-            // The primary must be heard at least every heartbeat; twice that is silence.
-            idle_timeout: Some(link.heartbeat * 2),
-            properties: Some(Value::Map(vec![(
-                Value::symbol("qpid.ha-backup"),
-                backup_info,
-            )])),
-            max_message_size: self.settings.max_message_size,
-            hostname: Some(address.clone()),
-            sasl: Sasl::Client {
-                credentials,
-                skip: false,
-            },
-        };
-        let mut engine = Connection::client(cfg, self.now);
-        engine.set_heartbeat(link.heartbeat);
-        Some(self.add_replica_connection(engine, index, address))
     }
 }
 

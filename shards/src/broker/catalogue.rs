@@ -443,10 +443,7 @@ impl Shard {
         }
         let others = self.shards() - 1;
         if events.is_empty() || others == 0 {
-            // Backups learn of the change (queue owners start replicas) only after
-            // every shard has it: a `StartReplica` must not overtake the event
-            // that creates the queue on its owner (they share the ring).
-            self.replicate_config(&events);
+            self.raise(super::ext::Tap::Ordered(events.clone()));
             self.send(
                 origin,
                 ShardMsg::ConfigReply {
@@ -476,7 +473,10 @@ impl Shard {
                 },
             );
         }
-        self.replicate_config(&events);
+        // After the broadcast: what the extension sends a shard because of the
+        // change (a queue owner told to stream the new queue) must not overtake
+        // the change itself on that shard's ring.
+        self.raise(super::ext::Tap::Ordered(events));
     }
 
     pub(super) fn on_config_applied(&mut self, barrier: u64) {

@@ -3,7 +3,7 @@
 //! publishes are routed and settled once stored, and how deliveries from queue
 //! owners reach the wire within the client's credit.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -107,10 +107,10 @@ pub(super) struct Conn {
     pub(super) opened: bool,
     /// An admin connection (`qpid.ha-admin`) or another broker's link.
     pub(super) admin: bool,
-    /// Our own outbound replication connection (a backup's link to its primary).
-    pub(super) outbound: bool,
-    /// Backups' replication links hosted on this connection (primary side).
-    pub(super) replica_links: HashMap<LinkKey, super::replica::ReplicaLink>,
+    /// A connection the extension opened and drives: its events go there.
+    pub(super) owned: bool,
+    /// Links the extension claimed ([`super::ext`]).
+    pub(super) claimed: HashSet<LinkKey>,
     pub(super) messages_in: u64,
     pub(super) messages_out: u64,
     pub(super) links: HashMap<LinkKey, LinkRole>,
@@ -129,8 +129,8 @@ impl Conn {
             container: String::new(),
             opened: false,
             admin: false,
-            outbound: false,
-            replica_links: HashMap::new(),
+            owned: false,
+            claimed: HashSet::new(),
             messages_in: 0,
             messages_out: 0,
             links: HashMap::new(),
@@ -159,18 +159,15 @@ impl Shard {
     /// Bytes from a client's socket.
     pub fn conn_input(&mut self, id: u64, buf: &mut BytesMut, now: Instant) {
         self.set_now(now);
-        let (outbound, hosts_replicas) = match self.conns.get_mut(&id) {
+        let extension_listens = match self.conns.get_mut(&id) {
             Some(c) => {
                 c.engine.input(buf, now);
-                (c.outbound, !c.replica_links.is_empty())
+                c.owned || !c.claimed.is_empty()
             }
-            None => (false, false),
+            None => false,
         };
-        if hosts_replicas {
-            self.replica_heard(id, now);
-        }
-        if outbound {
-            self.ha_link_event(super::hooks::LinkEvent::PrimaryHeard);
+        if extension_listens {
+            self.with_ext(move |ext, shard| ext.heard(shard, id, now));
         }
         self.conn_events(id);
     }
@@ -296,56 +293,17 @@ impl Shard {
     }
 
     fn on_event(&mut self, id: u64, ev: Event) {
+        if self.conns.get(&id).is_some_and(|c| c.owned) {
+            if let (Event::Opened(_), Some(c)) = (&ev, self.conns.get_mut(&id)) {
+                c.opened = true;
+            }
+            return self.with_ext(move |ext, shard| ext.owned_event(shard, id, ev));
+        }
         match ev {
             Event::Authenticated { user } => {
                 tracing::debug!(conn = id, ?user, "authenticated");
                 if let Some(c) = self.conns.get_mut(&id) {
                     c.user = user;
-                }
-            }
-            Event::Opened(_) if self.conns.get(&id).is_some_and(|c| c.outbound) => {
-                if let Some(c) = self.conns.get_mut(&id) {
-                    c.opened = true;
-                }
-                self.outbound_opened();
-            }
-            Event::Attached { attach, .. } if self.conns.get(&id).is_some_and(|c| c.outbound) => {
-                let epoch = attach
-                    .properties
-                    .as_ref()
-                    .and_then(|p| p.map_get("tandem.ha-epoch"))
-                    .and_then(Value::as_u64)
-                    .unwrap_or(0);
-                self.outbound_attached(attach.source.is_some(), epoch);
-            }
-            Event::Transfer {
-                delivery_id,
-                payload,
-                link,
-                ..
-            } if self.conns.get(&id).is_some_and(|c| c.outbound) => {
-                self.apply_replica_delivery(link.channel, delivery_id, &payload);
-            }
-            Event::Detached { .. } | Event::Closed { .. }
-                if self.conns.get(&id).is_some_and(|c| c.outbound) =>
-            {
-                if let Event::Closed { error: Some(e), .. }
-                | Event::Detached { error: Some(e), .. } = &ev
-                {
-                    tracing::debug!("HA: replication link closed: {e}");
-                }
-                if let Event::Detached { error: Some(e), .. } = &ev {
-                    self.outbound_refused(e);
-                }
-                let dropped = matches!(&ev, Event::Closed { error: Some(e), .. }
-                    | Event::Detached { error: Some(e), .. }
-                    if super::replica::dropped_by_primary_said(e));
-                self.outbound_lost(id);
-                // The links' detaches come before the close that says why.
-                if dropped && self.replica.lost_up == Some(id) {
-                    self.replica.lost_up = None;
-                    tracing::warn!("HA: the primary dropped us: not ready until caught up again");
-                    self.ha_link_event(super::hooks::LinkEvent::Diverged);
                 }
             }
             Event::Opened(open) => {
@@ -358,14 +316,17 @@ impl Shard {
                     }
                     return;
                 }
-                let admin = super::hooks::is_admin_connection(open.properties.as_ref());
+                let admin = self
+                    .ext
+                    .as_ref()
+                    .is_some_and(|e| e.is_admin(open.properties.as_ref()));
                 if let Some(c) = self.conns.get_mut(&id) {
                     tracing::debug!(conn = id, peer = %c.peer, container = %open.container_id, admin, "connection opened");
                     c.container = open.container_id;
                     c.opened = true;
                     c.admin = admin;
                 }
-                if let super::hooks::Admission::AdminOnly { reason } = &self.admission {
+                if let super::admission::Admission::AdminOnly { reason } = &self.admission {
                     if !admin {
                         let error =
                             ErrorCondition::new(condition::CONNECTION_FORCED, reason.clone());
@@ -389,40 +350,27 @@ impl Shard {
                 channel,
                 disposition,
             } => {
-                let hosts_replicas = self
-                    .conns
-                    .get(&id)
-                    .is_some_and(|c| !c.replica_links.is_empty());
-                if hosts_replicas && disposition.role == Role::Receiver && disposition.settled {
-                    let last = disposition.last.unwrap_or(disposition.first);
-                    self.on_replica_settled(id, disposition.first, last);
+                if self.conns.get(&id).is_some_and(|c| !c.claimed.is_empty()) {
+                    let ev = Event::Disposition {
+                        channel,
+                        disposition: disposition.clone(),
+                    };
+                    self.with_ext(move |ext, shard| ext.link_event(shard, id, &ev));
                 }
                 self.on_disposition(id, channel, disposition)
             }
-            Event::Credit { link, .. }
+            Event::Credit { link, .. } | Event::Detached { link, .. }
                 if self
                     .conns
                     .get(&id)
-                    .is_some_and(|c| c.replica_links.contains_key(&link)) =>
+                    .is_some_and(|c| c.claimed.contains(&link)) =>
             {
-                self.drain_replica_link(id, link);
+                if let (Event::Detached { .. }, Some(c)) = (&ev, self.conns.get_mut(&id)) {
+                    c.claimed.remove(&link);
+                }
+                self.with_ext(move |ext, shard| ext.link_event(shard, id, &ev));
             }
             Event::Credit { link, drain, .. } => self.on_credit(id, link, drain),
-            Event::Detached { link, .. }
-                if self
-                    .conns
-                    .get(&id)
-                    .is_some_and(|c| c.replica_links.contains_key(&link)) =>
-            {
-                let member = self
-                    .conns
-                    .get_mut(&id)
-                    .and_then(|c| c.replica_links.remove(&link))
-                    .and_then(|rl| rl.member);
-                if let Some(member) = member {
-                    self.send(0, ShardMsg::BackupGone { member });
-                }
-            }
             Event::Detached { link, .. } => self.on_detached(id, link),
             Event::Closed { error, by_peer } => {
                 if let Some(e) = error {
@@ -490,8 +438,9 @@ impl Shard {
             return self.request_for_attach(id, link, attach, op);
         }
         let address = address.unwrap_or_default();
-        if address == crate::replica::NODE && !client_sends {
-            return self.host_replica_link(id, link, &attach);
+        if self.claims(&address) {
+            self.claim_link(id, link);
+            return self.with_ext(move |ext, shard| ext.attach(shard, id, link, attach));
         }
         if address == crate::management::NODE {
             if client_sends {
@@ -571,7 +520,7 @@ impl Shard {
             (true, Some(a)) => a == crate::management::NODE,
             (false, _) if dynamic => true,
             (false, Some(a)) => {
-                a == crate::replica::NODE || (browsing && self.catalogue.queues.contains_key(a))
+                self.claims(a) || (browsing && self.catalogue.queues.contains_key(a))
             }
             _ => false,
         };
@@ -586,45 +535,9 @@ impl Shard {
         }
     }
 
-    /// A backup attaches its replication link: only brokers' and admin
-    /// connections may; shard 0 decides whether the HA role accepts it.
-    fn host_replica_link(&mut self, id: u64, link: LinkKey, attach: &Attach) {
-        let admin = self.conns.get(&id).is_some_and(|c| c.admin);
-        if !admin {
-            let error = ErrorCondition::new(
-                condition::UNAUTHORIZED_ACCESS,
-                "only another broker of the cluster may replicate (qpid.ha-backup)",
-            );
-            return self.refuse(id, link, attach, error);
-        }
-        let Some(who) = super::replica::identity_from(attach.properties.as_ref()) else {
-            let error = ErrorCondition::new(
-                condition::INVALID_FIELD,
-                "replication link without broker identity",
-            );
-            return self.refuse(id, link, attach, error);
-        };
-        let Some(c) = self.conns.get_mut(&id) else {
-            return;
-        };
-        // The attach is answered once the HA role accepted the backup.
-        c.replica_links.insert(
-            link,
-            super::replica::ReplicaLink {
-                member: None,
-                pending_attach: Some(Box::new(attach.clone())),
-                backlog: VecDeque::new(),
-                unsettled: HashMap::new(),
-                last_heard: None,
-            },
-        );
-        let sink = super::ReplicaSink {
-            member: 0,
-            shard: self.id,
-            conn: id,
-            link,
-        };
-        self.send(0, ShardMsg::BackupAttached { sink, who });
+    /// Whether attaches to `address` are the extension's.
+    fn claims(&self, address: &str) -> bool {
+        self.ext.as_ref().is_some_and(|e| e.claims(address))
     }
 
     fn request_for_attach(&mut self, id: u64, link: LinkKey, attach: Attach, op: ConfigOp) {

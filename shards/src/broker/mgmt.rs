@@ -131,10 +131,14 @@ impl Shard {
     }
 
     fn dispatch_management(&mut self, req: Request, reply: ReplyTo) -> Result<(), Response> {
-        if req.entity_type == "ha-broker" {
+        if self
+            .ext
+            .as_ref()
+            .is_some_and(|e| e.manages(&req.entity_type))
+        {
             self.send(
                 0,
-                ShardMsg::HaRequest {
+                ShardMsg::ExtRequest {
                     request: req,
                     reply,
                 },
@@ -287,38 +291,28 @@ impl Shard {
         Ok((exchange, queue, binding_key))
     }
 
-    /// Shard 0: a request for the `ha-broker` entity, answered by the HA role.
-    pub(super) fn on_ha_request(&mut self, req: Request, reply: ReplyTo) {
-        let resp = self.ha_request(req);
+    /// Shard 0: a request for an entity type the extension manages.
+    pub(super) fn on_ext_request(&mut self, req: Request, reply: ReplyTo) {
+        let resp = self.manage(req);
         self.mgmt_reply(&reply, resp);
     }
 
-    /// Shard 0: answers a request for the `ha-broker` entity (READ, QUERY,
-    /// PROMOTE) and applies what the operation changed in the HA role before
-    /// returning. The management node uses it; so do simulations.
-    pub fn ha_request(&mut self, req: Request) -> Response {
-        let now = self.now;
-        let resp = match self.ha.as_mut() {
-            None => Response::error(
-                status::NOT_FOUND,
-                "this broker is not in an HA cluster (ha-cluster = no)",
-            ),
-            Some(ha) if req.operation == "READ" || req.operation == "QUERY" => {
-                Response::ok(Value::Map(
-                    ha.attributes()
-                        .into_iter()
-                        .map(|(k, v)| (Value::string(k), v))
-                        .collect(),
-                ))
+    /// Shard 0: answers a management request of an entity type the extension
+    /// manages (the management node uses it; so do simulations).
+    pub fn manage(&mut self, req: Request) -> Response {
+        let mut resp = None;
+        let entity_type = req.entity_type.clone();
+        self.with_ext_now(|ext, shard| {
+            if ext.manages(&req.entity_type) {
+                resp = Some(ext.manage(shard, req));
             }
-            Some(ha) => match ha.operation(&req.operation, &req.body, now) {
-                Ok(body) => Response::ok(body),
-                Err((code, why)) => Response::error(code, why),
-            },
-        };
-        // The operation may have changed the role: apply it before replying.
-        self.poll_ha(now);
-        resp
+        });
+        resp.unwrap_or_else(|| {
+            Response::error(
+                status::NOT_FOUND,
+                format!("no such entity type: {entity_type} (nothing on this broker manages it)"),
+            )
+        })
     }
 
     fn mgmt_config(&mut self, op: ConfigOp, reply: ReplyTo) {

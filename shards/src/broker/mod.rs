@@ -4,7 +4,10 @@
 //! bytes and ring messages and carries out what it leaves in its outboxes.
 //!
 //! - `mod.rs` (this file): shard state, cross-shard messages, queue-owner side.
-//! - `accept.rs`: how connections begin (server engines, a backup's replication engine).
+//! - `accept.rs`: how an accepted connection's engine begins.
+//! - `admission.rs`: who may connect (everyone, or admin connections only).
+//! - `ext.rs`: the extension seam (change tap, settlement holders, claimed
+//!   links, owned connections, extension messages).
 //! - `policy.rs`: where the access policy is asked.
 //! - `catalogue.rs`: the configuration replica and its single ordering point.
 //! - `link.rs`: the connection side: socket events, what each attach means.
@@ -12,16 +15,16 @@
 //! - `consume.rs`: credit, deliveries and settlement for consumers and browsers.
 
 mod accept;
+pub mod admission;
 mod catalogue;
 mod consume;
-pub mod hooks;
+pub mod ext;
 mod link;
 mod mgmt;
 mod policy;
 mod publish;
-mod replica;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -36,7 +39,7 @@ use crate::queue::{
 pub use catalogue::{Catalogue, ConfigEvent, ConfigOp};
 use link::{Conn, PendingAck};
 pub use mgmt::{ConnectionInfo, ExchangeStats, ReplyTo, ShardReport};
-pub use replica::{EnqueueMeta, ReplicaSink};
+pub use publish::accept_in_ranges;
 
 /// Settings every shard needs (the daemon maps its configuration onto this).
 #[derive(Debug, Clone)]
@@ -56,24 +59,11 @@ pub struct BrokerSettings {
     /// Largest message reassembled from frames.
     pub max_message_size: usize,
     /// Who may connect when the broker starts (HA brokers start admin-only).
-    pub initial_admission: hooks::Admission,
+    pub initial_admission: admission::Admission,
     /// Extra open-frame properties (e.g. `failover-server-list`).
     pub open_properties: Vec<(String, crate::amqp::codec::Value)>,
-    /// In a cluster, `ha-replicate` (none, configuration, all); `None` outside one.
-    pub ha_replicate: Option<String>,
-    /// In a cluster: how backups connect to the primary.
-    pub ha_link: Option<HaLinkSettings>,
     /// Who may connect, attach, manage and publish ([`crate::access`]).
     pub access: Arc<dyn crate::access::AccessPolicy>,
-}
-
-/// How a backup's replication link connects and keeps alive.
-#[derive(Debug, Clone)]
-pub struct HaLinkSettings {
-    pub username: Option<String>,
-    pub password: Option<String>,
-    /// `link-heartbeat-interval`.
-    pub heartbeat: Duration,
 }
 
 impl Default for BrokerSettings {
@@ -93,10 +83,8 @@ impl Default for BrokerSettings {
             auto_create_queues: true,
             container_id: "tandem".into(),
             max_message_size: 100 * 1024 * 1024,
-            initial_admission: hooks::Admission::Open,
+            initial_admission: admission::Admission::Open,
             open_properties: Vec::new(),
-            ha_replicate: None,
-            ha_link: None,
             access: Arc::new(crate::access::AllowAll),
         }
     }
@@ -174,92 +162,15 @@ pub enum ShardMsg {
         error: ErrorCondition,
     },
     /// From shard 0: who may connect from now on.
-    Admission(hooks::Admission),
-    /// To shard 0: a management request for the `ha-broker` entity.
-    HaRequest {
+    Admission(admission::Admission),
+    /// To shard 0: a management request for an entity type the extension
+    /// manages.
+    ExtRequest {
         request: crate::management::Request,
         reply: mgmt::ReplyTo,
     },
-    // -- replication, primary side
-    /// Shard 0 -> owner: start streaming a queue to a backup.
-    StartReplica {
-        queue: Arc<str>,
-        sink: ReplicaSink,
-    },
-    /// Owner -> shard 0: the backup caught up on this queue.
-    QueueCaughtUp {
-        member: hooks::MemberId,
-        queue: Arc<str>,
-    },
-    /// Owner or shard 0 -> link host: an event for the backup's stream.
-    ReplicaOut {
-        sink: ReplicaSink,
-        event: crate::replica::Encoded,
-        meta: EnqueueMeta,
-    },
-    /// Link host -> owner: the backup has the queue up to this position.
-    ReplicaAck {
-        queue: Arc<str>,
-        member: hooks::MemberId,
-        position: u64,
-    },
-    /// Shard 0 -> all: settlements wait for this backup from now on.
-    GuardMember {
-        member: hooks::MemberId,
-    },
-    /// Shard 0 -> all: the backup is gone.
-    DropMember {
-        member: hooks::MemberId,
-    },
-    /// Link host -> shard 0: a backup attached its link.
-    BackupAttached {
-        sink: ReplicaSink,
-        who: hooks::BackupIdentity,
-    },
-    /// Shard 0 -> link host: the HA role refused the backup.
-    ReplicaRefused {
-        sink: ReplicaSink,
-        reason: String,
-        status: Option<String>,
-    },
-    /// Shard 0 -> link host: the HA role accepted the backup (our epoch).
-    ReplicaAccepted {
-        sink: ReplicaSink,
-        epoch: u64,
-    },
-    /// Shard 0 -> link host: close a silent backup's link.
-    CloseReplicaLink {
-        sink: ReplicaSink,
-    },
-    /// Link host -> shard 0.
-    BackupHeard {
-        member: hooks::MemberId,
-    },
-    BackupGone {
-        member: hooks::MemberId,
-    },
-    // -- replication, backup side
-    /// Shard 0 -> owner: store a replicated message at the primary's position.
-    ReplicaEnqueue {
-        queue: Arc<str>,
-        position: u64,
-        message: Bytes,
-        origin: usize,
-        token: u64,
-    },
-    /// Owner -> shard 0: stored, or not (the queue is missing).
-    ReplicaApplied {
-        token: u64,
-        stored: bool,
-    },
-    ReplicaDequeue {
-        queue: Arc<str>,
-        positions: Vec<u64>,
-    },
-    /// Drop the messages of a queue about to be re-sent whole.
-    ReplicaPurge {
-        queue: Arc<str>,
-    },
+    /// Between two shards' extensions.
+    Ext(ext::ExtMsg),
     /// Management: a shard's counters, summed by the asking shard.
     StatsRequest {
         origin: usize,
@@ -314,15 +225,21 @@ pub struct Shard {
     gathers: HashMap<u64, mgmt::Gather>,
     /// Routing counters of exchanges used on this shard.
     exchange_stats: HashMap<Arc<str>, ExchangeStats>,
-    /// Who may connect (set by shard 0's HA handler, broadcast to all).
-    admission: hooks::Admission,
-    /// Shard 0 only, in a cluster: the broker's HA role.
-    ha: Option<Box<dyn hooks::HaHandler>>,
-    /// Publishers' settlements held until backups have their messages.
-    guard: crate::replica::guard::SettlementGuard<AckTo>,
-    replica: replica::ReplicaState,
-    /// Backup shard 0: replication connections the runtime should open.
-    replica_connects: Vec<(usize, String)>,
+    /// Who may connect (set by shard 0's extension, broadcast to all).
+    admission: admission::Admission,
+    /// The extension (HA replication), taken out while it runs.
+    ext: Option<Box<dyn ext::Extension>>,
+    ext_installed: bool,
+    /// Tap events raised and not yet delivered to the extension.
+    taps: Vec<ext::Tap>,
+    /// Calls to the extension made while it ran, in order.
+    deferred: VecDeque<ext::Deferred>,
+    /// Owned queues whose changes the tap reports.
+    tapped: HashSet<Arc<str>>,
+    /// Publishers' settlements held by the extension's holders.
+    holds: crate::holders::Holds<AckTo>,
+    /// Connections the extension asked the runtime to open.
+    connects: Vec<(u64, String, Duration)>,
     /// Most message bytes this shard's queues held since memory was last
     /// handed back to the system.
     queued_high: u64,
@@ -360,10 +277,13 @@ impl Shard {
             gathers: HashMap::new(),
             exchange_stats: HashMap::new(),
             admission: initial_admission,
-            ha: None,
-            guard: crate::replica::guard::SettlementGuard::new(),
-            replica: replica::ReplicaState::default(),
-            replica_connects: Vec::new(),
+            ext: None,
+            ext_installed: false,
+            taps: Vec::new(),
+            deferred: VecDeque::new(),
+            tapped: HashSet::new(),
+            holds: crate::holders::Holds::new(),
+            connects: Vec::new(),
             queued_high: 0,
         }
     }
@@ -402,6 +322,11 @@ impl Shard {
         }
     }
 
+    /// The time of the input being handled.
+    pub fn now(&self) -> Instant {
+        self.now
+    }
+
     /// Sets the time of the inputs that follow (ring messages, replies).
     pub fn set_now(&mut self, now: Instant) {
         self.now = self.now.max(now);
@@ -424,12 +349,17 @@ impl Shard {
 
     /// Processes local messages until none are left. Call after every input.
     pub fn run_local(&mut self) {
-        while let Some(msg) = self.outbox[self.id].pop_front() {
-            self.on_shard_msg(msg);
+        loop {
+            while let Some(msg) = self.outbox[self.id].pop_front() {
+                self.on_shard_msg(msg);
+            }
+            self.deliver_taps();
+            if self.outbox[self.id].is_empty() {
+                break;
+            }
         }
         self.flush_acks();
-        self.flush_replica_links();
-        self.flush_replica_settles();
+        self.with_ext(|ext, shard| ext.end_of_step(shard));
     }
 
     /// The outbox for another shard (the runtime moves it onto the ring).
@@ -442,8 +372,14 @@ impl Shard {
         into.append(&mut self.dirty);
     }
 
-    /// Handles one message from a shard (ourselves included).
+    /// Handles one message from a shard (ourselves included); what it changed
+    /// reaches the extension's tap before the next message.
     pub fn on_shard_msg(&mut self, msg: ShardMsg) {
+        self.handle_shard_msg(msg);
+        self.deliver_taps();
+    }
+
+    fn handle_shard_msg(&mut self, msg: ShardMsg) {
         match msg {
             ShardMsg::ConfigRequest { origin, req, op } => self.on_config_request(origin, req, op),
             ShardMsg::Config { events, barrier } => {
@@ -537,62 +473,8 @@ impl Shard {
             ShardMsg::Drained { consumer, unused } => self.on_drained(consumer, unused),
             ShardMsg::ConsumerGone { consumer, error } => self.on_consumer_gone(consumer, error),
             ShardMsg::Admission(a) => self.apply_admission(a),
-            ShardMsg::HaRequest { request, reply } => self.on_ha_request(request, reply),
-            ShardMsg::StartReplica { queue, sink } => self.on_start_replica(queue, sink),
-            ShardMsg::QueueCaughtUp { member, queue } => self.on_queue_caught_up(member, queue),
-            ShardMsg::ReplicaOut { sink, event, meta } => self.on_replica_out(sink, event, meta),
-            ShardMsg::ReplicaAck {
-                queue,
-                member,
-                position,
-            } => self.on_replica_ack(queue, member, position),
-            ShardMsg::GuardMember { member } => self.on_guard_member(member),
-            ShardMsg::DropMember { member } => self.on_drop_member(member),
-            ShardMsg::BackupAttached { sink, who } => self.on_backup_attached(sink, who),
-            ShardMsg::ReplicaRefused {
-                sink,
-                reason,
-                status,
-            } => self.on_replica_refused(sink, reason, status),
-            ShardMsg::ReplicaAccepted { sink, epoch } => self.on_replica_accepted(sink, epoch),
-            ShardMsg::CloseReplicaLink { sink } => {
-                self.conn_close(sink.conn, replica::dropped_by_primary())
-            }
-            ShardMsg::BackupHeard { member } => {
-                self.ha_link_event(hooks::LinkEvent::BackupHeard { member })
-            }
-            ShardMsg::BackupGone { member } => {
-                self.ha_link_event(hooks::LinkEvent::BackupLost { member })
-            }
-            ShardMsg::ReplicaEnqueue {
-                queue,
-                position,
-                message,
-                origin,
-                token,
-            } => {
-                let stored = match self.queues.get_mut(&queue) {
-                    Some(q) => {
-                        q.insert_at(position, message);
-                        true
-                    }
-                    None => false,
-                };
-                self.send(origin, ShardMsg::ReplicaApplied { token, stored });
-            }
-            ShardMsg::ReplicaApplied { token, stored } => self.on_replica_applied(token, stored),
-            ShardMsg::ReplicaDequeue { queue, positions } => {
-                if let Some(q) = self.queues.get_mut(&queue) {
-                    for p in positions {
-                        q.remove_at(p);
-                    }
-                }
-            }
-            ShardMsg::ReplicaPurge { queue } => {
-                if let Some(q) = self.queues.get_mut(&queue) {
-                    q.purge();
-                }
-            }
+            ShardMsg::ExtRequest { request, reply } => self.on_ext_request(request, reply),
+            ShardMsg::Ext(msg) => self.with_ext(move |ext, shard| ext.message(shard, msg)),
             ShardMsg::StatsRequest { origin, req } => {
                 let report = self.report();
                 self.send(origin, ShardMsg::StatsReply { req, report });
@@ -641,22 +523,28 @@ impl Shard {
             }
         }
         // A ring or last-value queue may have dropped something to make room.
-        self.replicate_dequeues(queue);
+        self.messages_left(queue);
         let mut out = std::mem::take(&mut self.deliveries_buf);
         if let Some(q) = self.queues.get_mut(queue) {
             q.dispatch(&mut out);
         }
         self.send_deliveries(queue, &mut out);
         self.deliveries_buf = out;
-        self.replicate_dequeues(queue);
+        self.messages_left(queue);
     }
 
-    /// A message is stored at `position`: replicate it, and settle its publisher
-    /// now or, when backups guard the queue, once they have it.
+    /// A message is stored at `position`: the tap reports it, and its publisher
+    /// is settled now or, when holders hold the queue, once they released it.
     fn stored(&mut self, queue: &Arc<str>, position: u64, message: Bytes, ack: Option<AckTo>) {
-        self.replicate_enqueue(queue, position, message);
+        if self.tapped.contains(queue) {
+            self.raise(ext::Tap::Stored {
+                queue: queue.clone(),
+                position,
+                message,
+            });
+        }
         let Some(ack) = ack else { return };
-        if let Some(ack) = self.guard.enqueued(queue, position, ack) {
+        if let Some(ack) = self.holds.enqueued(queue, position, ack) {
             self.send(
                 ack.shard,
                 ShardMsg::Ack {
@@ -667,9 +555,9 @@ impl Shard {
         }
     }
 
-    /// After messages left a queue: replicate that, admit held publishes, dispatch.
+    /// After messages left a queue: report that, admit held publishes, dispatch.
     fn after_dequeue(&mut self, queue: &Arc<str>) {
-        self.replicate_dequeues(queue);
+        self.messages_left(queue);
         let mut admitted = std::mem::take(&mut self.admitted_buf);
         let mut out = std::mem::take(&mut self.deliveries_buf);
         if let Some(q) = self.queues.get_mut(queue) {
@@ -682,9 +570,44 @@ impl Shard {
             q.dispatch(&mut out);
         }
         self.send_deliveries(queue, &mut out);
-        self.replicate_dequeues(queue);
+        self.messages_left(queue);
         self.admitted_buf = admitted;
         self.deliveries_buf = out;
+    }
+
+    /// What left a queue since the last look: a publish held until its
+    /// holders released it is settled now that it was consumed, and the tap
+    /// reports the positions.
+    fn messages_left(&mut self, queue: &Arc<str>) {
+        let mut gone = Vec::new();
+        if let Some(q) = self.queues.get_mut(queue) {
+            q.take_dequeued(&mut gone);
+        }
+        if gone.is_empty() {
+            return;
+        }
+        for &p in &gone {
+            if let Some(ack) = self.holds.dequeued(queue, p) {
+                self.ack(ack);
+            }
+        }
+        if self.tapped.contains(queue) {
+            self.raise(ext::Tap::Dequeued {
+                queue: queue.clone(),
+                positions: gone,
+            });
+        }
+    }
+
+    /// Settles a publisher's message as stored.
+    fn ack(&mut self, ack: AckTo) {
+        self.send(
+            ack.shard,
+            ShardMsg::Ack {
+                token: ack.token,
+                rejected: None,
+            },
+        );
     }
 
     fn send_deliveries(&mut self, queue: &Arc<str>, out: &mut Vec<Delivery>) {
@@ -700,9 +623,11 @@ impl Shard {
         }
     }
 
-    /// Creates or drops owned queues as configuration events say.
+    /// Creates or drops owned queues as configuration events say; the tap
+    /// reports the change.
     fn apply_config(&mut self, ev: &ConfigEvent) {
         self.catalogue.apply(ev);
+        self.raise(ext::Tap::Applied(ev.clone()));
         match ev {
             ConfigEvent::QueueDeclared {
                 name,
@@ -714,11 +639,16 @@ impl Shard {
                 None => {
                     self.queues
                         .insert(name.clone(), Queue::new(name.clone(), settings.clone()));
-                    self.guard_new_queue(name);
                 }
             },
             ConfigEvent::QueueDeleted { name } => {
-                self.forget_replica_queue(name);
+                // Nothing waits for a deleted queue.
+                let mut released = Vec::new();
+                self.holds.remove_queue(name, &mut released);
+                for ack in released {
+                    self.ack(ack);
+                }
+                self.tapped.remove(name);
                 if let Some(mut q) = self.queues.remove(name) {
                     let error = ErrorCondition::new(
                         "amqp:resource-deleted",
@@ -750,63 +680,12 @@ impl Shard {
 
     /// The shard owning `queue` (as this shard's catalogue knows it; shard 0 for
     /// a queue it does not know, whose owner then answers "no longer exists").
-    fn owner_of(&self, queue: &str) -> usize {
+    pub fn owner_of(&self, queue: &str) -> usize {
         self.catalogue
             .queues
             .get(queue)
             .map(|q| q.owner)
             .unwrap_or(0)
-    }
-
-    /// Shard 0: installs the broker's HA role.
-    pub fn set_ha(&mut self, handler: Box<dyn hooks::HaHandler>) {
-        self.ha = Some(handler);
-    }
-
-    /// Shard 0: lets the HA role run its timers and applies what it decides.
-    pub fn poll_ha(&mut self, now: Instant) {
-        self.set_now(now);
-        let Some(ha) = self.ha.as_mut() else {
-            return;
-        };
-        let outcome = ha.poll(now);
-        self.run_ha_commands(outcome.commands);
-        if outcome.admission != self.admission {
-            for shard in 0..self.shards() {
-                if shard != self.id {
-                    self.send(shard, ShardMsg::Admission(outcome.admission.clone()));
-                }
-            }
-            self.apply_admission(outcome.admission);
-        }
-    }
-
-    /// Applies an admission policy: under admin-only, ordinary clients already
-    /// connected are closed too (a primary that steps down must drop them).
-    fn apply_admission(&mut self, admission: hooks::Admission) {
-        if let hooks::Admission::AdminOnly { reason } = &admission {
-            // Dropped without a close frame, like a backup's refusal: Proton only
-            // moves on promptly after a dropped connection.
-            let error = ErrorCondition::new(condition::CONNECTION_FORCED, reason.clone());
-            let ids: Vec<u64> = self
-                .conns
-                .iter()
-                .filter(|(_, c)| c.opened && !c.admin)
-                .map(|(id, _)| *id)
-                .collect();
-            for id in ids {
-                if let Some(c) = self.conns.get_mut(&id) {
-                    c.engine.abort(error.clone());
-                }
-                self.conn_events(id);
-            }
-        }
-        self.admission = admission;
-    }
-
-    /// Whether this broker only admits admin connections (it is a backup).
-    pub fn admin_only(&self) -> bool {
-        matches!(self.admission, hooks::Admission::AdminOnly { .. })
     }
 
     /// A new connection; returns its id.

@@ -253,7 +253,7 @@ impl Shard {
 
 /// Settles deliveries we received as accepted, one disposition per run of
 /// consecutive ids of a session (`ids` is sorted here; left as is).
-pub(super) fn accept_in_ranges(engine: &mut Connection, ids: &mut [(u16, u32)]) {
+pub fn accept_in_ranges(engine: &mut Connection, ids: &mut [(u16, u32)]) {
     ids.sort_unstable();
     let mut i = 0;
     while i < ids.len() {

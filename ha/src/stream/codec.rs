@@ -1,8 +1,6 @@
-//! Replication between brokers, as `tandem-shards` sees it: the events a primary
-//! streams to each backup over one AMQP link (configuration, catch-up and live
-//! enqueues/dequeues with 64-bit positions, membership), their encoding, and the
-//! settlement guard queue owners keep. The HA module (`tandem-ha`) decides who is
-//! primary and when; this module only carries and applies what it decides.
+//! The replication stream's wire codec: the events a primary streams to each
+//! backup over one AMQP link (configuration, catch-up and live
+//! enqueues/dequeues with 64-bit positions, membership) and their encoding.
 //!
 //! On the wire each event is an amqp-sequence section holding a list, and one
 //! replication message (delivery) carries one or more of them, in order:
@@ -13,13 +11,11 @@
 //! `["members", epoch, [{broker-id, address, status}]]`,
 //! `["inventory", [queue names], [exchange names]]`.
 
-pub mod guard;
-
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::amqp::codec::{Decoder, Value};
-use crate::exchange::{BindingKey, ExchangeType};
-use crate::queue::QueueSettings;
+use tandem_shards::amqp::codec::{Decoder, Value};
+use tandem_shards::exchange::{BindingKey, ExchangeType};
+use tandem_shards::queue::QueueSettings;
 
 /// The node a backup attaches its replication receiver to on the primary.
 pub const NODE: &str = "$ha.replication";
@@ -99,7 +95,7 @@ fn key_value(k: &BindingKey) -> Value {
 fn key_from(v: &Value) -> BindingKey {
     match v {
         Value::Null => BindingKey::All,
-        Value::Map(_) => crate::exchange::headers_key(v).unwrap_or(BindingKey::All),
+        Value::Map(_) => tandem_shards::exchange::headers_key(v).unwrap_or(BindingKey::All),
         other => BindingKey::Key(other.as_str().unwrap_or_default().to_owned()),
     }
 }

@@ -1,18 +1,18 @@
-//! Delayed settlement on the primary: a publisher's message is settled only when
-//! every backup guarding its queue has acknowledged it, or it was already consumed
-//! (and accepted) on the primary, or the backup was dropped.
+//! Settlement holders: a publisher's message is settled only when every holder
+//! of its queue has released its position, or it was already consumed (and
+//! accepted), or the holder is gone. The replication guard of `tandem-ha`
+//! registers one holder per backup; the store will be another.
 //!
-//! A backup guards a queue from a first position on (the queue's next position
-//! when the guard was set up): earlier messages may already have been settled,
-//! so they cannot be held for it; that backup is simply not ready until it has
-//! them. Acknowledgements are cumulative per queue, so held settlements are
-//! released from the front, in position order.
+//! A holder holds a queue from a first position on (the queue's next position
+//! when the hold was set up): earlier messages may already have been settled,
+//! so they cannot be held for it. Releases are cumulative per queue, so held
+//! settlements are released from the front, in position order.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-/// Identifies a backup within the primary's membership.
-pub type MemberId = u64;
+/// Identifies a holder (for replication: a backup's membership on one link).
+pub type HolderId = u64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Guard {
@@ -25,7 +25,7 @@ struct Guard {
 struct QueueGuard<T> {
     /// Held settlements by position.
     held: BTreeMap<u64, T>,
-    guards: HashMap<MemberId, Guard>,
+    guards: HashMap<HolderId, Guard>,
 }
 
 impl<T> QueueGuard<T> {
@@ -56,30 +56,30 @@ impl<T> QueueGuard<T> {
 
 /// Held settlements for every replicated queue on the primary. `T` is whatever
 /// the broker needs to settle the publisher (its ack token).
-pub struct SettlementGuard<T> {
+pub struct Holds<T> {
     queues: HashMap<Arc<str>, QueueGuard<T>>,
 }
 
-impl<T> Default for SettlementGuard<T> {
+impl<T> Default for Holds<T> {
     fn default() -> Self {
-        SettlementGuard {
+        Holds {
             queues: HashMap::new(),
         }
     }
 }
 
-impl<T> SettlementGuard<T> {
+impl<T> Holds<T> {
     pub fn new() -> Self {
         Self::default()
     }
 
     /// `backup` guards `queue` from `first` on (positions before it do not wait).
-    pub fn guard(&mut self, queue: &Arc<str>, backup: MemberId, first: u64) {
+    pub fn hold(&mut self, queue: &Arc<str>, holder: HolderId, first: u64) {
         let q = self
             .queues
             .entry(queue.clone())
             .or_insert_with(QueueGuard::new);
-        q.guards.entry(backup).or_insert(Guard {
+        q.guards.entry(holder).or_insert(Guard {
             first,
             acked: first.saturating_sub(1),
         });
@@ -98,11 +98,11 @@ impl<T> SettlementGuard<T> {
     }
 
     /// `backup` has every message of `queue` up to and including `upto`.
-    pub fn acked(&mut self, queue: &str, backup: MemberId, upto: u64, out: &mut Vec<T>) {
+    pub fn release(&mut self, queue: &str, holder: HolderId, upto: u64, out: &mut Vec<T>) {
         let Some(q) = self.queues.get_mut(queue) else {
             return;
         };
-        if let Some(g) = q.guards.get_mut(&backup) {
+        if let Some(g) = q.guards.get_mut(&holder) {
             g.acked = g.acked.max(upto);
         }
         q.release(out);
@@ -116,9 +116,9 @@ impl<T> SettlementGuard<T> {
 
     /// A backup is gone (heartbeat timeout, disconnect, expected-backup timeout):
     /// nothing waits for it any more.
-    pub fn drop_backup(&mut self, backup: MemberId, out: &mut Vec<T>) {
+    pub fn drop_holder(&mut self, holder: HolderId, out: &mut Vec<T>) {
         for q in self.queues.values_mut() {
-            if q.guards.remove(&backup).is_some() {
+            if q.guards.remove(&holder).is_some() {
                 q.release(out);
             }
         }
@@ -143,10 +143,10 @@ impl<T> SettlementGuard<T> {
 
     /// Whether `backup` has acknowledged everything it guards on every queue
     /// up to the given current positions (used to decide readiness).
-    pub fn caught_up(&self, backup: MemberId, queue: &str, position: u64) -> bool {
+    pub fn released(&self, holder: HolderId, queue: &str, position: u64) -> bool {
         self.queues
             .get(queue)
-            .and_then(|q| q.guards.get(&backup))
+            .and_then(|q| q.guards.get(&holder))
             .is_some_and(|g| g.acked >= position)
     }
 }
@@ -161,45 +161,45 @@ mod tests {
 
     #[test]
     fn unguarded_messages_settle_at_once() {
-        let mut g: SettlementGuard<u32> = SettlementGuard::new();
+        let mut g: Holds<u32> = Holds::new();
         assert_eq!(g.enqueued(&q(), 1, 10), Some(10));
     }
 
     #[test]
     fn settlement_waits_for_every_backup_then_releases_in_order() {
-        let mut g = SettlementGuard::new();
-        g.guard(&q(), 1, 1);
-        g.guard(&q(), 2, 1);
+        let mut g = Holds::new();
+        g.hold(&q(), 1, 1);
+        g.hold(&q(), 2, 1);
         for p in 1..=3 {
             assert_eq!(g.enqueued(&q(), p, p * 10), None);
         }
         let mut out = Vec::new();
-        g.acked("orders", 1, 3, &mut out);
+        g.release("orders", 1, 3, &mut out);
         assert!(out.is_empty(), "backup 2 has nothing yet");
-        g.acked("orders", 2, 2, &mut out);
+        g.release("orders", 2, 2, &mut out);
         assert_eq!(out, vec![10, 20]);
         out.clear();
-        g.acked("orders", 2, 3, &mut out);
+        g.release("orders", 2, 3, &mut out);
         assert_eq!(out, vec![30]);
     }
 
     #[test]
     fn consumed_messages_do_not_wait_and_dropped_backups_release() {
-        let mut g = SettlementGuard::new();
-        g.guard(&q(), 1, 1);
+        let mut g = Holds::new();
+        g.hold(&q(), 1, 1);
         g.enqueued(&q(), 1, "a");
         g.enqueued(&q(), 2, "b");
         assert_eq!(g.dequeued("orders", 1), Some("a"));
         let mut out = Vec::new();
-        g.drop_backup(1, &mut out);
+        g.drop_holder(1, &mut out);
         assert_eq!(out, vec!["b"]);
         assert_eq!(g.held_total(), 0);
     }
 
     #[test]
     fn a_late_guard_does_not_hold_earlier_positions() {
-        let mut g = SettlementGuard::new();
-        g.guard(&q(), 1, 5);
+        let mut g = Holds::new();
+        g.hold(&q(), 1, 5);
         assert_eq!(g.enqueued(&q(), 4, 'x'), Some('x'));
         assert_eq!(g.enqueued(&q(), 5, 'y'), None);
     }

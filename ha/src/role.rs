@@ -1,25 +1,14 @@
-//! The seams the HA module plugs into, so that `tandem-shards` knows nothing of
-//! HA: who may connect ([`Admission`]), and a handler on shard 0 that owns the
-//! broker's HA role, answers the `ha-broker` management entity and decides the
-//! admission policy every shard applies.
+//! What the broker's HA role ([`crate::broker::HaBroker`]) and the
+//! replication stream ([`crate::stream`]) say to each other: the commands the
+//! role gives, the link events it hears, and the handler interface the stream
+//! holds it by, on shard 0.
 
 use std::time::Instant;
 
-use crate::amqp::codec::Value;
+use tandem_shards::amqp::codec::Value;
+use tandem_shards::broker::admission::Admission;
 
-/// Which client connections a broker accepts.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub enum Admission {
-    /// Everyone (a primary, or a stand-alone broker).
-    #[default]
-    Open,
-    /// Only admin connections (`qpid.ha-admin`) and other brokers' links;
-    /// ordinary clients are closed with `amqp:connection:forced` and this reason,
-    /// which Qpid Proton and rhea treat as "try the next address".
-    AdminOnly { reason: String },
-}
-
-pub use crate::replica::guard::MemberId;
+use crate::guard::MemberId;
 
 /// Something the HA role asks the shards to do.
 #[derive(Debug, Clone, PartialEq)]
@@ -112,7 +101,8 @@ pub trait HaHandler {
     fn replicate_default(&self) -> &str;
 }
 
-/// The properties a connection's open frame carries that admission looks at.
+/// Whether a connection's open frame marks it as an admin tool's
+/// (`qpid.ha-admin`) or another broker's link (`qpid.ha-backup`).
 pub fn is_admin_connection(properties: Option<&Value>) -> bool {
     let Some(props) = properties else {
         return false;

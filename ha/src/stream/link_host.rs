@@ -1,0 +1,298 @@
+//! The shard of a primary that accepted a backup's `$ha.replication` link:
+//! asks shard 0 whether the HA role accepts the backup, answers the attach,
+//! writes the events owners and shard 0 send it within the backup's credit
+//! (the events of one step share deliveries, up to [`BATCH_EVENTS`] or
+//! [`BATCH_BYTES`]), and turns the backup's settlements into acknowledgements
+//! for the queue owners.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tandem_shards::amqp::codec::Value;
+use tandem_shards::amqp::connection::LinkKey;
+use tandem_shards::amqp::performative::{condition, Attach, ErrorCondition, Role};
+use tandem_shards::broker::Shard;
+
+use super::codec::Encoded;
+use super::{msg, Backlog, EnqueueMeta, Msg, ReplicaSink, Replication, Unsettled};
+use crate::guard::MemberId;
+use crate::role::BackupIdentity;
+
+/// Most events, and bytes of events (unless one event is larger), in one
+/// replication delivery.
+const BATCH_EVENTS: usize = 256;
+const BATCH_BYTES: usize = 64 * 1024;
+
+/// One backup's link hosted here.
+struct HostedLink {
+    member: Option<MemberId>,
+    /// The backup's attach, answered when the HA role accepts it.
+    pending_attach: Option<Box<Attach>>,
+    /// Events waiting for credit.
+    backlog: Backlog,
+    /// Unsettled deliveries: delivery id -> the queue positions their `enq`
+    /// events acknowledge.
+    unsettled: Unsettled,
+    last_heard: Option<Instant>,
+}
+
+#[derive(Default)]
+pub(super) struct HostState {
+    links: HashMap<(u64, LinkKey), HostedLink>,
+    /// Links with new events, written at the end of the step.
+    to_drain: Vec<(u64, LinkKey)>,
+}
+
+impl Replication {
+    /// A backup attaches its replication link: only brokers' and admin
+    /// connections may; shard 0 decides whether the HA role accepts it.
+    pub(super) fn host_link(
+        &mut self,
+        shard: &mut Shard,
+        conn: u64,
+        link: LinkKey,
+        attach: Attach,
+    ) {
+        let refuse = |shard: &mut Shard, error: ErrorCondition| {
+            shard.release_link(conn, link);
+            if let Some(e) = shard.engine(conn) {
+                e.refuse_attach(link, &attach, error);
+            }
+            shard.wrote_to(conn);
+        };
+        if attach.role != Role::Receiver {
+            let error = ErrorCondition::new(
+                condition::NOT_ALLOWED,
+                "the replication node only sends: attach a receiver",
+            );
+            return refuse(shard, error);
+        }
+        if !shard.is_admin_connection(conn) {
+            let error = ErrorCondition::new(
+                condition::UNAUTHORIZED_ACCESS,
+                "only another broker of the cluster may replicate (qpid.ha-backup)",
+            );
+            return refuse(shard, error);
+        }
+        let Some(who) = identity_from(attach.properties.as_ref()) else {
+            let error = ErrorCondition::new(
+                condition::INVALID_FIELD,
+                "replication link without broker identity",
+            );
+            return refuse(shard, error);
+        };
+        self.host.links.insert(
+            (conn, link),
+            HostedLink {
+                member: None,
+                pending_attach: Some(Box::new(attach)),
+                backlog: Backlog::new(),
+                unsettled: Unsettled::new(),
+                last_heard: None,
+            },
+        );
+        let sink = ReplicaSink {
+            member: 0,
+            shard: shard.id,
+            conn,
+            link,
+        };
+        shard.send_ext(0, msg(Msg::BackupAttached { sink, who }));
+    }
+
+    /// An event for a backup's stream.
+    pub(super) fn out(&mut self, sink: ReplicaSink, event: Encoded, meta: EnqueueMeta) {
+        let key = (sink.conn, sink.link);
+        let Some(hl) = self.host.links.get_mut(&key) else {
+            return;
+        };
+        hl.member.get_or_insert(sink.member);
+        hl.backlog.push_back((event, meta));
+        if !self.host.to_drain.contains(&key) {
+            self.host.to_drain.push(key);
+        }
+    }
+
+    /// Writes the events this step queued for each backup's link.
+    pub(super) fn flush_links(&mut self, shard: &mut Shard) {
+        let links = std::mem::take(&mut self.host.to_drain);
+        for &(conn, link) in &links {
+            self.drain_link(shard, conn, link);
+        }
+        self.host.to_drain = links;
+        self.host.to_drain.clear();
+    }
+
+    /// Writes queued events within the backup's credit.
+    pub(super) fn drain_link(&mut self, shard: &mut Shard, conn: u64, link: LinkKey) {
+        let Some(hl) = self.host.links.get_mut(&(conn, link)) else {
+            return;
+        };
+        let Some(engine) = shard.engine(conn) else {
+            return;
+        };
+        let mut sent = false;
+        while engine.credit(link) > 0 && !hl.backlog.is_empty() {
+            // As many waiting events as fit one batch go in one delivery.
+            let mut count = 0;
+            let mut bytes = 0;
+            for (event, _) in &hl.backlog {
+                if count == BATCH_EVENTS || (count > 0 && bytes + event.len() > BATCH_BYTES) {
+                    break;
+                }
+                count += 1;
+                bytes += event.len();
+            }
+            let parts: Vec<&[u8]> = hl
+                .backlog
+                .iter()
+                .take(count)
+                .flat_map(|(event, _)| [&event.head[..], &event.tail[..]])
+                .collect();
+            let Some(id) = engine.send_parts(link, b"r", &parts, false) else {
+                break;
+            };
+            let acks = hl
+                .backlog
+                .drain(..count)
+                .filter_map(|(_, meta)| meta)
+                .collect();
+            hl.unsettled.insert(id, acks);
+            sent = true;
+        }
+        if sent {
+            shard.wrote_to(conn);
+        }
+    }
+
+    /// The backup settled replication deliveries: acknowledge positions to owners.
+    pub(super) fn on_settled(&mut self, shard: &mut Shard, conn: u64, first: u32, last: u32) {
+        // Acknowledgements are cumulative per queue: one per queue and backup,
+        // for the highest position the range settled.
+        let mut acks: HashMap<(Arc<str>, MemberId), u64> = HashMap::new();
+        for ((c, _), hl) in self.host.links.iter_mut() {
+            if *c != conn {
+                continue;
+            }
+            let Some(member) = hl.member else { continue };
+            let span = u64::from(last.wrapping_sub(first)) + 1;
+            let ids: Vec<u32> = if span as usize > hl.unsettled.len() {
+                hl.unsettled
+                    .keys()
+                    .copied()
+                    .filter(|id| id.wrapping_sub(first) <= last.wrapping_sub(first))
+                    .collect()
+            } else {
+                (0..span as u32).map(|i| first.wrapping_add(i)).collect()
+            };
+            for id in ids {
+                for (queue, position) in hl.unsettled.remove(&id).unwrap_or_default() {
+                    let highest = acks.entry((queue, member)).or_default();
+                    *highest = (*highest).max(position);
+                }
+            }
+        }
+        for ((queue, member), position) in acks {
+            let owner = shard.owner_of(&queue);
+            shard.send_ext(
+                owner,
+                msg(Msg::Ack {
+                    queue,
+                    member,
+                    position,
+                }),
+            );
+        }
+    }
+
+    /// Shard 0 refused a backup: refuse its attach with the reason (and our
+    /// status, which a joining broker takes into account before promotion).
+    pub(super) fn refused(
+        &mut self,
+        shard: &mut Shard,
+        sink: ReplicaSink,
+        reason: String,
+        status: Option<String>,
+    ) {
+        let Some(hl) = self.host.links.remove(&(sink.conn, sink.link)) else {
+            return;
+        };
+        shard.release_link(sink.conn, sink.link);
+        if let (Some(attach), Some(engine)) = (hl.pending_attach, shard.engine(sink.conn)) {
+            let mut error = ErrorCondition::new(condition::NOT_ALLOWED, reason);
+            error.info = status
+                .map(|s| Value::Map(vec![(Value::symbol("tandem.ha-status"), Value::String(s))]));
+            engine.refuse_attach(sink.link, &attach, error);
+            shard.wrote_to(sink.conn);
+        }
+    }
+
+    /// Shard 0 accepted a backup: answer its attach, with our epoch.
+    pub(super) fn accepted(&mut self, shard: &mut Shard, sink: ReplicaSink, epoch: u64) {
+        let Some(hl) = self.host.links.get_mut(&(sink.conn, sink.link)) else {
+            return;
+        };
+        hl.member = Some(sink.member);
+        if let (Some(attach), Some(engine)) = (hl.pending_attach.take(), shard.engine(sink.conn)) {
+            let props = Value::Map(vec![(
+                Value::symbol("tandem.ha-epoch"),
+                Value::Ulong(epoch),
+            )]);
+            engine.accept_attach(
+                sink.link,
+                &attach,
+                attach.source.clone(),
+                attach.target.clone(),
+                Some(props),
+            );
+            shard.wrote_to(sink.conn);
+        }
+    }
+
+    /// Tells shard 0 that a backup's link shows signs of life (at most every
+    /// 100 ms).
+    pub(super) fn link_heard(&mut self, shard: &mut Shard, conn: u64, now: Instant) {
+        let mut heard = Vec::new();
+        for ((c, _), hl) in self.host.links.iter_mut() {
+            if *c != conn {
+                continue;
+            }
+            let due = hl
+                .last_heard
+                .is_none_or(|t| now.duration_since(t).as_millis() >= 100);
+            if let (Some(member), true) = (hl.member, due) {
+                hl.last_heard = Some(now);
+                heard.push(member);
+            }
+        }
+        for member in heard {
+            shard.send_ext(0, msg(Msg::BackupHeard { member }));
+        }
+    }
+
+    /// A backup's link closed (detached, or its connection ended).
+    pub(super) fn link_gone(&mut self, shard: &mut Shard, conn: u64, link: LinkKey) {
+        if let Some(member) = self
+            .host
+            .links
+            .remove(&(conn, link))
+            .and_then(|hl| hl.member)
+        {
+            shard.send_ext(0, msg(Msg::BackupGone { member }));
+        }
+    }
+}
+
+/// Reads a backup's identity from its attach properties.
+fn identity_from(props: Option<&Value>) -> Option<BackupIdentity> {
+    let p = props?;
+    Some(BackupIdentity {
+        broker_id: p.map_get("tandem.ha-broker-id")?.as_str()?.to_owned(),
+        address: p.map_get("tandem.ha-address")?.as_str()?.to_owned(),
+        epoch: p
+            .map_get("tandem.ha-epoch")
+            .and_then(Value::as_u64)
+            .unwrap_or(0),
+    })
+}

@@ -1,0 +1,446 @@
+//! The replication stream: one [`Replication`] per shard, plugged into the
+//! shard through the extension seam of `tandem-shards`. It plays whichever
+//! parts its shard has:
+//!
+//! - `owner.rs`, on a primary's queue owners: taps each replicated queue,
+//!   sends a backup the snapshot (`queue-reset`, then every message) and then
+//!   every enqueue and dequeue, holds publishers' settlements for each backup
+//!   (one settlement holder per backup link) and releases them as acks come;
+//! - `primary.rs`, on a primary's shard 0: registers backups with the HA
+//!   role, sends them the replicated configuration, starts their queue
+//!   streams, streams configuration changes, and carries out the role's
+//!   commands;
+//! - `link_host.rs`, on the shard that accepted a backup's `$ha.replication`
+//!   link: writes the events owners send it within the backup's credit, in
+//!   batches, and turns settled deliveries into acks for the owners;
+//! - `backup.rs`, on a backup's shard 0: the outbound link, applying the
+//!   stream (configuration through the shard's ordering point, messages at the
+//!   primary's positions on their owners), settling only what was applied.
+//!
+//! Shard 0 also holds the broker's HA role ([`crate::broker::HaBroker`]) and
+//! answers the `ha-broker` management entity.
+
+mod backup;
+pub mod codec;
+mod link_host;
+mod owner;
+mod primary;
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tandem_shards::amqp::codec::Value;
+use tandem_shards::amqp::connection::{Connection, Event as EngineEvent, LinkKey};
+use tandem_shards::amqp::performative::Attach;
+use tandem_shards::broker::ext::{ExtMsg, Extension, Tap};
+use tandem_shards::broker::Shard;
+use tandem_shards::exchange::BUILT_IN;
+use tandem_shards::management::{status, Request, Response};
+use tandem_shards::queue::QueueSettings;
+
+use crate::guard::MemberId;
+use crate::role::{BackupIdentity, HaHandler};
+use codec::Encoded;
+
+pub use codec::NODE;
+
+/// How the stream runs (from the `ha-*` options).
+#[derive(Debug, Clone)]
+pub struct StreamSettings {
+    /// `ha-replicate`: the level of queues and exchanges that set none.
+    pub replicate: String,
+    /// `ha-username` / `ha-password` of the backup's link.
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// `link-heartbeat-interval`.
+    pub heartbeat: Duration,
+    /// The broker's AMQP container id, for the backup's link.
+    pub container_id: String,
+    pub max_frame_size: u32,
+    pub max_message_size: usize,
+}
+
+/// Where a backup's replication stream is written: its link on some shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ReplicaSink {
+    pub(crate) member: MemberId,
+    pub(crate) shard: usize,
+    pub(crate) conn: u64,
+    pub(crate) link: LinkKey,
+}
+
+/// What an `enq` delivery acknowledges when the backup settles it.
+pub(crate) type EnqueueMeta = Option<(Arc<str>, u64)>;
+
+/// What one shard's stream tells another's.
+#[derive(Debug)]
+pub(crate) enum Msg {
+    /// Shard 0 -> owner: start streaming a queue to a backup.
+    StartReplica {
+        queue: Arc<str>,
+        sink: ReplicaSink,
+    },
+    /// Owner -> shard 0: the backup caught up on this queue.
+    QueueCaughtUp {
+        member: MemberId,
+        queue: Arc<str>,
+    },
+    /// Owner or shard 0 -> link host: an event for the backup's stream.
+    Out {
+        sink: ReplicaSink,
+        event: Encoded,
+        meta: EnqueueMeta,
+    },
+    /// Link host -> owner: the backup has the queue up to this position.
+    Ack {
+        queue: Arc<str>,
+        member: MemberId,
+        position: u64,
+    },
+    /// Shard 0 -> all: settlements wait for this backup from now on.
+    GuardMember {
+        member: MemberId,
+    },
+    /// Shard 0 -> all: the backup is gone.
+    DropMember {
+        member: MemberId,
+    },
+    /// Link host -> shard 0: a backup attached its link.
+    BackupAttached {
+        sink: ReplicaSink,
+        who: BackupIdentity,
+    },
+    /// Shard 0 -> link host: the HA role refused the backup.
+    Refused {
+        sink: ReplicaSink,
+        reason: String,
+        status: Option<String>,
+    },
+    /// Shard 0 -> link host: the HA role accepted the backup (our epoch).
+    Accepted {
+        sink: ReplicaSink,
+        epoch: u64,
+    },
+    /// Shard 0 -> link host: close a dropped backup's link.
+    CloseLink {
+        sink: ReplicaSink,
+    },
+    /// Link host -> shard 0.
+    BackupHeard {
+        member: MemberId,
+    },
+    BackupGone {
+        member: MemberId,
+    },
+    /// Backup shard 0 -> owner: store a replicated message at the primary's
+    /// position.
+    Enqueue {
+        queue: Arc<str>,
+        position: u64,
+        message: Bytes,
+        origin: usize,
+        token: u64,
+    },
+    /// Owner -> backup shard 0: stored, or not (the queue is missing).
+    Applied {
+        token: u64,
+        stored: bool,
+    },
+    Dequeue {
+        queue: Arc<str>,
+        positions: Vec<u64>,
+    },
+    /// Drop the messages of a queue about to be re-sent whole.
+    Purge {
+        queue: Arc<str>,
+    },
+}
+
+fn msg(m: Msg) -> ExtMsg {
+    Box::new(m)
+}
+
+/// How much of an object a backup gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Level {
+    None,
+    /// Declared on backups; messages are not copied.
+    Configuration,
+    All,
+}
+
+impl Level {
+    fn parse(s: &str) -> Level {
+        match s {
+            "all" => Level::All,
+            "configuration" => Level::Configuration,
+            _ => Level::None,
+        }
+    }
+}
+
+/// One shard's part of the replication stream.
+pub struct Replication {
+    settings: Arc<StreamSettings>,
+    /// Shard 0: the broker's HA role.
+    role: Option<Box<dyn HaHandler>>,
+    owner: owner::OwnerState,
+    primary: primary::PrimaryState,
+    host: link_host::HostState,
+    backup: backup::BackupState,
+}
+
+impl Replication {
+    /// The stream of one shard; shard 0's carries the broker's HA `role`.
+    pub fn new(settings: Arc<StreamSettings>, role: Option<Box<dyn HaHandler>>) -> Replication {
+        Replication {
+            settings,
+            role,
+            owner: Default::default(),
+            primary: Default::default(),
+            host: Default::default(),
+            backup: Default::default(),
+        }
+    }
+
+    /// The replication level of a queue: its own `qpid.replicate`, else the
+    /// broker's `ha-replicate`; temporary and auto-delete queues never replicate.
+    pub(crate) fn queue_level(&self, settings: &QueueSettings) -> Level {
+        if settings.auto_delete {
+            return Level::None;
+        }
+        self.level_of(settings.replicate.as_deref())
+    }
+
+    /// The level of an exchange; built-in exchanges never replicate.
+    pub(crate) fn exchange_level(&self, name: &str, replicate: Option<&str>) -> Level {
+        if BUILT_IN.iter().any(|(n, _)| *n == name) {
+            return Level::None;
+        }
+        self.level_of(replicate)
+    }
+
+    fn level_of(&self, own: Option<&str>) -> Level {
+        Level::parse(own.unwrap_or(&self.settings.replicate))
+    }
+}
+
+impl Extension for Replication {
+    fn manages(&self, entity_type: &str) -> bool {
+        entity_type == "ha-broker"
+    }
+
+    fn manage(&mut self, shard: &mut Shard, req: Request) -> Response {
+        let now = shard.now();
+        let resp = match self.role.as_mut() {
+            None => Response::error(
+                status::NOT_FOUND,
+                "this broker is not in an HA cluster (ha-cluster = no)",
+            ),
+            Some(ha) if req.operation == "READ" || req.operation == "QUERY" => {
+                Response::ok(Value::Map(
+                    ha.attributes()
+                        .into_iter()
+                        .map(|(k, v)| (Value::string(k), v))
+                        .collect(),
+                ))
+            }
+            Some(ha) => match ha.operation(&req.operation, &req.body, now) {
+                Ok(body) => Response::ok(body),
+                Err((code, why)) => Response::error(code, why),
+            },
+        };
+        // The operation may have changed the role: apply it before replying.
+        self.poll_role(shard, now);
+        resp
+    }
+
+    fn is_admin(&self, properties: Option<&Value>) -> bool {
+        crate::role::is_admin_connection(properties)
+    }
+
+    fn claims(&self, address: &str) -> bool {
+        address == NODE
+    }
+
+    fn attach(&mut self, shard: &mut Shard, conn: u64, link: LinkKey, attach: Attach) {
+        self.host_link(shard, conn, link, attach);
+    }
+
+    fn link_event(&mut self, shard: &mut Shard, conn: u64, event: &EngineEvent) {
+        match event {
+            EngineEvent::Disposition { disposition, .. }
+                if disposition.role == tandem_shards::amqp::performative::Role::Receiver
+                    && disposition.settled =>
+            {
+                let last = disposition.last.unwrap_or(disposition.first);
+                self.on_settled(shard, conn, disposition.first, last);
+            }
+            EngineEvent::Credit { link, .. } => self.drain_link(shard, conn, *link),
+            EngineEvent::Detached { link, .. } => self.link_gone(shard, conn, *link),
+            _ => {}
+        }
+    }
+
+    fn owned_event(&mut self, shard: &mut Shard, conn: u64, event: EngineEvent) {
+        self.outbound_event(shard, conn, event);
+    }
+
+    fn heard(&mut self, shard: &mut Shard, conn: u64, now: Instant) {
+        if self.backup.outbound_conn() == Some(conn) {
+            self.link_event_to_role(shard, crate::role::LinkEvent::PrimaryHeard);
+        } else {
+            self.link_heard(shard, conn, now);
+        }
+    }
+
+    fn connected(&mut self, shard: &mut Shard, token: u64, address: &str) -> Option<Connection> {
+        self.outbound_engine(shard, token, address)
+    }
+
+    fn opened(&mut self, shard: &mut Shard, token: u64, conn: u64) {
+        self.outbound_opened_as(shard, token, conn);
+    }
+
+    fn connect_failed(&mut self, shard: &mut Shard, token: u64) {
+        self.outbound_failed(shard, token);
+    }
+
+    fn message(&mut self, shard: &mut Shard, message: ExtMsg) {
+        let Ok(m) = message.downcast::<Msg>() else {
+            tracing::error!("HA: a shard message of an unknown kind was dropped");
+            return;
+        };
+        match *m {
+            Msg::StartReplica { queue, sink } => self.start_replica(shard, queue, sink),
+            Msg::QueueCaughtUp { member, queue } => self.queue_caught_up(shard, member, queue),
+            Msg::Out { sink, event, meta } => self.out(sink, event, meta),
+            Msg::Ack {
+                queue,
+                member,
+                position,
+            } => self.acked(shard, queue, member, position),
+            Msg::GuardMember { member } => self.guard_member(shard, member),
+            Msg::DropMember { member } => self.drop_member(shard, member),
+            Msg::BackupAttached { sink, who } => self.backup_attached(shard, sink, who),
+            Msg::Refused {
+                sink,
+                reason,
+                status,
+            } => self.refused(shard, sink, reason, status),
+            Msg::Accepted { sink, epoch } => self.accepted(shard, sink, epoch),
+            Msg::CloseLink { sink } => shard.conn_close(sink.conn, dropped_by_primary()),
+            Msg::BackupHeard { member } => {
+                self.link_event_to_role(shard, crate::role::LinkEvent::BackupHeard { member })
+            }
+            Msg::BackupGone { member } => {
+                self.link_event_to_role(shard, crate::role::LinkEvent::BackupLost { member })
+            }
+            Msg::Enqueue {
+                queue,
+                position,
+                message,
+                origin,
+                token,
+            } => {
+                let stored = match shard.queue_mut(&queue) {
+                    Some(q) => {
+                        q.insert_at(position, message);
+                        true
+                    }
+                    None => false,
+                };
+                shard.send_ext(origin, msg(Msg::Applied { token, stored }));
+            }
+            Msg::Applied { token, stored } => self.applied(shard, token, stored),
+            Msg::Dequeue { queue, positions } => {
+                if let Some(q) = shard.queue_mut(&queue) {
+                    for p in positions {
+                        q.remove_at(p);
+                    }
+                }
+            }
+            Msg::Purge { queue } => {
+                if let Some(q) = shard.queue_mut(&queue) {
+                    q.purge();
+                }
+            }
+        }
+    }
+
+    fn tap(&mut self, shard: &mut Shard, tap: Tap) {
+        match tap {
+            Tap::Stored {
+                queue,
+                position,
+                message,
+            } => self.stream_enqueue(shard, &queue, position, message),
+            Tap::Dequeued { queue, positions } => self.stream_dequeues(shard, &queue, positions),
+            Tap::Applied(event) => self.config_applied(shard, &event),
+            Tap::Ordered(events) => self.stream_config(shard, &events),
+        }
+    }
+
+    fn poll(&mut self, shard: &mut Shard, now: Instant) {
+        self.poll_role(shard, now);
+    }
+
+    fn end_of_step(&mut self, shard: &mut Shard) {
+        self.flush_links(shard);
+        self.flush_settles(shard);
+    }
+}
+
+/// Backlog entries of a link: an event and what its delivery acknowledges.
+type Backlog = VecDeque<(Encoded, EnqueueMeta)>;
+
+/// Ids of the unsettled deliveries of a link and the positions they ack.
+type Unsettled = HashMap<u32, Vec<(Arc<str>, u64)>>;
+
+/// Queue names.
+type Names = HashSet<Arc<str>>;
+
+/// How a primary closes the link of a backup it no longer waits for: the
+/// backup must know that it missed what was settled since, and must not stay
+/// `ready` (see [`dropped_by_primary_said`]).
+pub(crate) fn dropped_by_primary() -> tandem_shards::amqp::performative::ErrorCondition {
+    use tandem_shards::amqp::performative::{condition, ErrorCondition};
+    let mut error = ErrorCondition::new(
+        condition::CONNECTION_FORCED,
+        "backup dropped by the primary",
+    );
+    error.info = Some(Value::Map(vec![(
+        Value::symbol("tandem.ha-dropped"),
+        Value::Bool(true),
+    )]));
+    error
+}
+
+/// Whether a close of our replication link says the primary dropped us.
+pub(crate) fn dropped_by_primary_said(
+    error: &tandem_shards::amqp::performative::ErrorCondition,
+) -> bool {
+    matches!(
+        error
+            .info
+            .as_ref()
+            .and_then(|i| i.map_get("tandem.ha-dropped")),
+        Some(Value::Bool(true))
+    )
+}
+
+/// What `runtime::start` runs on every shard: its part of the stream; shard
+/// 0's carries the broker's HA role, which `role` builds on that shard's
+/// thread.
+pub fn extension(
+    settings: StreamSettings,
+    role: impl Fn() -> Box<dyn HaHandler> + Send + Sync + 'static,
+) -> tandem_shards::runtime::ExtensionFactory {
+    let settings = Arc::new(settings);
+    Arc::new(move |shard: usize| -> Box<dyn Extension> {
+        let role = (shard == 0).then(&role);
+        Box::new(Replication::new(settings.clone(), role))
+    })
+}

@@ -1,0 +1,182 @@
+//! A primary's queue owners: each replicated queue is tapped once a backup
+//! streams it; a backup gets the queue's snapshot (`queue-reset`, then every
+//! message) and then every enqueue and dequeue; publishers' settlements wait
+//! for every backup holding the queue (one settlement holder per backup link)
+//! and are released as the backup acknowledges positions.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tandem_shards::broker::{ConfigEvent, Shard};
+
+use super::codec::{Encoded, Event};
+use super::{msg, EnqueueMeta, Level, Msg, ReplicaSink, Replication};
+use crate::guard::MemberId;
+
+#[derive(Default)]
+pub(super) struct OwnerState {
+    /// Backups streaming each owned queue.
+    sinks: HashMap<Arc<str>, Vec<ReplicaSink>>,
+    /// Position a backup must acknowledge to have caught up a queue.
+    catch_up: HashMap<(MemberId, Arc<str>), u64>,
+    /// Backups that settlements wait for, so that a queue created later waits
+    /// for them too (an expected backup without a link yet has no stream to
+    /// start the queue's hold).
+    guarded: HashSet<MemberId>,
+}
+
+impl Replication {
+    /// Sends a new message to the backups streaming `queue`.
+    pub(super) fn stream_enqueue(
+        &mut self,
+        shard: &mut Shard,
+        queue: &Arc<str>,
+        position: u64,
+        message: Bytes,
+    ) {
+        if self.owner.sinks.contains_key(queue) {
+            let event = Encoded::enqueue(queue, position, message);
+            self.stream_to_backups(shard, queue, event, Some((queue.clone(), position)));
+        }
+    }
+
+    /// Sends what left `queue` to its backups.
+    pub(super) fn stream_dequeues(&mut self, shard: &mut Shard, queue: &Arc<str>, gone: Vec<u64>) {
+        if self.owner.sinks.contains_key(queue) {
+            let event = Event::Dequeue {
+                queue: queue.to_string(),
+                positions: gone,
+            };
+            self.stream_to_backups(shard, queue, event.encode_parts(), None);
+        }
+    }
+
+    /// Sends one event to every backup streaming `queue`.
+    fn stream_to_backups(
+        &mut self,
+        shard: &mut Shard,
+        queue: &Arc<str>,
+        event: Encoded,
+        meta: EnqueueMeta,
+    ) {
+        let Some(sinks) = self.owner.sinks.get(queue) else {
+            return;
+        };
+        for &sink in sinks {
+            let (event, meta) = (event.clone(), meta.clone());
+            shard.send_ext(sink.shard, msg(Msg::Out { sink, event, meta }));
+        }
+    }
+
+    /// A backup starts replicating `queue`: snapshot, then live events.
+    pub(super) fn start_replica(&mut self, shard: &mut Shard, queue: Arc<str>, sink: ReplicaSink) {
+        let Some(q) = shard.queue(&queue) else {
+            // Deleted meanwhile: nothing to catch up.
+            let member = sink.member;
+            shard.send_ext(0, msg(Msg::QueueCaughtUp { member, queue }));
+            return;
+        };
+        let settings = q.settings.clone();
+        let snapshot = q.snapshot();
+        shard.tap_queue(&queue);
+        shard.hold(&queue, sink.member);
+        let reset = Event::QueueReset {
+            name: queue.to_string(),
+            settings,
+        };
+        let last = snapshot.last().map(|(p, _)| *p);
+        let enqueues = snapshot.into_iter().map(|(position, message)| {
+            (
+                Encoded::enqueue(&queue, position, message),
+                Some((queue.clone(), position)),
+            )
+        });
+        for (event, meta) in std::iter::once((reset.encode_parts(), None)).chain(enqueues) {
+            shard.send_ext(sink.shard, msg(Msg::Out { sink, event, meta }));
+        }
+        let sinks = self.owner.sinks.entry(queue.clone()).or_default();
+        sinks.retain(|s| s.member != sink.member);
+        sinks.push(sink);
+        match last {
+            Some(target) => {
+                self.owner.catch_up.insert((sink.member, queue), target);
+            }
+            None => {
+                let member = sink.member;
+                shard.send_ext(0, msg(Msg::QueueCaughtUp { member, queue }));
+            }
+        }
+    }
+
+    /// A backup has `queue` up to `position`.
+    pub(super) fn acked(
+        &mut self,
+        shard: &mut Shard,
+        queue: Arc<str>,
+        member: MemberId,
+        position: u64,
+    ) {
+        shard.release(&queue, member, position);
+        let key = (member, queue);
+        if self
+            .owner
+            .catch_up
+            .get(&key)
+            .is_some_and(|t| position >= *t)
+        {
+            self.owner.catch_up.remove(&key);
+            let (member, queue) = key;
+            shard.send_ext(0, msg(Msg::QueueCaughtUp { member, queue }));
+        }
+    }
+
+    /// Settlements on every replicated queue now wait for `member` (expected
+    /// backups at promotion, new backups, backups that timed out catching up).
+    pub(super) fn guard_member(&mut self, shard: &mut Shard, member: MemberId) {
+        self.owner.guarded.insert(member);
+        for name in shard.queue_names() {
+            let all = shard
+                .queue(&name)
+                .is_some_and(|q| self.queue_level(&q.settings) == Level::All);
+            if all {
+                shard.hold(&name, member);
+            }
+        }
+    }
+
+    /// Every shard: `member` is gone; release what waited for it.
+    pub(super) fn drop_member(&mut self, shard: &mut Shard, member: MemberId) {
+        self.owner.guarded.remove(&member);
+        shard.drop_holder(member);
+        for sinks in self.owner.sinks.values_mut() {
+            sinks.retain(|s| s.member != member);
+        }
+        self.owner.catch_up.retain(|(m, _), _| *m != member);
+        self.primary_forget(member);
+    }
+
+    /// A configuration change this shard applied: a new owned queue waits for
+    /// every guarded backup; a deleted one is streamed no more.
+    pub(super) fn config_applied(&mut self, shard: &mut Shard, event: &ConfigEvent) {
+        match event {
+            ConfigEvent::QueueDeclared {
+                name,
+                owner,
+                settings,
+            } if *owner == shard.id
+                && !self.owner.guarded.is_empty()
+                && self.queue_level(settings) == Level::All =>
+            {
+                for &member in &self.owner.guarded {
+                    shard.hold(name, member);
+                }
+            }
+            ConfigEvent::QueueDeleted { name } => {
+                self.owner.sinks.remove(name);
+                self.owner.catch_up.retain(|(_, q), _| q != name);
+            }
+            _ => {}
+        }
+    }
+}

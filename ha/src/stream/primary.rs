@@ -1,0 +1,330 @@
+//! A primary's shard 0: registers each backup link with the HA role, sends the
+//! backup the replicated configuration, starts every `all` queue's stream on
+//! its owner, streams configuration changes, and carries out the role's
+//! commands (guard, drop, membership; on a backup: connect, disconnect).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Instant;
+
+use tandem_shards::broker::{ConfigEvent, Shard};
+
+use super::codec::Event;
+use super::{msg, Level, Msg, Names, ReplicaSink, Replication};
+use crate::guard::MemberId;
+use crate::role::{BackupIdentity, HaCommand, LinkEvent};
+
+#[derive(Default)]
+pub(super) struct PrimaryState {
+    /// Every backup link's sink.
+    members: Vec<ReplicaSink>,
+    /// `all` queues each backup has not caught up yet.
+    pending_ready: HashMap<MemberId, Names>,
+}
+
+impl Replication {
+    /// A backup attached its link on some shard: register it, send it the
+    /// configuration and start every `all` queue's replica.
+    pub(super) fn backup_attached(
+        &mut self,
+        shard: &mut Shard,
+        mut sink: ReplicaSink,
+        who: BackupIdentity,
+    ) {
+        let now = shard.now();
+        let member = match self.role.as_mut().map(|ha| ha.backup_attached(who, now)) {
+            Some(Ok(m)) => m,
+            Some(Err(reason)) => {
+                let status = self.role.as_ref().and_then(|ha| {
+                    ha.attributes()
+                        .into_iter()
+                        .find(|(k, _)| *k == "status")
+                        .and_then(|(_, v)| v.as_str().map(str::to_owned))
+                });
+                shard.send_ext(
+                    sink.shard,
+                    msg(Msg::Refused {
+                        sink,
+                        reason,
+                        status,
+                    }),
+                );
+                self.poll_role(shard, now);
+                return;
+            }
+            None => {
+                let reason = "this broker is not in an HA cluster".to_string();
+                shard.send_ext(
+                    sink.shard,
+                    msg(Msg::Refused {
+                        sink,
+                        reason,
+                        status: None,
+                    }),
+                );
+                return;
+            }
+        };
+        sink.member = member;
+        let epoch = self.role.as_ref().map(|h| h.identity().epoch).unwrap_or(0);
+        shard.send_ext(sink.shard, msg(Msg::Accepted { sink, epoch }));
+        // The role's guard for the new member goes out before its streams start.
+        self.poll_role(shard, now);
+        self.primary.members.retain(|s| s.member != member);
+        self.primary.members.push(sink);
+        // Configuration first: exchanges, then queues (owners start `all` ones).
+        let mut events = Vec::new();
+        let mut exchanges: Vec<_> = shard.catalogue.exchanges.values().cloned().collect();
+        exchanges.sort_by(|a, b| a.name.cmp(&b.name));
+        for ex in &exchanges {
+            if self.exchange_level(&ex.name, ex.replicate.as_deref()) != Level::None {
+                events.push(Event::Exchange {
+                    name: ex.name.to_string(),
+                    kind: ex.kind,
+                    durable: ex.durable,
+                    replicate: ex.replicate.clone(),
+                });
+            }
+        }
+        let mut pending = HashSet::new();
+        let mut queues: Vec<_> = shard
+            .catalogue
+            .queues
+            .iter()
+            .map(|(n, e)| (n.clone(), e.clone()))
+            .collect();
+        queues.sort_by(|a, b| a.0.cmp(&b.0));
+        for (name, entry) in &queues {
+            match self.queue_level(&entry.settings) {
+                Level::All => {
+                    pending.insert(name.clone());
+                    let queue = name.clone();
+                    shard.send_ext(entry.owner, msg(Msg::StartReplica { queue, sink }));
+                }
+                Level::Configuration => events.push(Event::Queue {
+                    name: name.to_string(),
+                    settings: entry.settings.clone(),
+                }),
+                Level::None => {}
+            }
+        }
+        for ex in &exchanges {
+            for b in &ex.bindings {
+                let queue_replicated = shard
+                    .catalogue
+                    .queues
+                    .get(&b.queue)
+                    .is_some_and(|e| self.queue_level(&e.settings) != Level::None);
+                if queue_replicated
+                    && self.exchange_level(&ex.name, ex.replicate.as_deref()) != Level::None
+                {
+                    events.push(Event::Bind {
+                        exchange: ex.name.to_string(),
+                        queue: b.queue.to_string(),
+                        key: b.key.clone(),
+                    });
+                }
+            }
+        }
+        events.push(Event::Inventory {
+            queues: queues
+                .iter()
+                .filter(|(_, e)| self.queue_level(&e.settings) != Level::None)
+                .map(|(n, _)| n.to_string())
+                .collect(),
+            exchanges: exchanges
+                .iter()
+                .filter(|ex| self.exchange_level(&ex.name, ex.replicate.as_deref()) != Level::None)
+                .map(|ex| ex.name.to_string())
+                .collect(),
+        });
+        for event in events {
+            let event = event.encode_parts();
+            shard.send_ext(
+                sink.shard,
+                msg(Msg::Out {
+                    sink,
+                    event,
+                    meta: None,
+                }),
+            );
+        }
+        if pending.is_empty() {
+            self.link_event_to_role(shard, LinkEvent::BackupReady { member });
+        } else {
+            self.primary.pending_ready.insert(member, pending);
+        }
+    }
+
+    pub(super) fn queue_caught_up(&mut self, shard: &mut Shard, member: MemberId, queue: Arc<str>) {
+        let done = match self.primary.pending_ready.get_mut(&member) {
+            Some(set) => {
+                set.remove(&queue);
+                set.is_empty()
+            }
+            None => false,
+        };
+        if done {
+            self.primary.pending_ready.remove(&member);
+            self.link_event_to_role(shard, LinkEvent::BackupReady { member });
+        }
+    }
+
+    /// Forgets a dropped member's link (shard 0).
+    pub(super) fn primary_forget(&mut self, member: MemberId) {
+        self.primary.members.retain(|s| s.member != member);
+        self.primary.pending_ready.remove(&member);
+    }
+
+    /// Tells the HA role what happened on a link, and applies what it decides.
+    pub(super) fn link_event_to_role(&mut self, shard: &mut Shard, event: LinkEvent) {
+        let now = shard.now();
+        if let Some(ha) = self.role.as_mut() {
+            ha.link_event(event, now);
+        }
+        self.poll_role(shard, now);
+    }
+
+    /// Shard 0: lets the HA role run its timers and applies what it decides.
+    pub(super) fn poll_role(&mut self, shard: &mut Shard, now: Instant) {
+        let Some(ha) = self.role.as_mut() else {
+            return;
+        };
+        let outcome = ha.poll(now);
+        self.run_commands(shard, outcome.commands);
+        shard.set_admission(outcome.admission);
+    }
+
+    /// Shard 0 of a primary: configuration changes the backups must see.
+    pub(super) fn stream_config(&mut self, shard: &mut Shard, events: &[ConfigEvent]) {
+        if self.primary.members.is_empty() {
+            return;
+        }
+        let sinks = self.primary.members.clone();
+        for ev in events {
+            let out = match ev {
+                ConfigEvent::QueueDeclared {
+                    name,
+                    owner,
+                    settings,
+                } => match self.queue_level(settings) {
+                    Level::All => {
+                        for &sink in &sinks {
+                            let queue = name.clone();
+                            shard.send_ext(*owner, msg(Msg::StartReplica { queue, sink }));
+                        }
+                        None
+                    }
+                    Level::Configuration => Some(Event::Queue {
+                        name: name.to_string(),
+                        settings: settings.clone(),
+                    }),
+                    Level::None => None,
+                },
+                ConfigEvent::QueueDeleted { name } => Some(Event::QueueDelete {
+                    name: name.to_string(),
+                }),
+                ConfigEvent::ExchangeDeclared {
+                    name,
+                    kind,
+                    durable,
+                    replicate,
+                } => (self.exchange_level(name, replicate.as_deref()) != Level::None).then(|| {
+                    Event::Exchange {
+                        name: name.to_string(),
+                        kind: *kind,
+                        durable: *durable,
+                        replicate: replicate.clone(),
+                    }
+                }),
+                ConfigEvent::ExchangeDeleted { name } => Some(Event::ExchangeDelete {
+                    name: name.to_string(),
+                }),
+                ConfigEvent::Bound { exchange, binding }
+                | ConfigEvent::Unbound { exchange, binding } => {
+                    let ex_level = shard
+                        .catalogue
+                        .exchanges
+                        .get(exchange)
+                        .map(|e| {
+                            self.exchange_level(exchange, e.replicate.as_deref()) != Level::None
+                        })
+                        .unwrap_or(false);
+                    let q_level = shard
+                        .catalogue
+                        .queues
+                        .get(&binding.queue)
+                        .is_some_and(|e| self.queue_level(&e.settings) != Level::None);
+                    (ex_level && q_level).then(|| {
+                        Event::binding(
+                            matches!(ev, ConfigEvent::Bound { .. }),
+                            exchange.to_string(),
+                            binding.queue.to_string(),
+                            binding.key.clone(),
+                        )
+                    })
+                }
+            };
+            if let Some(event) = out.as_ref().map(Event::encode_parts) {
+                for &sink in &sinks {
+                    let event = event.clone();
+                    shard.send_ext(
+                        sink.shard,
+                        msg(Msg::Out {
+                            sink,
+                            event,
+                            meta: None,
+                        }),
+                    );
+                }
+            }
+        }
+    }
+
+    /// Shard 0: carries out what the HA role decided.
+    fn run_commands(&mut self, shard: &mut Shard, commands: Vec<HaCommand>) {
+        for c in commands {
+            match c {
+                HaCommand::Connect { index, address } => {
+                    let timeout = self
+                        .settings
+                        .heartbeat
+                        .max(std::time::Duration::from_secs(1));
+                    shard.request_connection(index as u64, address, timeout);
+                }
+                HaCommand::Disconnect => self.disconnect(shard),
+                HaCommand::Guard { member } => {
+                    for to in 0..shard.shards() {
+                        shard.send_ext(to, msg(Msg::GuardMember { member }));
+                    }
+                }
+                HaCommand::Drop { member, disconnect } => {
+                    if disconnect {
+                        if let Some(&sink) =
+                            self.primary.members.iter().find(|s| s.member == member)
+                        {
+                            shard.send_ext(sink.shard, msg(Msg::CloseLink { sink }));
+                        }
+                    }
+                    for to in 0..shard.shards() {
+                        shard.send_ext(to, msg(Msg::DropMember { member }));
+                    }
+                }
+                HaCommand::Members { epoch, members } => {
+                    let event = Event::Members { epoch, members }.encode_parts();
+                    for &sink in &self.primary.members {
+                        let event = event.clone();
+                        shard.send_ext(
+                            sink.shard,
+                            msg(Msg::Out {
+                                sink,
+                                event,
+                                meta: None,
+                            }),
+                        );
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,332 @@
+//! The extension seam: how a module that `tandem-shards` knows nothing about
+//! (HA replication today, the store next) plugs into every shard. An
+//! [`Extension`] gets:
+//!
+//! - a **change tap**: what happened to the queues it taps (stored at a
+//!   position, dequeued), and every configuration change as each shard applies
+//!   it and as the ordering point commits it, in one order per shard;
+//! - **settlement holders**: it may hold the settlement of every publish to a
+//!   queue from a position on, and releases positions cumulatively
+//!   ([`Shard::hold`], [`Shard::release`]); a publish settles once every
+//!   holder released it (or a consumer took and accepted it);
+//! - **claimed links**: attaches to the addresses it claims, and the events of
+//!   those links;
+//! - **owned connections**: connections it asked the runtime to open, whose
+//!   every event it handles;
+//! - **extension messages** ([`ExtMsg`]) on the rings between shards;
+//! - **management**: the entity types it answers, on shard 0;
+//! - **timers**: `poll` from the shard's housekeeping, with the shard's clock.
+//!
+//! The shard calls its extension only at the top of an input (never while the
+//! extension itself is running): tap events raised meanwhile wait in a buffer
+//! and are delivered right after.
+
+use std::any::Any;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::catalogue::ConfigEvent;
+use super::{Shard, ShardMsg};
+use crate::amqp::codec::Value;
+use crate::amqp::connection::{Connection, Event, LinkKey};
+use crate::amqp::performative::Attach;
+use crate::management::{Request, Response};
+
+/// A message between two shards' extensions (downcast by the extension).
+pub type ExtMsg = Box<dyn Any + Send>;
+
+/// A call to the extension that waits until the running one returns.
+pub(super) type Deferred = Box<dyn FnOnce(&mut dyn Extension, &mut Shard)>;
+
+/// One change seen by the tap.
+#[derive(Debug)]
+pub enum Tap {
+    /// A tapped queue stored a message at `position` (on its owner).
+    Stored {
+        queue: Arc<str>,
+        position: u64,
+        message: Bytes,
+    },
+    /// Messages left a tapped queue (consumed, expired, dropped by a ring).
+    Dequeued {
+        queue: Arc<str>,
+        positions: Vec<u64>,
+    },
+    /// This shard applied a configuration change.
+    Applied(ConfigEvent),
+    /// Shard 0: the ordering point ordered these changes; they reach every
+    /// shard before anything the extension sends it after hearing this.
+    Ordered(Vec<ConfigEvent>),
+}
+
+/// What a shard's extension does. Every method has a do-nothing default.
+#[allow(unused_variables)]
+pub trait Extension {
+    /// Whether management requests for `entity_type` are the extension's (they
+    /// are answered on shard 0).
+    fn manages(&self, entity_type: &str) -> bool {
+        false
+    }
+
+    /// Shard 0: answers a management request of an entity type it manages.
+    fn manage(&mut self, shard: &mut Shard, request: Request) -> Response {
+        Response::error(
+            crate::management::status::NOT_FOUND,
+            format!("no such entity type: {}", request.entity_type),
+        )
+    }
+
+    /// Whether a connection whose open carried `properties` is an admin one
+    /// (admitted while the broker admits admin connections only).
+    fn is_admin(&self, properties: Option<&Value>) -> bool {
+        false
+    }
+
+    /// Whether attaches to `address` are the extension's.
+    fn claims(&self, address: &str) -> bool {
+        false
+    }
+
+    /// A peer attached a link to a claimed address on connection `conn`: the
+    /// extension answers it (`Shard::engine`) now or later.
+    fn attach(&mut self, shard: &mut Shard, conn: u64, link: LinkKey, attach: Attach) {}
+
+    /// An event of a claimed link (credit, detach) or of a connection hosting
+    /// claimed links (dispositions, which the shard also handles itself).
+    fn link_event(&mut self, shard: &mut Shard, conn: u64, event: &Event) {}
+
+    /// Any event of a connection the extension owns.
+    fn owned_event(&mut self, shard: &mut Shard, conn: u64, event: Event) {}
+
+    /// Bytes arrived on a connection that the extension owns or that hosts
+    /// claimed links (heartbeats count).
+    fn heard(&mut self, shard: &mut Shard, conn: u64, now: Instant) {}
+
+    /// The runtime connected the socket the extension asked for with
+    /// [`Shard::request_connection`]: the engine to run on it (`None` drops it).
+    fn connected(&mut self, shard: &mut Shard, token: u64, address: &str) -> Option<Connection> {
+        None
+    }
+
+    /// The engine [`Extension::connected`] gave runs as connection `conn`.
+    fn opened(&mut self, shard: &mut Shard, token: u64, conn: u64) {}
+
+    /// The runtime could not connect the socket asked for.
+    fn connect_failed(&mut self, shard: &mut Shard, token: u64) {}
+
+    /// A message from another shard's extension (or this one's).
+    fn message(&mut self, shard: &mut Shard, message: ExtMsg) {}
+
+    /// A change the tap saw.
+    fn tap(&mut self, shard: &mut Shard, tap: Tap) {}
+
+    /// Timers; called from housekeeping and after management operations.
+    fn poll(&mut self, shard: &mut Shard, now: Instant) {}
+
+    /// End of a step: write what the step batched.
+    fn end_of_step(&mut self, shard: &mut Shard) {}
+}
+
+impl Shard {
+    /// Installs this shard's extension.
+    pub fn set_extension(&mut self, ext: Box<dyn Extension>) {
+        self.ext = Some(ext);
+        self.ext_installed = true;
+    }
+
+    /// Runs `f` with the extension taken out of the shard (so that it may call
+    /// back into the shard), then what it caused: calls deferred meanwhile,
+    /// and the tap events raised. Called while the extension runs (a shard
+    /// method it called raised an event for it), `f` waits until it returns.
+    pub(super) fn with_ext(&mut self, f: impl FnOnce(&mut dyn Extension, &mut Shard) + 'static) {
+        if !self.ext_installed {
+            return;
+        }
+        if self.ext.is_none() {
+            self.deferred.push_back(Box::new(f));
+            return;
+        }
+        self.with_ext_now(f);
+    }
+
+    /// Like [`Self::with_ext`] for a call whose result the caller needs: only
+    /// from the top of an input (never while the extension runs).
+    pub(super) fn with_ext_now(&mut self, f: impl FnOnce(&mut dyn Extension, &mut Shard)) {
+        let Some(mut ext) = self.ext.take() else {
+            return;
+        };
+        f(ext.as_mut(), self);
+        while let Some(next) = self.deferred.pop_front() {
+            next(ext.as_mut(), self);
+        }
+        self.ext = Some(ext);
+        self.deliver_taps();
+    }
+
+    /// Delivers buffered tap events, including those they raise.
+    pub(super) fn deliver_taps(&mut self) {
+        while !self.taps.is_empty() {
+            // While the extension runs, its taps wait until it returns.
+            let Some(mut ext) = self.ext.take() else {
+                return;
+            };
+            let taps = std::mem::take(&mut self.taps);
+            for tap in taps {
+                ext.tap(self, tap);
+                while let Some(next) = self.deferred.pop_front() {
+                    next(ext.as_mut(), self);
+                }
+            }
+            self.ext = Some(ext);
+        }
+    }
+
+    /// Raises a tap event (delivered at the end of the current input).
+    pub(super) fn raise(&mut self, tap: Tap) {
+        if self.ext_installed {
+            self.taps.push(tap);
+        }
+    }
+
+    /// Sends a message to shard `to`'s extension.
+    pub fn send_ext(&mut self, to: usize, message: ExtMsg) {
+        self.send(to, ShardMsg::Ext(message));
+    }
+
+    /// The engine of connection `conn` (mark it dirty after writing).
+    pub fn engine(&mut self, conn: u64) -> Option<&mut Connection> {
+        self.conns.get_mut(&conn).map(|c| &mut c.engine)
+    }
+
+    /// A connection has output to write.
+    pub fn wrote_to(&mut self, conn: u64) {
+        self.mark_dirty(conn);
+    }
+
+    /// Asks the runtime to open a connection to `address`, giving up after
+    /// `timeout`; the extension hears of it under `token`
+    /// ([`Extension::connected`] or `connect_failed`).
+    pub fn request_connection(&mut self, token: u64, address: String, timeout: Duration) {
+        self.connects.push((token, address, timeout));
+    }
+
+    /// Connections the runtime should open: `(token, address, timeout)`.
+    pub fn take_connection_requests(&mut self) -> Vec<(u64, String, Duration)> {
+        std::mem::take(&mut self.connects)
+    }
+
+    /// The runtime connected a socket asked for under `token`: the extension's
+    /// engine runs on it as an owned, admin connection; its id, or `None`.
+    pub fn connection_opened(&mut self, token: u64, address: String) -> Option<u64> {
+        let mut engine = None;
+        self.with_ext_now(|ext, shard| engine = ext.connected(shard, token, &address));
+        let id = self.add_connection(engine?, address);
+        if let Some(c) = self.conns.get_mut(&id) {
+            c.admin = true;
+            c.owned = true;
+        }
+        self.with_ext(move |ext, shard| ext.opened(shard, token, id));
+        Some(id)
+    }
+
+    /// The runtime could not connect the socket asked for under `token`.
+    pub fn connection_failed(&mut self, token: u64) {
+        self.with_ext(move |ext, shard| ext.connect_failed(shard, token));
+    }
+
+    /// Lets the extension run its timers.
+    pub fn poll_extension(&mut self, now: Instant) {
+        self.set_now(now);
+        self.with_ext(move |ext, shard| ext.poll(shard, now));
+    }
+
+    /// Whether connection `conn` is an admin connection.
+    pub fn is_admin_connection(&self, conn: u64) -> bool {
+        self.conns.get(&conn).is_some_and(|c| c.admin)
+    }
+
+    /// Marks `link` of `conn` as claimed: its credit and detach go to the
+    /// extension, and the connection's dispositions too.
+    pub fn claim_link(&mut self, conn: u64, link: LinkKey) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.claimed.insert(link);
+        }
+    }
+
+    /// A claimed link is gone.
+    pub fn release_link(&mut self, conn: u64, link: LinkKey) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.claimed.remove(&link);
+        }
+    }
+
+    // -----------------------------------------------------------------------
+    // Queues
+
+    /// The queue `name` if this shard owns it.
+    pub fn queue(&self, name: &str) -> Option<&crate::queue::Queue> {
+        self.queues.get(name)
+    }
+
+    pub fn queue_mut(&mut self, name: &str) -> Option<&mut crate::queue::Queue> {
+        self.queues.get_mut(name)
+    }
+
+    /// Names of the queues this shard owns.
+    pub fn queue_names(&self) -> Vec<Arc<str>> {
+        self.queues.keys().cloned().collect()
+    }
+
+    /// Taps an owned queue: from now on its stores and dequeues are reported.
+    pub fn tap_queue(&mut self, name: &str) {
+        if let Some(q) = self.queues.get_mut(name) {
+            q.track_dequeues(true);
+            self.tapped.insert(name.into());
+        }
+    }
+
+    /// Publishes to owned queue `name` from its next position on wait for
+    /// `holder` too; that position. (A holder already holding it keeps its
+    /// first position.)
+    pub fn hold(&mut self, name: &Arc<str>, holder: u64) -> Option<u64> {
+        let next = self.queues.get_mut(&**name).map(|q| {
+            q.track_dequeues(true);
+            q.next_position()
+        })?;
+        self.holds.hold(name, holder, next);
+        Some(next)
+    }
+
+    /// `holder` releases every position of `queue` up to `upto`.
+    pub fn release(&mut self, queue: &str, holder: u64, upto: u64) {
+        let mut released = Vec::new();
+        self.holds.release(queue, holder, upto, &mut released);
+        for ack in released {
+            self.ack(ack);
+        }
+    }
+
+    /// `holder` holds nothing any more, on any queue.
+    pub fn drop_holder(&mut self, holder: u64) {
+        let mut released = Vec::new();
+        self.holds.drop_holder(holder, &mut released);
+        for ack in released {
+            self.ack(ack);
+        }
+    }
+
+    /// Whether `holder` released `queue` up to `position`.
+    pub fn released(&self, holder: u64, queue: &str, position: u64) -> bool {
+        self.holds.released(holder, queue, position)
+    }
+
+    /// Applies a configuration change through this shard's ordering point at
+    /// once (shard 0 only), so what follows finds it applied.
+    pub fn apply_config_now(&mut self, op: super::ConfigOp) {
+        let req = self.next_req;
+        self.next_req += 1;
+        self.on_config_request(self.id, req, op);
+    }
+}
