@@ -8,7 +8,36 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::broker::ShardReport;
+use crate::queue::QueueStats;
+
+/// Counters an exchange keeps on each shard that routes through it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ExchangeStats {
+    pub routed: u64,
+    pub dropped: u64,
+}
+
+/// One connection, as management reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConnectionInfo {
+    pub shard: usize,
+    pub id: u64,
+    pub address: String,
+    pub user: Option<String>,
+    pub container: String,
+    pub frames_in: u64,
+    pub frames_out: u64,
+    pub messages_in: u64,
+    pub messages_out: u64,
+}
+
+/// What one shard reports to a statistics gather.
+#[derive(Debug, Clone, Default)]
+pub struct ShardReport {
+    pub queues: Vec<(Arc<str>, QueueStats)>,
+    pub exchanges: Vec<(Arc<str>, ExchangeStats)>,
+    pub connections: Vec<ConnectionInfo>,
+}
 
 /// How often each shard publishes a snapshot (at the latest, when busy).
 pub const PUBLISH_EVERY: Duration = Duration::from_millis(250);
@@ -81,7 +110,6 @@ impl StatsHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::queue::QueueStats;
 
     #[test]
     fn readers_see_each_shards_latest_snapshot() {

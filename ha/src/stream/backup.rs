@@ -19,7 +19,7 @@ use tandem_shards::broker::{accept_in_ranges, ConfigOp, Shard};
 use tandem_shards::exchange::BUILT_IN;
 
 use super::codec::Event;
-use super::{dropped_by_primary_said, msg, Msg, Replication, NODE};
+use super::{dropped_by_primary_said, msg, Msg, Replication, ToStore, NODE};
 use crate::role::LinkEvent;
 
 /// Credit a backup grants its link, topped up at half.
@@ -62,6 +62,8 @@ pub(super) struct BackupState {
     unapplied: HashMap<(u16, u32), usize>,
     /// Deliveries to settle at the end of this step, as ranges.
     to_settle: Vec<(u16, u32)>,
+    /// `enq` events of the delivery being applied, per owner, not sent yet.
+    to_store: Vec<(usize, Vec<ToStore>)>,
     next_apply: u64,
 }
 
@@ -295,12 +297,27 @@ impl Replication {
         // were handed on, so an owner that stores at once cannot settle it early.
         *self.backup.unapplied.entry((channel, id)).or_default() += 1;
         for event in events {
+            // The owners get a delivery's messages in one message each; any
+            // other event (a delete, a dequeue) must find them sent.
+            if !matches!(event, Event::Enqueue { .. }) {
+                self.send_to_store(shard);
+            }
             if let Err(why) = self.apply_event(shard, channel, id, event) {
+                self.backup.to_store.clear();
                 return self.diverged(shard, why);
             }
         }
+        self.send_to_store(shard);
         self.part_applied((channel, id));
         self.top_up_credit(shard);
+    }
+
+    /// Hands the owners the messages gathered so far.
+    fn send_to_store(&mut self, shard: &mut Shard) {
+        let origin = shard.id;
+        for (owner, items) in self.backup.to_store.drain(..) {
+            shard.send_ext(owner, msg(Msg::Enqueue { items, origin }));
+        }
     }
 
     /// An event of the stream could not be applied, so this copy of the
@@ -323,12 +340,12 @@ impl Replication {
         &self,
         shard: &Shard,
         queue: &str,
-        what: &str,
+        what: impl FnOnce() -> String,
     ) -> Result<Option<(Arc<str>, usize)>, String> {
         match shard.catalogue.queues.get_key_value(queue) {
             Some((name, entry)) => Ok(Some((name.clone(), entry.owner))),
             None if self.backup.deleted.contains(queue) => Ok(None),
-            None => Err(format!("{what} for unknown queue '{queue}'")),
+            None => Err(format!("{} for unknown queue '{queue}'", what())),
         }
     }
 
@@ -385,8 +402,8 @@ impl Replication {
                 position,
                 message,
             } => {
-                let what = format!("enq of position {position}");
-                if let Some((name, owner)) = self.target(shard, &queue, &what)? {
+                let what = || format!("enq of position {position}");
+                if let Some((name, owner)) = self.target(shard, &queue, what)? {
                     let token = self.backup.next_apply;
                     self.backup.next_apply += 1;
                     let applying = Applying {
@@ -396,22 +413,22 @@ impl Replication {
                     };
                     self.backup.applying.insert(token, applying);
                     *self.backup.unapplied.entry((channel, id)).or_default() += 1;
-                    let origin = shard.id;
-                    shard.send_ext(
-                        owner,
-                        msg(Msg::Enqueue {
-                            queue: name,
-                            position,
-                            message,
-                            origin,
-                            token,
-                        }),
-                    );
+                    let item = ToStore {
+                        queue: name,
+                        position,
+                        message,
+                        token,
+                    };
+                    match self.backup.to_store.iter_mut().find(|(o, _)| *o == owner) {
+                        Some((_, items)) => items.push(item),
+                        None => self.backup.to_store.push((owner, vec![item])),
+                    }
                 }
             }
             Event::Dequeue { queue, positions } => {
-                let what = format!("deq of {} positions", positions.len());
-                if let Some((queue, owner)) = self.target(shard, &queue, &what)? {
+                let n = positions.len();
+                let what = || format!("deq of {n} positions");
+                if let Some((queue, owner)) = self.target(shard, &queue, what)? {
                     shard.send_ext(owner, msg(Msg::Dequeue { queue, positions }));
                 }
             }

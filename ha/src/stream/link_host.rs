@@ -14,8 +14,7 @@ use tandem_shards::amqp::connection::LinkKey;
 use tandem_shards::amqp::performative::{condition, Attach, ErrorCondition, Role};
 use tandem_shards::broker::Shard;
 
-use super::codec::Encoded;
-use super::{msg, Backlog, EnqueueMeta, Msg, ReplicaSink, Replication, Unsettled};
+use super::{msg, Backlog, Msg, ReplicaSink, Replication, Unsettled};
 use crate::guard::MemberId;
 use crate::role::BackupIdentity;
 
@@ -101,14 +100,18 @@ impl Replication {
         shard.send_ext(0, msg(Msg::BackupAttached { sink, who }));
     }
 
-    /// An event for a backup's stream.
-    pub(super) fn out(&mut self, sink: ReplicaSink, event: Encoded, meta: EnqueueMeta) {
+    /// Events for a backup's stream.
+    pub(super) fn out(&mut self, sink: ReplicaSink, mut events: Backlog) {
         let key = (sink.conn, sink.link);
         let Some(hl) = self.host.links.get_mut(&key) else {
             return;
         };
         hl.member.get_or_insert(sink.member);
-        hl.backlog.push_back((event, meta));
+        if hl.backlog.is_empty() {
+            hl.backlog = events;
+        } else {
+            hl.backlog.append(&mut events);
+        }
         if !self.host.to_drain.contains(&key) {
             self.host.to_drain.push(key);
         }

@@ -87,11 +87,11 @@ pub(crate) enum Msg {
         member: MemberId,
         queue: Arc<str>,
     },
-    /// Owner or shard 0 -> link host: an event for the backup's stream.
+    /// Owner or shard 0 -> link host: events for the backup's stream, in
+    /// order (what one step produced for that backup).
     Out {
         sink: ReplicaSink,
-        event: Encoded,
-        meta: EnqueueMeta,
+        events: Backlog,
     },
     /// Link host -> owner: the backup has the queue up to this position.
     Ack {
@@ -134,19 +134,15 @@ pub(crate) enum Msg {
     BackupGone {
         member: MemberId,
     },
-    /// Backup shard 0 -> owner: store a replicated message at the primary's
-    /// position.
+    /// Backup shard 0 -> owner: store replicated messages at the primary's
+    /// positions (the `enq` events of one delivery that this owner holds).
     Enqueue {
-        queue: Arc<str>,
-        position: u64,
-        message: Bytes,
+        items: Vec<ToStore>,
         origin: usize,
-        token: u64,
     },
-    /// Owner -> backup shard 0: stored, or not (the queue is missing).
+    /// Owner -> backup shard 0: which were stored (not: the queue is missing).
     Applied {
-        token: u64,
-        stored: bool,
+        tokens: Vec<(u64, bool)>,
     },
     Dequeue {
         queue: Arc<str>,
@@ -156,6 +152,15 @@ pub(crate) enum Msg {
     Purge {
         queue: Arc<str>,
     },
+}
+
+/// One replicated message for its owner to store.
+#[derive(Debug)]
+pub(crate) struct ToStore {
+    pub(crate) queue: Arc<str>,
+    pub(crate) position: u64,
+    pub(crate) message: Bytes,
+    pub(crate) token: u64,
 }
 
 fn msg(m: Msg) -> ExtMsg {
@@ -184,6 +189,9 @@ impl Level {
 /// One shard's part of the replication stream.
 pub struct Replication {
     settings: Arc<StreamSettings>,
+    /// Events for each backup's link produced this step, sent as one message
+    /// per link at its end (in order, whichever part produced them).
+    outgoing: Vec<(ReplicaSink, Backlog)>,
     /// Shard 0: the broker's HA role.
     role: Option<Box<dyn HaHandler>>,
     owner: owner::OwnerState,
@@ -197,6 +205,7 @@ impl Replication {
     pub fn new(settings: Arc<StreamSettings>, role: Option<Box<dyn HaHandler>>) -> Replication {
         Replication {
             settings,
+            outgoing: Vec::new(),
             role,
             owner: Default::default(),
             primary: Default::default(),
@@ -224,6 +233,21 @@ impl Replication {
 
     fn level_of(&self, own: Option<&str>) -> Level {
         Level::parse(own.unwrap_or(&self.settings.replicate))
+    }
+
+    /// Queues an event for a backup's link (sent at the end of the step).
+    pub(crate) fn out_to(&mut self, sink: ReplicaSink, event: Encoded, meta: EnqueueMeta) {
+        match self.outgoing.iter_mut().find(|(s, _)| *s == sink) {
+            Some((_, events)) => events.push_back((event, meta)),
+            None => self.outgoing.push((sink, Backlog::from([(event, meta)]))),
+        }
+    }
+
+    /// Sends each link the events this step produced for it.
+    fn flush_out(&mut self, shard: &mut Shard) {
+        for (sink, events) in self.outgoing.drain(..) {
+            shard.send_ext(sink.shard, msg(Msg::Out { sink, events }));
+        }
     }
 }
 
@@ -316,7 +340,7 @@ impl Extension for Replication {
         match *m {
             Msg::StartReplica { queue, sink } => self.start_replica(shard, queue, sink),
             Msg::QueueCaughtUp { member, queue } => self.queue_caught_up(shard, member, queue),
-            Msg::Out { sink, event, meta } => self.out(sink, event, meta),
+            Msg::Out { sink, events } => self.out(sink, events),
             Msg::Ack {
                 queue,
                 member,
@@ -338,23 +362,27 @@ impl Extension for Replication {
             Msg::BackupGone { member } => {
                 self.link_event_to_role(shard, crate::role::LinkEvent::BackupLost { member })
             }
-            Msg::Enqueue {
-                queue,
-                position,
-                message,
-                origin,
-                token,
-            } => {
-                let stored = match shard.queue_mut(&queue) {
-                    Some(q) => {
-                        q.insert_at(position, message);
-                        true
-                    }
-                    None => false,
-                };
-                shard.send_ext(origin, msg(Msg::Applied { token, stored }));
+            Msg::Enqueue { items, origin } => {
+                let tokens = items
+                    .into_iter()
+                    .map(|item| {
+                        let stored = match shard.queue_mut(&item.queue) {
+                            Some(q) => {
+                                q.insert_at(item.position, item.message);
+                                true
+                            }
+                            None => false,
+                        };
+                        (item.token, stored)
+                    })
+                    .collect();
+                shard.send_ext(origin, msg(Msg::Applied { tokens }));
             }
-            Msg::Applied { token, stored } => self.applied(shard, token, stored),
+            Msg::Applied { tokens } => {
+                for (token, stored) in tokens {
+                    self.applied(shard, token, stored);
+                }
+            }
             Msg::Dequeue { queue, positions } => {
                 if let Some(q) = shard.queue_mut(&queue) {
                     for p in positions {
@@ -376,8 +404,8 @@ impl Extension for Replication {
                 queue,
                 position,
                 message,
-            } => self.stream_enqueue(shard, &queue, position, message),
-            Tap::Dequeued { queue, positions } => self.stream_dequeues(shard, &queue, positions),
+            } => self.stream_enqueue(&queue, position, message),
+            Tap::Dequeued { queue, positions } => self.stream_dequeues(&queue, positions),
             Tap::Applied(event) => self.config_applied(shard, &event),
             Tap::Ordered(events) => self.stream_config(shard, &events),
         }
@@ -388,6 +416,7 @@ impl Extension for Replication {
     }
 
     fn end_of_step(&mut self, shard: &mut Shard) {
+        self.flush_out(shard);
         self.flush_links(shard);
         self.flush_settles(shard);
     }

@@ -28,44 +28,31 @@ pub(super) struct OwnerState {
 
 impl Replication {
     /// Sends a new message to the backups streaming `queue`.
-    pub(super) fn stream_enqueue(
-        &mut self,
-        shard: &mut Shard,
-        queue: &Arc<str>,
-        position: u64,
-        message: Bytes,
-    ) {
+    pub(super) fn stream_enqueue(&mut self, queue: &Arc<str>, position: u64, message: Bytes) {
         if self.owner.sinks.contains_key(queue) {
             let event = Encoded::enqueue(queue, position, message);
-            self.stream_to_backups(shard, queue, event, Some((queue.clone(), position)));
+            self.stream_to_backups(queue, event, Some((queue.clone(), position)));
         }
     }
 
     /// Sends what left `queue` to its backups.
-    pub(super) fn stream_dequeues(&mut self, shard: &mut Shard, queue: &Arc<str>, gone: Vec<u64>) {
+    pub(super) fn stream_dequeues(&mut self, queue: &Arc<str>, gone: Vec<u64>) {
         if self.owner.sinks.contains_key(queue) {
             let event = Event::Dequeue {
                 queue: queue.to_string(),
                 positions: gone,
             };
-            self.stream_to_backups(shard, queue, event.encode_parts(), None);
+            self.stream_to_backups(queue, event.encode_parts(), None);
         }
     }
 
     /// Sends one event to every backup streaming `queue`.
-    fn stream_to_backups(
-        &mut self,
-        shard: &mut Shard,
-        queue: &Arc<str>,
-        event: Encoded,
-        meta: EnqueueMeta,
-    ) {
+    fn stream_to_backups(&mut self, queue: &Arc<str>, event: Encoded, meta: EnqueueMeta) {
         let Some(sinks) = self.owner.sinks.get(queue) else {
             return;
         };
-        for &sink in sinks {
-            let (event, meta) = (event.clone(), meta.clone());
-            shard.send_ext(sink.shard, msg(Msg::Out { sink, event, meta }));
+        for sink in sinks.clone() {
+            self.out_to(sink, event.clone(), meta.clone());
         }
     }
 
@@ -93,7 +80,7 @@ impl Replication {
             )
         });
         for (event, meta) in std::iter::once((reset.encode_parts(), None)).chain(enqueues) {
-            shard.send_ext(sink.shard, msg(Msg::Out { sink, event, meta }));
+            self.out_to(sink, event, meta);
         }
         let sinks = self.owner.sinks.entry(queue.clone()).or_default();
         sinks.retain(|s| s.member != sink.member);

@@ -139,15 +139,7 @@ impl Replication {
                 .collect(),
         });
         for event in events {
-            let event = event.encode_parts();
-            shard.send_ext(
-                sink.shard,
-                msg(Msg::Out {
-                    sink,
-                    event,
-                    meta: None,
-                }),
-            );
+            self.out_to(sink, event.encode_parts(), None);
         }
         if pending.is_empty() {
             self.link_event_to_role(shard, LinkEvent::BackupReady { member });
@@ -267,15 +259,7 @@ impl Replication {
             };
             if let Some(event) = out.as_ref().map(Event::encode_parts) {
                 for &sink in &sinks {
-                    let event = event.clone();
-                    shard.send_ext(
-                        sink.shard,
-                        msg(Msg::Out {
-                            sink,
-                            event,
-                            meta: None,
-                        }),
-                    );
+                    self.out_to(sink, event.clone(), None);
                 }
             }
         }
@@ -312,16 +296,8 @@ impl Replication {
                 }
                 HaCommand::Members { epoch, members } => {
                     let event = Event::Members { epoch, members }.encode_parts();
-                    for &sink in &self.primary.members {
-                        let event = event.clone();
-                        shard.send_ext(
-                            sink.shard,
-                            msg(Msg::Out {
-                                sink,
-                                event,
-                                meta: None,
-                            }),
-                        );
+                    for sink in self.primary.members.clone() {
+                        self.out_to(sink, event.clone(), None);
                     }
                 }
             }

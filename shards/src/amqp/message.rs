@@ -177,6 +177,19 @@ pub fn with_header(raw: &Bytes, map: &SectionMap, header: &Header) -> Bytes {
     out.freeze()
 }
 
+/// The `to` field of a message's properties.
+pub fn to_address(payload: &Bytes) -> Option<String> {
+    let map = scan(payload).ok()?;
+    let (start, end) = map.properties?;
+    match Decoder::new(payload.slice(start..end)).value().ok()? {
+        Value::Described(_, body) => match *body {
+            Value::List(items) => items.get(2).and_then(|v| v.as_str()).map(str::to_owned),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
 /// Builds messages for our own tools and tests.
 #[derive(Debug, Clone, Default)]
 pub struct MessageBuilder {

@@ -7,9 +7,10 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use super::config::{ConfigEvent, ConfigOp};
 use super::{ConfigDone, Shard, ShardMsg};
 use crate::amqp::performative::{condition, ErrorCondition};
-use crate::exchange::{Binding, BindingKey, Exchange, ExchangeType, BUILT_IN};
+use crate::exchange::{Binding, BindingKey, Exchange, BUILT_IN};
 use crate::placement::shard_of;
 use crate::queue::QueueSettings;
 
@@ -18,99 +19,6 @@ use crate::queue::QueueSettings;
 pub struct QueueEntry {
     pub owner: usize,
     pub settings: QueueSettings,
-}
-
-/// A requested configuration change.
-#[derive(Debug, Clone)]
-pub enum ConfigOp {
-    /// Declare a queue (no-op if it exists); `name: None` generates a temporary
-    /// name; `bind` also binds it (private subscription queues).
-    DeclareQueue {
-        name: Option<String>,
-        settings: QueueSettings,
-        bind: Option<(String, BindingKey)>,
-        /// Management creates are strict: an existing queue declared differently
-        /// is a conflict (attaches just use what exists).
-        strict: bool,
-    },
-    DeleteQueue {
-        name: String,
-        if_unused: bool,
-    },
-    /// Declare a queue, or give an existing one these settings (a backup applying
-    /// its primary's view, e.g. after a delete and re-create it missed).
-    ReplaceQueue {
-        name: String,
-        settings: QueueSettings,
-    },
-    DeclareExchange {
-        name: String,
-        kind: ExchangeType,
-        durable: bool,
-        replicate: Option<String>,
-    },
-    DeleteExchange {
-        name: String,
-    },
-    Bind {
-        exchange: String,
-        queue: String,
-        key: BindingKey,
-    },
-    Unbind {
-        exchange: String,
-        queue: String,
-        key: BindingKey,
-    },
-}
-
-impl ConfigOp {
-    /// `Bind`, or `Unbind` when `bind` is false.
-    pub fn binding(bind: bool, exchange: String, queue: String, key: BindingKey) -> ConfigOp {
-        if bind {
-            ConfigOp::Bind {
-                exchange,
-                queue,
-                key,
-            }
-        } else {
-            ConfigOp::Unbind {
-                exchange,
-                queue,
-                key,
-            }
-        }
-    }
-}
-
-/// An applied configuration change, as broadcast to every shard.
-#[derive(Debug, Clone)]
-pub enum ConfigEvent {
-    QueueDeclared {
-        name: Arc<str>,
-        owner: usize,
-        settings: QueueSettings,
-    },
-    QueueDeleted {
-        name: Arc<str>,
-    },
-    ExchangeDeclared {
-        name: Arc<str>,
-        kind: ExchangeType,
-        durable: bool,
-        replicate: Option<String>,
-    },
-    ExchangeDeleted {
-        name: Arc<str>,
-    },
-    Bound {
-        exchange: Arc<str>,
-        binding: Binding,
-    },
-    Unbound {
-        exchange: Arc<str>,
-        binding: Binding,
-    },
 }
 
 /// Shard 0's record of a change in flight.

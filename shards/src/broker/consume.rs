@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use super::link::{Conn, LinkRole, OutDelivery};
+use super::conn::{Conn, LinkRole, OutDelivery};
 use super::{consumer_ref, delivery_tag, Shard, ShardMsg};
 use crate::amqp::connection::LinkKey;
 use crate::amqp::message;

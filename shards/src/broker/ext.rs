@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::catalogue::ConfigEvent;
+use super::config::ConfigEvent;
 use super::{Shard, ShardMsg};
 use crate::amqp::codec::Value;
 use crate::amqp::connection::{Connection, Event, LinkKey};
@@ -172,12 +172,17 @@ impl Shard {
             let Some(mut ext) = self.ext.take() else {
                 return;
             };
-            let taps = std::mem::take(&mut self.taps);
-            for tap in taps {
+            // Keep the buffer's allocation: a tapped queue raises an event per
+            // message.
+            let mut taps = std::mem::take(&mut self.taps);
+            for tap in taps.drain(..) {
                 ext.tap(self, tap);
                 while let Some(next) = self.deferred.pop_front() {
                     next(ext.as_mut(), self);
                 }
+            }
+            if self.taps.is_empty() {
+                self.taps = taps;
             }
             self.ext = Some(ext);
         }

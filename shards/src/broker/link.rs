@@ -3,19 +3,20 @@
 //! publishes are routed and settled once stored, and how deliveries from queue
 //! owners reach the wire within the client's credit.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 
+use super::conn::{not_found, Dest, LinkRole, Waiting};
 use super::{consumer_ref, ConfigDone, ConfigOp, Shard, ShardMsg};
 use crate::access::Access;
 use crate::amqp::codec::Value;
-use crate::amqp::connection::{Connection, Event, LinkKey};
+use crate::amqp::connection::{Event, LinkKey};
 use crate::amqp::performative::{condition, Attach, ErrorCondition, Role, Source, Target};
 use crate::exchange::{headers_key, BindingKey};
-use crate::queue::{Delivery, QueueSettings};
+use crate::queue::QueueSettings;
 
 /// Bounds of the buffer a connection's next output batch starts in.
 const OUTPUT_MIN: usize = 4 * 1024;
@@ -35,121 +36,12 @@ const HEADERS_FILTER: (&str, u64) = (
     0x0000_468c_0000_0002,
 );
 
-/// Where a publishing link's messages go.
-#[derive(Debug, Clone)]
-pub(super) enum Dest {
-    Queue {
-        name: Arc<str>,
-        owner: usize,
-    },
-    Exchange(Arc<str>),
-    /// The anonymous relay: each message's `to` names its node.
-    Anonymous,
-    /// The management node: each message is a request.
-    Management,
-}
-
-pub(super) enum LinkRole {
-    /// Waiting for shard 0 to declare the node.
-    Pending,
-    Publisher {
-        dest: Dest,
-        /// Publishes received and not yet stored everywhere.
-        outstanding: u32,
-    },
-    Consumer {
-        queue: Arc<str>,
-        owner: usize,
-        /// Credit asked of the queue whose deliveries have not arrived yet.
-        requested: u32,
-        /// Deliveries that arrived after the client lowered its credit.
-        buffer: VecDeque<Delivery>,
-        draining: bool,
-    },
-}
-
-/// Something waiting for shard 0's answer.
-pub(super) enum Waiting {
-    Attach {
-        conn: u64,
-        link: LinkKey,
-        attach: Box<Attach>,
-    },
-    /// A management request's configuration change; the reply goes here.
-    Management(super::mgmt::ReplyTo),
-}
-
-/// A publish waiting for its queues' acks.
-pub(super) struct PendingAck {
-    pub(super) conn: u64,
-    pub(super) link: LinkKey,
-    pub(super) delivery_id: u32,
-    /// The client sent it pre-settled: only credit is replenished.
-    pub(super) presettled: bool,
-    pub(super) remaining: u32,
-    pub(super) rejected: Option<ErrorCondition>,
-}
-
-/// A delivery to a client, until the client settles it.
-pub(super) struct OutDelivery {
-    pub(super) link: LinkKey,
-    pub(super) queue: Arc<str>,
-    pub(super) owner: usize,
-    pub(super) position: u64,
-}
-
-pub(super) struct Conn {
-    pub(super) engine: Connection,
-    pub(super) peer: String,
-    pub(super) user: Option<String>,
-    pub(super) container: String,
-    /// The peer's open arrived.
-    pub(super) opened: bool,
-    /// An admin connection (`qpid.ha-admin`) or another broker's link.
-    pub(super) admin: bool,
-    /// A connection the extension opened and drives: its events go there.
-    pub(super) owned: bool,
-    /// Links the extension claimed ([`super::ext`]).
-    pub(super) claimed: HashSet<LinkKey>,
-    pub(super) messages_in: u64,
-    pub(super) messages_out: u64,
-    pub(super) links: HashMap<LinkKey, LinkRole>,
-    /// Unsettled deliveries we sent, by (channel, delivery id).
-    pub(super) out: HashMap<(u16, u32), OutDelivery>,
-    /// Publishes to settle as accepted at the end of this step, by (channel, id).
-    pub(super) accepted: Vec<(u16, u32)>,
-}
-
-impl Conn {
-    pub(super) fn new(engine: Connection, peer: String) -> Conn {
-        Conn {
-            engine,
-            peer,
-            user: None,
-            container: String::new(),
-            opened: false,
-            admin: false,
-            owned: false,
-            claimed: HashSet::new(),
-            messages_in: 0,
-            messages_out: 0,
-            links: HashMap::new(),
-            out: HashMap::new(),
-            accepted: Vec::new(),
-        }
-    }
-}
-
 /// A receiving link that browses (`distribution-mode = copy`).
 fn is_browser(attach: &Attach) -> bool {
     attach
         .source
         .as_ref()
         .is_some_and(|s| s.distribution_mode.as_deref() == Some("copy"))
-}
-
-pub(super) fn not_found(what: &str) -> ErrorCondition {
-    ErrorCondition::new(condition::NOT_FOUND, format!("node '{what}' not found"))
 }
 
 impl Shard {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::conn::{ReplyTo, Waiting};
 use super::{ConfigDone, ConfigOp, Shard, ShardMsg};
 use crate::access::Access;
 use crate::amqp::codec::Value;
@@ -15,43 +16,7 @@ use crate::amqp::performative::{condition, ErrorCondition};
 use crate::attributes;
 use crate::exchange::{headers_key, BindingKey, ExchangeType};
 use crate::management::{attr, status, Request, Response};
-use crate::queue::QueueStats;
-
-/// Where a reply goes.
-#[derive(Debug, Clone)]
-pub struct ReplyTo {
-    address: String,
-    correlation: Option<Value>,
-}
-
-/// Counters an exchange keeps on each shard that routes through it.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ExchangeStats {
-    pub routed: u64,
-    pub dropped: u64,
-}
-
-/// One connection, as management reports it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ConnectionInfo {
-    pub shard: usize,
-    pub id: u64,
-    pub address: String,
-    pub user: Option<String>,
-    pub container: String,
-    pub frames_in: u64,
-    pub frames_out: u64,
-    pub messages_in: u64,
-    pub messages_out: u64,
-}
-
-/// What one shard reports to a statistics gather.
-#[derive(Debug, Clone, Default)]
-pub struct ShardReport {
-    pub queues: Vec<(Arc<str>, QueueStats)>,
-    pub exchanges: Vec<(Arc<str>, ExchangeStats)>,
-    pub connections: Vec<ConnectionInfo>,
-}
+use crate::stats::{ConnectionInfo, ShardReport};
 
 /// What to do once every shard answered.
 pub(super) enum AfterGather {
@@ -318,8 +283,7 @@ impl Shard {
     fn mgmt_config(&mut self, op: ConfigOp, reply: ReplyTo) {
         let req = self.next_req;
         self.next_req += 1;
-        self.requests
-            .insert(req, super::link::Waiting::Management(reply));
+        self.requests.insert(req, Waiting::Management(reply));
         self.send(
             0,
             ShardMsg::ConfigRequest {

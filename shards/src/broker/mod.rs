@@ -9,7 +9,9 @@
 //! - `ext.rs`: the extension seam (change tap, settlement holders, claimed
 //!   links, owned connections, extension messages).
 //! - `policy.rs`: where the access policy is asked.
+//! - `config.rs`: configuration changes as data (requests and applied events).
 //! - `catalogue.rs`: the configuration replica and its single ordering point.
+//! - `conn.rs`: what is kept per connection and link.
 //! - `link.rs`: the connection side: socket events, what each attach means.
 //! - `publish.rs`: routing a client's messages and settling them once stored.
 //! - `consume.rs`: credit, deliveries and settlement for consumers and browsers.
@@ -17,6 +19,8 @@
 mod accept;
 pub mod admission;
 mod catalogue;
+mod config;
+mod conn;
 mod consume;
 pub mod ext;
 mod link;
@@ -36,9 +40,11 @@ use crate::queue::{
     AckTo, ConsumerRef, Delivery, EnqueueOutcome, Queue, QueueSettings, Settlement,
 };
 
-pub use catalogue::{Catalogue, ConfigEvent, ConfigOp};
-use link::{Conn, PendingAck};
-pub use mgmt::{ConnectionInfo, ExchangeStats, ReplyTo, ShardReport};
+pub use crate::stats::{ConnectionInfo, ExchangeStats, ShardReport};
+pub use catalogue::{Catalogue, QueueEntry};
+pub use config::{ConfigEvent, ConfigOp};
+pub use conn::ReplyTo;
+use conn::{Conn, PendingAck, Waiting};
 pub use publish::accept_in_ranges;
 
 /// Settings every shard needs (the daemon maps its configuration onto this).
@@ -167,7 +173,7 @@ pub enum ShardMsg {
     /// manages.
     ExtRequest {
         request: crate::management::Request,
-        reply: mgmt::ReplyTo,
+        reply: ReplyTo,
     },
     /// Between two shards' extensions.
     Ext(ext::ExtMsg),
@@ -205,7 +211,7 @@ pub struct Shard {
     acks: HashMap<u64, PendingAck>,
     next_token: u64,
     /// Requests to shard 0 awaiting their reply, by request id.
-    requests: HashMap<u64, link::Waiting>,
+    requests: HashMap<u64, Waiting>,
     next_req: u64,
     /// Shard 0 only: changes waiting for every shard's confirmation.
     barriers: HashMap<u64, catalogue::Barrier>,
@@ -354,12 +360,17 @@ impl Shard {
                 self.on_shard_msg(msg);
             }
             self.deliver_taps();
+            if !self.outbox[self.id].is_empty() {
+                continue;
+            }
+            self.flush_acks();
+            // The extension writes what the step batched; what it sends this
+            // shard is handled in this step too.
+            self.with_ext(|ext, shard| ext.end_of_step(shard));
             if self.outbox[self.id].is_empty() {
                 break;
             }
         }
-        self.flush_acks();
-        self.with_ext(|ext, shard| ext.end_of_step(shard));
     }
 
     /// The outbox for another shard (the runtime moves it onto the ring).

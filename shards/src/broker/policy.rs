@@ -5,7 +5,7 @@
 
 use bytes::Bytes;
 
-use super::link::Dest;
+use super::conn::Dest;
 use super::Shard;
 use crate::access::{Access, Principal};
 use crate::amqp::message;
@@ -48,7 +48,7 @@ impl Shard {
             Dest::Exchange(ex) => &**ex,
             Dest::Management => crate::management::NODE,
             Dest::Anonymous => {
-                to = super::publish::to_address(payload).unwrap_or_default();
+                to = message::to_address(payload).unwrap_or_default();
                 to.as_str()
             }
         };

@@ -6,9 +6,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::link::{not_found, Dest, LinkRole, PendingAck};
+use super::conn::{not_found, Dest, LinkRole, PendingAck};
 use super::{Shard, ShardMsg};
-use crate::amqp::codec::Value;
 use crate::amqp::connection::{Connection, LinkKey};
 use crate::amqp::message;
 use crate::amqp::performative::{condition, DeliveryState, ErrorCondition, Role};
@@ -175,7 +174,7 @@ impl Shard {
     ) -> Result<(), ErrorCondition> {
         let decoded = message::DecodedMessage::decode(payload)
             .map_err(|e| ErrorCondition::new(condition::DECODE_ERROR, format!("message: {e}")))?;
-        let to = to_address(payload).unwrap_or_default();
+        let to = message::to_address(payload).unwrap_or_default();
         let _ = decoded;
         if let Some((name, _)) = self.catalogue.queues.get_key_value(to.as_str()) {
             targets.push(name.clone());
@@ -272,21 +271,5 @@ pub fn accept_in_ranges(engine: &mut Connection, ids: &mut [(u16, u32)]) {
             Some(&DeliveryState::Accepted),
         );
         i += 1;
-    }
-}
-
-/// The `to` field of a message's properties.
-pub(super) fn to_address(payload: &Bytes) -> Option<String> {
-    let map = message::scan(payload).ok()?;
-    let (start, end) = map.properties?;
-    match crate::amqp::codec::Decoder::new(payload.slice(start..end))
-        .value()
-        .ok()?
-    {
-        Value::Described(_, body) => match *body {
-            Value::List(items) => items.get(2).and_then(|v| v.as_str()).map(str::to_owned),
-            _ => None,
-        },
-        _ => None,
     }
 }
