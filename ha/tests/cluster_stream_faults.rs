@@ -13,6 +13,7 @@ use tandem_ha::stream::codec::Event as Replication;
 use tandem_shards::amqp::codec::Value;
 use tandem_shards::amqp::connection::{Event, LinkKey};
 use tandem_shards::amqp::performative::{Attach, Source};
+use tandem_shards::broker::ConfigOp;
 
 const SEED: u64 = 7;
 
@@ -156,7 +157,10 @@ fn a_backup_skips_the_last_events_of_a_queue_the_stream_deleted() {
     let mut f = FakePrimary::new();
     // The owner's last enq may arrive after the delete (another ring on the
     // primary): the queue is gone there too, so nothing is lost by skipping it.
-    f.send(&[Replication::QueueDelete { name: "q".into() }]);
+    f.send(&[Replication::Config(ConfigOp::DeleteQueue {
+        name: "q".into(),
+        if_unused: false,
+    })]);
     let late = f.send(&[Replication::Enqueue {
         queue: "q".into(),
         position: 9,

@@ -51,7 +51,7 @@ pub(super) struct BackupState {
     /// close may still say that the primary dropped us).
     lost_up: Option<u64>,
     /// Bindings waiting for their queue to be declared.
-    stashed_binds: HashMap<String, Vec<Event>>,
+    stashed_binds: HashMap<String, Vec<ConfigOp>>,
     /// `enq` events waiting for their owner to store them, by token.
     applying: HashMap<u64, Applying>,
     /// Queues the stream deleted. Their owners' last events may still follow
@@ -357,7 +357,8 @@ impl Replication {
         event: Event,
     ) -> Result<(), String> {
         match event {
-            Event::Queue { name, settings } | Event::QueueReset { name, settings } => {
+            Event::QueueReset { name, settings }
+            | Event::Config(ConfigOp::ReplaceQueue { name, settings }) => {
                 self.backup.deleted.remove(&name);
                 let reset = shard.catalogue.queues.contains_key(name.as_str());
                 shard.apply_config_now(ConfigOp::ReplaceQueue {
@@ -375,28 +376,17 @@ impl Replication {
                     self.apply_binding(shard, bind);
                 }
             }
-            Event::QueueDelete { name } => {
+            Event::Config(ConfigOp::DeleteQueue { name, .. }) => {
                 self.backup.deleted.insert(name.clone());
                 shard.apply_config_now(ConfigOp::DeleteQueue {
                     name,
                     if_unused: false,
                 });
             }
-            Event::Exchange {
-                name,
-                kind,
-                durable,
-                replicate,
-            } => shard.apply_config_now(ConfigOp::DeclareExchange {
-                name,
-                kind,
-                durable,
-                replicate,
-            }),
-            Event::ExchangeDelete { name } => {
-                shard.apply_config_now(ConfigOp::DeleteExchange { name })
+            Event::Config(bind @ (ConfigOp::Bind { .. } | ConfigOp::Unbind { .. })) => {
+                self.apply_binding(shard, bind)
             }
-            bind @ (Event::Bind { .. } | Event::Unbind { .. }) => self.apply_binding(shard, bind),
+            Event::Config(op) => shard.apply_config_now(op),
             Event::Enqueue {
                 queue,
                 position,
@@ -474,33 +464,16 @@ impl Replication {
         Ok(())
     }
 
-    fn apply_binding(&mut self, shard: &mut Shard, event: Event) {
-        let (exchange, queue, key, bind) = match event {
-            Event::Bind {
-                exchange,
-                queue,
-                key,
-            } => (exchange, queue, key, true),
-            Event::Unbind {
-                exchange,
-                queue,
-                key,
-            } => (exchange, queue, key, false),
-            _ => return,
-        };
-        if bind && !shard.catalogue.queues.contains_key(queue.as_str()) {
-            self.backup
-                .stashed_binds
-                .entry(queue.clone())
-                .or_default()
-                .push(Event::Bind {
-                    exchange,
-                    queue,
-                    key,
-                });
-            return;
+    /// A binding, unless its queue is not declared yet: then it waits for it.
+    fn apply_binding(&mut self, shard: &mut Shard, op: ConfigOp) {
+        if let ConfigOp::Bind { queue, .. } = &op {
+            if !shard.catalogue.queues.contains_key(queue.as_str()) {
+                let queue = queue.clone();
+                self.backup.stashed_binds.entry(queue).or_default().push(op);
+                return;
+            }
         }
-        shard.apply_config_now(ConfigOp::binding(bind, exchange, queue, key));
+        shard.apply_config_now(op);
     }
 
     /// Settles this step's applied deliveries, consecutive ids in one frame.

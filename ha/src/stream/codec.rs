@@ -14,6 +14,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use tandem_shards::amqp::codec::{Decoder, Value};
+use tandem_shards::broker::ConfigOp;
 use tandem_shards::exchange::{BindingKey, ExchangeType};
 use tandem_shards::queue::QueueSettings;
 
@@ -23,36 +24,16 @@ pub const NODE: &str = "$ha.replication";
 /// One replication event.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
-    Queue {
-        name: String,
-        settings: QueueSettings,
-    },
+    /// A configuration change, as the backup applies it through its own
+    /// ordering point: `ReplaceQueue` (a `DeclareQueue` with a name is sent
+    /// the same way), `DeleteQueue`, `DeclareExchange`, `DeleteExchange`,
+    /// `Bind`, `Unbind`. The catalogue's own type, so the stream and the
+    /// catalogue cannot drift apart.
+    Config(ConfigOp),
     /// Declare, and drop any messages the backup held (start of a snapshot).
     QueueReset {
         name: String,
         settings: QueueSettings,
-    },
-    QueueDelete {
-        name: String,
-    },
-    Exchange {
-        name: String,
-        kind: ExchangeType,
-        durable: bool,
-        replicate: Option<String>,
-    },
-    ExchangeDelete {
-        name: String,
-    },
-    Bind {
-        exchange: String,
-        queue: String,
-        key: BindingKey,
-    },
-    Unbind {
-        exchange: String,
-        queue: String,
-        key: BindingKey,
     },
     Enqueue {
         queue: String,
@@ -89,6 +70,49 @@ fn key_value(k: &BindingKey) -> Value {
             m.extend(values.iter().map(|(k, v)| (s(k), v.clone())));
             Value::Map(m)
         }
+    }
+}
+
+/// The wire form of a configuration change.
+fn config_items(op: &ConfigOp) -> Vec<Value> {
+    match op {
+        ConfigOp::ReplaceQueue { name, settings }
+        | ConfigOp::DeclareQueue {
+            name: Some(name),
+            settings,
+            ..
+        } => vec![s("queue"), s(name), settings.attributes()],
+        // A temporary queue is never replicated; an empty name fails to decode.
+        ConfigOp::DeclareQueue { name: None, .. } => vec![s("queue"), s("")],
+        ConfigOp::DeleteQueue { name, .. } => vec![s("queue-delete"), s(name)],
+        ConfigOp::DeclareExchange {
+            name,
+            kind,
+            durable,
+            replicate,
+        } => vec![
+            s("exchange"),
+            s(name),
+            s(kind.as_str()),
+            Value::Map(vec![
+                (s("durable"), Value::Bool(*durable)),
+                (
+                    s("replicate"),
+                    replicate.as_deref().map(s).unwrap_or(Value::Null),
+                ),
+            ]),
+        ],
+        ConfigOp::DeleteExchange { name } => vec![s("exchange-delete"), s(name)],
+        ConfigOp::Bind {
+            exchange,
+            queue,
+            key,
+        } => vec![s("bind"), s(exchange), s(queue), key_value(key)],
+        ConfigOp::Unbind {
+            exchange,
+            queue,
+            key,
+        } => vec![s("unbind"), s(exchange), s(queue), key_value(key)],
     }
 }
 
@@ -148,23 +172,6 @@ impl Encoded {
 }
 
 impl Event {
-    /// `Bind`, or `Unbind` when `bind` is false.
-    pub fn binding(bind: bool, exchange: String, queue: String, key: BindingKey) -> Event {
-        if bind {
-            Event::Bind {
-                exchange,
-                queue,
-                key,
-            }
-        } else {
-            Event::Unbind {
-                exchange,
-                queue,
-                key,
-            }
-        }
-    }
-
     /// The event as a message to send on the replication link.
     pub fn encode(&self) -> Bytes {
         let parts = self.encode_parts();
@@ -189,39 +196,10 @@ impl Event {
             return Encoded::enqueue(queue, *position, message.clone());
         }
         let list = match self {
-            Event::Queue { name, settings } => vec![s("queue"), s(name), settings.attributes()],
+            Event::Config(op) => config_items(op),
             Event::QueueReset { name, settings } => {
                 vec![s("queue-reset"), s(name), settings.attributes()]
             }
-            Event::QueueDelete { name } => vec![s("queue-delete"), s(name)],
-            Event::Exchange {
-                name,
-                kind,
-                durable,
-                replicate,
-            } => vec![
-                s("exchange"),
-                s(name),
-                s(kind.as_str()),
-                Value::Map(vec![
-                    (s("durable"), Value::Bool(*durable)),
-                    (
-                        s("replicate"),
-                        replicate.as_deref().map(s).unwrap_or(Value::Null),
-                    ),
-                ]),
-            ],
-            Event::ExchangeDelete { name } => vec![s("exchange-delete"), s(name)],
-            Event::Bind {
-                exchange,
-                queue,
-                key,
-            } => vec![s("bind"), s(exchange), s(queue), key_value(key)],
-            Event::Unbind {
-                exchange,
-                queue,
-                key,
-            } => vec![s("unbind"), s(exchange), s(queue), key_value(key)],
             Event::Enqueue { .. } => unreachable!("encoded above"),
             Event::Dequeue { queue, positions } => vec![
                 s("deq"),
@@ -296,29 +274,31 @@ impl Event {
 
     fn from_items(items: Vec<Value>) -> Result<Event, String> {
         let text = |i: usize| items.get(i).and_then(Value::as_str).map(str::to_owned);
-        let name = || text(1).ok_or_else(|| "replication event without a name".to_string());
+        let name = || {
+            text(1)
+                .filter(|n| !n.is_empty())
+                .ok_or_else(|| "replication event without a name".to_string())
+        };
         let kind = text(0).ok_or("replication event without a type")?;
         Ok(match kind.as_str() {
             "queue" | "queue-reset" => {
                 let settings = QueueSettings::default()
                     .with_attributes(items.get(2).unwrap_or(&Value::Null))
                     .map_err(|e| format!("queue settings: {e}"))?;
+                let name = name()?;
                 if kind == "queue" {
-                    Event::Queue {
-                        name: name()?,
-                        settings,
-                    }
+                    Event::Config(ConfigOp::ReplaceQueue { name, settings })
                 } else {
-                    Event::QueueReset {
-                        name: name()?,
-                        settings,
-                    }
+                    Event::QueueReset { name, settings }
                 }
             }
-            "queue-delete" => Event::QueueDelete { name: name()? },
+            "queue-delete" => Event::Config(ConfigOp::DeleteQueue {
+                name: name()?,
+                if_unused: false,
+            }),
             "exchange" => {
                 let attrs = items.get(3).cloned().unwrap_or(Value::Null);
-                Event::Exchange {
+                Event::Config(ConfigOp::DeclareExchange {
                     name: name()?,
                     kind: text(2)
                         .as_deref()
@@ -329,14 +309,14 @@ impl Event {
                         .map_get("replicate")
                         .and_then(Value::as_str)
                         .map(str::to_owned),
-                }
+                })
             }
-            "exchange-delete" => Event::ExchangeDelete { name: name()? },
+            "exchange-delete" => Event::Config(ConfigOp::DeleteExchange { name: name()? }),
             "bind" | "unbind" => {
                 let exchange = name()?;
                 let queue = text(2).ok_or("binding event without a queue")?;
                 let key = key_from(items.get(3).unwrap_or(&Value::Null));
-                Event::binding(kind == "bind", exchange, queue, key)
+                Event::Config(ConfigOp::binding(kind == "bind", exchange, queue, key))
             }
             "enq" => Event::Enqueue {
                 queue: name()?,
@@ -391,13 +371,6 @@ impl Event {
     }
 }
 
-/// Whether a queue or exchange is replicated, and how: its own `qpid.replicate`
-/// if given, else the broker's `ha-replicate` default. `none`, `configuration`
-/// (declared on backups, messages not copied) or `all`.
-pub fn level<'a>(own: Option<&'a str>, default: &'a str) -> &'a str {
-    own.unwrap_or(default)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -405,7 +378,7 @@ mod tests {
     #[test]
     fn every_event_round_trips() {
         let events = vec![
-            Event::Queue {
+            Event::Config(ConfigOp::ReplaceQueue {
                 name: "q".into(),
                 settings: QueueSettings {
                     max_count: 5,
@@ -413,29 +386,32 @@ mod tests {
                     replicate: Some("all".into()),
                     ..Default::default()
                 },
-            },
+            }),
             Event::QueueReset {
                 name: "q".into(),
                 settings: QueueSettings::default(),
             },
-            Event::QueueDelete { name: "q".into() },
-            Event::Exchange {
+            Event::Config(ConfigOp::DeleteQueue {
+                name: "q".into(),
+                if_unused: false,
+            }),
+            Event::Config(ConfigOp::DeclareExchange {
                 name: "x".into(),
                 kind: ExchangeType::Topic,
                 durable: true,
                 replicate: Some("configuration".into()),
-            },
-            Event::ExchangeDelete { name: "x".into() },
-            Event::Bind {
+            }),
+            Event::Config(ConfigOp::DeleteExchange { name: "x".into() }),
+            Event::Config(ConfigOp::Bind {
                 exchange: "x".into(),
                 queue: "q".into(),
                 key: BindingKey::Key("a.#".into()),
-            },
-            Event::Unbind {
+            }),
+            Event::Config(ConfigOp::Unbind {
                 exchange: "x".into(),
                 queue: "q".into(),
                 key: BindingKey::All,
-            },
+            }),
             Event::Enqueue {
                 queue: "q".into(),
                 position: 7,
@@ -461,7 +437,10 @@ mod tests {
 
     #[test]
     fn a_delivery_carries_several_events_in_order_and_nothing_else() {
-        let first = Event::QueueDelete { name: "a".into() };
+        let first = Event::Config(ConfigOp::DeleteQueue {
+            name: "a".into(),
+            if_unused: false,
+        });
         let second = Event::Enqueue {
             queue: "q".into(),
             position: 3,

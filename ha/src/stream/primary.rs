@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
-use tandem_shards::broker::{ConfigEvent, Shard};
+use tandem_shards::broker::{ConfigEvent, ConfigOp, Shard};
 
 use super::codec::Event;
 use super::{msg, Level, Msg, Names, ReplicaSink, Replication};
@@ -78,12 +78,12 @@ impl Replication {
         exchanges.sort_by(|a, b| a.name.cmp(&b.name));
         for ex in &exchanges {
             if self.exchange_level(&ex.name, ex.replicate.as_deref()) != Level::None {
-                events.push(Event::Exchange {
+                events.push(Event::Config(ConfigOp::DeclareExchange {
                     name: ex.name.to_string(),
                     kind: ex.kind,
                     durable: ex.durable,
                     replicate: ex.replicate.clone(),
-                });
+                }));
             }
         }
         let mut pending = HashSet::new();
@@ -101,10 +101,10 @@ impl Replication {
                     let queue = name.clone();
                     shard.send_ext(entry.owner, msg(Msg::StartReplica { queue, sink }));
                 }
-                Level::Configuration => events.push(Event::Queue {
+                Level::Configuration => events.push(Event::Config(ConfigOp::ReplaceQueue {
                     name: name.to_string(),
                     settings: entry.settings.clone(),
-                }),
+                })),
                 Level::None => {}
             }
         }
@@ -118,11 +118,11 @@ impl Replication {
                 if queue_replicated
                     && self.exchange_level(&ex.name, ex.replicate.as_deref()) != Level::None
                 {
-                    events.push(Event::Bind {
+                    events.push(Event::Config(ConfigOp::Bind {
                         exchange: ex.name.to_string(),
                         queue: b.queue.to_string(),
                         key: b.key.clone(),
-                    });
+                    }));
                 }
             }
         }
@@ -207,14 +207,15 @@ impl Replication {
                         }
                         None
                     }
-                    Level::Configuration => Some(Event::Queue {
+                    Level::Configuration => Some(ConfigOp::ReplaceQueue {
                         name: name.to_string(),
                         settings: settings.clone(),
                     }),
                     Level::None => None,
                 },
-                ConfigEvent::QueueDeleted { name } => Some(Event::QueueDelete {
+                ConfigEvent::QueueDeleted { name } => Some(ConfigOp::DeleteQueue {
                     name: name.to_string(),
+                    if_unused: false,
                 }),
                 ConfigEvent::ExchangeDeclared {
                     name,
@@ -222,14 +223,14 @@ impl Replication {
                     durable,
                     replicate,
                 } => (self.exchange_level(name, replicate.as_deref()) != Level::None).then(|| {
-                    Event::Exchange {
+                    ConfigOp::DeclareExchange {
                         name: name.to_string(),
                         kind: *kind,
                         durable: *durable,
                         replicate: replicate.clone(),
                     }
                 }),
-                ConfigEvent::ExchangeDeleted { name } => Some(Event::ExchangeDelete {
+                ConfigEvent::ExchangeDeleted { name } => Some(ConfigOp::DeleteExchange {
                     name: name.to_string(),
                 }),
                 ConfigEvent::Bound { exchange, binding }
@@ -248,7 +249,7 @@ impl Replication {
                         .get(&binding.queue)
                         .is_some_and(|e| self.queue_level(&e.settings) != Level::None);
                     (ex_level && q_level).then(|| {
-                        Event::binding(
+                        ConfigOp::binding(
                             matches!(ev, ConfigEvent::Bound { .. }),
                             exchange.to_string(),
                             binding.queue.to_string(),
@@ -257,7 +258,7 @@ impl Replication {
                     })
                 }
             };
-            if let Some(event) = out.as_ref().map(Event::encode_parts) {
+            if let Some(event) = out.map(|op| Event::Config(op).encode_parts()) {
                 for &sink in &sinks {
                     self.out_to(sink, event.clone(), None);
                 }

@@ -616,22 +616,25 @@ impl Cluster {
             self.clients[c].backoff = 1;
             return;
         }
+        let server = self.accept(b, format!("client-{c}"));
+        let client = &mut self.clients[c];
+        client.engine = Some(Connection::client(client_config(None), self.now));
+        client.connects += 1;
+        self.pipes.push(pipe(End::Client(c), server));
+    }
+
+    /// A connection accepted by broker `b`, on the shard `SO_REUSEPORT` picks.
+    fn accept(&mut self, b: usize, peer: String) -> End {
         let shard = self.rng.below(self.shards_per_broker as u64) as usize;
         let now = self.now;
         let s = &mut self.brokers[b].shards[shard];
         s.set_now(now);
-        let conn = s.accept_connection(format!("client-{c}"));
-        let client = &mut self.clients[c];
-        client.engine = Some(Connection::client(client_config(None), now));
-        client.connects += 1;
-        self.pipes.push(pipe(
-            End::Client(c),
-            End::Shard {
-                broker: b,
-                shard,
-                conn,
-            },
-        ));
+        let conn = s.accept_connection(peer);
+        End::Shard {
+            broker: b,
+            shard,
+            conn,
+        }
     }
 
     /// A test-driven peer at `address` (a replication link to that address
@@ -649,26 +652,15 @@ impl Cluster {
     /// A test-driven client engine connected to broker `b`, its open frame
     /// carrying `properties` (another broker's link, say).
     pub fn connect_peer(&mut self, b: usize, properties: Option<Value>) -> usize {
-        let shard = self.rng.below(self.shards_per_broker as u64) as usize;
-        let now = self.now;
-        let s = &mut self.brokers[b].shards[shard];
-        s.set_now(now);
-        let conn = s.accept_connection("peer".into());
+        let server = self.accept(b, "peer".into());
         self.peers.push(Peer {
             address: String::new(),
-            engine: Some(Connection::client(client_config(properties), now)),
+            engine: Some(Connection::client(client_config(properties), self.now)),
             events: Vec::new(),
             closed: false,
         });
         let p = self.peers.len() - 1;
-        self.pipes.push(pipe(
-            End::Peer(p),
-            End::Shard {
-                broker: b,
-                shard,
-                conn,
-            },
-        ));
+        self.pipes.push(pipe(End::Peer(p), server));
         p
     }
 
@@ -798,18 +790,7 @@ impl Cluster {
                 self.peers[p].closed = false;
                 End::Peer(p)
             }
-            (None, Some(t)) => {
-                let shard = self.rng.below(self.shards_per_broker as u64) as usize;
-                let now = self.now;
-                let s = &mut self.brokers[t].shards[shard];
-                s.set_now(now);
-                let conn = s.accept_connection(format!("broker-{b}"));
-                End::Shard {
-                    broker: t,
-                    shard,
-                    conn,
-                }
-            }
+            (None, Some(t)) => self.accept(t, format!("broker-{b}")),
             (None, None) => return,
         };
         self.pipes.push(pipe(backup, other));

@@ -9,7 +9,7 @@ use crate::exchange::{Binding, BindingKey, ExchangeType};
 use crate::queue::QueueSettings;
 
 /// A requested configuration change.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum ConfigOp {
     /// Declare a queue (no-op if it exists); `name: None` generates a temporary
     /// name; `bind` also binds it (private subscription queues).
