@@ -7,6 +7,7 @@
 //! - [`holders`]: settlement holders (a publish settles once every holder released it).
 //! - [`queue`], [`exchange`], [`placement`]: nodes, routing, and which shard owns a queue.
 //! - [`broker`]: one shard's state and logic, without I/O.
+//! - [`transport`]: between a connection's socket and its engine (plain TCP; TLS next).
 //! - [`runtime`]: the thin glommio layer: executors, sockets, rings and doorbells.
 //! - [`stats`]: a read-only view of the running shards' counters for other threads.
 //! - [`client`]: a small blocking AMQP client for tools, tests and (later) HA links.
@@ -25,4 +26,5 @@ pub mod placement;
 pub mod queue;
 pub mod runtime;
 pub mod stats;
+pub mod transport;
 pub mod url;

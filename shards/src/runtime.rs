@@ -24,6 +24,7 @@ use crate::amqp::performative::{condition, ErrorCondition};
 use crate::broker::ext::Extension;
 use crate::broker::{BrokerSettings, Shard, ShardMsg};
 use crate::stats::{StatsHandle, PUBLISH_EVERY};
+use crate::transport::Transport;
 
 /// Messages a ring holds before the sender keeps them in its outbox instead.
 const RING_CAPACITY: usize = 16 * 1024;
@@ -507,25 +508,35 @@ fn serve(rt: &Rc<Runtime>, stream: TcpStream, conn_count: Arc<AtomicUsize>) {
         .peer_addr()
         .map(|a| a.to_string())
         .unwrap_or_default();
-    // The writer gets its own descriptor for the socket so reads and writes can be
-    // in flight at once without a lock.
-    // SAFETY: dup of a valid open socket; the new fd is owned by the new stream.
-    let dup = unsafe { libc::dup(stream.as_raw_fd()) };
-    if dup < 0 {
-        conn_count.fetch_sub(1, Ordering::Relaxed);
-        return;
-    }
-    let write_half = unsafe { TcpStream::from_raw_fd(dup) };
     let id = {
         let mut shard = rt.shard.borrow_mut();
         shard.set_now(Instant::now());
         shard.accept_connection(peer.clone())
     };
     tracing::debug!(shard = rt.id, conn = id, %peer, "accepted");
+    run_connection(rt, id, stream, Transport::Plain, conn_count);
+}
+
+/// Starts the task that carries connection `id` between its socket and its
+/// engine.
+fn run_connection(
+    rt: &Rc<Runtime>,
+    id: u64,
+    stream: TcpStream,
+    transport: Transport,
+    conn_count: Arc<AtomicUsize>,
+) {
     let (wake_tx, wake_rx) = local_channel::new_bounded(1);
     rt.writers.borrow_mut().insert(id, wake_tx);
-    glommio::spawn_local(read_loop(rt.clone(), id, stream)).detach();
-    glommio::spawn_local(write_loop(rt.clone(), id, write_half, wake_rx, conn_count)).detach();
+    glommio::spawn_local(connection_task(
+        rt.clone(),
+        id,
+        stream,
+        transport,
+        wake_rx,
+        conn_count,
+    ))
+    .detach();
 }
 
 /// A connection the extension asked for (a backup's replication link):
@@ -564,14 +575,6 @@ async fn connect_owned(
         }
     };
     let _ = stream.set_nodelay(true);
-    // SAFETY: dup of a valid open socket; the new fd is owned by the new stream.
-    let dup = unsafe { libc::dup(stream.as_raw_fd()) };
-    if dup < 0 {
-        rt.shard.borrow_mut().connection_failed(token);
-        rt.after_step();
-        return;
-    }
-    let write_half = unsafe { TcpStream::from_raw_fd(dup) };
     let opened = {
         let mut shard = rt.shard.borrow_mut();
         shard.set_now(Instant::now());
@@ -581,59 +584,36 @@ async fn connect_owned(
         return;
     };
     conn_count.fetch_add(1, Ordering::Relaxed);
-    let (wake_tx, wake_rx) = local_channel::new_bounded(1);
-    rt.writers.borrow_mut().insert(id, wake_tx);
-    glommio::spawn_local(read_loop(rt.clone(), id, stream)).detach();
-    glommio::spawn_local(write_loop(rt.clone(), id, write_half, wake_rx, conn_count)).detach();
+    run_connection(&rt, id, stream, Transport::Plain, conn_count);
     rt.after_step();
 }
 
-async fn read_loop(rt: Rc<Runtime>, id: u64, mut stream: TcpStream) {
-    let mut buf = BytesMut::with_capacity(64 * 1024);
-    loop {
-        if buf.capacity() - buf.len() < 8 * 1024 {
-            buf.reserve(64 * 1024);
-        }
-        let start = buf.len();
-        let room = buf.capacity() - start;
-        buf.resize(start + room, 0);
-        let n = match stream.read(&mut buf[start..]).await {
-            Ok(n) => n,
-            Err(e) => {
-                // Taken as the end of the connection, but said: a reset and a
-                // clean close are different stories for an operator.
-                tracing::warn!(shard = rt.id, conn = id, "socket read failed: {e}");
-                0
-            }
-        };
-        buf.truncate(start + n);
-        if n == 0 {
-            rt.shard.borrow_mut().conn_eof(id);
-            rt.after_step();
-            break;
-        }
-        rt.shard
-            .borrow_mut()
-            .conn_input(id, &mut buf, Instant::now());
-        rt.after_step();
-        if rt.shard.borrow().conn_closed(id) {
-            break;
-        }
-    }
+/// What woke a connection's task.
+enum Woke {
+    Read(std::io::Result<usize>),
+    Output,
+    Timer,
 }
 
-async fn write_loop(
+/// One connection's task: writes whatever the engine has, then waits for
+/// socket input, new output (a wake-up) or the engine's next timer. A read
+/// cut short by a wake-up loses nothing: glommio reads when the socket is
+/// ready, so unread bytes stay in the kernel.
+async fn connection_task(
     rt: Rc<Runtime>,
     id: u64,
     mut stream: TcpStream,
+    mut transport: Transport,
     wake: LocalReceiver<()>,
     conn_count: Arc<AtomicUsize>,
 ) {
+    let mut buf = BytesMut::with_capacity(64 * 1024);
     let mut closing_since: Option<Instant> = None;
+    let mut at_eof = false;
     loop {
         let out = rt.shard.borrow_mut().conn_output(id);
         if let Some(bytes) = out {
-            if stream.write_all(&bytes).await.is_err() {
+            if stream.write_all(&transport.to_send(bytes)).await.is_err() {
                 break;
             }
             rt.shard.borrow_mut().conn_wrote(id, Instant::now());
@@ -658,16 +638,56 @@ async fn write_loop(
             .map(|d| d.saturating_duration_since(now))
             .unwrap_or(Duration::from_secs(1))
             .clamp(Duration::from_millis(1), Duration::from_secs(1));
-        futures_lite::future::or(
-            async {
+        let raw = transport.read_buffer(&mut buf);
+        if raw.capacity() - raw.len() < 8 * 1024 {
+            raw.reserve(64 * 1024);
+        }
+        let start = raw.len();
+        let room = raw.capacity() - start;
+        raw.resize(start + room, 0);
+        let woke = {
+            let read = async {
+                if at_eof {
+                    std::future::pending::<()>().await;
+                }
+                Woke::Read(stream.read(&mut raw[start..]).await)
+            };
+            let output = async {
                 wake.recv().await;
-            },
-            glommio::timer::sleep(wait),
-        )
-        .await;
+                Woke::Output
+            };
+            let timer = async {
+                glommio::timer::sleep(wait).await;
+                Woke::Timer
+            };
+            futures_lite::future::or(read, futures_lite::future::or(output, timer)).await
+        };
+        let n = match woke {
+            Woke::Read(Ok(n)) => n,
+            Woke::Read(Err(e)) => {
+                // Taken as the end of the connection, but said: a reset and a
+                // clean close are different stories for an operator.
+                tracing::warn!(shard = rt.id, conn = id, "socket read failed: {e}");
+                0
+            }
+            Woke::Output | Woke::Timer => {
+                raw.truncate(start);
+                continue;
+            }
+        };
+        raw.truncate(start + n);
+        if n == 0 {
+            at_eof = true;
+            rt.shard.borrow_mut().conn_eof(id);
+            rt.after_step();
+            continue;
+        }
+        let input = transport.received(&mut buf);
+        rt.shard.borrow_mut().conn_input(id, input, Instant::now());
+        rt.after_step();
     }
     let _ = stream.flush().await;
-    // SAFETY: shutting down our own socket wakes the reader, which then exits.
+    // SAFETY: shutting down our own socket; the peer sees the end at once.
     unsafe {
         libc::shutdown(stream.as_raw_fd(), libc::SHUT_RDWR);
     }
