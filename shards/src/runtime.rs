@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::channels::shared_channel::{self, ConnectedSender, SharedReceiver, SharedSender};
@@ -591,14 +591,48 @@ async fn connect_owned(
 /// What woke a connection's task.
 enum Woke {
     Read(std::io::Result<usize>),
+    Wrote(std::io::Result<usize>),
     Output,
     Timer,
 }
 
-/// One connection's task: writes whatever the engine has, then waits for
-/// socket input, new output (a wake-up) or the engine's next timer. A read
-/// cut short by a wake-up loses nothing: glommio reads when the socket is
-/// ready, so unread bytes stay in the kernel.
+/// A read and a write on one socket at once: whichever the socket allows
+/// first (both register for readiness, so the task wakes for either).
+struct ReadOrWrite<'a> {
+    stream: &'a mut TcpStream,
+    /// `None` once the socket reached end of file.
+    read: Option<&'a mut [u8]>,
+    write: &'a [u8],
+}
+
+impl std::future::Future for ReadOrWrite<'_> {
+    type Output = Woke;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Woke> {
+        use futures_lite::{AsyncRead, AsyncWrite};
+        use std::task::Poll;
+        let this = self.get_mut();
+        if let Some(buf) = this.read.as_deref_mut() {
+            if let Poll::Ready(r) = std::pin::Pin::new(&mut *this.stream).poll_read(cx, buf) {
+                return Poll::Ready(Woke::Read(r));
+            }
+        }
+        match std::pin::Pin::new(&mut *this.stream).poll_write(cx, this.write) {
+            Poll::Ready(r) => Poll::Ready(Woke::Wrote(r)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// One connection's task, both directions on one socket: while output is
+/// being written, socket input is read too (a write and a read race, each
+/// taking what the socket allows); when there is no output it waits for input,
+/// new output (a wake-up) or the engine's next timer. Neither a read nor a
+/// write cut short loses anything: glommio does both when the socket is
+/// ready, so a dropped one did nothing.
 async fn connection_task(
     rt: Rc<Runtime>,
     id: u64,
@@ -610,34 +644,35 @@ async fn connection_task(
     let mut buf = BytesMut::with_capacity(64 * 1024);
     let mut closing_since: Option<Instant> = None;
     let mut at_eof = false;
+    // Output being written, and how much of it is written.
+    let mut sending: Option<(Bytes, usize)> = None;
     loop {
-        let out = rt.shard.borrow_mut().conn_output(id);
-        if let Some(bytes) = out {
-            if stream.write_all(&transport.to_send(bytes)).await.is_err() {
+        if sending.is_none() {
+            let out = rt.shard.borrow_mut().conn_output(id);
+            sending = out.map(|bytes| (transport.to_send(bytes), 0));
+        }
+        let mut wait = Duration::ZERO;
+        if sending.is_none() {
+            if rt.shard.borrow().conn_closed(id) {
                 break;
             }
-            rt.shard.borrow_mut().conn_wrote(id, Instant::now());
-            continue;
-        }
-        if rt.shard.borrow().conn_closed(id) {
-            break;
-        }
-        let now = Instant::now();
-        if rt.shard.borrow().conn_closing(id) {
-            let since = *closing_since.get_or_insert(now);
-            if now.duration_since(since) > CLOSE_GRACE {
-                break;
+            let now = Instant::now();
+            if rt.shard.borrow().conn_closing(id) {
+                let since = *closing_since.get_or_insert(now);
+                if now.duration_since(since) > CLOSE_GRACE {
+                    break;
+                }
             }
+            let deadline = rt.shard.borrow_mut().conn_tick(id, now);
+            rt.after_step();
+            if rt.shard.borrow().conn_has_output(id) {
+                continue; // the tick wrote a heartbeat or a close
+            }
+            wait = deadline
+                .map(|d| d.saturating_duration_since(now))
+                .unwrap_or(Duration::from_secs(1))
+                .clamp(Duration::from_millis(1), Duration::from_secs(1));
         }
-        let deadline = rt.shard.borrow_mut().conn_tick(id, now);
-        rt.after_step();
-        if rt.shard.borrow().conn_has_output(id) {
-            continue; // the tick wrote a heartbeat or a close
-        }
-        let wait = deadline
-            .map(|d| d.saturating_duration_since(now))
-            .unwrap_or(Duration::from_secs(1))
-            .clamp(Duration::from_millis(1), Duration::from_secs(1));
         let raw = transport.read_buffer(&mut buf);
         if raw.capacity() - raw.len() < 8 * 1024 {
             raw.reserve(64 * 1024);
@@ -645,22 +680,32 @@ async fn connection_task(
         let start = raw.len();
         let room = raw.capacity() - start;
         raw.resize(start + room, 0);
-        let woke = {
-            let read = async {
-                if at_eof {
-                    std::future::pending::<()>().await;
+        let woke = match &sending {
+            Some((bytes, off)) => {
+                ReadOrWrite {
+                    stream: &mut stream,
+                    read: (!at_eof).then_some(&mut raw[start..]),
+                    write: &bytes[*off..],
                 }
-                Woke::Read(stream.read(&mut raw[start..]).await)
-            };
-            let output = async {
-                wake.recv().await;
-                Woke::Output
-            };
-            let timer = async {
-                glommio::timer::sleep(wait).await;
-                Woke::Timer
-            };
-            futures_lite::future::or(read, futures_lite::future::or(output, timer)).await
+                .await
+            }
+            None => {
+                let read = async {
+                    if at_eof {
+                        std::future::pending::<()>().await;
+                    }
+                    Woke::Read(stream.read(&mut raw[start..]).await)
+                };
+                let output = async {
+                    wake.recv().await;
+                    Woke::Output
+                };
+                let timer = async {
+                    glommio::timer::sleep(wait).await;
+                    Woke::Timer
+                };
+                futures_lite::future::or(read, futures_lite::future::or(output, timer)).await
+            }
         };
         let n = match woke {
             Woke::Read(Ok(n)) => n,
@@ -669,6 +714,18 @@ async fn connection_task(
                 // clean close are different stories for an operator.
                 tracing::warn!(shard = rt.id, conn = id, "socket read failed: {e}");
                 0
+            }
+            Woke::Wrote(Ok(0)) | Woke::Wrote(Err(_)) => break,
+            Woke::Wrote(Ok(n)) => {
+                raw.truncate(start);
+                if let Some((bytes, off)) = sending.as_mut() {
+                    *off += n;
+                    if *off >= bytes.len() {
+                        sending = None;
+                        rt.shard.borrow_mut().conn_wrote(id, Instant::now());
+                    }
+                }
+                continue;
             }
             Woke::Output | Woke::Timer => {
                 raw.truncate(start);
