@@ -1,5 +1,6 @@
 //! The thin glommio layer: one pinned executor per shard, `SO_REUSEPORT`
-//! listeners, a reader and a writer task per connection, and one bounded `rtrb`
+//! listeners, one task per connection (one socket descriptor, both directions,
+//! through its [`crate::transport::Transport`]), and one bounded `rtrb`
 //! ring per ordered pair of shards with a doorbell (a one-slot glommio shared
 //! channel) so an idle shard sleeps instead of spinning. Everything it does to
 //! broker state goes through [`Shard`]'s methods; nothing here knows AMQP.
@@ -282,7 +283,7 @@ struct Runtime {
     shard: RefCell<Shard>,
     producers: RefCell<Vec<Option<rtrb::Producer<ShardMsg>>>>,
     bells: Vec<Option<ConnectedSender<()>>>,
-    /// Wakes each connection's writer task.
+    /// Wakes each connection's task when it has new output.
     writers: RefCell<HashMap<u64, LocalSender<()>>>,
     /// Some outbox could not go onto a full ring; retry soon.
     overflow: Cell<bool>,
