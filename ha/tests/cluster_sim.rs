@@ -19,15 +19,6 @@ fn all_settled(c: &mut Cluster, publisher: usize, within: Duration) -> bool {
     })
 }
 
-/// Consumes `queue` on broker `b` until every settled message arrived; the
-/// numbers lost.
-fn drain(c: &mut Cluster, queue: &str, b: usize) -> Vec<u64> {
-    let consumer = c.add_client(Kind::Consumer, queue, 0);
-    c.clients[consumer].broker = b;
-    c.run_until(Duration::from_secs(5), |c| c.lost().is_empty());
-    c.lost()
-}
-
 #[test]
 fn first_primary_of_an_all_joining_cluster_then_two_ready_backups() {
     let mut c = running_cluster(1, SEED);
@@ -117,7 +108,7 @@ fn failover_waits_for_the_expected_backup_and_survives_n_minus_one_failures() {
         all_settled(&mut c, p, Duration::from_secs(2)),
         "a primary without backups settles"
     );
-    assert_eq!(drain(&mut c, "q", 2), Vec::<u64>::new(), "settled and lost");
+    assert_eq!(c.drain("q", 2), Vec::<u64>::new(), "settled and lost");
 }
 
 #[test]
@@ -203,7 +194,7 @@ fn a_backup_that_reconnects_catches_up_and_loses_nothing() {
     c.kill(0);
     c.kill(1);
     c.promote(2).expect("2 is ready");
-    assert_eq!(drain(&mut c, "q", 2), Vec::<u64>::new(), "settled and lost");
+    assert_eq!(c.drain("q", 2), Vec::<u64>::new(), "settled and lost");
 }
 
 /// A seeded random schedule of publishes, consumes and primary kills; every

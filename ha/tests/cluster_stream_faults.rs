@@ -228,10 +228,7 @@ fn a_second_link_with_a_backups_id_leaves_the_real_backup_guarded() {
     c.kill(0);
     c.kill(2);
     c.promote(1).expect("1 is ready");
-    let consumer = c.add_client(Kind::Consumer, "q", 0);
-    c.clients[consumer].broker = 1;
-    c.run_until(Duration::from_secs(5), |c| c.lost().is_empty());
-    assert_eq!(c.lost(), Vec::<u64>::new(), "settled and lost");
+    assert_eq!(c.drain("q", 1), Vec::<u64>::new(), "settled and lost");
 }
 
 #[test]
@@ -252,8 +249,5 @@ fn a_backup_the_primary_dropped_is_not_ready_until_it_caught_up_again() {
     c.kill(0);
     c.kill(1);
     c.promote(2).expect("2 is ready again");
-    let consumer = c.add_client(Kind::Consumer, "q", 0);
-    c.clients[consumer].broker = 2;
-    c.run_until(Duration::from_secs(5), |c| c.lost().is_empty());
-    assert_eq!(c.lost(), Vec::<u64>::new(), "settled and lost");
+    assert_eq!(c.drain("q", 2), Vec::<u64>::new(), "settled and lost");
 }

@@ -1087,6 +1087,15 @@ impl Cluster {
             .collect()
     }
 
+    /// Consumes `queue` on broker `b` until every settled message arrived
+    /// (or 5 s of virtual time passed); the numbers lost.
+    pub fn drain(&mut self, queue: &str, b: usize) -> Vec<u64> {
+        let consumer = self.add_client(Kind::Consumer, queue, 0);
+        self.clients[consumer].broker = b;
+        self.run_until(Duration::from_secs(5), |c| c.lost().is_empty());
+        self.lost()
+    }
+
     /// Which broker is primary and active, if exactly one is.
     pub fn active(&mut self) -> Option<usize> {
         let up: Vec<usize> = (0..self.brokers.len())
