@@ -384,6 +384,9 @@ pub struct Cluster {
     pipes: Vec<Pipe>,
     pub rng: Rng,
     pub seed: u64,
+    /// Bytes each pipe carries each way per step ([`BANDWIDTH`] unless a test
+    /// narrows it to make replication lag behind publishing).
+    pub bandwidth: usize,
     restarts: usize,
 }
 
@@ -405,6 +408,7 @@ impl Cluster {
             pipes: Vec::new(),
             rng: Rng::new(seed),
             seed,
+            bandwidth: BANDWIDTH,
             restarts: 0,
         };
         for i in 0..n {
@@ -697,7 +701,7 @@ impl Cluster {
         self.now += STEP;
         let now = self.now;
         for p in &mut self.pipes {
-            p.budget = [BANDWIDTH, BANDWIDTH];
+            p.budget = [self.bandwidth, self.bandwidth];
         }
         for b in 0..self.brokers.len() {
             if self.brokers[b].health != Health::Up {
@@ -1071,20 +1075,20 @@ impl Cluster {
     // -----------------------------------------------------------------------
     // Checks
 
-    /// Every number a publisher had settled that no consumer received.
+    /// Every number a publisher had settled that no consumer of its queue
+    /// received.
     pub fn lost(&self) -> Vec<u64> {
-        let received: BTreeSet<u64> = self
-            .clients
-            .iter()
-            .filter(|c| c.kind == Kind::Consumer)
-            .flat_map(|c| c.received.iter().copied())
-            .collect();
-        self.clients
-            .iter()
-            .filter(|c| c.kind == Kind::Publisher)
-            .flat_map(|c| c.settled.iter().copied())
-            .filter(|n| !received.contains(n))
-            .collect()
+        let mut lost = Vec::new();
+        for p in self.clients.iter().filter(|c| c.kind == Kind::Publisher) {
+            let received: BTreeSet<u64> = self
+                .clients
+                .iter()
+                .filter(|c| c.kind == Kind::Consumer && c.queue == p.queue)
+                .flat_map(|c| c.received.iter().copied())
+                .collect();
+            lost.extend(p.settled.iter().filter(|n| !received.contains(n)));
+        }
+        lost
     }
 
     /// Consumes `queue` on broker `b` until every settled message arrived
