@@ -23,6 +23,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::amqp::performative::{condition, ErrorCondition};
 use crate::broker::ext::Extension;
+use crate::broker::handover::Arrival;
 use crate::broker::{BrokerSettings, Shard, ShardMsg};
 use crate::stats::{StatsHandle, PUBLISH_EVERY};
 use crate::transport::Transport;
@@ -288,12 +289,14 @@ struct Runtime {
     /// Some outbox could not go onto a full ring; retry soon.
     overflow: Cell<bool>,
     dirty: RefCell<Vec<u64>>,
+    /// Connections of the whole broker (`max-connections`).
+    conn_count: Arc<AtomicUsize>,
 }
 
 impl Runtime {
     /// After any change to shard state: process local messages, move outboxes onto
     /// rings (ringing each doorbell once), wake writers with output.
-    fn after_step(&self) {
+    fn after_step(self: &Rc<Self>) {
         let mut shard = self.shard.borrow_mut();
         shard.run_local();
         let mut producers = self.producers.borrow_mut();
@@ -317,6 +320,7 @@ impl Runtime {
                 }
             }
         }
+        let arrivals = shard.take_arrivals();
         let mut dirty = self.dirty.borrow_mut();
         shard.take_dirty(&mut dirty);
         let writers = self.writers.borrow();
@@ -324,6 +328,18 @@ impl Runtime {
             if let Some(w) = writers.get(&id) {
                 let _ = w.try_send(());
             }
+        }
+        drop(writers);
+        drop(dirty);
+        drop(producers);
+        drop(shard);
+        for (id, fd, leftover) in arrivals {
+            // SAFETY: the descriptor was duplicated for this arrival by the
+            // shard that handed the connection over; it is ours alone now.
+            let stream = unsafe { TcpStream::from_raw_fd(fd) };
+            tracing::debug!(shard = self.id, conn = id, "adopted a connection");
+            let conn_count = self.conn_count.clone();
+            run_connection(self, id, stream, Transport::Plain, conn_count, leftover);
         }
     }
 }
@@ -409,6 +425,7 @@ async fn shard_main(
         writers: RefCell::new(HashMap::new()),
         overflow: Cell::new(false),
         dirty: RefCell::new(Vec::new()),
+        conn_count: conn_count.clone(),
     });
     *rt_slot.borrow_mut() = Some(rt.clone());
     drop(rt_ready_tx);
@@ -515,7 +532,14 @@ fn serve(rt: &Rc<Runtime>, stream: TcpStream, conn_count: Arc<AtomicUsize>) {
         shard.accept_connection(peer.clone())
     };
     tracing::debug!(shard = rt.id, conn = id, %peer, "accepted");
-    run_connection(rt, id, stream, Transport::Plain, conn_count);
+    run_connection(
+        rt,
+        id,
+        stream,
+        Transport::Plain,
+        conn_count,
+        BytesMut::new(),
+    );
 }
 
 /// Starts the task that carries connection `id` between its socket and its
@@ -526,6 +550,7 @@ fn run_connection(
     stream: TcpStream,
     transport: Transport,
     conn_count: Arc<AtomicUsize>,
+    unread: BytesMut,
 ) {
     let (wake_tx, wake_rx) = local_channel::new_bounded(1);
     rt.writers.borrow_mut().insert(id, wake_tx);
@@ -536,6 +561,7 @@ fn run_connection(
         transport,
         wake_rx,
         conn_count,
+        unread,
     ))
     .detach();
 }
@@ -585,7 +611,14 @@ async fn connect_owned(
         return;
     };
     conn_count.fetch_add(1, Ordering::Relaxed);
-    run_connection(&rt, id, stream, Transport::Plain, conn_count);
+    run_connection(
+        &rt,
+        id,
+        stream,
+        Transport::Plain,
+        conn_count,
+        BytesMut::new(),
+    );
     rt.after_step();
 }
 
@@ -641,8 +674,11 @@ async fn connection_task(
     mut transport: Transport,
     wake: LocalReceiver<()>,
     conn_count: Arc<AtomicUsize>,
+    unread: BytesMut,
 ) {
-    let mut buf = BytesMut::with_capacity(64 * 1024);
+    // Bytes a previous shard read and the engine has not consumed yet.
+    let mut buf = unread;
+    buf.reserve(64 * 1024);
     let mut closing_since: Option<Instant> = None;
     let mut at_eof = false;
     // Output being written, and how much of it is written.
@@ -742,6 +778,33 @@ async fn connection_task(
         }
         let input = transport.received(&mut buf);
         rt.shard.borrow_mut().conn_input(id, input, Instant::now());
+        let leaving = rt.shard.borrow_mut().take_leaving(id);
+        if let Some((to, handover)) = leaving {
+            // The connection moves to shard `to`: its socket goes along (a
+            // duplicate descriptor; ours closes when the stream drops), and
+            // so do the bytes read but not consumed.
+            rt.writers.borrow_mut().remove(&id);
+            // SAFETY: dup of a valid open socket; the copy belongs to the arrival.
+            let fd = unsafe { libc::dup(stream.as_raw_fd()) };
+            if fd < 0 {
+                tracing::warn!(
+                    shard = rt.id,
+                    conn = id,
+                    "cannot hand the connection over: dup failed"
+                );
+                conn_count.fetch_sub(1, Ordering::Relaxed);
+                rt.after_step();
+                return;
+            }
+            let arrival = Arrival {
+                handover,
+                fd,
+                leftover: std::mem::take(&mut buf),
+            };
+            rt.shard.borrow_mut().send_arrival(to, arrival);
+            rt.after_step();
+            return;
+        }
         rt.after_step();
     }
     let _ = stream.flush().await;

@@ -89,6 +89,13 @@ pub trait Extension {
         false
     }
 
+    /// The shard that serves claimed links, if one does: a connection that
+    /// attaches a claimed address on another shard moves there first
+    /// ([`super::handover`]). `None`: served wherever they arrive.
+    fn home(&self) -> Option<usize> {
+        None
+    }
+
     /// A peer attached a link to a claimed address on connection `conn`: the
     /// extension answers it (`Shard::engine`) now or later.
     fn attach(&mut self, shard: &mut Shard, conn: u64, link: LinkKey, attach: Attach) {}

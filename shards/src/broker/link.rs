@@ -184,7 +184,7 @@ impl Shard {
         }
     }
 
-    fn on_event(&mut self, id: u64, ev: Event) {
+    pub(super) fn on_event(&mut self, id: u64, ev: Event) {
         if self.conns.get(&id).is_some_and(|c| c.owned) {
             if let (Event::Opened(_), Some(c)) = (&ev, self.conns.get_mut(&id)) {
                 c.opened = true;
@@ -331,6 +331,18 @@ impl Shard {
         }
         let address = address.unwrap_or_default();
         if self.claims(&address) {
+            let home = self.ext.as_ref().and_then(|e| e.home());
+            if let Some(home) = home.filter(|h| *h != self.id) {
+                if !self.can_hand_over(id, home) {
+                    let error = ErrorCondition::new(
+                        condition::NOT_ALLOWED,
+                        "attach this link on a connection of its own",
+                    );
+                    return self.refuse(id, link, &attach, error);
+                }
+                self.hand_over(id, home, vec![Event::Attached { link, attach }]);
+                return;
+            }
             self.claim_link(id, link);
             return self.with_ext(move |ext, shard| ext.attach(shard, id, link, attach));
         }

@@ -8,6 +8,7 @@
 //! - `admission.rs`: who may connect (everyone, or admin connections only).
 //! - `ext.rs`: the extension seam (change tap, settlement holders, claimed
 //!   links, owned connections, extension messages).
+//! - `handover.rs`: moving a connection to another shard.
 //! - `policy.rs`: where the access policy is asked.
 //! - `config.rs`: configuration changes as data (requests and applied events).
 //! - `catalogue.rs`: the configuration replica and its single ordering point.
@@ -23,6 +24,7 @@ mod config;
 mod conn;
 mod consume;
 pub mod ext;
+pub mod handover;
 mod link;
 mod mgmt;
 mod policy;
@@ -177,6 +179,8 @@ pub enum ShardMsg {
     },
     /// Between two shards' extensions.
     Ext(ext::ExtMsg),
+    /// A connection handed over by another shard, with its socket.
+    Arrival(Box<handover::Arrival>),
     /// Management: a shard's counters, summed by the asking shard.
     StatsRequest {
         origin: usize,
@@ -246,6 +250,10 @@ pub struct Shard {
     holds: crate::holders::Holds<AckTo>,
     /// Connections the extension asked the runtime to open.
     connects: Vec<(u64, String, Duration)>,
+    /// Connections handed over to another shard, until the runtime sends them.
+    leaving: Vec<(u64, usize, handover::Handover)>,
+    /// Connections adopted from another shard, until the runtime serves them.
+    arrivals: Vec<(u64, i32, bytes::BytesMut)>,
     /// Most message bytes this shard's queues held since memory was last
     /// handed back to the system.
     queued_high: u64,
@@ -290,6 +298,8 @@ impl Shard {
             tapped: HashSet::new(),
             holds: crate::holders::Holds::new(),
             connects: Vec::new(),
+            leaving: Vec::new(),
+            arrivals: Vec::new(),
             queued_high: 0,
         }
     }
@@ -486,6 +496,7 @@ impl Shard {
             ShardMsg::Admission(a) => self.apply_admission(a),
             ShardMsg::ExtRequest { request, reply } => self.on_ext_request(request, reply),
             ShardMsg::Ext(msg) => self.with_ext(move |ext, shard| ext.message(shard, msg)),
+            ShardMsg::Arrival(arrival) => self.adopt(*arrival),
             ShardMsg::StatsRequest { origin, req } => {
                 let report = self.report();
                 self.send(origin, ShardMsg::StatsReply { req, report });
