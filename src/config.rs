@@ -55,6 +55,9 @@ pub struct Config {
     pub interface: String,
     /// Number of shards, one pinned thread each; at least 1.
     pub worker_threads: usize,
+    /// Whether `worker-threads` was given (a cluster broker on a host with 4
+    /// or more CPUs otherwise leaves one CPU to its replication shard).
+    pub worker_threads_given: bool,
     /// Whether clients must authenticate (SASL PLAIN against `users_file`).
     pub auth: bool,
     /// File of `user:password` lines for SASL PLAIN. Only the path: the broker reads it.
@@ -115,6 +118,9 @@ pub struct HaConfig {
     /// `ha-queue-replication`: allow replicating single queues without a cluster.
     /// As in qpidd, `cluster` implies it; this field is only what was configured.
     pub queue_replication: bool,
+    /// `ha-replication-cpu`: the CPU of the replication shard (default: its
+    /// own with 4 or more CPUs and no `worker-threads`, else the last).
+    pub replication_cpu: Option<usize>,
 }
 
 /// What a queue at its size or count limit does with another message.
@@ -187,6 +193,9 @@ impl Config {
                 Some(setting) => setting.value,
                 None => std::thread::available_parallelism().map_or(1, |n| n.get()),
             },
+            worker_threads_given: src
+                .get("worker-threads", |r| value::number::<usize>(r, 1, u64::MAX))?
+                .is_some(),
             auth: src.value("auth", value::boolean)?,
             users_file: src.get("users-file", value::text)?.map(|s| s.value.into()),
             data_dir: src.value("data-dir", value::text)?.into(),
@@ -240,6 +249,9 @@ impl HaConfig {
         let link_maintenance_interval = src.value("link-maintenance-interval", value::duration)?;
         let link_heartbeat_interval = src.value("link-heartbeat-interval", value::duration)?;
         let queue_replication = src.value("ha-queue-replication", value::boolean)?;
+        let replication_cpu = src
+            .get("ha-replication-cpu", |r| value::number(r, 0, 4095))?
+            .map(|s| s.value);
 
         if let Some(cluster) = cluster.as_ref().filter(|c| c.value) {
             if brokers_url.is_none() {
@@ -302,6 +314,7 @@ impl HaConfig {
             link_maintenance_interval,
             link_heartbeat_interval,
             queue_replication,
+            replication_cpu,
         })
     }
 }
@@ -321,6 +334,7 @@ impl fmt::Debug for HaConfig {
             .field("link_maintenance_interval", &self.link_maintenance_interval)
             .field("link_heartbeat_interval", &self.link_heartbeat_interval)
             .field("queue_replication", &self.queue_replication)
+            .field("replication_cpu", &self.replication_cpu)
             .finish()
     }
 }

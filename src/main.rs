@@ -95,18 +95,25 @@ fn run(cfg: &Config) -> Result<(), String> {
     // SAFETY: pthread_sigmask with a valid set.
     unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &signals, std::ptr::null_mut()) };
 
+    let workers = settings.shards;
+    let replication = settings.service_shard.is_some();
     let running = runtime::start(settings, bind, ha).map_err(|e| e.to_string())?;
     tracing::info!(
-        "listening on {} with {} shards, data-dir {}, auth {}",
+        "listening on {} with {} shards{}, data-dir {}, auth {}",
         running.addr,
-        cfg.worker_threads,
+        workers,
+        if replication {
+            " and a replication shard (repl-0)"
+        } else {
+            ""
+        },
         cfg.data_dir.display(),
         if cfg.auth { "yes" } else { "no" }
     );
     // The one stdout line scripts and tests wait for.
     println!(
-        "tandemd listening on amqp://{} ({} shards)",
-        running.addr, cfg.worker_threads
+        "tandemd listening on amqp://{} ({workers} shards)",
+        running.addr
     );
     use std::io::Write;
     let _ = std::io::stdout().flush();
@@ -171,6 +178,14 @@ fn with_ha(
         replicate: cfg.ha.replicate.to_string(),
         self_address: format!("{}:{}", cfg.interface, cfg.port),
     };
+    // The replication shard: its own CPU on hosts with 4 or more, unless the
+    // operator chose the worker count; otherwise it shares the last CPU.
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if !cfg.worker_threads_given && cpus >= 4 {
+        settings.shards = cpus - 1;
+    }
+    settings.service_shard = Some("repl-0".into());
+    settings.service_cpu = cfg.ha.replication_cpu;
     let stream = StreamSettings {
         replicate: cfg.ha.replicate.to_string(),
         username: cfg.ha.username.clone(),
@@ -179,6 +194,7 @@ fn with_ha(
         container_id: settings.container_id.clone(),
         max_frame_size: settings.max_frame_size,
         max_message_size: settings.max_message_size,
+        replication_shard: Some(settings.shards),
     };
     let started = std::time::Instant::now();
     let factory = tandem_ha::stream::extension(stream, move || {

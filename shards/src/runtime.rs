@@ -186,13 +186,19 @@ pub fn start(
             .push(listener_socket(addr).map_err(|source| StartError::Listen { addr, source })?);
     }
 
+    // Every shard: the workers, then the service shard if there is one.
+    let total = n + usize::from(settings.service_shard.is_some());
     // Rings and doorbells for every ordered pair (i -> j).
     type Out = Option<(rtrb::Producer<ShardMsg>, SharedSender<()>)>;
     type In = Option<(rtrb::Consumer<ShardMsg>, SharedReceiver<()>)>;
-    let mut outgoing: Vec<Vec<Out>> = (0..n).map(|_| (0..n).map(|_| None).collect()).collect();
-    let mut incoming: Vec<Vec<In>> = (0..n).map(|_| (0..n).map(|_| None).collect()).collect();
-    for i in 0..n {
-        for j in 0..n {
+    let mut outgoing: Vec<Vec<Out>> = (0..total)
+        .map(|_| (0..total).map(|_| None).collect())
+        .collect();
+    let mut incoming: Vec<Vec<In>> = (0..total)
+        .map(|_| (0..total).map(|_| None).collect())
+        .collect();
+    for i in 0..total {
+        for j in 0..total {
             if i != j {
                 let (p, c) = rtrb::RingBuffer::new(RING_CAPACITY);
                 let (bell_tx, bell_rx) = shared_channel::new_bounded(1);
@@ -207,28 +213,32 @@ pub fn start(
     let conn_count = Arc::new(AtomicUsize::new(0));
     let settings = Arc::new(settings);
     let (ready_tx, ready_rx) = mpsc::channel::<Result<usize, (usize, String)>>();
-    let stats = StatsHandle::new(n);
+    let stats = StatsHandle::new(total);
     let mut handles = Vec::new();
-    for (id, ((listener, out), inc)) in listeners
-        .into_iter()
-        .zip(outgoing)
-        .zip(incoming)
-        .enumerate()
-    {
+    let listeners = listeners.into_iter().map(Some).chain(std::iter::once(None));
+    for (id, ((listener, out), inc)) in listeners.zip(outgoing).zip(incoming).enumerate() {
         let ext = extension.clone();
-        let placement = if n <= cores.len() {
-            Placement::Fixed(cores[id])
-        } else {
-            Placement::Unbound
+        let service = id >= n;
+        let placement = match (service, settings.service_cpu) {
+            (true, Some(cpu)) => Placement::Fixed(cpu),
+            (true, None) => cores
+                .last()
+                .map_or(Placement::Unbound, |c| Placement::Fixed(*c)),
+            (false, _) if n <= cores.len() => Placement::Fixed(cores[id]),
+            (false, _) => Placement::Unbound,
+        };
+        let name = match &settings.service_shard {
+            Some(name) if service => name.clone(),
+            _ => format!("shard-{id}"),
         };
         let settings = settings.clone();
         let stop = stop.clone();
         let ready = ready_tx.clone();
         let conn_count = conn_count.clone();
         let stats = stats.clone();
-        let fd = listener.into_raw_fd();
+        let fd = listener.map(|l| l.into_raw_fd());
         let handle = LocalExecutorBuilder::new(placement)
-            .name(&format!("shard-{id}"))
+            .name(&name)
             .spawn(move || async move {
                 shard_main(
                     id, settings, fd, out, inc, stop, conn_count, ready, ext, stats,
@@ -242,7 +252,7 @@ pub fn start(
         handles.push(handle);
     }
     drop(ready_tx);
-    for _ in 0..n {
+    for _ in 0..total {
         match ready_rx.recv() {
             Ok(Ok(_)) => {}
             Ok(Err((shard, reason))) => return Err(StartError::Shard { shard, reason }),
@@ -348,7 +358,7 @@ impl Runtime {
 async fn shard_main(
     id: usize,
     settings: Arc<BrokerSettings>,
-    listener_fd: i32,
+    listener_fd: Option<i32>,
     outgoing: Vec<Option<(rtrb::Producer<ShardMsg>, SharedSender<()>)>>,
     incoming: Vec<Option<(rtrb::Consumer<ShardMsg>, SharedReceiver<()>)>>,
     stop: Arc<AtomicBool>,
@@ -358,7 +368,8 @@ async fn shard_main(
     stats: StatsHandle,
 ) {
     // SAFETY: the fd is a listening socket we created and handed over.
-    let listener = unsafe { TcpListener::from_raw_fd(listener_fd) };
+    // (The service shard has none: its connections come by handover.)
+    let listener = listener_fd.map(|fd| unsafe { TcpListener::from_raw_fd(fd) });
     // Connecting a shared channel waits for the other side to connect too, so the
     // receiving ends connect in their own tasks before we connect our senders.
     let rt_slot: Rc<RefCell<Option<Rc<Runtime>>>> = Rc::new(RefCell::new(None));
@@ -436,6 +447,9 @@ async fn shard_main(
     let accept_stop = stop.clone();
     let housekeeping_count = conn_count.clone();
     glommio::spawn_local(async move {
+        let Some(listener) = listener else {
+            return;
+        };
         loop {
             let stream = match listener.accept().await {
                 Ok(s) => s,

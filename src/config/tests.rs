@@ -668,3 +668,16 @@ fn a_cluster_refuses_heartbeat_and_maintenance_intervals_below_10ms() {
     let c = loaded(&["--link-heartbeat-interval", "0"]);
     assert_eq!(c.ha.link_heartbeat_interval, Duration::ZERO);
 }
+
+#[test]
+fn the_replication_shards_cpu_is_a_cpu_number() {
+    let c = loaded(&["--ha-replication-cpu", "3"]);
+    assert_eq!(c.ha.replication_cpu, Some(3));
+    assert_eq!(loaded(&[]).ha.replication_cpu, None);
+    assert!(matches!(
+        error(&["--ha-replication-cpu", "last"]),
+        ConfigError::InvalidValue { .. }
+    ));
+    assert!(!loaded(&[]).worker_threads_given);
+    assert!(loaded(&["--worker-threads", "2"]).worker_threads_given);
+}

@@ -60,6 +60,10 @@ pub struct StreamSettings {
     pub container_id: String,
     pub max_frame_size: u32,
     pub max_message_size: usize,
+    /// The replication shard (`repl-0`), if the broker runs one: backups'
+    /// links are handed over to it wherever they arrive, and it writes their
+    /// streams and collects their acknowledgements.
+    pub replication_shard: Option<usize>,
 }
 
 /// Where a backup's replication stream is written: its link on some shard.
@@ -287,6 +291,10 @@ impl Extension for Replication {
 
     fn claims(&self, address: &str) -> bool {
         address == NODE
+    }
+
+    fn home(&self) -> Option<usize> {
+        self.settings.replication_shard
     }
 
     fn attach(&mut self, shard: &mut Shard, conn: u64, link: LinkKey, attach: Attach) {

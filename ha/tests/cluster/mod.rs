@@ -467,6 +467,7 @@ impl Cluster {
             container_id: settings.container_id.clone(),
             max_frame_size: settings.max_frame_size,
             max_message_size: settings.max_message_size,
+            replication_shard: None,
         };
         let roles = std::sync::Mutex::new(Some(role));
         let factory = tandem_ha::stream::extension(stream, move || {

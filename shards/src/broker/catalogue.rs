@@ -331,7 +331,7 @@ impl Shard {
         let temp = self.next_temp;
         let planned = self
             .catalogue
-            .plan(op, self.shards(), || format!("tmp.{}", uuid_like(temp)));
+            .plan(op, self.workers(), || format!("tmp.{}", uuid_like(temp)));
         self.next_temp += 1;
         let (events, done) = match planned {
             Ok(p) => p,

@@ -72,6 +72,18 @@ pub struct BrokerSettings {
     pub open_properties: Vec<(String, crate::amqp::codec::Value)>,
     /// Who may connect, attach, manage and publish ([`crate::access`]).
     pub access: Arc<dyn crate::access::AccessPolicy>,
+    /// One more shard after the `shards` workers, with no listener and no
+    /// queues, for an extension's connections (its home); its thread's name.
+    pub service_shard: Option<String>,
+    /// The CPU the service shard runs on (default: the last one).
+    pub service_cpu: Option<usize>,
+}
+
+impl BrokerSettings {
+    /// The workers and the service shard, if any.
+    pub fn total_shards(&self) -> usize {
+        self.shards + usize::from(self.service_shard.is_some())
+    }
 }
 
 impl Default for BrokerSettings {
@@ -94,6 +106,8 @@ impl Default for BrokerSettings {
             initial_admission: admission::Admission::Open,
             open_properties: Vec::new(),
             access: Arc::new(crate::access::AllowAll),
+            service_shard: None,
+            service_cpu: None,
         }
     }
 }
@@ -265,7 +279,7 @@ const RELEASE_AFTER: u64 = 64 * 1024 * 1024;
 
 impl Shard {
     pub fn new(id: usize, settings: Arc<BrokerSettings>, now: Instant) -> Shard {
-        let shards = settings.shards;
+        let shards = settings.total_shards();
         let initial_admission = settings.initial_admission.clone();
         Shard {
             id,
@@ -320,8 +334,22 @@ impl Shard {
         }
     }
 
+    /// Every shard of the broker: the workers and the service shard, if any.
     pub fn shards(&self) -> usize {
+        self.settings.total_shards()
+    }
+
+    /// The worker shards (they own the queues and accept connections).
+    pub fn workers(&self) -> usize {
         self.settings.shards
+    }
+
+    /// The service shard's id, if the broker has one.
+    pub fn service_shard(&self) -> Option<usize> {
+        self.settings
+            .service_shard
+            .as_ref()
+            .map(|_| self.settings.shards)
     }
 
     pub fn uptime(&self) -> Duration {

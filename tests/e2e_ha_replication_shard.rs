@@ -1,0 +1,65 @@
+//! The replication shard of a real cluster: every broker of an HA cluster runs
+//! an executor of its own for broker-to-broker connections (a thread named
+//! `repl-0`, as `top -H` and `ps -L` show it), and the primary serves its
+//! backups' replication links there, whichever worker the kernel handed each
+//! connection to.
+
+mod common;
+mod ha_cluster;
+
+use std::time::Duration;
+
+use common::{wait_until, Json};
+use ha_cluster::{serial, tool_ok, HaCluster};
+
+/// The names of `pid`'s threads.
+fn threads(pid: u32) -> Vec<String> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
+        .map(|name| name.trim().to_owned())
+        .collect()
+}
+
+#[test]
+fn the_backups_links_are_served_on_the_replication_shard() {
+    let _serial = serial();
+    let cluster = HaCluster::start_with_primary(Some("all"), 0);
+    for i in 0..3 {
+        let names = threads(cluster.pid(i));
+        assert!(
+            names.iter().any(|n| n.starts_with("repl-0")),
+            "broker {i} has no repl-0 thread: {names:?}"
+        );
+    }
+    // The brokers run 2 worker shards here (tests' default), so shard 2 is the
+    // replication shard; both backups' links are there.
+    let mut links = Vec::new();
+    let on_repl = wait_until(Duration::from_secs(10), || {
+        let text = tool_ok(
+            "tandem-stat",
+            &["-b", &cluster.url(0), "--ha-admin", "-c", "--json"],
+        );
+        let rows = Json::parse(&text)
+            .ok()
+            .and_then(|j| j.as_array().map(<[Json]>::to_vec))
+            .unwrap_or_default();
+        links = rows
+            .into_iter()
+            .filter(|c| {
+                c["container-id"]
+                    .as_str()
+                    .is_some_and(|id| id.starts_with("tandemd-"))
+            })
+            .collect();
+        links.len() == 2 && links.iter().all(|c| c["shard"].as_u64() == Some(2))
+    });
+    assert!(
+        on_repl,
+        "the backups' links should both be on shard 2 (repl-0): {links:?}\n{}",
+        cluster.describe()
+    );
+}
