@@ -197,28 +197,65 @@ fn a_backup_that_reconnects_catches_up_and_loses_nothing() {
     assert_eq!(c.drain("q", 2), Vec::<u64>::new(), "settled and lost");
 }
 
-/// A seeded random schedule of publishes, consumes and primary kills; every
-/// settled message must reach a consumer.
-fn failover_under_load(seed: u64) {
-    let mut c = running_cluster(2, seed);
-    // Narrow pipes: replication lags behind publishing, so settlements really
-    // wait for the backups when the primary is killed.
+/// Load for a random schedule: a publisher on each of `queues` (padded
+/// messages, up to `burst` new ones a step) over narrow pipes, so replication
+/// lags behind publishing and settlements really wait for the backups; the
+/// first queue is consumed while the faults happen, the second keeps its
+/// messages through them (so they must be on the backups). The publishers.
+fn load(c: &mut Cluster, queues: [&str; 2], burst: u64) -> Vec<usize> {
     c.bandwidth = 1024;
-    let queues = ["q0", "q1"];
     let mut publishers = Vec::new();
-    for q in queues {
-        let limit = 400 + c.rng.below(400);
+    for (i, q) in queues.into_iter().enumerate() {
+        let limit = 300 + c.rng.below(400);
         let p = c.add_client(Kind::Publisher, q, limit);
-        c.clients[p].per_step = Some(1 + c.rng.below(8));
+        c.clients[p].per_step = Some(1 + c.rng.below(burst));
         c.clients[p].padding = 256;
         publishers.push(p);
-        // One queue is consumed while the faults happen; the other keeps its
-        // messages through them (so they must be on the backups).
-        if q.ends_with('0') {
+        if i == 0 {
             let consumer = c.add_client(Kind::Consumer, q, 0);
             c.clients[consumer].broker = c.rng.below(3) as usize;
         }
     }
+    publishers
+}
+
+/// The end of a random schedule: every publisher finishes, the kept queue is
+/// consumed, and no settled message is missing.
+fn nothing_lost(c: &mut Cluster, seed: u64, publishers: &[usize], kept: &str) {
+    for &p in publishers {
+        assert!(
+            all_settled(c, p, Duration::from_secs(20)),
+            "seed {seed}: publisher {p} stuck: {}, {:?}",
+            c.clients[p].describe(),
+            c.statuses()
+        );
+    }
+    let late = c.add_client(Kind::Consumer, kept, 0);
+    c.clients[late].broker = c.active().unwrap_or(0);
+    let drained = c.run_until(Duration::from_secs(10), |c| c.lost().is_empty());
+    assert!(
+        drained,
+        "seed {seed}: settled messages lost: {:?}",
+        c.lost()
+    );
+}
+
+/// The seeds a random schedule runs: `TANDEM_SIM_SEEDS=1,2,...`, or 1 to 8.
+fn seeds() -> Vec<u64> {
+    match std::env::var("TANDEM_SIM_SEEDS") {
+        Ok(list) => list
+            .split(',')
+            .filter_map(|s| s.trim().parse().ok())
+            .collect(),
+        Err(_) => (1..=8).collect(),
+    }
+}
+
+/// A seeded random schedule of publishes, consumes and primary kills; every
+/// settled message must reach a consumer.
+fn failover_under_load(seed: u64) {
+    let mut c = running_cluster(2, seed);
+    let publishers = load(&mut c, ["q0", "q1"], 8);
     for round in 0..3 {
         let pause = Duration::from_millis(200 + 100 * c.rng.below(10));
         c.run_for(pause);
@@ -252,34 +289,12 @@ fn failover_under_load(seed: u64) {
             c.statuses()
         );
     }
-    for &p in &publishers {
-        assert!(
-            all_settled(&mut c, p, Duration::from_secs(20)),
-            "seed {seed}: publisher {p} stuck: {}, {:?}",
-            c.clients[p].describe(),
-            c.statuses()
-        );
-    }
-    let late = c.add_client(Kind::Consumer, "q1", 0);
-    c.clients[late].broker = c.active().unwrap_or(0);
-    let drained = c.run_until(Duration::from_secs(10), |c| c.lost().is_empty());
-    assert!(
-        drained,
-        "seed {seed}: settled messages lost: {:?}",
-        c.lost()
-    );
+    nothing_lost(&mut c, seed, &publishers, "q1");
 }
 
 #[test]
 fn failover_under_a_seeded_random_schedule_loses_no_settled_message() {
-    let seeds: Vec<u64> = match std::env::var("TANDEM_SIM_SEEDS") {
-        Ok(list) => list
-            .split(',')
-            .filter_map(|s| s.trim().parse().ok())
-            .collect(),
-        Err(_) => (1..=8).collect(),
-    };
-    for seed in seeds {
+    for seed in seeds() {
         failover_under_load(seed);
     }
 }
@@ -305,21 +320,7 @@ fn whole(c: &mut Cluster) -> bool {
 /// settled message must reach a consumer.
 fn faults_under_load(seed: u64) {
     let mut c = running_cluster(2, seed);
-    c.bandwidth = 1024;
-    let mut publishers = Vec::new();
-    for q in ["f0", "f1"] {
-        let limit = 300 + c.rng.below(300);
-        let p = c.add_client(Kind::Publisher, q, limit);
-        c.clients[p].per_step = Some(1 + c.rng.below(4));
-        c.clients[p].padding = 256;
-        publishers.push(p);
-        // One queue is consumed while the faults happen; the other keeps its
-        // messages through them (so they must be on the backups).
-        if q.ends_with('0') {
-            let consumer = c.add_client(Kind::Consumer, q, 0);
-            c.clients[consumer].broker = c.rng.below(3) as usize;
-        }
-    }
+    let publishers = load(&mut c, ["f0", "f1"], 4);
     for round in 0..6 {
         assert!(
             c.run_until(Duration::from_secs(15), whole),
@@ -366,34 +367,12 @@ fn faults_under_load(seed: u64) {
             }
         }
     }
-    for &p in &publishers {
-        assert!(
-            all_settled(&mut c, p, Duration::from_secs(20)),
-            "seed {seed}: publisher {p} stuck: {}, {:?}",
-            c.clients[p].describe(),
-            c.statuses()
-        );
-    }
-    let late = c.add_client(Kind::Consumer, "f1", 0);
-    c.clients[late].broker = c.active().unwrap_or(0);
-    let drained = c.run_until(Duration::from_secs(10), |c| c.lost().is_empty());
-    assert!(
-        drained,
-        "seed {seed}: settled messages lost: {:?}",
-        c.lost()
-    );
+    nothing_lost(&mut c, seed, &publishers, "f1");
 }
 
 #[test]
 fn faults_of_every_kind_under_a_seeded_random_schedule_lose_no_settled_message() {
-    let seeds: Vec<u64> = match std::env::var("TANDEM_SIM_SEEDS") {
-        Ok(list) => list
-            .split(',')
-            .filter_map(|s| s.trim().parse().ok())
-            .collect(),
-        Err(_) => (1..=8).collect(),
-    };
-    for seed in seeds {
+    for seed in seeds() {
         faults_under_load(seed);
     }
 }
