@@ -20,6 +20,22 @@ fn all_settled(c: &mut Cluster, publisher: usize, within: Duration) -> bool {
 }
 
 #[test]
+fn the_primary_serves_its_backups_links_on_its_replication_shard() {
+    // Two workers: a backup's connection lands on either and moves to shard 2.
+    let mut c = running_cluster(2, SEED);
+    let links = |c: &Cluster, shard: usize| c.brokers[0].shards[shard].report().connections.len();
+    assert_eq!(
+        links(&c, 2),
+        2,
+        "both backups' links on the replication shard"
+    );
+    assert_eq!(links(&c, 0) + links(&c, 1), 0, "none left on the workers");
+    // And they carry the stream: a message published now is on both backups.
+    let p = c.add_client(Kind::Publisher, "q", 5);
+    assert!(all_settled(&mut c, p, Duration::from_secs(2)));
+}
+
+#[test]
 fn first_primary_of_an_all_joining_cluster_then_two_ready_backups() {
     let mut c = running_cluster(1, SEED);
     let members = c.members(0);

@@ -432,8 +432,11 @@ impl Cluster {
 
     fn start_broker(&mut self, i: usize) -> Broker {
         let own = self.addresses.get(i).cloned().unwrap_or_else(|| address(i));
+        // As tandemd runs a cluster broker: the workers and the replication
+        // shard, which serves the backups' links (handed over to it).
         let settings = Arc::new(BrokerSettings {
             shards: self.shards_per_broker,
+            service_shard: Some("repl-0".into()),
             container_id: format!("broker-{i}"),
             initial_admission: Admission::AdminOnly {
                 reason: "backup broker (joining), not primary: try another address".into(),
@@ -467,14 +470,14 @@ impl Cluster {
             container_id: settings.container_id.clone(),
             max_frame_size: settings.max_frame_size,
             max_message_size: settings.max_message_size,
-            replication_shard: None,
+            replication_shard: Some(self.shards_per_broker),
         };
         let roles = std::sync::Mutex::new(Some(role));
         let factory = tandem_ha::stream::extension(stream, move || {
             let role = roles.lock().ok().and_then(|mut r| r.take());
             Box::new(role.expect("one role per broker")) as Box<dyn HaHandler>
         });
-        let shards: Vec<Shard> = (0..self.shards_per_broker)
+        let shards: Vec<Shard> = (0..settings.total_shards())
             .map(|s| {
                 let mut shard = Shard::new(s, settings.clone(), self.now);
                 shard.set_extension(factory(s));
@@ -878,7 +881,9 @@ impl Cluster {
         }
     }
 
-    fn input(&mut self, end: End, buf: &mut BytesMut) {
+    /// Feeds `buf` to `end`; the end's new place if its connection moved to
+    /// another shard (a handover), the rest of `buf` going along.
+    fn input(&mut self, end: End, buf: &mut BytesMut) -> Option<End> {
         let now = self.now;
         match end {
             End::Shard {
@@ -887,6 +892,7 @@ impl Cluster {
                 conn,
             } => {
                 self.brokers[broker].shards[shard].conn_input(conn, buf, now);
+                return self.follow_handover(broker, shard, conn, buf);
             }
             End::Client(c) => {
                 let client = &mut self.clients[c];
@@ -912,6 +918,36 @@ impl Cluster {
                 }
             }
         }
+        None
+    }
+
+    /// A connection that left its shard in the step just run is adopted by
+    /// its new shard (through the ring, as the runtime sends it); its new end.
+    fn follow_handover(
+        &mut self,
+        broker: usize,
+        shard: usize,
+        conn: u64,
+        buf: &mut BytesMut,
+    ) -> Option<End> {
+        let (to, handover) = self.brokers[broker].shards[shard].take_leaving(conn)?;
+        let arrival = tandem_shards::broker::handover::Arrival {
+            handover,
+            fd: -1,
+            leftover: std::mem::take(buf),
+        };
+        self.brokers[broker].shards[shard].send_arrival(to, arrival);
+        self.settle_rings();
+        let (conn, _, rest) = self.brokers[broker].shards[to]
+            .take_arrivals()
+            .pop()
+            .expect("the handed-over connection arrived");
+        *buf = rest;
+        Some(End::Shard {
+            broker,
+            shard: to,
+            conn,
+        })
     }
 
     fn move_bytes(&mut self) -> bool {
@@ -939,7 +975,9 @@ impl Cluster {
                     }
                     p.held[side].drain(..taken);
                     if !rx.is_empty() {
-                        self.input(to, &mut rx);
+                        if let Some(moved_to) = self.input(to, &mut rx) {
+                            self.pipes[i].ends[1 - side] = moved_to;
+                        }
                         moved = true;
                     }
                     self.pipes[i].rx[1 - side] = rx;
@@ -1046,7 +1084,7 @@ impl Cluster {
                         for b in held {
                             rx.extend_from_slice(&b);
                         }
-                        self.input(other, &mut rx);
+                        let _ = self.input(other, &mut rx);
                     }
                     self.pipes.swap_remove(i);
                     self.eof(end);
