@@ -191,10 +191,6 @@ fn with_ha(
         username: cfg.ha.username.clone(),
         password: cfg.ha.password.clone(),
         heartbeat: cfg.ha.link_heartbeat_interval,
-        container_id: settings.container_id.clone(),
-        max_frame_size: settings.max_frame_size,
-        max_message_size: settings.max_message_size,
-        replication_shard: Some(settings.shards),
     };
     let started = std::time::Instant::now();
     let factory = tandem_ha::stream::extension(stream, move || {

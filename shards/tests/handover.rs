@@ -27,7 +27,7 @@ impl Extension for ServedOnShardOne {
         address == "moved"
     }
 
-    fn home(&self) -> Option<usize> {
+    fn home(&self, _: &Shard) -> Option<usize> {
         Some(1)
     }
 

@@ -78,11 +78,11 @@ impl Replication {
     pub(super) fn outbound_engine(
         &mut self,
         shard: &mut Shard,
-        _token: u64,
         address: &str,
     ) -> Option<Connection> {
         let who = self.role.as_ref()?.identity();
         let s = &self.settings;
+        let broker = &shard.settings;
         let backup_info = Value::Map(vec![
             (Value::symbol("broker-id"), Value::String(who.broker_id)),
             (Value::symbol("address"), Value::String(who.address)),
@@ -93,8 +93,8 @@ impl Replication {
             .clone()
             .map(|u| (u, s.password.clone().unwrap_or_default()));
         let cfg = ConnectionConfig {
-            container_id: s.container_id.clone(),
-            max_frame_size: s.max_frame_size,
+            container_id: broker.container_id.clone(),
+            max_frame_size: broker.max_frame_size,
             channel_max: 16,
             // The primary must be heard at least every heartbeat; twice that is silence.
             idle_timeout: Some(s.heartbeat * 2),
@@ -102,7 +102,7 @@ impl Replication {
                 Value::symbol("qpid.ha-backup"),
                 backup_info,
             )])),
-            max_message_size: s.max_message_size,
+            max_message_size: broker.max_message_size,
             hostname: Some(address.to_owned()),
             sasl: Sasl::Client {
                 credentials,

@@ -56,14 +56,6 @@ pub struct StreamSettings {
     pub password: Option<String>,
     /// `link-heartbeat-interval`.
     pub heartbeat: Duration,
-    /// The broker's AMQP container id, for the backup's link.
-    pub container_id: String,
-    pub max_frame_size: u32,
-    pub max_message_size: usize,
-    /// The replication shard (`repl-0`), if the broker runs one: backups'
-    /// links are handed over to it wherever they arrive, and it writes their
-    /// streams and collects their acknowledgements.
-    pub replication_shard: Option<usize>,
 }
 
 /// Where a backup's replication stream is written: its link on some shard.
@@ -293,8 +285,9 @@ impl Extension for Replication {
         address == NODE
     }
 
-    fn home(&self) -> Option<usize> {
-        self.settings.replication_shard
+    /// The replication shard serves the backups' links, if the broker has one.
+    fn home(&self, shard: &Shard) -> Option<usize> {
+        shard.service_shard()
     }
 
     fn attach(&mut self, shard: &mut Shard, conn: u64, link: LinkKey, attach: Attach) {
@@ -329,7 +322,8 @@ impl Extension for Replication {
     }
 
     fn connected(&mut self, shard: &mut Shard, token: u64, address: &str) -> Option<Connection> {
-        self.outbound_engine(shard, token, address)
+        let _ = token; // one outbound link at a time: the token is its index
+        self.outbound_engine(shard, address)
     }
 
     fn opened(&mut self, shard: &mut Shard, token: u64, conn: u64) {

@@ -467,10 +467,6 @@ impl Cluster {
             username: None,
             password: None,
             heartbeat: HEARTBEAT,
-            container_id: settings.container_id.clone(),
-            max_frame_size: settings.max_frame_size,
-            max_message_size: settings.max_message_size,
-            replication_shard: Some(self.shards_per_broker),
         };
         let roles = std::sync::Mutex::new(Some(role));
         let factory = tandem_ha::stream::extension(stream, move || {

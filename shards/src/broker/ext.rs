@@ -92,7 +92,7 @@ pub trait Extension {
     /// The shard that serves claimed links, if one does: a connection that
     /// attaches a claimed address on another shard moves there first
     /// ([`super::handover`]). `None`: served wherever they arrive.
-    fn home(&self) -> Option<usize> {
+    fn home(&self, shard: &Shard) -> Option<usize> {
         None
     }
 
@@ -165,11 +165,16 @@ impl Shard {
             return;
         };
         f(ext.as_mut(), self);
-        while let Some(next) = self.deferred.pop_front() {
-            next(ext.as_mut(), self);
-        }
+        self.run_deferred(ext.as_mut());
         self.ext = Some(ext);
         self.deliver_taps();
+    }
+
+    /// The calls made for the extension while it ran, in order.
+    fn run_deferred(&mut self, ext: &mut dyn Extension) {
+        while let Some(next) = self.deferred.pop_front() {
+            next(ext, self);
+        }
     }
 
     /// Delivers buffered tap events, including those they raise.
@@ -184,9 +189,7 @@ impl Shard {
             let mut taps = std::mem::take(&mut self.taps);
             for tap in taps.drain(..) {
                 ext.tap(self, tap);
-                while let Some(next) = self.deferred.pop_front() {
-                    next(ext.as_mut(), self);
-                }
+                self.run_deferred(ext.as_mut());
             }
             if self.taps.is_empty() {
                 self.taps = taps;

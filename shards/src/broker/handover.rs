@@ -91,7 +91,6 @@ impl Shard {
             fd,
             leftover,
         } = arrival;
-        debug_assert!(self.conns.len() < usize::MAX);
         let mut leftover = leftover;
         let id = self.add_connection(handover.engine, handover.peer);
         if let Some(c) = self.conns.get_mut(&id) {

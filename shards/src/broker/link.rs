@@ -331,7 +331,7 @@ impl Shard {
         }
         let address = address.unwrap_or_default();
         if self.claims(&address) {
-            let home = self.ext.as_ref().and_then(|e| e.home());
+            let home = self.ext.as_ref().and_then(|e| e.home(self));
             if let Some(home) = home.filter(|h| *h != self.id) {
                 if !self.can_hand_over(id, home) {
                     let error = ErrorCondition::new(

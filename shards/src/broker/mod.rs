@@ -260,6 +260,8 @@ pub struct Shard {
     deferred: VecDeque<ext::Deferred>,
     /// Owned queues whose changes the tap reports.
     tapped: HashSet<Arc<str>>,
+    /// The access policy asks about every message (asked once, not per message).
+    checks_messages: bool,
     /// Publishers' settlements held by the extension's holders.
     holds: crate::holders::Holds<AckTo>,
     /// Connections the extension asked the runtime to open.
@@ -281,6 +283,7 @@ impl Shard {
     pub fn new(id: usize, settings: Arc<BrokerSettings>, now: Instant) -> Shard {
         let shards = settings.total_shards();
         let initial_admission = settings.initial_admission.clone();
+        let checks_messages = settings.access.checks_messages();
         Shard {
             id,
             settings,
@@ -310,6 +313,7 @@ impl Shard {
             taps: Vec::new(),
             deferred: VecDeque::new(),
             tapped: HashSet::new(),
+            checks_messages,
             holds: crate::holders::Holds::new(),
             connects: Vec::new(),
             leaving: Vec::new(),
@@ -586,7 +590,7 @@ impl Shard {
     /// A message is stored at `position`: the tap reports it, and its publisher
     /// is settled now or, when holders hold the queue, once they released it.
     fn stored(&mut self, queue: &Arc<str>, position: u64, message: Bytes, ack: Option<AckTo>) {
-        if self.tapped.contains(queue) {
+        if !self.tapped.is_empty() && self.tapped.contains(queue) {
             self.raise(ext::Tap::Stored {
                 queue: queue.clone(),
                 position,
@@ -641,7 +645,7 @@ impl Shard {
                 self.ack(ack);
             }
         }
-        if self.tapped.contains(queue) {
+        if !self.tapped.is_empty() && self.tapped.contains(queue) {
             self.raise(ext::Tap::Dequeued {
                 queue: queue.clone(),
                 positions: gone,

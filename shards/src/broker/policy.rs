@@ -36,7 +36,7 @@ impl Shard {
         dest: &Dest,
         payload: &Bytes,
     ) -> Result<(), ErrorCondition> {
-        if !self.settings.access.checks_messages() {
+        if !self.checks_messages {
             return Ok(());
         }
         let subject = message::scan(payload)
