@@ -41,6 +41,9 @@ pub(super) struct HostState {
     links: HashMap<(u64, LinkKey), HostedLink>,
     /// Links with new events, written at the end of the step.
     to_drain: Vec<(u64, LinkKey)>,
+    /// Acknowledgements gathered this step: the highest position each backup
+    /// settled per queue, sent to the owners in one message each at its end.
+    acks: HashMap<(Arc<str>, MemberId), u64>,
 }
 
 impl Replication {
@@ -170,10 +173,10 @@ impl Replication {
     }
 
     /// The backup settled replication deliveries: acknowledge positions to owners.
-    pub(super) fn on_settled(&mut self, shard: &mut Shard, conn: u64, first: u32, last: u32) {
-        // Acknowledgements are cumulative per queue: one per queue and backup,
-        // for the highest position the range settled.
-        let mut acks: HashMap<(Arc<str>, MemberId), u64> = HashMap::new();
+    pub(super) fn on_settled(&mut self, conn: u64, first: u32, last: u32) {
+        // Acknowledgements are cumulative per queue: one per queue and backup
+        // and step, for the highest position settled.
+        let acks = &mut self.host.acks;
         for ((c, _), hl) in self.host.links.iter_mut() {
             if *c != conn {
                 continue;
@@ -196,16 +199,24 @@ impl Replication {
                 }
             }
         }
-        for ((queue, member), position) in acks {
+    }
+
+    /// Sends this step's acknowledgements, one message per owner.
+    pub(super) fn flush_acks(&mut self, shard: &mut Shard) {
+        if self.host.acks.is_empty() {
+            return;
+        }
+        let mut per_owner: Vec<(usize, Vec<(Arc<str>, MemberId, u64)>)> = Vec::new();
+        for ((queue, member), position) in self.host.acks.drain() {
             let owner = shard.owner_of(&queue);
-            shard.send_ext(
-                owner,
-                msg(Msg::Ack {
-                    queue,
-                    member,
-                    position,
-                }),
-            );
+            let ack = (queue, member, position);
+            match per_owner.iter_mut().find(|(o, _)| *o == owner) {
+                Some((_, acks)) => acks.push(ack),
+                None => per_owner.push((owner, vec![ack])),
+            }
+        }
+        for (owner, acks) in per_owner {
+            shard.send_ext(owner, msg(Msg::Acks { acks }));
         }
     }
 

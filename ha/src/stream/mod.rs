@@ -89,11 +89,10 @@ pub(crate) enum Msg {
         sink: ReplicaSink,
         events: Backlog,
     },
-    /// Link host -> owner: the backup has the queue up to this position.
-    Ack {
-        queue: Arc<str>,
-        member: MemberId,
-        position: u64,
+    /// Link host -> owner: each backup has each queue up to the position
+    /// (one step's settlements).
+    Acks {
+        acks: Vec<(Arc<str>, MemberId, u64)>,
     },
     /// Shard 0 -> all: settlements wait for this backup from now on.
     GuardMember {
@@ -301,7 +300,7 @@ impl Extension for Replication {
                     && disposition.settled =>
             {
                 let last = disposition.last.unwrap_or(disposition.first);
-                self.on_settled(shard, conn, disposition.first, last);
+                self.on_settled(conn, disposition.first, last);
             }
             EngineEvent::Credit { link, .. } => self.drain_link(shard, conn, *link),
             EngineEvent::Detached { link, .. } => self.link_gone(shard, conn, *link),
@@ -343,11 +342,11 @@ impl Extension for Replication {
             Msg::StartReplica { queue, sink } => self.start_replica(shard, queue, sink),
             Msg::QueueCaughtUp { member, queue } => self.queue_caught_up(shard, member, queue),
             Msg::Out { sink, events } => self.out(sink, events),
-            Msg::Ack {
-                queue,
-                member,
-                position,
-            } => self.acked(shard, queue, member, position),
+            Msg::Acks { acks } => {
+                for (queue, member, position) in acks {
+                    self.acked(shard, queue, member, position);
+                }
+            }
             Msg::GuardMember { member } => self.guard_member(shard, member),
             Msg::DropMember { member } => self.drop_member(shard, member),
             Msg::BackupAttached { sink, who } => self.backup_attached(shard, sink, who),
@@ -420,6 +419,7 @@ impl Extension for Replication {
     fn end_of_step(&mut self, shard: &mut Shard) {
         self.flush_out(shard);
         self.flush_links(shard);
+        self.flush_acks(shard);
         self.flush_settles(shard);
     }
 }
