@@ -1,8 +1,8 @@
 //! The replication shard of a real cluster: every broker of an HA cluster runs
 //! an executor of its own for broker-to-broker connections (a thread named
-//! `repl-0`, as `top -H` and `ps -L` show it), and the primary serves its
+//! `repl-0`, as `top -H` and `ps -L` show it); the primary serves its
 //! backups' replication links there, whichever worker the kernel handed each
-//! connection to.
+//! connection to, and each backup runs its own link there.
 
 mod common;
 mod ha_cluster;
@@ -36,30 +36,38 @@ fn the_backups_links_are_served_on_the_replication_shard() {
         );
     }
     // The brokers run 2 worker shards here (tests' default), so shard 2 is the
-    // replication shard; both backups' links are there.
-    let mut links = Vec::new();
-    let on_repl = wait_until(Duration::from_secs(10), || {
-        let text = tool_ok(
-            "tandem-stat",
-            &["-b", &cluster.url(0), "--ha-admin", "-c", "--json"],
+    // replication shard. The primary serves both backups' links there, and
+    // each backup runs its own link to the primary there.
+    for (i, expected) in [(0, 2), (1, 1), (2, 1)] {
+        let mut links = Vec::new();
+        let on_repl = wait_until(Duration::from_secs(10), || {
+            links = broker_links(&cluster, i);
+            links.len() == expected && links.iter().all(|c| c["shard"].as_u64() == Some(2))
+        });
+        assert!(
+            on_repl,
+            "broker {i}: its {expected} broker-to-broker links should be on shard 2 (repl-0): \
+             {links:?}\n{}",
+            cluster.describe()
         );
-        let rows = Json::parse(&text)
-            .ok()
-            .and_then(|j| j.as_array().map(<[Json]>::to_vec))
-            .unwrap_or_default();
-        links = rows
-            .into_iter()
-            .filter(|c| {
-                c["container-id"]
-                    .as_str()
-                    .is_some_and(|id| id.starts_with("tandemd-"))
-            })
-            .collect();
-        links.len() == 2 && links.iter().all(|c| c["shard"].as_u64() == Some(2))
-    });
-    assert!(
-        on_repl,
-        "the backups' links should both be on shard 2 (repl-0): {links:?}\n{}",
-        cluster.describe()
+    }
+}
+
+/// Broker `i`'s connections to and from other brokers (their container ids).
+fn broker_links(cluster: &HaCluster, i: usize) -> Vec<Json> {
+    let text = tool_ok(
+        "tandem-stat",
+        &["-b", &cluster.url(i), "--ha-admin", "-c", "--json"],
     );
+    let rows = Json::parse(&text)
+        .ok()
+        .and_then(|j| j.as_array().map(<[Json]>::to_vec))
+        .unwrap_or_default();
+    rows.into_iter()
+        .filter(|c| {
+            c["container-id"]
+                .as_str()
+                .is_some_and(|id| id.starts_with("tandemd-"))
+        })
+        .collect()
 }

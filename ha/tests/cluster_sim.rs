@@ -20,16 +20,30 @@ fn all_settled(c: &mut Cluster, publisher: usize, within: Duration) -> bool {
 }
 
 #[test]
-fn the_primary_serves_its_backups_links_on_its_replication_shard() {
+fn broker_to_broker_links_run_on_the_replication_shards() {
     // Two workers: a backup's connection lands on either and moves to shard 2.
     let mut c = running_cluster(2, SEED);
-    let links = |c: &Cluster, shard: usize| c.brokers[0].shards[shard].report().connections.len();
+    let links = |c: &Cluster, broker: usize, shard: usize| {
+        c.brokers[broker].shards[shard].report().connections.len()
+    };
     assert_eq!(
-        links(&c, 2),
+        links(&c, 0, 2),
         2,
-        "both backups' links on the replication shard"
+        "both backups' links on the primary's replication shard"
     );
-    assert_eq!(links(&c, 0) + links(&c, 1), 0, "none left on the workers");
+    assert_eq!(
+        links(&c, 0, 0) + links(&c, 0, 1),
+        0,
+        "none left on the workers"
+    );
+    for backup in [1, 2] {
+        assert_eq!(
+            links(&c, backup, 2),
+            1,
+            "broker {backup}'s own link on its replication shard"
+        );
+        assert_eq!(links(&c, backup, 0) + links(&c, backup, 1), 0);
+    }
     // And they carry the stream: a message published now is on both backups.
     let p = c.add_client(Kind::Publisher, "q", 5);
     assert!(all_settled(&mut c, p, Duration::from_secs(2)));

@@ -14,6 +14,7 @@ use tandem_shards::amqp::codec::Value;
 use tandem_shards::amqp::connection::{Event, LinkKey};
 use tandem_shards::amqp::performative::{Attach, Source};
 use tandem_shards::broker::ConfigOp;
+use tandem_shards::exchange::BindingKey;
 
 const SEED: u64 = 7;
 
@@ -250,4 +251,90 @@ fn a_backup_the_primary_dropped_is_not_ready_until_it_caught_up_again() {
     c.kill(1);
     c.promote(2).expect("2 is ready again");
     assert_eq!(c.drain("q", 2), Vec::<u64>::new(), "settled and lost");
+}
+
+#[test]
+fn a_backup_applies_a_delivery_across_owners_and_configuration_in_order() {
+    let mut f = FakePrimary::new();
+    let message = |text: &[u8]| {
+        let mut m = BytesMut::from(&b"\x00\x53\x77\xa1"[..]);
+        m.extend_from_slice(&[text.len() as u8]);
+        m.extend_from_slice(text);
+        m.freeze()
+    };
+    // Queues on both owners of broker 1.
+    let names = ["a", "b", "c", "d", "e", "f"];
+    let declare: Vec<Replication> = names
+        .iter()
+        .map(|n| Replication::QueueReset {
+            name: n.to_string(),
+            settings: Default::default(),
+        })
+        .collect();
+    let id = f.send(&declare);
+    assert!(f.settled(id));
+    // Each delivery: a queue's old copy's last message, the queue deleted and
+    // declared anew (the change travels from shard 0 on other rings than the
+    // messages, so the stream must wait for the owner before it), a binding
+    // that waits for its queue, and the new copy's first message.
+    for round in 2..12u64 {
+        let mut events = Vec::new();
+        for n in names {
+            events.extend([
+                Replication::Enqueue {
+                    queue: n.into(),
+                    position: 2,
+                    message: message(b"old"),
+                },
+                Replication::Config(ConfigOp::DeleteQueue {
+                    name: n.into(),
+                    if_unused: false,
+                }),
+                Replication::Config(ConfigOp::Bind {
+                    exchange: "amq.direct".into(),
+                    queue: n.into(),
+                    key: BindingKey::Key(format!("k{round}")),
+                }),
+                Replication::QueueReset {
+                    name: n.into(),
+                    settings: Default::default(),
+                },
+                Replication::Enqueue {
+                    queue: n.into(),
+                    position: 1,
+                    message: message(format!("new{round}").as_bytes()),
+                },
+            ]);
+        }
+        let id = f.send(&events);
+        assert!(f.settled(id), "round {round}: applied whole and settled");
+        assert_eq!(f.c.status(1), "ready", "round {round}: nothing diverged");
+        for n in names {
+            let held: Vec<(u64, Bytes)> = f.c.brokers[1]
+                .shards
+                .iter()
+                .filter_map(|s| s.queue(n).map(|q| q.snapshot()))
+                .flatten()
+                .collect();
+            let new = message(format!("new{round}").as_bytes());
+            assert_eq!(
+                held,
+                vec![(1, new)],
+                "round {round}, queue {n}: only the new copy"
+            );
+            let bound = f.c.brokers[1].shards[0]
+                .catalogue
+                .exchanges
+                .get("amq.direct")
+                .is_some_and(|x| {
+                    x.bindings
+                        .iter()
+                        .any(|b| &*b.queue == n && b.key == BindingKey::Key(format!("k{round}")))
+                });
+            assert!(
+                bound,
+                "round {round}: the binding waited for {n} and was applied"
+            );
+        }
+    }
 }

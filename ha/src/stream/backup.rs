@@ -1,13 +1,19 @@
-//! A backup's shard 0: the outbound replication link to the primary, and
-//! applying the stream. Configuration goes through the shard's own ordering
-//! point at once (so later events find it); each `enq` goes to its queue's
-//! owner, which stores it at the primary's position; a delivery is settled
-//! once every `enq` in it is stored. A delivery that cannot be applied whole is
-//! never settled: the link is dropped and the HA role told (`Diverged`), so the
-//! backup stops being `ready` and starts over from a full reset.
+//! A backup's side of the stream, on its replication shard (shard 0 when the
+//! broker has none): the outbound replication link to the primary, and
+//! applying the stream in order. The HA role on shard 0 opens and closes the
+//! link ([`super::Msg::Connect`]) and hears what happened on it
+//! ([`super::Msg::ToRole`]). Configuration goes to shard 0, the ordering
+//! point, and the stream waits until every shard applied it (and, before it,
+//! until the owners handled what was sent to them, which travels on other
+//! rings). Each `enq` goes to its queue's owner, which stores it at the
+//! primary's position; a delivery is settled once all of it is applied. A
+//! delivery that cannot be applied whole is never settled: the link is
+//! dropped and the HA role told (`Diverged`), so the backup stops being
+//! `ready` and starts over from a full reset.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use tandem_shards::amqp::codec::Value;
@@ -15,12 +21,12 @@ use tandem_shards::amqp::connection::{
     Connection, ConnectionConfig, Event as EngineEvent, LinkKey, Sasl,
 };
 use tandem_shards::amqp::performative::{condition, Attach, ErrorCondition, Source};
-use tandem_shards::broker::{accept_in_ranges, ConfigOp, Shard};
+use tandem_shards::broker::{accept_in_ranges, ConfigDone, ConfigOp, Shard};
 use tandem_shards::exchange::BUILT_IN;
 
 use super::codec::Event;
-use super::{dropped_by_primary_said, msg, Msg, Replication, ToStore, NODE};
-use crate::role::LinkEvent;
+use super::{dropped_by_primary_said, msg, push_for, Msg, Replication, ToStore, NODE};
+use crate::role::{BackupIdentity, LinkEvent};
 
 /// Credit a backup grants its link, topped up at half.
 const LINK_CREDIT: u32 = 1000;
@@ -44,9 +50,49 @@ struct Applying {
     position: u64,
 }
 
+/// A delivery of the stream being applied: the events not applied yet.
+struct Incoming {
+    delivery: (u16, u32),
+    events: VecDeque<Event>,
+}
+
+/// What applying the stream waits for.
+enum Wait {
+    /// Shard 0 applying a configuration change on every shard; then `then`.
+    Config { req: u64, then: AfterConfig },
+    /// Owners confirming that they handled what was sent to them (`left`
+    /// answers to go), before a configuration change may overtake it.
+    Fence { left: usize },
+}
+
+/// What follows an applied configuration change.
+enum AfterConfig {
+    Nothing,
+    /// A queue (re)declared by the stream: purge what an older copy held, and
+    /// apply the bindings that waited for it.
+    Declared {
+        name: String,
+        purge: bool,
+    },
+}
+
 #[derive(Default)]
 pub(super) struct BackupState {
     outbound: Option<Outbound>,
+    /// Who we say we are, from the HA role's last `Connect`.
+    who: Option<BackupIdentity>,
+    /// The role's link generation: events for the role carry it, so the
+    /// role ignores those of a link it already replaced or closed.
+    generation: u64,
+    /// Events for the role raised this step, sent at its end in order.
+    to_role: Vec<LinkEvent>,
+    /// The primary was heard this step.
+    heard: bool,
+    /// Deliveries received and not applied whole yet, in order.
+    pending: VecDeque<Incoming>,
+    waiting: Option<Wait>,
+    /// Owners sent an `enq`, `deq` or purge since the last fence.
+    touched: Vec<usize>,
     /// The connection of the last link that was up when it was lost (its
     /// close may still say that the primary dropped us).
     lost_up: Option<u64>,
@@ -80,7 +126,7 @@ impl Replication {
         shard: &mut Shard,
         address: &str,
     ) -> Option<Connection> {
-        let who = self.role.as_ref()?.identity();
+        let who = self.backup.who.clone()?;
         let s = &self.settings;
         let broker = &shard.settings;
         let backup_info = Value::Map(vec![
@@ -133,13 +179,55 @@ impl Replication {
     }
 
     /// Connecting to `brokers[token]` failed outright.
-    pub(super) fn outbound_failed(&mut self, shard: &mut Shard, token: u64) {
+    pub(super) fn outbound_failed(&mut self, token: u64) {
         let index = token as usize;
-        self.link_event_to_role(shard, LinkEvent::Failed { index });
+        self.tell_role(LinkEvent::Failed { index });
+    }
+
+    /// Tells the HA role of a link event (at the end of the step).
+    fn tell_role(&mut self, event: LinkEvent) {
+        self.backup.to_role.push(event);
+    }
+
+    /// Bytes came from the primary.
+    pub(super) fn primary_heard(&mut self) {
+        self.backup.heard = true;
+    }
+
+    /// Sends the HA role this step's link events, tagged with the link
+    /// generation they belong to.
+    pub(super) fn flush_to_role(&mut self, shard: &mut Shard) {
+        if std::mem::take(&mut self.backup.heard) {
+            self.backup.to_role.push(LinkEvent::PrimaryHeard);
+        }
+        if self.backup.to_role.is_empty() {
+            return;
+        }
+        let events = std::mem::take(&mut self.backup.to_role);
+        let generation = self.backup.generation;
+        shard.send_ext(0, msg(Msg::ToRole { generation, events }));
+    }
+
+    /// The HA role opens our replication link to `brokers[index]` (link
+    /// generation `generation`), saying we are `who`.
+    pub(super) fn connect(
+        &mut self,
+        shard: &mut Shard,
+        index: usize,
+        address: String,
+        who: BackupIdentity,
+        generation: u64,
+    ) {
+        self.backup.who = Some(who);
+        self.backup.generation = generation;
+        let timeout = self.settings.heartbeat.max(Duration::from_secs(1));
+        shard.request_connection(index as u64, address, timeout);
     }
 
     /// The HA role closes our replication link (promoted, or primary silent).
-    pub(super) fn disconnect(&mut self, shard: &mut Shard) {
+    pub(super) fn disconnect(&mut self, shard: &mut Shard, generation: u64) {
+        self.backup.generation = generation;
+        self.forget_stream();
         if let Some(out) = self.backup.outbound.take() {
             shard.conn_close(
                 out.conn,
@@ -180,7 +268,7 @@ impl Replication {
                 if dropped && self.backup.lost_up == Some(conn) {
                     self.backup.lost_up = None;
                     tracing::warn!("HA: the primary dropped us: not ready until caught up again");
-                    self.link_event_to_role(shard, LinkEvent::Diverged);
+                    self.tell_role(LinkEvent::Diverged);
                 }
             }
             _ => {}
@@ -189,7 +277,7 @@ impl Replication {
 
     /// The replication connection opened: begin and attach.
     fn outbound_begin(&mut self, shard: &mut Shard, conn: u64) {
-        let Some(who) = self.role.as_ref().map(|r| r.identity()) else {
+        let Some(who) = self.backup.who.clone() else {
             return;
         };
         let Some(out) = self.backup.outbound.as_mut().filter(|o| o.conn == conn) else {
@@ -234,7 +322,7 @@ impl Replication {
             engine.grant_credit(link, LINK_CREDIT, false);
             shard.wrote_to(conn);
         }
-        self.link_event_to_role(shard, LinkEvent::Up { index, epoch });
+        self.tell_role(LinkEvent::Up { index, epoch });
     }
 
     /// Our link was refused; note the peer's status if it said.
@@ -259,9 +347,7 @@ impl Replication {
         let Some(out) = self.backup.outbound.take() else {
             return;
         };
-        self.backup.applying.clear();
-        self.backup.unapplied.clear();
-        self.backup.stashed_binds.clear();
+        self.forget_stream();
         self.backup.lost_up = out.up.then_some(conn);
         let event = match (out.up, out.refused_status) {
             (true, _) => {
@@ -278,11 +364,25 @@ impl Replication {
             conn,
             ErrorCondition::new(condition::CONNECTION_FORCED, "replication link closed"),
         );
-        self.link_event_to_role(shard, event);
+        self.tell_role(event);
     }
 
-    /// Delivery `id` arrived on our replication link: applies its events in
-    /// order; it is settled once every `enq` among them is stored.
+    /// Forgets what the last link delivered and did not apply.
+    fn forget_stream(&mut self) {
+        let b = &mut self.backup;
+        b.applying.clear();
+        b.unapplied.clear();
+        b.stashed_binds.clear();
+        b.pending.clear();
+        b.waiting = None;
+        b.touched.clear();
+        b.to_store.clear();
+        b.to_settle.clear();
+    }
+
+    /// Delivery `id` arrived on our replication link: its events are applied
+    /// in order, after those of earlier deliveries; it is settled once all of
+    /// it is applied.
     fn apply_delivery(&mut self, shard: &mut Shard, channel: u16, id: u32, payload: &Bytes) {
         if self.backup.outbound.as_ref().is_none_or(|o| !o.up) {
             return; // a delivery after the link failed: nothing more is applied
@@ -296,28 +396,137 @@ impl Replication {
         // The delivery itself counts as one unapplied part until all its events
         // were handed on, so an owner that stores at once cannot settle it early.
         *self.backup.unapplied.entry((channel, id)).or_default() += 1;
-        for event in events {
+        self.backup.pending.push_back(Incoming {
+            delivery: (channel, id),
+            events: events.into(),
+        });
+        self.run_stream(shard);
+    }
+
+    /// Applies pending events until the stream must wait or none are left.
+    fn run_stream(&mut self, shard: &mut Shard) {
+        while self.backup.waiting.is_none() {
+            let Some(front) = self.backup.pending.front_mut() else {
+                break;
+            };
+            let delivery = front.delivery;
+            let Some(event) = front.events.pop_front() else {
+                self.backup.pending.pop_front();
+                self.send_to_store(shard);
+                self.part_applied(delivery);
+                continue;
+            };
             // The owners get a delivery's messages in one message each; any
             // other event (a delete, a dequeue) must find them sent.
             if !matches!(event, Event::Enqueue { .. }) {
                 self.send_to_store(shard);
             }
-            if let Err(why) = self.apply_event(shard, channel, id, event) {
-                self.backup.to_store.clear();
+            if changes_configuration(&event) && !self.backup.touched.is_empty() {
+                self.push_front(event);
+                self.fence(shard);
+                break;
+            }
+            if let Err(why) = self.apply_event(shard, delivery, event) {
                 return self.diverged(shard, why);
             }
         }
         self.send_to_store(shard);
-        self.part_applied((channel, id));
         self.top_up_credit(shard);
+    }
+
+    /// Puts an event back at the head of the stream.
+    fn push_front(&mut self, event: Event) {
+        if let Some(front) = self.backup.pending.front_mut() {
+            front.events.push_front(event);
+        }
+    }
+
+    /// Asks every owner sent something since the last fence to confirm it
+    /// handled it: a configuration change travels from shard 0 on other rings
+    /// and must not overtake it.
+    fn fence(&mut self, shard: &mut Shard) {
+        let owners = std::mem::take(&mut self.backup.touched);
+        let origin = shard.id;
+        let generation = self.backup.generation;
+        for &owner in &owners {
+            shard.send_ext(owner, msg(Msg::Fence { origin, generation }));
+        }
+        self.backup.waiting = Some(Wait::Fence { left: owners.len() });
+    }
+
+    /// An owner handled everything sent to it before the fence.
+    pub(super) fn fenced(&mut self, shard: &mut Shard, generation: u64) {
+        if generation != self.backup.generation {
+            return;
+        }
+        if let Some(Wait::Fence { left }) = &mut self.backup.waiting {
+            *left -= 1;
+            if *left == 0 {
+                self.backup.waiting = None;
+                self.run_stream(shard);
+            }
+        }
+    }
+
+    /// Asks shard 0 to apply a change; the stream waits until it is applied
+    /// everywhere.
+    fn configure(&mut self, shard: &mut Shard, op: ConfigOp, then: AfterConfig) {
+        let req = shard.request_config(op);
+        self.backup.waiting = Some(Wait::Config { req, then });
+    }
+
+    /// A change the stream asked for is applied on every shard.
+    pub(super) fn configured(
+        &mut self,
+        shard: &mut Shard,
+        req: u64,
+        result: Result<ConfigDone, ErrorCondition>,
+    ) {
+        let then = match self.backup.waiting.take() {
+            Some(Wait::Config { req: r, then }) if r == req => then,
+            other => {
+                self.backup.waiting = other;
+                return;
+            }
+        };
+        if let Err(e) = result {
+            // As the primary had it applied already, this is a no-op here (a
+            // delete of what a reset already removed).
+            tracing::debug!("HA: replicated configuration change not applied: {e}");
+        }
+        if let AfterConfig::Declared { name, purge } = then {
+            if let Some(entry) = shard.catalogue.queues.get(name.as_str()) {
+                let owner = entry.owner;
+                if purge {
+                    let queue = name.clone().into();
+                    shard.send_ext(owner, msg(Msg::Purge { queue }));
+                    self.touch(owner);
+                }
+            }
+            let binds = self.backup.stashed_binds.remove(&name).unwrap_or_default();
+            for bind in binds.into_iter().rev() {
+                self.push_front(Event::Config(bind));
+            }
+        }
+        self.run_stream(shard);
+    }
+
+    /// `owner` was sent part of the stream.
+    fn touch(&mut self, owner: usize) {
+        if !self.backup.touched.contains(&owner) {
+            self.backup.touched.push(owner);
+        }
     }
 
     /// Hands the owners the messages gathered so far.
     fn send_to_store(&mut self, shard: &mut Shard) {
         let origin = shard.id;
-        for (owner, items) in self.backup.to_store.drain(..) {
+        let mut to_store = std::mem::take(&mut self.backup.to_store);
+        for (owner, items) in to_store.drain(..) {
             shard.send_ext(owner, msg(Msg::Enqueue { items, origin }));
+            self.touch(owner);
         }
+        self.backup.to_store = to_store;
     }
 
     /// An event of the stream could not be applied, so this copy of the
@@ -329,9 +538,8 @@ impl Replication {
         let Some(conn) = self.backup.outbound_conn() else {
             return;
         };
-        self.backup.to_settle.clear();
         self.outbound_lost(shard, conn);
-        self.link_event_to_role(shard, LinkEvent::Diverged);
+        self.tell_role(LinkEvent::Diverged);
     }
 
     /// The queue an `enq` or `deq` event names, with its owner; `Ok(None)` for
@@ -352,41 +560,36 @@ impl Replication {
     fn apply_event(
         &mut self,
         shard: &mut Shard,
-        channel: u16,
-        id: u32,
+        delivery: (u16, u32),
         event: Event,
     ) -> Result<(), String> {
         match event {
             Event::QueueReset { name, settings }
             | Event::Config(ConfigOp::ReplaceQueue { name, settings }) => {
                 self.backup.deleted.remove(&name);
-                let reset = shard.catalogue.queues.contains_key(name.as_str());
-                shard.apply_config_now(ConfigOp::ReplaceQueue {
+                let purge = shard.catalogue.queues.contains_key(name.as_str());
+                let op = ConfigOp::ReplaceQueue {
                     name: name.clone(),
                     settings,
-                });
-                if reset {
-                    if let Some(entry) = shard.catalogue.queues.get(name.as_str()) {
-                        let owner = entry.owner;
-                        let queue = name.clone().into();
-                        shard.send_ext(owner, msg(Msg::Purge { queue }));
-                    }
-                }
-                for bind in self.backup.stashed_binds.remove(&name).unwrap_or_default() {
-                    self.apply_binding(shard, bind);
-                }
+                };
+                self.configure(shard, op, AfterConfig::Declared { name, purge });
             }
             Event::Config(ConfigOp::DeleteQueue { name, .. }) => {
                 self.backup.deleted.insert(name.clone());
-                shard.apply_config_now(ConfigOp::DeleteQueue {
+                let op = ConfigOp::DeleteQueue {
                     name,
                     if_unused: false,
-                });
+                };
+                self.configure(shard, op, AfterConfig::Nothing);
             }
-            Event::Config(bind @ (ConfigOp::Bind { .. } | ConfigOp::Unbind { .. })) => {
-                self.apply_binding(shard, bind)
-            }
-            Event::Config(op) => shard.apply_config_now(op),
+            Event::Config(op) => match bound_queue(&op) {
+                // A binding waits for its queue to be declared.
+                Some(queue) if !shard.catalogue.queues.contains_key(queue) => {
+                    let queue = queue.to_owned();
+                    self.backup.stashed_binds.entry(queue).or_default().push(op);
+                }
+                _ => self.configure(shard, op, AfterConfig::Nothing),
+            },
             Event::Enqueue {
                 queue,
                 position,
@@ -397,22 +600,19 @@ impl Replication {
                     let token = self.backup.next_apply;
                     self.backup.next_apply += 1;
                     let applying = Applying {
-                        delivery: (channel, id),
+                        delivery,
                         queue: name.clone(),
                         position,
                     };
                     self.backup.applying.insert(token, applying);
-                    *self.backup.unapplied.entry((channel, id)).or_default() += 1;
+                    *self.backup.unapplied.entry(delivery).or_default() += 1;
                     let item = ToStore {
                         queue: name,
                         position,
                         message,
                         token,
                     };
-                    match self.backup.to_store.iter_mut().find(|(o, _)| *o == owner) {
-                        Some((_, items)) => items.push(item),
-                        None => self.backup.to_store.push((owner, vec![item])),
-                    }
+                    push_for(&mut self.backup.to_store, owner, item);
                 }
             }
             Event::Dequeue { queue, positions } => {
@@ -420,60 +620,45 @@ impl Replication {
                 let what = || format!("deq of {n} positions");
                 if let Some((queue, owner)) = self.target(shard, &queue, what)? {
                     shard.send_ext(owner, msg(Msg::Dequeue { queue, positions }));
+                    self.touch(owner);
                 }
             }
             Event::Members { epoch, members } => {
-                self.link_event_to_role(shard, LinkEvent::Members { epoch, members });
+                self.tell_role(LinkEvent::Members { epoch, members });
             }
             Event::Inventory { queues, exchanges } => {
-                let stale_queues: Vec<String> = shard
-                    .catalogue
-                    .queues
-                    .iter()
-                    .filter(|(n, e)| {
-                        !e.settings.auto_delete && !queues.iter().any(|q| q.as_str() == &***n)
-                    })
-                    .map(|(n, _)| n.to_string())
-                    .collect();
-                let stale_exchanges: Vec<String> = shard
-                    .catalogue
-                    .exchanges
-                    .keys()
-                    .filter(|n| !BUILT_IN.iter().any(|(b, _)| *b == &***n))
-                    .filter(|n| !exchanges.iter().any(|x| x.as_str() == &***n))
-                    .map(|n| n.to_string())
-                    .collect();
-                for name in stale_queues {
-                    tracing::info!(
-                        "HA: deleting queue '{name}', deleted on the primary while we were away"
-                    );
-                    self.backup.deleted.insert(name.clone());
-                    shard.apply_config_now(ConfigOp::DeleteQueue {
-                        name,
-                        if_unused: false,
-                    });
+                // What the primary no longer has is deleted here, in order,
+                // before the rest of the stream.
+                let mut deletes = Vec::new();
+                for (name, entry) in &shard.catalogue.queues {
+                    if !entry.settings.auto_delete && !queues.iter().any(|q| q.as_str() == &**name)
+                    {
+                        tracing::info!(
+                            "HA: deleting queue '{name}', deleted on the primary while we were away"
+                        );
+                        deletes.push(ConfigOp::DeleteQueue {
+                            name: name.to_string(),
+                            if_unused: false,
+                        });
+                    }
                 }
-                for name in stale_exchanges {
-                    tracing::info!(
-                        "HA: deleting exchange '{name}', deleted on the primary while we were away"
-                    );
-                    shard.apply_config_now(ConfigOp::DeleteExchange { name });
+                for name in shard.catalogue.exchanges.keys() {
+                    let built_in = BUILT_IN.iter().any(|(b, _)| *b == &**name);
+                    if !built_in && !exchanges.iter().any(|x| x.as_str() == &**name) {
+                        tracing::info!(
+                            "HA: deleting exchange '{name}', deleted on the primary while we were away"
+                        );
+                        deletes.push(ConfigOp::DeleteExchange {
+                            name: name.to_string(),
+                        });
+                    }
+                }
+                for op in deletes.into_iter().rev() {
+                    self.push_front(Event::Config(op));
                 }
             }
         }
         Ok(())
-    }
-
-    /// A binding, unless its queue is not declared yet: then it waits for it.
-    fn apply_binding(&mut self, shard: &mut Shard, op: ConfigOp) {
-        if let ConfigOp::Bind { queue, .. } = &op {
-            if !shard.catalogue.queues.contains_key(queue.as_str()) {
-                let queue = queue.clone();
-                self.backup.stashed_binds.entry(queue).or_default().push(op);
-                return;
-            }
-        }
-        shard.apply_config_now(op);
     }
 
     /// Settles this step's applied deliveries, consecutive ids in one frame.
@@ -492,6 +677,11 @@ impl Replication {
         }
         ids.clear();
         self.backup.to_settle = ids;
+    }
+
+    /// Whether our replication link runs here.
+    pub(super) fn is_outbound(&self, conn: u64) -> bool {
+        self.backup.outbound_conn() == Some(conn)
     }
 
     fn top_up_credit(&mut self, shard: &mut Shard) {
@@ -536,5 +726,21 @@ impl Replication {
                 self.backup.to_settle.push(delivery);
             }
         }
+    }
+}
+
+/// Whether applying `event` changes the configuration (through shard 0).
+fn changes_configuration(event: &Event) -> bool {
+    matches!(
+        event,
+        Event::QueueReset { .. } | Event::Config(_) | Event::Inventory { .. }
+    )
+}
+
+/// The queue a binding binds.
+fn bound_queue(op: &ConfigOp) -> Option<&str> {
+    match op {
+        ConfigOp::Bind { queue, .. } => Some(queue),
+        _ => None,
     }
 }

@@ -14,7 +14,7 @@ use tandem_shards::amqp::connection::LinkKey;
 use tandem_shards::amqp::performative::{condition, Attach, ErrorCondition, Role};
 use tandem_shards::broker::Shard;
 
-use super::{msg, Backlog, Msg, ReplicaSink, Replication, Unsettled};
+use super::{msg, push_for, Acks, Backlog, Msg, ReplicaSink, Replication, Unsettled};
 use crate::guard::MemberId;
 use crate::role::BackupIdentity;
 
@@ -206,14 +206,10 @@ impl Replication {
         if self.host.acks.is_empty() {
             return;
         }
-        let mut per_owner: Vec<(usize, Vec<(Arc<str>, MemberId, u64)>)> = Vec::new();
+        let mut per_owner: Vec<(usize, Acks)> = Vec::new();
         for ((queue, member), position) in self.host.acks.drain() {
             let owner = shard.owner_of(&queue);
-            let ack = (queue, member, position);
-            match per_owner.iter_mut().find(|(o, _)| *o == owner) {
-                Some((_, acks)) => acks.push(ack),
-                None => per_owner.push((owner, vec![ack])),
-            }
+            push_for(&mut per_owner, owner, (queue, member, position));
         }
         for (owner, acks) in per_owner {
             shard.send_ext(owner, msg(Msg::Acks { acks }));

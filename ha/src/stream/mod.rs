@@ -13,9 +13,11 @@
 //! - `link_host.rs`, on the shard that accepted a backup's `$ha.replication`
 //!   link: writes the events owners send it within the backup's credit, in
 //!   batches, and turns settled deliveries into acks for the owners;
-//! - `backup.rs`, on a backup's shard 0: the outbound link, applying the
-//!   stream (configuration through the shard's ordering point, messages at the
-//!   primary's positions on their owners), settling only what was applied.
+//! - `backup.rs`, on a backup's replication shard: the outbound link, applying
+//!   the stream in order (configuration through shard 0, the ordering point,
+//!   messages at the primary's positions on their owners), settling only what
+//!   was applied; the HA role on shard 0 opens and closes the link and hears
+//!   its events.
 //!
 //! Shard 0 also holds the broker's HA role ([`crate::broker::HaBroker`]) and
 //! answers the `ha-broker` management entity.
@@ -33,7 +35,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tandem_shards::amqp::codec::Value;
 use tandem_shards::amqp::connection::{Connection, Event as EngineEvent, LinkKey};
-use tandem_shards::amqp::performative::Attach;
+use tandem_shards::amqp::performative::{Attach, ErrorCondition};
 use tandem_shards::broker::ext::{ExtMsg, Extension, Tap};
 use tandem_shards::broker::Shard;
 use tandem_shards::exchange::BUILT_IN;
@@ -92,7 +94,7 @@ pub(crate) enum Msg {
     /// Link host -> owner: each backup has each queue up to the position
     /// (one step's settlements).
     Acks {
-        acks: Vec<(Arc<str>, MemberId, u64)>,
+        acks: Acks,
     },
     /// Shard 0 -> all: settlements wait for this backup from now on.
     GuardMember {
@@ -147,6 +149,32 @@ pub(crate) enum Msg {
     Purge {
         queue: Arc<str>,
     },
+    /// Backup's stream -> owner: answer `Fenced` once what came before is handled.
+    Fence {
+        origin: usize,
+        generation: u64,
+    },
+    Fenced {
+        generation: u64,
+    },
+    /// Shard 0 (the HA role) -> the backup's stream: open the replication link
+    /// (link generation `generation`).
+    Connect {
+        index: usize,
+        address: String,
+        who: BackupIdentity,
+        generation: u64,
+    },
+    /// Shard 0 -> the backup's stream: close the replication link.
+    Disconnect {
+        generation: u64,
+    },
+    /// The backup's stream -> shard 0: what happened on the link of
+    /// `generation`, in order.
+    ToRole {
+        generation: u64,
+        events: Vec<crate::role::LinkEvent>,
+    },
 }
 
 /// One replicated message for its owner to store.
@@ -189,6 +217,9 @@ pub struct Replication {
     outgoing: Vec<(ReplicaSink, Backlog)>,
     /// Shard 0: the broker's HA role.
     role: Option<Box<dyn HaHandler>>,
+    /// Shard 0: the generation of the role's replication link (bumped by every
+    /// connect and disconnect).
+    link_generation: u64,
     owner: owner::OwnerState,
     primary: primary::PrimaryState,
     host: link_host::HostState,
@@ -202,6 +233,7 @@ impl Replication {
             settings,
             outgoing: Vec::new(),
             role,
+            link_generation: 0,
             owner: Default::default(),
             primary: Default::default(),
             host: Default::default(),
@@ -313,8 +345,8 @@ impl Extension for Replication {
     }
 
     fn heard(&mut self, shard: &mut Shard, conn: u64, now: Instant) {
-        if self.backup.outbound_conn() == Some(conn) {
-            self.link_event_to_role(shard, crate::role::LinkEvent::PrimaryHeard);
+        if self.is_outbound(conn) {
+            self.primary_heard();
         } else {
             self.link_heard(shard, conn, now);
         }
@@ -329,8 +361,17 @@ impl Extension for Replication {
         self.outbound_opened_as(shard, token, conn);
     }
 
-    fn connect_failed(&mut self, shard: &mut Shard, token: u64) {
-        self.outbound_failed(shard, token);
+    fn connect_failed(&mut self, _shard: &mut Shard, token: u64) {
+        self.outbound_failed(token);
+    }
+
+    fn config_done(
+        &mut self,
+        shard: &mut Shard,
+        req: u64,
+        result: Result<tandem_shards::broker::ConfigDone, ErrorCondition>,
+    ) {
+        self.configured(shard, req, result);
     }
 
     fn message(&mut self, shard: &mut Shard, message: ExtMsg) {
@@ -396,6 +437,26 @@ impl Extension for Replication {
                     q.purge();
                 }
             }
+            Msg::Fence { origin, generation } => {
+                shard.send_ext(origin, msg(Msg::Fenced { generation }));
+            }
+            Msg::Fenced { generation } => self.fenced(shard, generation),
+            Msg::Connect {
+                index,
+                address,
+                who,
+                generation,
+            } => self.connect(shard, index, address, who, generation),
+            Msg::Disconnect { generation } => self.disconnect(shard, generation),
+            Msg::ToRole { generation, events } => {
+                // Events of a link the role has replaced or closed since.
+                if generation != self.link_generation {
+                    return;
+                }
+                for event in events {
+                    self.link_event_to_role(shard, event);
+                }
+            }
         }
     }
 
@@ -421,6 +482,7 @@ impl Extension for Replication {
         self.flush_links(shard);
         self.flush_acks(shard);
         self.flush_settles(shard);
+        self.flush_to_role(shard);
     }
 }
 
@@ -432,6 +494,17 @@ type Unsettled = HashMap<u32, Vec<(Arc<str>, u64)>>;
 
 /// Queue names.
 type Names = HashSet<Arc<str>>;
+
+/// Backups' acknowledgements: queue, backup, highest position settled.
+type Acks = Vec<(Arc<str>, MemberId, u64)>;
+
+/// Adds `item` to the group of `key` (groups are few: one per shard).
+fn push_for<T>(groups: &mut Vec<(usize, Vec<T>)>, key: usize, item: T) {
+    match groups.iter_mut().find(|(k, _)| *k == key) {
+        Some((_, items)) => items.push(item),
+        None => groups.push((key, vec![item])),
+    }
+}
 
 /// How a primary closes the link of a backup it no longer waits for: the
 /// backup must know that it missed what was settled since, and must not stay

@@ -271,13 +271,28 @@ impl Replication {
         for c in commands {
             match c {
                 HaCommand::Connect { index, address } => {
-                    let timeout = self
-                        .settings
-                        .heartbeat
-                        .max(std::time::Duration::from_secs(1));
-                    shard.request_connection(index as u64, address, timeout);
+                    let Some(who) = self.role.as_ref().map(|r| r.identity()) else {
+                        continue;
+                    };
+                    self.link_generation += 1;
+                    let generation = self.link_generation;
+                    let home = shard.service_shard().unwrap_or(shard.id);
+                    shard.send_ext(
+                        home,
+                        msg(Msg::Connect {
+                            index,
+                            address,
+                            who,
+                            generation,
+                        }),
+                    );
                 }
-                HaCommand::Disconnect => self.disconnect(shard),
+                HaCommand::Disconnect => {
+                    self.link_generation += 1;
+                    let generation = self.link_generation;
+                    let home = shard.service_shard().unwrap_or(shard.id);
+                    shard.send_ext(home, msg(Msg::Disconnect { generation }));
+                }
                 HaCommand::Guard { member } => {
                     for to in 0..shard.shards() {
                         shard.send_ext(to, msg(Msg::GuardMember { member }));

@@ -383,6 +383,8 @@ pub struct Cluster {
     shards_per_broker: usize,
     pipes: Vec<Pipe>,
     pub rng: Rng,
+    /// Orders the rings' deliveries (apart from the test's own draws).
+    ring_rng: Rng,
     pub seed: u64,
     /// Bytes each pipe carries each way per step ([`BANDWIDTH`] unless a test
     /// narrows it to make replication lag behind publishing).
@@ -407,6 +409,7 @@ impl Cluster {
             shards_per_broker: shards,
             pipes: Vec::new(),
             rng: Rng::new(seed),
+            ring_rng: Rng::new(seed ^ 0x72696e67),
             seed,
             bandwidth: BANDWIDTH,
             restarts: 0,
@@ -715,9 +718,11 @@ impl Cluster {
                     shard.conn_tick(id, now);
                 }
             }
-            let connects = self.brokers[b].shards[0].take_connection_requests();
-            for (token, address, _timeout) in connects {
-                self.connect_replica(b, token, address);
+            for s in 0..self.brokers[b].shards.len() {
+                let connects = self.brokers[b].shards[s].take_connection_requests();
+                for (token, address, _timeout) in connects {
+                    self.connect_replica(b, s, token, address);
+                }
             }
         }
         for c in 0..self.clients.len() {
@@ -762,7 +767,7 @@ impl Cluster {
         self.run_until(d, |_| false);
     }
 
-    fn connect_replica(&mut self, b: usize, token: u64, address: String) {
+    fn connect_replica(&mut self, b: usize, s: usize, token: u64, address: String) {
         let target = self.addresses.iter().position(|a| *a == address);
         let peer = self.peers.iter().position(|p| p.address == address);
         let reachable = match (target, peer) {
@@ -777,15 +782,15 @@ impl Cluster {
             (None, None) => false,
         };
         if !reachable {
-            self.brokers[b].shards[0].connection_failed(token);
+            self.brokers[b].shards[s].connection_failed(token);
             return;
         }
-        let Some(conn) = self.brokers[b].shards[0].connection_opened(token, address.clone()) else {
+        let Some(conn) = self.brokers[b].shards[s].connection_opened(token, address.clone()) else {
             return;
         };
         let backup = End::Shard {
             broker: b,
-            shard: 0,
+            shard: s,
             conn,
         };
         let other = match (peer, target) {
@@ -819,10 +824,15 @@ impl Cluster {
     }
 
     /// Delivers every shard's outbox messages (FIFO per pair of shards).
+    /// Moves shard messages until none are left. Each ring stays in order
+    /// but the rings run in a seeded order, and a ring may wait a pass while
+    /// others move (as a busy shard's executor would), so what travels on two
+    /// rings arrives in either order.
     fn settle_rings(&mut self) -> bool {
         let mut any = false;
+        let mut may_wait = true;
         loop {
-            let mut moved = false;
+            let (mut moved, mut waited) = (false, false);
             for b in &mut self.brokers {
                 if b.health != Health::Up {
                     continue;
@@ -830,22 +840,36 @@ impl Cluster {
                 let n = b.shards.len();
                 for from in 0..n {
                     b.shards[from].run_local();
-                    for to in 0..n {
-                        if to == from {
-                            continue;
-                        }
-                        let msgs: Vec<_> = b.shards[from].outbox_for(to).drain(..).collect();
-                        moved |= !msgs.is_empty();
-                        for m in msgs {
-                            b.shards[to].on_shard_msg(m);
-                        }
+                }
+                let mut rings: Vec<(usize, usize)> = (0..n)
+                    .flat_map(|from| (0..n).map(move |to| (from, to)))
+                    .filter(|(from, to)| from != to)
+                    .collect();
+                for i in (1..rings.len()).rev() {
+                    let j = self.ring_rng.below(i as u64 + 1) as usize;
+                    rings.swap(i, j);
+                }
+                for (from, to) in rings {
+                    if b.shards[from].outbox_for(to).is_empty() {
+                        continue;
+                    }
+                    if may_wait && self.ring_rng.below(4) == 0 {
+                        waited = true;
+                        continue;
+                    }
+                    let msgs: Vec<_> = b.shards[from].outbox_for(to).drain(..).collect();
+                    moved = true;
+                    for m in msgs {
+                        b.shards[to].on_shard_msg(m);
                     }
                 }
             }
-            if !moved {
+            if !moved && !waited {
                 return any;
             }
-            any = true;
+            // A pass where every ring waited is followed by one where none does.
+            may_wait = moved;
+            any |= moved;
         }
     }
 

@@ -61,6 +61,8 @@ pub(super) enum Waiting {
     },
     /// A management request's configuration change; the reply goes here.
     Management(ReplyTo),
+    /// The extension's ([`super::Shard::request_config`]).
+    Extension,
 }
 
 /// A publish waiting for its queues' acks.

@@ -134,6 +134,16 @@ pub trait Extension {
 
     /// End of a step: write what the step batched.
     fn end_of_step(&mut self, shard: &mut Shard) {}
+
+    /// The configuration change asked for with [`Shard::request_config`] as
+    /// `req` is applied on every shard (or was refused).
+    fn config_done(
+        &mut self,
+        shard: &mut Shard,
+        req: u64,
+        result: Result<super::ConfigDone, crate::amqp::performative::ErrorCondition>,
+    ) {
+    }
 }
 
 impl Shard {
@@ -337,11 +347,15 @@ impl Shard {
         self.holds.released(holder, queue, position)
     }
 
-    /// Applies a configuration change through this shard's ordering point at
-    /// once (shard 0 only), so what follows finds it applied.
-    pub fn apply_config_now(&mut self, op: super::ConfigOp) {
+    /// Asks the ordering point (shard 0) to apply a configuration change; the
+    /// extension hears the result under the returned id
+    /// ([`Extension::config_done`]) once every shard applied it.
+    pub fn request_config(&mut self, op: super::ConfigOp) -> u64 {
         let req = self.next_req;
         self.next_req += 1;
-        self.on_config_request(self.id, req, op);
+        self.requests.insert(req, super::conn::Waiting::Extension);
+        let origin = self.id;
+        self.send(0, ShardMsg::ConfigRequest { origin, req, op });
+        req
     }
 }

@@ -186,8 +186,9 @@ impl Shard {
 
     pub(super) fn on_event(&mut self, id: u64, ev: Event) {
         if self.conns.get(&id).is_some_and(|c| c.owned) {
-            if let (Event::Opened(_), Some(c)) = (&ev, self.conns.get_mut(&id)) {
+            if let (Event::Opened(open), Some(c)) = (&ev, self.conns.get_mut(&id)) {
                 c.opened = true;
+                c.container = open.container_id.clone();
             }
             return self.with_ext(move |ext, shard| ext.owned_event(shard, id, ev));
         }
@@ -475,6 +476,9 @@ impl Shard {
         let (conn, link, attach) = match waiting {
             Waiting::Attach { conn, link, attach } => (conn, link, attach),
             Waiting::Management(reply) => return self.on_management_config_reply(reply, result),
+            Waiting::Extension => {
+                return self.with_ext(move |ext, shard| ext.config_done(shard, req, result))
+            }
         };
         // The link may have gone while we waited.
         let still_pending = self
