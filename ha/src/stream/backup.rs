@@ -42,14 +42,6 @@ struct Outbound {
     up: bool,
 }
 
-/// An `enq` event handed to the queue's owner to store.
-struct Applying {
-    /// The replication delivery it came in (channel, delivery id).
-    delivery: (u16, u32),
-    queue: Arc<str>,
-    position: u64,
-}
-
 /// A delivery of the stream being applied: the events not applied yet.
 struct Incoming {
     delivery: (u16, u32),
@@ -98,8 +90,9 @@ pub(super) struct BackupState {
     lost_up: Option<u64>,
     /// Bindings waiting for their queue to be declared.
     stashed_binds: HashMap<String, Vec<ConfigOp>>,
-    /// `enq` events waiting for their owner to store them, by token.
-    applying: HashMap<u64, Applying>,
+    /// Batches of `enq` events an owner is storing: the delivery (channel,
+    /// delivery id) they came in, by batch id.
+    applying: HashMap<u64, (u16, u32)>,
     /// Queues the stream deleted. Their owners' last events may still follow
     /// (they travel on another ring of the primary than the delete), and are
     /// skipped, until the queue is declared again.
@@ -110,7 +103,12 @@ pub(super) struct BackupState {
     to_settle: Vec<(u16, u32)>,
     /// `enq` events of the delivery being applied, per owner, not sent yet.
     to_store: Vec<(usize, Vec<ToStore>)>,
-    next_apply: u64,
+    /// The delivery they came in.
+    storing: (u16, u32),
+    next_batch: u64,
+    /// The last queue an `enq` or `deq` named, and its owner (most events of
+    /// a stream name the queue of the one before; cleared by every change).
+    last_target: Option<(Arc<str>, usize)>,
 }
 
 impl BackupState {
@@ -378,6 +376,7 @@ impl Replication {
         b.touched.clear();
         b.to_store.clear();
         b.to_settle.clear();
+        b.last_target = None;
     }
 
     /// Delivery `id` arrived on our replication link: its events are applied
@@ -471,6 +470,7 @@ impl Replication {
     /// Asks shard 0 to apply a change; the stream waits until it is applied
     /// everywhere.
     fn configure(&mut self, shard: &mut Shard, op: ConfigOp, then: AfterConfig) {
+        self.backup.last_target = None;
         let req = shard.request_config(op);
         self.backup.waiting = Some(Wait::Config { req, then });
     }
@@ -521,9 +521,21 @@ impl Replication {
     /// Hands the owners the messages gathered so far.
     fn send_to_store(&mut self, shard: &mut Shard) {
         let origin = shard.id;
+        let delivery = self.backup.storing;
         let mut to_store = std::mem::take(&mut self.backup.to_store);
         for (owner, items) in to_store.drain(..) {
-            shard.send_ext(owner, msg(Msg::Enqueue { items, origin }));
+            let batch = self.backup.next_batch;
+            self.backup.next_batch += 1;
+            self.backup.applying.insert(batch, delivery);
+            *self.backup.unapplied.entry(delivery).or_default() += 1;
+            shard.send_ext(
+                owner,
+                msg(Msg::Enqueue {
+                    items,
+                    origin,
+                    batch,
+                }),
+            );
             self.touch(owner);
         }
         self.backup.to_store = to_store;
@@ -545,13 +557,21 @@ impl Replication {
     /// The queue an `enq` or `deq` event names, with its owner; `Ok(None)` for
     /// a queue the stream deleted, an error for one the backup never heard of.
     fn target(
-        &self,
+        &mut self,
         shard: &Shard,
         queue: &str,
         what: impl FnOnce() -> String,
     ) -> Result<Option<(Arc<str>, usize)>, String> {
+        if let Some((name, owner)) = &self.backup.last_target {
+            if **name == *queue {
+                return Ok(Some((name.clone(), *owner)));
+            }
+        }
         match shard.catalogue.queues.get_key_value(queue) {
-            Some((name, entry)) => Ok(Some((name.clone(), entry.owner))),
+            Some((name, entry)) => {
+                self.backup.last_target = Some((name.clone(), entry.owner));
+                Ok(Some((name.clone(), entry.owner)))
+            }
             None if self.backup.deleted.contains(queue) => Ok(None),
             None => Err(format!("{} for unknown queue '{queue}'", what())),
         }
@@ -596,21 +616,12 @@ impl Replication {
                 message,
             } => {
                 let what = || format!("enq of position {position}");
-                if let Some((name, owner)) = self.target(shard, &queue, what)? {
-                    let token = self.backup.next_apply;
-                    self.backup.next_apply += 1;
-                    let applying = Applying {
-                        delivery,
-                        queue: name.clone(),
-                        position,
-                    };
-                    self.backup.applying.insert(token, applying);
-                    *self.backup.unapplied.entry(delivery).or_default() += 1;
+                if let Some((queue, owner)) = self.target(shard, &queue, what)? {
+                    self.backup.storing = delivery;
                     let item = ToStore {
-                        queue: name,
+                        queue,
                         position,
                         message,
-                        token,
                     };
                     push_for(&mut self.backup.to_store, owner, item);
                 }
@@ -699,21 +710,25 @@ impl Replication {
         }
     }
 
-    /// An owner stored a replicated message, or could not.
-    pub(super) fn applied(&mut self, shard: &mut Shard, token: u64, stored: bool) {
-        let Some(a) = self.backup.applying.remove(&token) else {
+    /// An owner stored a batch of replicated messages, or could not store
+    /// one of them (`missing`: its queue and position).
+    pub(super) fn applied(
+        &mut self,
+        shard: &mut Shard,
+        batch: u64,
+        missing: Option<(Arc<str>, u64)>,
+    ) {
+        let Some(delivery) = self.backup.applying.remove(&batch) else {
             return;
         };
-        if stored {
-            self.part_applied(a.delivery);
-        } else {
-            self.diverged(
+        match missing {
+            None => self.part_applied(delivery),
+            Some((queue, position)) => self.diverged(
                 shard,
                 format!(
-                    "enq of position {} on queue '{}' not stored: the queue is missing on its owner shard",
-                    a.position, a.queue
+                    "enq of position {position} on queue '{queue}' not stored: the queue is missing on its owner shard"
                 ),
-            );
+            ),
         }
     }
 

@@ -136,10 +136,13 @@ pub(crate) enum Msg {
     Enqueue {
         items: Vec<ToStore>,
         origin: usize,
+        batch: u64,
     },
-    /// Owner -> backup shard 0: which were stored (not: the queue is missing).
+    /// Owner -> the backup's stream: the batch is stored, or the first
+    /// message that was not (its queue is missing) and its position.
     Applied {
-        tokens: Vec<(u64, bool)>,
+        batch: u64,
+        missing: Option<(Arc<str>, u64)>,
     },
     Dequeue {
         queue: Arc<str>,
@@ -183,7 +186,6 @@ pub(crate) struct ToStore {
     pub(crate) queue: Arc<str>,
     pub(crate) position: u64,
     pub(crate) message: Bytes,
-    pub(crate) token: u64,
 }
 
 fn msg(m: Msg) -> ExtMsg {
@@ -404,27 +406,23 @@ impl Extension for Replication {
             Msg::BackupGone { member } => {
                 self.link_event_to_role(shard, crate::role::LinkEvent::BackupLost { member })
             }
-            Msg::Enqueue { items, origin } => {
-                let tokens = items
-                    .into_iter()
-                    .map(|item| {
-                        let stored = match shard.queue_mut(&item.queue) {
-                            Some(q) => {
-                                q.insert_at(item.position, item.message);
-                                true
-                            }
-                            None => false,
-                        };
-                        (item.token, stored)
-                    })
-                    .collect();
-                shard.send_ext(origin, msg(Msg::Applied { tokens }));
-            }
-            Msg::Applied { tokens } => {
-                for (token, stored) in tokens {
-                    self.applied(shard, token, stored);
+            Msg::Enqueue {
+                items,
+                origin,
+                batch,
+            } => {
+                let mut missing = None;
+                for item in items {
+                    match shard.queue_mut(&item.queue) {
+                        Some(q) => q.insert_at(item.position, item.message),
+                        None => {
+                            missing.get_or_insert((item.queue, item.position));
+                        }
+                    }
                 }
+                shard.send_ext(origin, msg(Msg::Applied { batch, missing }));
             }
+            Msg::Applied { batch, missing } => self.applied(shard, batch, missing),
             Msg::Dequeue { queue, positions } => {
                 if let Some(q) = shard.queue_mut(&queue) {
                     for p in positions {
