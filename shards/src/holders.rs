@@ -8,7 +8,9 @@
 //! so they cannot be held for it. Releases are cumulative per queue, so held
 //! settlements are released from the front, in position order.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use hashbrown::HashMap;
 use std::sync::Arc;
 
 /// Identifies a holder (for replication: a backup's membership on one link).

@@ -2,7 +2,9 @@
 //! with credit, browsers with cursors, limits and what to do when they are hit.
 //! No I/O here: the shard turns [`Delivery`]s and released acks into ring messages.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
+
+use hashbrown::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;

@@ -11,7 +11,9 @@
 //! dropped and the HA role told (`Diverged`), so the backup stops being
 //! `ready` and starts over from a full reset.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
+
+use hashbrown::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 

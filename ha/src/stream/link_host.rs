@@ -5,7 +5,7 @@
 //! [`BATCH_BYTES`]), and turns the backup's settlements into acknowledgements
 //! for the queue owners.
 
-use std::collections::HashMap;
+use hashbrown::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 

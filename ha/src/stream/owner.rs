@@ -4,7 +4,7 @@
 //! for every backup holding the queue (one settlement holder per backup link)
 //! and are released as the backup acknowledges positions.
 
-use std::collections::{HashMap, HashSet};
+use hashbrown::{HashMap, HashSet};
 use std::sync::Arc;
 
 use bytes::Bytes;

@@ -3,7 +3,7 @@
 //! its owner, streams configuration changes, and carries out the role's
 //! commands (guard, drop, membership; on a backup: connect, disconnect).
 
-use std::collections::{HashMap, HashSet};
+use hashbrown::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 

@@ -8,7 +8,9 @@
 //! Protocol violations never panic: they close the connection with the spec's error
 //! condition and surface as [`Event::Closed`].
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use hashbrown::HashMap;
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};

@@ -4,7 +4,7 @@
 //! shard applied the change (a barrier), so a link attached after a declare or a
 //! bind sees it on whichever shard its messages are routed.
 
-use std::collections::HashMap;
+use hashbrown::HashMap;
 use std::sync::Arc;
 
 use super::config::{ConfigEvent, ConfigOp};

@@ -4,7 +4,9 @@
 //! connections (`link.rs`, `publish.rs`, `consume.rs`, `mgmt.rs`) share these
 //! types; none of them imports another.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
+
+use hashbrown::{HashMap, HashSet};
 use std::sync::Arc;
 
 use crate::amqp::codec::Value;

@@ -30,7 +30,9 @@ mod mgmt;
 mod policy;
 mod publish;
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap as StdHashMap, VecDeque};
+
+use hashbrown::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -55,7 +57,7 @@ pub struct BrokerSettings {
     pub shards: usize,
     /// SASL: require authentication (PLAIN against `users`); otherwise ANONYMOUS too.
     pub auth: bool,
-    pub users: HashMap<String, String>,
+    pub users: StdHashMap<String, String>,
     pub max_connections: usize,
     pub max_frame_size: u32,
     pub idle_timeout: Option<Duration>,
@@ -91,7 +93,7 @@ impl Default for BrokerSettings {
         BrokerSettings {
             shards: 1,
             auth: false,
-            users: HashMap::new(),
+            users: StdHashMap::new(),
             max_connections: 500,
             max_frame_size: 65536,
             idle_timeout: None,
