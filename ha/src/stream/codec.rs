@@ -243,9 +243,17 @@ impl Event {
     /// Reads every event of a replication message: its body is one
     /// amqp-sequence section per event.
     pub fn decode_all(payload: &Bytes) -> Result<Vec<Event>, String> {
-        let mut d = Decoder::new(payload.clone());
         let mut events = Vec::new();
-        while !d.is_empty() {
+        let mut at = 0;
+        while at < payload.len() {
+            // Nearly every event is an `enq` as `Encoded::enqueue` lays it out:
+            // read it in place, without a tree of values.
+            if let Some((event, end)) = enqueue_in_place(payload, at) {
+                events.push(event);
+                at = end;
+                continue;
+            }
+            let mut d = Decoder::new(payload.slice(at..));
             let items = match d.value().map_err(|e| e.to_string())? {
                 Value::Described(code, body) if code.as_u64() == Some(AMQP_SEQUENCE) => match *body
                 {
@@ -265,6 +273,7 @@ impl Event {
                 }
             };
             events.push(Event::from_items(items)?);
+            at += d.position();
         }
         if events.is_empty() {
             return Err("replication message without events".into());
@@ -368,6 +377,87 @@ impl Event {
             }
             other => return Err(format!("unknown replication event '{other}'")),
         })
+    }
+}
+
+/// The `enq` event at `at` if it has exactly the layout [`Encoded::enqueue`]
+/// writes (an amqp-sequence section of a list32 of 4: a string `enq`, the
+/// queue's name, a ulong position and a vbin32 message), with the offset just
+/// past it; `None` for any other layout, which the general decoder reads (and
+/// judges). The message is a slice of `payload`, not a copy.
+fn enqueue_in_place(payload: &Bytes, at: usize) -> Option<(Event, usize)> {
+    let mut r = Reader {
+        bytes: payload.get(at..)?,
+        at,
+    };
+    if r.take(3)? != SECTION || r.byte()? != 0xd0 {
+        return None;
+    }
+    let size = r.u32()? as usize;
+    let end = r.at.checked_add(size)?;
+    if r.u32()? != 4 || r.string()? != "enq" {
+        return None;
+    }
+    let queue = r.string()?;
+    if queue.is_empty() {
+        return None;
+    }
+    let position = match r.byte()? {
+        0x80 => u64::from_be_bytes(r.take(8)?.try_into().ok()?),
+        0x53 => u64::from(r.byte()?),
+        0x44 => 0,
+        _ => return None,
+    };
+    if r.byte()? != 0xb0 {
+        return None;
+    }
+    let len = r.u32()? as usize;
+    let start = r.at;
+    r.take(len)?;
+    if r.at != end {
+        return None;
+    }
+    let event = Event::Enqueue {
+        queue: queue.to_owned(),
+        position,
+        message: payload.slice(start..start + len),
+    };
+    Some((event, end))
+}
+
+/// Reads bytes front to back, knowing its offset in the whole payload.
+struct Reader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.bytes.len() < n {
+            return None;
+        }
+        let (head, rest) = self.bytes.split_at(n);
+        self.bytes = rest;
+        self.at += n;
+        Some(head)
+    }
+
+    fn byte(&mut self) -> Option<u8> {
+        self.take(1).map(|b| b[0])
+    }
+
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_be_bytes(self.take(4)?.try_into().ok()?))
+    }
+
+    /// A str8 or str32.
+    fn string(&mut self) -> Option<&'a str> {
+        let len = match self.byte()? {
+            0xa1 => usize::from(self.byte()?),
+            0xb1 => self.u32()? as usize,
+            _ => return None,
+        };
+        std::str::from_utf8(self.take(len)?).ok()
     }
 }
 
@@ -476,5 +566,51 @@ mod tests {
         let mut joined = parts.head.to_vec();
         joined.extend_from_slice(&parts.tail);
         assert_eq!(Event::decode(&Bytes::from(joined)).expect("decodes"), whole);
+    }
+
+    #[test]
+    fn an_enq_in_another_valid_layout_decodes_the_same() {
+        let message = Bytes::from_static(b"\x00\x53\x77\xa1\x02hi");
+        let expected = Event::Enqueue {
+            queue: "q".into(),
+            position: 300,
+            message: message.clone(),
+        };
+        // Built as a tree of values: list8, smalluint forms and vbin8 where the
+        // encoder picks them, not the layout read in place.
+        let tree = Value::Described(
+            Box::new(Value::Ulong(AMQP_SEQUENCE)),
+            Box::new(Value::List(vec![
+                Value::string("enq"),
+                Value::string("q"),
+                Value::Ulong(300),
+                Value::Binary(message),
+            ])),
+        )
+        .to_bytes();
+        assert_ne!(tree, expected.encode(), "a different layout");
+        assert_eq!(Event::decode(&tree).expect("decodes"), expected);
+        assert_eq!(
+            Event::decode(&expected.encode()).expect("decodes"),
+            expected
+        );
+    }
+
+    #[test]
+    fn a_cut_enq_is_an_error_whatever_its_length() {
+        let whole = Event::Enqueue {
+            queue: "orders".into(),
+            position: 1 << 40,
+            message: Bytes::from_static(b"\x00\x53\x77\xa1\x05hello"),
+        }
+        .encode();
+        for len in 0..whole.len() {
+            let cut = whole.slice(..len);
+            assert!(
+                Event::decode_all(&cut).is_err(),
+                "{len} of {} bytes",
+                whole.len()
+            );
+        }
     }
 }
