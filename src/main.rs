@@ -84,11 +84,16 @@ fn run(cfg: &Config) -> Result<(), String> {
         container_id: format!("tandemd-{}", std::process::id()),
         ..Default::default()
     };
-    let (settings, ha) = if cfg.ha.cluster {
+    let (mut settings, ha) = if cfg.ha.cluster {
         with_ha(cfg, settings)?
     } else {
         (settings, None)
     };
+    // The replication shard runs for a cluster and for queue replication
+    // between stand-alone brokers (which will use it), and not otherwise.
+    if cfg.ha.cluster || cfg.ha.queue_replication {
+        replication_shard(cfg, &mut settings);
+    }
     // Block the stop signals before the shard threads exist, so they inherit the
     // mask and only this thread receives them (in sigwait below).
     let signals = stop_signals();
@@ -125,6 +130,18 @@ fn run(cfg: &Config) -> Result<(), String> {
     running.shutdown();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The replication shard `repl-0`: its own CPU on hosts with 4 or more,
+/// unless the operator chose the worker count; otherwise it shares the last
+/// CPU (or the one `ha-replication-cpu` names).
+fn replication_shard(cfg: &Config, settings: &mut BrokerSettings) {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if !cfg.worker_threads_given && cpus >= 4 {
+        settings.shards = cpus - 1;
+    }
+    settings.service_shard = Some("repl-0".into());
+    settings.service_cpu = cfg.ha.replication_cpu;
 }
 
 /// A cluster member: starts admitting only admin connections, advertises the
@@ -178,14 +195,6 @@ fn with_ha(
         replicate: cfg.ha.replicate.to_string(),
         self_address: format!("{}:{}", cfg.interface, cfg.port),
     };
-    // The replication shard: its own CPU on hosts with 4 or more, unless the
-    // operator chose the worker count; otherwise it shares the last CPU.
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if !cfg.worker_threads_given && cpus >= 4 {
-        settings.shards = cpus - 1;
-    }
-    settings.service_shard = Some("repl-0".into());
-    settings.service_cpu = cfg.ha.replication_cpu;
     let stream = StreamSettings {
         replicate: cfg.ha.replicate.to_string(),
         username: cfg.ha.username.clone(),

@@ -9,7 +9,7 @@ mod ha_cluster;
 
 use std::time::Duration;
 
-use common::{wait_until, Json};
+use common::{wait_until, Broker, Json};
 use ha_cluster::{serial, tool_ok, HaCluster};
 
 /// The names of `pid`'s threads.
@@ -70,4 +70,28 @@ fn broker_links(cluster: &HaCluster, i: usize) -> Vec<Json> {
                 .is_some_and(|id| id.starts_with("tandemd-"))
         })
         .collect()
+}
+
+#[test]
+fn a_stand_alone_broker_runs_the_replication_shard_only_for_queue_replication() {
+    let plain = Broker::start(&["--worker-threads", "2"]);
+    let with = Broker::start(&["--worker-threads", "2", "--ha-queue-replication", "yes"]);
+    let has_repl = |b: &Broker| threads(b.pid()).iter().any(|n| n.starts_with("repl-0"));
+    assert!(
+        !has_repl(&plain),
+        "no repl-0 without ha-cluster or ha-queue-replication: {:?}",
+        threads(plain.pid())
+    );
+    assert!(
+        has_repl(&with),
+        "ha-queue-replication starts repl-0: {:?}",
+        threads(with.pid())
+    );
+    // Its workers still serve clients (the replication shard owns no queue).
+    tool_ok(
+        "tandem-config",
+        &["-b", &with.url(), "add", "queue", "q-repl-shard"],
+    );
+    let queues = tool_ok("tandem-stat", &["-b", &with.url(), "-q", "--json"]);
+    assert!(queues.contains("q-repl-shard"), "{queues}");
 }

@@ -124,7 +124,7 @@ pub(super) const OPTIONS: &[OptionSpec] = &[
     opt(HA, "link-heartbeat-interval", "DURATION", Some("120s"), Plain,
         "Heartbeat on links between brokers; a peer is dead after two silent intervals"),
     opt(HA, "ha-queue-replication", "yes|no", Some("no"), Bool,
-        "Allow replicating individual queues without a cluster"),
+        "Allow replicating individual queues without a cluster (runs the replication shard)"),
     opt(HA, "ha-replication-cpu", "CPU", None, Plain,
         "The CPU of the replication shard (repl-0) [default: its own with 4 or more CPUs and no worker-threads, else the last]"),
 ];
