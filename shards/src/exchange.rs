@@ -58,6 +58,32 @@ pub enum BindingKey {
     },
 }
 
+impl BindingKey {
+    /// The key as a value (replication events, the store's configuration
+    /// file): null for all, a string key, or a map with `x-match`.
+    pub fn to_value(&self) -> Value {
+        match self {
+            BindingKey::All => Value::Null,
+            BindingKey::Key(k) => Value::string(k),
+            BindingKey::Headers { match_all, values } => {
+                let x_match = if *match_all { "all" } else { "any" };
+                let mut m = vec![(Value::string("x-match"), Value::string(x_match))];
+                m.extend(values.iter().map(|(k, v)| (Value::string(k), v.clone())));
+                Value::Map(m)
+            }
+        }
+    }
+
+    /// The key [`BindingKey::to_value`] wrote.
+    pub fn from_value(v: &Value) -> BindingKey {
+        match v {
+            Value::Null => BindingKey::All,
+            Value::Map(_) => headers_key(v).unwrap_or(BindingKey::All),
+            other => BindingKey::Key(other.as_str().unwrap_or_default().to_owned()),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Binding {
     pub queue: Arc<str>,

@@ -18,6 +18,7 @@ pub mod amqp;
 pub mod attributes;
 pub mod broker;
 pub mod client;
+pub mod disk;
 pub mod duration;
 pub mod exchange;
 pub mod holders;

@@ -61,18 +61,6 @@ fn s(v: &str) -> Value {
     Value::string(v)
 }
 
-fn key_value(k: &BindingKey) -> Value {
-    match k {
-        BindingKey::All => Value::Null,
-        BindingKey::Key(k) => s(k),
-        BindingKey::Headers { match_all, values } => {
-            let mut m = vec![(s("x-match"), s(if *match_all { "all" } else { "any" }))];
-            m.extend(values.iter().map(|(k, v)| (s(k), v.clone())));
-            Value::Map(m)
-        }
-    }
-}
-
 /// The wire form of a configuration change.
 fn config_items(op: &ConfigOp) -> Vec<Value> {
     match op {
@@ -107,20 +95,12 @@ fn config_items(op: &ConfigOp) -> Vec<Value> {
             exchange,
             queue,
             key,
-        } => vec![s("bind"), s(exchange), s(queue), key_value(key)],
+        } => vec![s("bind"), s(exchange), s(queue), key.to_value()],
         ConfigOp::Unbind {
             exchange,
             queue,
             key,
-        } => vec![s("unbind"), s(exchange), s(queue), key_value(key)],
-    }
-}
-
-fn key_from(v: &Value) -> BindingKey {
-    match v {
-        Value::Null => BindingKey::All,
-        Value::Map(_) => tandem_shards::exchange::headers_key(v).unwrap_or(BindingKey::All),
-        other => BindingKey::Key(other.as_str().unwrap_or_default().to_owned()),
+        } => vec![s("unbind"), s(exchange), s(queue), key.to_value()],
     }
 }
 
@@ -324,7 +304,7 @@ impl Event {
             "bind" | "unbind" => {
                 let exchange = name()?;
                 let queue = text(2).ok_or("binding event without a queue")?;
-                let key = key_from(items.get(3).unwrap_or(&Value::Null));
+                let key = BindingKey::from_value(items.get(3).unwrap_or(&Value::Null));
                 Event::Config(ConfigOp::binding(kind == "bind", exchange, queue, key))
             }
             "enq" => Event::Enqueue {

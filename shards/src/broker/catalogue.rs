@@ -105,7 +105,7 @@ impl Catalogue {
     }
 
     /// Validates a request against this (authoritative) copy and says what changes.
-    fn plan(
+    pub(super) fn plan(
         &self,
         op: ConfigOp,
         shards: usize,

@@ -135,6 +135,13 @@ pub trait Extension {
     /// End of a step: write what the step batched.
     fn end_of_step(&mut self, shard: &mut Shard) {}
 
+    /// Once, when installed on its shard (before any input): recover state,
+    /// tap queues, hold settlements.
+    fn start(&mut self, shard: &mut Shard) {}
+
+    /// The disk operation asked for with [`Shard::disk`] as `token` ended.
+    fn disk_done(&mut self, shard: &mut Shard, token: u64, result: crate::disk::DiskResult) {}
+
     /// The configuration change asked for with [`Shard::request_config`] as
     /// `req` is applied on every shard (or was refused).
     fn config_done(
@@ -151,6 +158,7 @@ impl Shard {
     pub fn set_extension(&mut self, ext: Box<dyn Extension>) {
         self.ext = Some(ext);
         self.ext_installed = true;
+        self.with_ext(|ext, shard| ext.start(shard));
     }
 
     /// Runs `f` with the extension taken out of the shard (so that it may call
@@ -235,6 +243,25 @@ impl Shard {
     /// ([`Extension::connected`] or `connect_failed`).
     pub fn request_connection(&mut self, token: u64, address: String, timeout: Duration) {
         self.connects.push((token, address, timeout));
+    }
+
+    /// Asks the runtime to perform a disk operation; the extension hears how
+    /// it ended under the returned token ([`Extension::disk_done`]).
+    pub fn disk(&mut self, op: crate::disk::DiskOp) -> u64 {
+        let token = self.next_disk;
+        self.next_disk += 1;
+        self.disk_ops.push((token, op));
+        token
+    }
+
+    /// Disk operations the runtime should perform, in the order asked.
+    pub fn take_disk_ops(&mut self) -> Vec<(u64, crate::disk::DiskOp)> {
+        std::mem::take(&mut self.disk_ops)
+    }
+
+    /// The runtime finished the disk operation `token`.
+    pub fn disk_done(&mut self, token: u64, result: crate::disk::DiskResult) {
+        self.with_ext(move |ext, shard| ext.disk_done(shard, token, result));
     }
 
     /// Connections the runtime should open: `(token, address, timeout)`.

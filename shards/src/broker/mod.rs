@@ -79,6 +79,9 @@ pub struct BrokerSettings {
     pub service_shard: Option<String>,
     /// The CPU the service shard runs on (default: the last one).
     pub service_cpu: Option<usize>,
+    /// Configuration every shard starts with (what a store recovered), applied
+    /// in order before any input.
+    pub initial_config: Vec<ConfigOp>,
 }
 
 impl BrokerSettings {
@@ -110,6 +113,7 @@ impl Default for BrokerSettings {
             access: Arc::new(crate::access::AllowAll),
             service_shard: None,
             service_cpu: None,
+            initial_config: Vec::new(),
         }
     }
 }
@@ -268,6 +272,9 @@ pub struct Shard {
     holds: crate::holders::Holds<AckTo>,
     /// Connections the extension asked the runtime to open.
     connects: Vec<(u64, String, Duration)>,
+    /// Disk operations the runtime should perform, with their tokens.
+    disk_ops: Vec<(u64, crate::disk::DiskOp)>,
+    next_disk: u64,
     /// Connections handed over to another shard, until the runtime sends them.
     leaving: Vec<(u64, usize, handover::Handover)>,
     /// Connections adopted from another shard, until the runtime serves them.
@@ -286,7 +293,7 @@ impl Shard {
         let shards = settings.total_shards();
         let initial_admission = settings.initial_admission.clone();
         let checks_messages = settings.access.checks_messages();
-        Shard {
+        let mut shard = Shard {
             id,
             settings,
             catalogue: Catalogue::new(),
@@ -318,9 +325,31 @@ impl Shard {
             checks_messages,
             holds: crate::holders::Holds::new(),
             connects: Vec::new(),
+            disk_ops: Vec::new(),
+            next_disk: 1,
             leaving: Vec::new(),
             arrivals: Vec::new(),
             queued_high: 0,
+        };
+        shard.apply_initial_config();
+        shard
+    }
+
+    /// Every shard plans the same configuration the same way (placement
+    /// depends only on the names and the worker count), so each applies it
+    /// alone and they agree.
+    fn apply_initial_config(&mut self) {
+        let settings = self.settings.clone();
+        for op in &settings.initial_config {
+            let planned = self.catalogue.plan(op.clone(), self.workers(), String::new);
+            match planned {
+                Ok((events, _)) => {
+                    for ev in &events {
+                        self.apply_config(ev);
+                    }
+                }
+                Err(e) => tracing::warn!("recovered configuration not applied ({op:?}): {e}"),
+            }
         }
     }
 

@@ -1,0 +1,294 @@
+//! One shard's journal, sans I/O: it turns enqueues and dequeues into
+//! records, groups them into writes (one in flight; what arrives meanwhile is
+//! the next group), tracks which segment holds each live message, and says
+//! which settlements a finished write releases and which old segments can go.
+//!
+//! Writes are aligned ([`BLOCK`]): each group is written from the start of
+//! the block holding the end of the last one, so that block's bytes are
+//! written again followed by the new records, and the write is padded with
+//! zeros to a whole block. Records stay back to back in the file; zeros
+//! follow only the last one.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use hashbrown::{HashMap, HashSet};
+use tandem_shards::disk::DiskOp;
+
+use crate::record::{encode_dequeue, encode_enqueue, segment_header, BLOCK};
+
+/// The path of segment `number` in `dir`.
+pub fn segment_path(dir: &Path, number: u64) -> PathBuf {
+    dir.join(format!("{number:016}.jnl"))
+}
+
+/// The segment being appended to.
+#[derive(Debug)]
+struct Current {
+    number: u64,
+    /// Offset just past the last record written.
+    end: u64,
+    /// The bytes of the block holding `end`, up to `end` (written again
+    /// before the next records).
+    tail: Vec<u8>,
+}
+
+/// The group being written.
+#[derive(Debug)]
+struct InFlight {
+    token: u64,
+    end: u64,
+    tail: Vec<u8>,
+    /// Settlements it releases: per queue, every position up to this one.
+    releases: HashMap<Arc<str>, u64>,
+    /// Its records (written again if the write fails).
+    records: Bytes,
+}
+
+/// What a write that ended means.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Written {
+    /// Per queue, every position up to this one is durable (or needed no
+    /// write): its settlements may go.
+    pub releases: Vec<(Arc<str>, u64)>,
+}
+
+pub struct Journal {
+    shard: u32,
+    dir: PathBuf,
+    segment_size: u64,
+    current: Current,
+    /// Segments before the current one with live messages, oldest first, and
+    /// how many each holds; removed oldest first once empty (so no dequeue
+    /// record is lost while the message it dequeues may still be read).
+    older: VecDeque<(u64, usize)>,
+    /// Live messages written or being written: their segment.
+    live: HashMap<(Arc<str>, u64), u64>,
+    /// Live messages of the current segment.
+    current_live: usize,
+    /// Records not written yet, and the messages among them.
+    pending: BytesMut,
+    pending_enqueues: HashSet<(Arc<str>, u64)>,
+    /// Settlements the pending group will release.
+    pending_releases: HashMap<Arc<str>, u64>,
+    /// Queues with a message in the pending group or the write in flight (a
+    /// message that needs no write waits behind them, as releases are
+    /// cumulative).
+    busy: HashSet<Arc<str>>,
+    in_flight: Option<InFlight>,
+    /// A write failed: its records lead the next one, in the same segment
+    /// (the segment of their messages is already noted).
+    retrying: bool,
+}
+
+impl Journal {
+    /// A journal starting a new segment `number` (after recovery, the one
+    /// after the last found).
+    pub fn new(shard: u32, dir: PathBuf, segment_size: u64, number: u64) -> Journal {
+        Journal {
+            shard,
+            dir,
+            segment_size: segment_size.max(2 * BLOCK as u64),
+            current: Current {
+                number,
+                end: BLOCK as u64,
+                tail: segment_header(shard, number).to_vec(),
+            },
+            older: VecDeque::new(),
+            live: HashMap::new(),
+            current_live: 0,
+            pending: BytesMut::new(),
+            pending_enqueues: HashSet::new(),
+            pending_releases: HashMap::new(),
+            busy: HashSet::new(),
+            in_flight: None,
+            retrying: false,
+        }
+    }
+
+    /// A recovered segment whose messages `live` are still queued.
+    pub fn recovered_segment(&mut self, number: u64, live: Vec<(Arc<str>, u64)>) {
+        let count = live.len();
+        for key in live {
+            self.live.insert(key, number);
+        }
+        self.older.push_back((number, count));
+    }
+
+    /// Old segments that hold nothing live any more (oldest first): remove
+    /// them.
+    pub fn collect(&mut self) -> Vec<DiskOp> {
+        let mut ops = Vec::new();
+        while let Some(&(number, 0)) = self.older.front() {
+            self.older.pop_front();
+            ops.push(DiskOp::Remove {
+                path: segment_path(&self.dir, number),
+            });
+        }
+        ops
+    }
+
+    /// A persistent message was stored at `position` of `queue`.
+    pub fn enqueue(&mut self, queue: &Arc<str>, position: u64, message: &[u8]) {
+        encode_enqueue(&mut self.pending, queue, position, message);
+        self.pending_enqueues.insert((queue.clone(), position));
+        self.note(queue, position);
+        self.busy.insert(queue.clone());
+    }
+
+    /// A message that needs no write was stored at `position` of `queue`: its
+    /// settlement can go now, unless earlier ones of the queue are still
+    /// being written (then it goes with them).
+    pub fn pass(&mut self, queue: &Arc<str>, position: u64) -> Option<u64> {
+        if !self.busy.contains(queue) {
+            return Some(position);
+        }
+        self.note(queue, position);
+        None
+    }
+
+    fn note(&mut self, queue: &Arc<str>, position: u64) {
+        let upto = self.pending_releases.entry(queue.clone()).or_default();
+        *upto = (*upto).max(position);
+    }
+
+    /// Messages left `queue`: those that were written (or are pending) get a
+    /// dequeue record; a segment left with none live can go.
+    pub fn dequeue(&mut self, queue: &Arc<str>, positions: &[u64]) {
+        let mut written = Vec::new();
+        for &p in positions {
+            let key = (queue.clone(), p);
+            if self.pending_enqueues.remove(&key) {
+                // Not written yet: the dequeue still goes after it, in order.
+                written.push(p);
+            } else if let Some(segment) = self.live.remove(&key) {
+                self.forget(segment);
+                written.push(p);
+            }
+        }
+        if !written.is_empty() {
+            encode_dequeue(&mut self.pending, queue, &written);
+        }
+    }
+
+    /// Every live message of `queue` (deleted or purged): dequeued.
+    pub fn drop_queue(&mut self, queue: &Arc<str>) {
+        let mut positions: Vec<u64> = self
+            .live
+            .keys()
+            .chain(self.pending_enqueues.iter())
+            .filter(|(q, _)| q == queue)
+            .map(|(_, p)| *p)
+            .collect();
+        positions.sort_unstable();
+        positions.dedup();
+        self.dequeue(queue, &positions);
+    }
+
+    fn forget(&mut self, segment: u64) {
+        if segment == self.current.number {
+            self.current_live = self.current_live.saturating_sub(1);
+        } else if let Some(s) = self.older.iter_mut().find(|(n, _)| *n == segment) {
+            s.1 = s.1.saturating_sub(1);
+        }
+    }
+
+    /// Whether a write is running.
+    pub fn writing(&self) -> bool {
+        self.in_flight.is_some()
+    }
+
+    /// The next write, if none is running and records wait: the group of
+    /// everything pending, under `token`.
+    pub fn next_write(&mut self, token: u64) -> Option<DiskOp> {
+        if self.in_flight.is_some() || self.pending.is_empty() {
+            return None;
+        }
+        let full = self.current.end + self.pending.len() as u64 > self.segment_size;
+        if full && self.current.end > BLOCK as u64 && !self.retrying {
+            self.roll();
+        }
+        self.retrying = false;
+        let start = self.current.end - self.current.tail.len() as u64;
+        let mut data =
+            BytesMut::with_capacity(self.current.tail.len() + self.pending.len() + BLOCK);
+        data.extend_from_slice(&self.current.tail);
+        data.extend_from_slice(&self.pending);
+        let end = start + data.len() as u64;
+        let tail_from = (data.len() / BLOCK) * BLOCK;
+        let tail = data[tail_from..].to_vec();
+        data.resize(data.len().div_ceil(BLOCK) * BLOCK, 0);
+        let records = self.pending.split().freeze();
+        let number = self.current.number;
+        for key in self.pending_enqueues.drain() {
+            self.live.insert(key, number);
+            self.current_live += 1;
+        }
+        self.in_flight = Some(InFlight {
+            token,
+            end,
+            tail,
+            releases: std::mem::take(&mut self.pending_releases),
+            records,
+        });
+        Some(DiskOp::Write {
+            path: segment_path(&self.dir, number),
+            offset: start,
+            data: data.freeze(),
+            sync: true,
+        })
+    }
+
+    /// Settlements that need no write and wait behind nothing: release now.
+    pub fn take_passed(&mut self) -> Vec<(Arc<str>, u64)> {
+        if !self.pending.is_empty() || self.in_flight.is_some() {
+            return Vec::new();
+        }
+        self.busy.clear();
+        self.pending_releases.drain().collect()
+    }
+
+    /// Starts the next segment.
+    fn roll(&mut self) {
+        let old = self.current.number;
+        self.older.push_back((old, self.current_live));
+        let number = old + 1;
+        self.current = Current {
+            number,
+            end: BLOCK as u64,
+            tail: segment_header(self.shard, number).to_vec(),
+        };
+        self.current_live = 0;
+    }
+
+    /// The write `token` ended: on success what it releases; on failure
+    /// nothing (its records lead the next write, at the same offset).
+    pub fn written(&mut self, token: u64, ok: bool) -> Written {
+        let Some(flight) = self.in_flight.take_if(|f| f.token == token) else {
+            return Written::default();
+        };
+        if !ok {
+            let mut again = BytesMut::from(&flight.records[..]);
+            again.extend_from_slice(&self.pending);
+            self.pending = again;
+            for (q, p) in flight.releases {
+                self.note(&q, p);
+            }
+            self.retrying = true;
+            return Written::default();
+        }
+        self.current.end = flight.end;
+        self.current.tail = flight.tail;
+        let mut releases: Vec<(Arc<str>, u64)> = flight.releases.into_iter().collect();
+        if self.pending.is_empty() {
+            // Nothing more is being written for any queue: what passed
+            // meanwhile goes too.
+            self.busy.clear();
+            releases.extend(self.pending_releases.drain());
+        }
+        releases.sort();
+        Written { releases }
+    }
+}
