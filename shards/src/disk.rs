@@ -1,10 +1,7 @@
-//! The disk seam: file operations an extension asks for ([`Shard::disk`])
+//! The disk seam: file operations an extension asks for (`Shard::disk`)
 //! and the runtime performs on io_uring, never blocking the shard; each
-//! completes later under its token ([`Extension::disk_done`]). A simulation
+//! completes later under its token (`Extension::disk_done`). A simulation
 //! performs them itself (on an in-memory disk that can tear writes).
-//!
-//! [`Shard::disk`]: crate::broker::Shard::disk
-//! [`Extension::disk_done`]: crate::broker::ext::Extension::disk_done
 
 use std::path::PathBuf;
 
