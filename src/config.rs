@@ -85,8 +85,25 @@ pub struct Config {
     pub default_limit_policy: LimitPolicy,
     /// Whether attaching to a queue that does not exist creates it.
     pub auto_create_queues: bool,
+    /// The `store*` options.
+    pub store: StoreConfig,
     /// The `ha-*` and `link-*` options.
     pub ha: HaConfig,
+}
+
+/// The persistent store's options.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreConfig {
+    /// `store`: persistent messages and durable configuration go to disk.
+    pub enabled: bool,
+    /// `store-dir`: default `data-dir`/store.
+    pub dir: PathBuf,
+    /// `store-segment-size`: bytes per journal segment.
+    pub segment_size: u64,
+    /// `store-sync`: wait for the disk before settling (off is unsafe).
+    pub sync: bool,
+    /// `store-repair`: cut a damaged segment instead of refusing to start.
+    pub repair: bool,
 }
 
 /// The high-availability options, with qpidd's meanings.
@@ -212,6 +229,17 @@ impl Config {
                 .value("default-max-queue-count", |r| value::number(r, 0, u64::MAX))?,
             default_limit_policy: src.value("default-limit-policy", value::choice)?,
             auto_create_queues: src.value("auto-create-queues", value::boolean)?,
+            store: StoreConfig {
+                enabled: src.value("store", value::boolean)?,
+                dir: match src.get("store-dir", value::text)? {
+                    Some(dir) => dir.value.into(),
+                    None => PathBuf::from(src.value("data-dir", value::text)?).join("store"),
+                },
+                segment_size: src
+                    .value("store-segment-size", |r| value::number(r, 65536, u64::MAX))?,
+                sync: src.value("store-sync", value::boolean)?,
+                repair: src.value("store-repair", value::boolean)?,
+            },
             ha: HaConfig::resolve(src)?,
         })
     }

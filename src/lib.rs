@@ -2,8 +2,12 @@
 //! (src/bin/), sharing the configuration loader and the tools' plumbing.
 //!
 //! - [`config`]: tandemd's TOML file and qpidd-style flags.
+//! - [`data_dir`]: the data directory's lock and the broker's identity.
+//! - [`store`]: opening the persistent store at start (recovery).
 //! - [`tools`]: what the admin tools share: connecting (`-b`, `--ha-admin`),
 //!   management calls, aligned tables.
 
 pub mod config;
+pub mod data_dir;
+pub mod store;
 pub mod tools;

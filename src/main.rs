@@ -52,8 +52,8 @@ fn init_logging(cfg: &Config) {
 }
 
 fn run(cfg: &Config) -> Result<(), String> {
-    std::fs::create_dir_all(&cfg.data_dir)
-        .map_err(|e| format!("data-dir {}: cannot create: {e}", cfg.data_dir.display()))?;
+    // Held until the broker exits: one broker per data-dir.
+    let data_dir = tandem::data_dir::DataDir::open(&cfg.data_dir)?;
     let users = match &cfg.users_file {
         Some(path) => load_users(path)?,
         None if cfg.auth => {
@@ -85,7 +85,7 @@ fn run(cfg: &Config) -> Result<(), String> {
         ..Default::default()
     };
     let (mut settings, ha) = if cfg.ha.cluster {
-        with_ha(cfg, settings)?
+        with_ha(cfg, settings, &data_dir.broker_id)?
     } else {
         (settings, None)
     };
@@ -94,6 +94,18 @@ fn run(cfg: &Config) -> Result<(), String> {
     if cfg.ha.cluster || cfg.ha.queue_replication {
         replication_shard(cfg, &mut settings);
     }
+    let extension = if cfg.store.enabled {
+        let opened = tandem::store::open(&cfg.store, settings.shards)?;
+        settings.initial_config = opened.initial_config;
+        Some(tandem_store::ext::extension(
+            opened.settings,
+            opened.recovered,
+            ha,
+        ))
+    } else {
+        tracing::info!("store = no: nothing is written to disk");
+        ha
+    };
     // Block the stop signals before the shard threads exist, so they inherit the
     // mask and only this thread receives them (in sigwait below).
     let signals = stop_signals();
@@ -102,7 +114,7 @@ fn run(cfg: &Config) -> Result<(), String> {
 
     let workers = settings.shards;
     let replication = settings.service_shard.is_some();
-    let running = runtime::start(settings, bind, ha).map_err(|e| e.to_string())?;
+    let running = runtime::start(settings, bind, extension).map_err(|e| e.to_string())?;
     tracing::info!(
         "listening on {} with {} shards{}, data-dir {}, auth {}",
         running.addr,
@@ -149,6 +161,7 @@ fn replication_shard(cfg: &Config, settings: &mut BrokerSettings) {
 fn with_ha(
     cfg: &Config,
     mut settings: BrokerSettings,
+    broker_id: &str,
 ) -> Result<(BrokerSettings, Option<runtime::ExtensionFactory>), String> {
     let brokers_url = cfg
         .ha
@@ -177,12 +190,9 @@ fn with_ha(
     settings.initial_admission = Admission::AdminOnly {
         reason: "backup broker (joining), not primary: try another address".into(),
     };
-    let started = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
     let ha_settings = HaSettings {
-        broker_id: format!("{:x}-{:x}", std::process::id(), started & 0xffff_ffff_ffff),
+        // Persisted in data-dir: a restarted backup is the member it was.
+        broker_id: broker_id.to_owned(),
         brokers,
         backup_timeout: cfg.ha.backup_timeout,
         heartbeat: cfg.ha.link_heartbeat_interval,

@@ -301,6 +301,8 @@ struct Runtime {
     dirty: RefCell<Vec<u64>>,
     /// Connections of the whole broker (`max-connections`).
     conn_count: Arc<AtomicUsize>,
+    /// Files the shard's disk operations write, kept open.
+    files: RefCell<HashMap<std::path::PathBuf, Rc<OpenFile>>>,
 }
 
 impl Runtime {
@@ -331,6 +333,7 @@ impl Runtime {
             }
         }
         let arrivals = shard.take_arrivals();
+        let disk_ops = shard.take_disk_ops();
         let mut dirty = self.dirty.borrow_mut();
         shard.take_dirty(&mut dirty);
         let writers = self.writers.borrow();
@@ -343,6 +346,9 @@ impl Runtime {
         drop(dirty);
         drop(producers);
         drop(shard);
+        for (token, op) in disk_ops {
+            glommio::spawn_local(perform(self.clone(), token, op)).detach();
+        }
         for (id, fd, leftover) in arrivals {
             // SAFETY: the descriptor was duplicated for this arrival by the
             // shard that handed the connection over; it is ours alone now.
@@ -352,6 +358,116 @@ impl Runtime {
             run_connection(self, id, stream, Transport::Plain, conn_count, leftover);
         }
     }
+}
+
+/// A file the journal writes: with O_DIRECT where the filesystem allows it
+/// (tmpfs does not), else through the page cache; both on io_uring.
+enum OpenFile {
+    Direct(glommio::io::DmaFile),
+    Buffered(glommio::io::BufferedFile),
+}
+
+/// Performs a disk operation and tells the shard how it ended.
+async fn perform(rt: Rc<Runtime>, token: u64, op: crate::disk::DiskOp) {
+    use crate::disk::DiskOp;
+    let result = match op {
+        DiskOp::Write {
+            path,
+            offset,
+            data,
+            sync,
+        } => write_at(&rt, &path, offset, data, sync)
+            .await
+            .map_err(|e| format!("writing {}: {e}", path.display())),
+        DiskOp::Replace { path, data } => {
+            let shown = path.display().to_string();
+            glommio::executor()
+                .spawn_blocking(move || replace(&path, &data))
+                .await
+                .map_err(|e| format!("replacing {shown}: {e}"))
+        }
+        DiskOp::Remove { path } => {
+            rt.files.borrow_mut().remove(&path);
+            let shown = path.display().to_string();
+            glommio::executor()
+                .spawn_blocking(move || match std::fs::remove_file(&path) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                    _ => Ok(()),
+                })
+                .await
+                .map_err(|e| format!("removing {shown}: {e}"))
+        }
+    };
+    {
+        let mut shard = rt.shard.borrow_mut();
+        shard.set_now(Instant::now());
+        shard.disk_done(token, result);
+    }
+    rt.after_step();
+}
+
+async fn write_at(
+    rt: &Rc<Runtime>,
+    path: &std::path::Path,
+    offset: u64,
+    data: Bytes,
+    sync: bool,
+) -> std::io::Result<()> {
+    let existing = rt.files.borrow().get(path).cloned();
+    let file = match existing {
+        Some(f) => f,
+        None => {
+            let mut options = glommio::io::OpenOptions::new();
+            options.read(true).write(true).create(true);
+            let file = match options.dma_open(path).await {
+                Ok(f) => OpenFile::Direct(f),
+                Err(_) => OpenFile::Buffered(options.buffered_open(path).await?),
+            };
+            let file = Rc::new(file);
+            rt.files.borrow_mut().insert(path.to_owned(), file.clone());
+            file
+        }
+    };
+    let written = match &*file {
+        OpenFile::Direct(f) => {
+            let mut buf = f.alloc_dma_buffer(data.len());
+            buf.as_bytes_mut().copy_from_slice(&data);
+            let n = f.write_at(buf, offset).await?;
+            if sync {
+                f.fdatasync().await?;
+            }
+            n
+        }
+        OpenFile::Buffered(f) => {
+            let n = f.write_at(data.to_vec(), offset).await?;
+            if sync {
+                f.fdatasync().await?;
+            }
+            n
+        }
+    };
+    if written != data.len() {
+        return Err(std::io::Error::other(format!(
+            "short write: {written} of {} bytes",
+            data.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Replaces `path` with `data`: written beside it, synced, renamed over it,
+/// and the directory synced (blocking; runs on the blocking pool).
+fn replace(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("new");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -437,6 +553,7 @@ async fn shard_main(
         overflow: Cell::new(false),
         dirty: RefCell::new(Vec::new()),
         conn_count: conn_count.clone(),
+        files: RefCell::new(HashMap::new()),
     });
     *rt_slot.borrow_mut() = Some(rt.clone());
     drop(rt_ready_tx);

@@ -44,6 +44,7 @@ const SECURITY: &str = "Security";
 const LOGGING: &str = "Logging";
 const LIMITS: &str = "Limits";
 const QUEUES: &str = "Queue defaults";
+const STORE: &str = "Persistent store";
 const HA: &str = "High availability (active-passive cluster)";
 
 const fn opt(
@@ -79,6 +80,16 @@ pub(super) const OPTIONS: &[OptionSpec] = &[
         "Number of shards, each a thread pinned to a core [default: number of available cores]"),
     opt(GENERAL, "data-dir", "PATH", Some("./tandem-data"), Plain,
         "Directory for the broker's durable state"),
+    opt(STORE, "store", "yes|no", Some("yes"), Bool,
+        "Write persistent messages (durable, on durable queues) and durable configuration to disk"),
+    opt(STORE, "store-dir", "PATH", None, Plain,
+        "Directory of the store (qpidd's store-dir) [default: DATA-DIR/store]"),
+    opt(STORE, "store-segment-size", "BYTES", Some("67108864"), Plain,
+        "Size of a journal segment file (at least 65536)"),
+    opt(STORE, "store-sync", "yes|no", Some("yes"), Bool,
+        "Settle persistent messages only once on disk; no is UNSAFE (a crash loses settled messages), for benchmarks"),
+    opt(STORE, "store-repair", "yes|no", Some("no"), Bool,
+        "At start, cut a journal segment at a damaged record in its middle (the records after it are lost) instead of refusing to start"),
     opt(SECURITY, "auth", "yes|no", Some("no"), Bool,
         "Require SASL authentication of clients"),
     opt(SECURITY, "users-file", "PATH", None, Plain,

@@ -173,6 +173,15 @@ impl Journal {
         }
     }
 
+    /// Recovered messages nobody will have (their queue is no longer
+    /// declared): dequeued in the journal, so that a queue declared later
+    /// under the same name does not get them back.
+    pub fn discard(&mut self, queue: &str, positions: &[u64]) {
+        if !positions.is_empty() {
+            encode_dequeue(&mut self.pending, queue, positions);
+        }
+    }
+
     /// Every live message of `queue` (deleted or purged): dequeued.
     pub fn drop_queue(&mut self, queue: &Arc<str>) {
         let mut positions: Vec<u64> = self

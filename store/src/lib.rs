@@ -8,6 +8,7 @@
 //!   tails cut, damage in the middle refused).
 
 pub mod config_file;
+pub mod ext;
 pub mod journal;
 pub mod mem_disk;
 pub mod record;

@@ -147,6 +147,8 @@ pub struct Broker {
     stdout: Arc<Mutex<Vec<String>>>,
     stderr_path: PathBuf,
     status: Option<ExitStatus>,
+    /// The extra arguments it was started with (a restart reuses them).
+    args: Vec<String>,
     /// Holds the data directory and the stderr file; dropped last.
     dir: TempDir,
 }
@@ -157,14 +159,42 @@ impl Broker {
     /// broker exits first or does not listen within [`STARTUP_DEADLINE`].
     pub fn start(args: &[&str]) -> Broker {
         let dir = TempDir::new("broker");
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        Broker::launch(dir, 0, args)
+    }
+
+    /// Kills the broker (SIGKILL, as a crash) if it runs, and starts it again
+    /// on the same port and data directory with the same arguments.
+    pub fn restart(self) -> Broker {
+        let mut old = self;
+        old.kill();
+        let port = old.port;
+        let args = std::mem::take(&mut old.args);
+        // The directory must outlive the old broker's drop: take it over.
+        let dir = std::mem::replace(&mut old.dir, TempDir::new("replaced"));
+        drop(old);
+        Broker::launch(dir, port, args)
+    }
+
+    /// The data directory (`--data-dir`).
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    fn launch(dir: TempDir, port: u16, args: Vec<String>) -> Broker {
         let data_dir = dir.join("data");
         fs::create_dir_all(&data_dir).expect("creating the data dir");
         let stderr_path = dir.join("tandemd.stderr");
-        let stderr = File::create(&stderr_path).expect("creating the stderr file");
+        let stderr = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&stderr_path)
+            .expect("creating the stderr file");
         let data_dir = data_dir.to_str().expect("UTF-8 temp dir").to_owned();
+        let port_arg = port.to_string();
         let mut command = tandemd_command(&[
             "--port",
-            "0",
+            &port_arg,
             "--interface",
             "127.0.0.1",
             "--data-dir",
@@ -173,7 +203,7 @@ impl Broker {
             "no",
         ]);
         command
-            .args(args)
+            .args(&args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(stderr));
@@ -209,6 +239,7 @@ impl Broker {
                 stdout,
                 stderr_path,
                 status: None,
+                args,
                 dir,
             },
             Err(why) => {

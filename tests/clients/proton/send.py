@@ -28,6 +28,7 @@ def parse_args():
     parser.add_argument("--prefix", default="", help="body prefix, before the sequence number")
     parser.add_argument("--properties", default=None, help="application properties, a JSON object")
     parser.add_argument("--report-progress", action="store_true", help="print settled counts as they change")
+    parser.add_argument("--durable", action="store_true", help="mark messages durable (persistent on a durable queue)")
     args = parser.parse_args()
     if args.properties is not None:
         args.properties = json.loads(args.properties)
@@ -65,7 +66,7 @@ class Sender(Client):
     def on_sendable(self, event):
         sender = event.sender
         while sender.credit > 0 and self.sent < self.args.count:
-            message = Message(body=self.body(self.sent))
+            message = Message(body=self.body(self.sent), durable=self.args.durable)
             if self.args.subject is not None:
                 message.subject = self.args.subject
             if self.args.properties is not None:

@@ -1,0 +1,485 @@
+//! The store on each shard, as the shards' extension: it wraps the broker's
+//! other extension (HA, or none) and passes it everything, and on the way
+//! taps every durable queue its shard owns, holds publishers' settlements
+//! on them (a second settlement holder beside replication), writes
+//! persistent messages and dequeues to the shard's journal, and on shard 0
+//! rewrites the durable configuration file after every change.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hashbrown::HashSet;
+use tandem_shards::amqp::codec::Value;
+use tandem_shards::amqp::connection::{Connection, Event, LinkKey};
+use tandem_shards::amqp::performative::{Attach, ErrorCondition};
+use tandem_shards::broker::ext::{ExtMsg, Extension, Tap};
+use tandem_shards::broker::{ConfigDone, ConfigEvent, Shard};
+use tandem_shards::disk::{DiskOp, DiskResult};
+use tandem_shards::management::{Request, Response};
+use tandem_shards::runtime::ExtensionFactory;
+
+use crate::journal::Journal;
+use crate::recovery::Recovered;
+
+/// The store's settlement holder id (replication's are backup member ids,
+/// counted up from 1).
+pub const HOLDER: u64 = u64::MAX;
+/// How long a failed journal or configuration write waits before it is
+/// tried again.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// How the store runs (from the `store*` options).
+#[derive(Debug, Clone)]
+pub struct StoreSettings {
+    /// `store-dir`: the journal of shard N is `DIR/shard-N`, the durable
+    /// configuration `DIR/config`.
+    pub dir: PathBuf,
+    pub segment_size: u64,
+    /// `store-sync`: off writes without waiting for the disk (unsafe).
+    pub sync: bool,
+}
+
+impl StoreSettings {
+    pub fn shard_dir(&self, shard: usize) -> PathBuf {
+        self.dir.join(format!("shard-{shard}"))
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("config")
+    }
+}
+
+/// The factory `runtime::start` runs on every shard: the store's part on
+/// worker shards (with what recovery found for them), wrapping `inner`.
+pub fn extension(
+    settings: StoreSettings,
+    recovered: Vec<Recovered>,
+    inner: Option<ExtensionFactory>,
+) -> ExtensionFactory {
+    let settings = Arc::new(settings);
+    let recovered = Arc::new(Mutex::new(
+        recovered.into_iter().map(Some).collect::<Vec<_>>(),
+    ));
+    Arc::new(move |shard: usize| -> Box<dyn Extension> {
+        let found = recovered
+            .lock()
+            .ok()
+            .and_then(|mut r| r.get_mut(shard).and_then(Option::take));
+        Box::new(Store {
+            settings: settings.clone(),
+            recovered: found,
+            journal: None,
+            durable: HashSet::new(),
+            write: None,
+            next_write: 1,
+            retry_at: None,
+            config: ConfigWriter::default(),
+            inner: inner.as_ref().map(|f| f(shard)),
+        })
+    })
+}
+
+#[derive(Default)]
+struct ConfigWriter {
+    /// The configuration changed since the last write was started.
+    dirty: bool,
+    running: Option<u64>,
+}
+
+pub struct Store {
+    settings: Arc<StoreSettings>,
+    /// Taken at start.
+    recovered: Option<Recovered>,
+    /// On worker shards.
+    journal: Option<Journal>,
+    /// The durable queues this shard owns (tapped and held).
+    durable: HashSet<Arc<str>>,
+    /// The journal write running: disk token and the journal's own.
+    write: Option<(u64, u64)>,
+    next_write: u64,
+    /// After a failed write: not before then.
+    retry_at: Option<Instant>,
+    config: ConfigWriter,
+    inner: Option<Box<dyn Extension>>,
+}
+
+impl Store {
+    /// Puts what recovery found back into this shard's queues, and starts the
+    /// journal after it.
+    fn recover(&mut self, shard: &mut Shard) {
+        let Some(found) = self.recovered.take() else {
+            return;
+        };
+        let dir = self.settings.shard_dir(shard.id);
+        let mut journal = Journal::new(
+            shard.id as u32,
+            dir,
+            self.settings.segment_size,
+            found.next_segment,
+        );
+        let mut dropped = 0usize;
+        let mut gone: HashSet<Arc<str>> = HashSet::new();
+        for (queue, messages) in found.queues {
+            match shard.queue_mut(&queue) {
+                Some(q) => {
+                    for (position, message) in messages {
+                        q.insert_at(position, message);
+                    }
+                }
+                None => {
+                    dropped += messages.len();
+                    let positions: Vec<u64> = messages.keys().copied().collect();
+                    journal.discard(&queue, &positions);
+                    gone.insert(queue);
+                }
+            }
+        }
+        if dropped > 0 {
+            tracing::warn!(
+                "store: {dropped} recovered messages belong to queues that are no longer declared; dropped"
+            );
+        }
+        for (number, mut live) in found.segments {
+            // A recovered message whose queue is gone is not live.
+            live.retain(|(q, _)| !gone.contains(q));
+            journal.recovered_segment(number, live);
+        }
+        self.journal = Some(journal);
+    }
+
+    /// Taps and holds an owned durable queue.
+    fn guard(&mut self, shard: &mut Shard, name: &Arc<str>) {
+        if self.durable.insert(name.clone()) {
+            shard.tap_queue(name);
+            shard.hold(name, HOLDER);
+        }
+    }
+
+    fn stored(&mut self, shard: &mut Shard, queue: &Arc<str>, position: u64, message: &Bytes) {
+        if !self.durable.contains(queue) {
+            return;
+        }
+        let Some(journal) = self.journal.as_mut() else {
+            return;
+        };
+        if is_persistent(message) {
+            journal.enqueue(queue, position, message);
+        } else if let Some(upto) = journal.pass(queue, position) {
+            shard.release(queue, HOLDER, upto);
+        }
+    }
+
+    fn applied(&mut self, shard: &mut Shard, event: &ConfigEvent) {
+        match event {
+            ConfigEvent::QueueDeclared {
+                name,
+                owner,
+                settings,
+            } if *owner == shard.id
+                && settings.durable
+                && !settings.auto_delete
+                && self.journal.is_some() =>
+            {
+                self.guard(shard, name)
+            }
+            ConfigEvent::QueueDeleted { name } if self.durable.remove(name) => {
+                if let Some(j) = self.journal.as_mut() {
+                    j.drop_queue(name);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Starts the writes that are due: the journal's next group (one at a
+    /// time), removals of emptied segments, the configuration file.
+    fn issue(&mut self, shard: &mut Shard) {
+        if self.retry_at.is_some_and(|t| shard.now() < t) {
+            return;
+        }
+        self.retry_at = None;
+        if let Some(journal) = self.journal.as_mut() {
+            if self.write.is_none() {
+                let local = self.next_write;
+                if let Some(mut op) = journal.next_write(local) {
+                    self.next_write += 1;
+                    if let DiskOp::Write { sync, .. } = &mut op {
+                        *sync = self.settings.sync;
+                    }
+                    self.write = Some((shard.disk(op), local));
+                }
+            }
+            for (queue, upto) in journal.take_passed() {
+                shard.release(&queue, HOLDER, upto);
+            }
+            for op in journal.collect() {
+                shard.disk(op);
+            }
+        }
+        if shard.id == 0 && self.config.dirty && self.config.running.is_none() {
+            self.config.dirty = false;
+            let ops = crate::config_file::durable_config(&shard.catalogue);
+            let data = crate::config_file::encode(&ops);
+            let path = self.settings.config_path();
+            self.config.running = Some(shard.disk(DiskOp::Replace { path, data }));
+        }
+    }
+
+    fn done(&mut self, shard: &mut Shard, token: u64, result: &DiskResult) {
+        if let Some((t, local)) = self.write {
+            if t == token {
+                self.write = None;
+                if let Err(e) = result {
+                    tracing::error!("store: journal write failed ({e}); publishers of persistent messages wait until it succeeds");
+                    self.retry_at = Some(shard.now() + RETRY);
+                }
+                let written = self
+                    .journal
+                    .as_mut()
+                    .map(|j| j.written(local, result.is_ok()))
+                    .unwrap_or_default();
+                for (queue, upto) in written.releases {
+                    shard.release(&queue, HOLDER, upto);
+                }
+            }
+        }
+        if self.config.running == Some(token) {
+            self.config.running = None;
+            if let Err(e) = result {
+                tracing::error!(
+                    "store: writing the durable configuration failed ({e}); trying again"
+                );
+                self.config.dirty = true;
+                self.retry_at = Some(shard.now() + RETRY);
+            }
+        }
+        if let Err(e) = result {
+            tracing::warn!("store: disk operation failed: {e}");
+        }
+    }
+}
+
+/// Whether a message's header says `durable` (a message without a header is
+/// not durable).
+pub fn is_persistent(raw: &[u8]) -> bool {
+    let Some(rest) = raw.strip_prefix(&[0x00, 0x53, 0x70]) else {
+        return false;
+    };
+    // list8: code, size, count, fields; list32: code, size u32, count u32.
+    let (count_at, fields_at, width) = match rest.first() {
+        Some(0xc0) => (2, 3, 1),
+        Some(0xd0) => (5, 9, 4),
+        _ => return false,
+    };
+    let no_fields = rest
+        .get(count_at..count_at + width)
+        .is_none_or(|c| c.iter().all(|b| *b == 0));
+    let first = if no_fields {
+        None
+    } else {
+        rest.get(fields_at..)
+    };
+    matches!(first, Some([0x41, ..] | [0x56, 0x01, ..]))
+}
+
+impl Extension for Store {
+    fn start(&mut self, shard: &mut Shard) {
+        if shard.id < shard.workers() {
+            self.recover(shard);
+            let names = shard.queue_names();
+            for name in names {
+                let durable = shard
+                    .queue(&name)
+                    .is_some_and(|q| q.settings.durable && !q.settings.auto_delete);
+                if durable {
+                    self.guard(shard, &name);
+                }
+            }
+        }
+        if let Some(i) = self.inner.as_mut() {
+            i.start(shard);
+        }
+    }
+
+    fn tap(&mut self, shard: &mut Shard, tap: Tap) {
+        match &tap {
+            Tap::Stored {
+                queue,
+                position,
+                message,
+            } => self.stored(shard, queue, *position, message),
+            Tap::Dequeued { queue, positions } => {
+                if self.durable.contains(queue) {
+                    if let Some(j) = self.journal.as_mut() {
+                        j.dequeue(queue, positions);
+                    }
+                }
+            }
+            Tap::Applied(event) => self.applied(shard, event),
+            Tap::Ordered(events) => {
+                if shard.id == 0 && events.iter().any(touches_durable) {
+                    self.config.dirty = true;
+                }
+            }
+        }
+        if let Some(i) = self.inner.as_mut() {
+            i.tap(shard, tap);
+        }
+    }
+
+    fn end_of_step(&mut self, shard: &mut Shard) {
+        self.issue(shard);
+        if let Some(i) = self.inner.as_mut() {
+            i.end_of_step(shard);
+        }
+    }
+
+    fn poll(&mut self, shard: &mut Shard, now: Instant) {
+        self.issue(shard);
+        if let Some(i) = self.inner.as_mut() {
+            i.poll(shard, now);
+        }
+    }
+
+    fn disk_done(&mut self, shard: &mut Shard, token: u64, result: DiskResult) {
+        self.done(shard, token, &result);
+        self.issue(shard);
+        if let Some(i) = self.inner.as_mut() {
+            i.disk_done(shard, token, result);
+        }
+    }
+
+    // Everything else is the inner extension's.
+
+    fn manages(&self, entity_type: &str) -> bool {
+        self.inner.as_ref().is_some_and(|i| i.manages(entity_type))
+    }
+
+    fn manage(&mut self, shard: &mut Shard, request: Request) -> Response {
+        match self.inner.as_mut() {
+            Some(i) => i.manage(shard, request),
+            None => Response::error(
+                tandem_shards::management::status::NOT_FOUND,
+                format!("no such entity type: {}", request.entity_type),
+            ),
+        }
+    }
+
+    fn is_admin(&self, properties: Option<&Value>) -> bool {
+        self.inner.as_ref().is_some_and(|i| i.is_admin(properties))
+    }
+
+    fn claims(&self, address: &str) -> bool {
+        self.inner.as_ref().is_some_and(|i| i.claims(address))
+    }
+
+    fn home(&self, shard: &Shard) -> Option<usize> {
+        self.inner.as_ref().and_then(|i| i.home(shard))
+    }
+
+    fn attach(&mut self, shard: &mut Shard, conn: u64, link: LinkKey, attach: Attach) {
+        if let Some(i) = self.inner.as_mut() {
+            i.attach(shard, conn, link, attach);
+        }
+    }
+
+    fn link_event(&mut self, shard: &mut Shard, conn: u64, event: &Event) {
+        if let Some(i) = self.inner.as_mut() {
+            i.link_event(shard, conn, event);
+        }
+    }
+
+    fn owned_event(&mut self, shard: &mut Shard, conn: u64, event: Event) {
+        if let Some(i) = self.inner.as_mut() {
+            i.owned_event(shard, conn, event);
+        }
+    }
+
+    fn heard(&mut self, shard: &mut Shard, conn: u64, now: Instant) {
+        if let Some(i) = self.inner.as_mut() {
+            i.heard(shard, conn, now);
+        }
+    }
+
+    fn connected(&mut self, shard: &mut Shard, token: u64, address: &str) -> Option<Connection> {
+        self.inner
+            .as_mut()
+            .and_then(|i| i.connected(shard, token, address))
+    }
+
+    fn opened(&mut self, shard: &mut Shard, token: u64, conn: u64) {
+        if let Some(i) = self.inner.as_mut() {
+            i.opened(shard, token, conn);
+        }
+    }
+
+    fn connect_failed(&mut self, shard: &mut Shard, token: u64) {
+        if let Some(i) = self.inner.as_mut() {
+            i.connect_failed(shard, token);
+        }
+    }
+
+    fn message(&mut self, shard: &mut Shard, message: ExtMsg) {
+        if let Some(i) = self.inner.as_mut() {
+            i.message(shard, message);
+        }
+    }
+
+    fn config_done(
+        &mut self,
+        shard: &mut Shard,
+        req: u64,
+        result: Result<ConfigDone, ErrorCondition>,
+    ) {
+        if let Some(i) = self.inner.as_mut() {
+            i.config_done(shard, req, result);
+        }
+    }
+}
+
+/// Whether a configuration change touches what the configuration file holds.
+fn touches_durable(event: &ConfigEvent) -> bool {
+    match event {
+        ConfigEvent::QueueDeclared { settings, .. } => settings.durable,
+        ConfigEvent::ExchangeDeclared { durable, .. } => *durable,
+        // Deletes and bindings: cheap to rewrite the file whatever they were.
+        _ => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tandem_shards::amqp::message::Header;
+
+    fn with_header(durable: bool) -> Vec<u8> {
+        let mut out = bytes::BytesMut::new();
+        Header {
+            durable,
+            ..Default::default()
+        }
+        .encode(&mut out);
+        out.extend_from_slice(b"\x00\x53\x77\xa1\x02hi");
+        out.to_vec()
+    }
+
+    #[test]
+    fn the_header_says_whether_a_message_is_persistent() {
+        assert!(is_persistent(&with_header(true)));
+        assert!(!is_persistent(&with_header(false)));
+        assert!(!is_persistent(b"\x00\x53\x77\xa1\x02hi"), "no header");
+        assert!(!is_persistent(b"\x00\x53\x70\x45"), "an empty header list");
+        assert!(
+            !is_persistent(b"\x00\x53\x70\xc0\x01\x00"),
+            "a header of no fields"
+        );
+        assert!(is_persistent(
+            b"\x00\x53\x70\xd0\x00\x00\x00\x05\x00\x00\x00\x01\x41"
+        ));
+        assert!(is_persistent(b"\x00\x53\x70\xc0\x03\x01\x56\x01"));
+        assert!(!is_persistent(b"\x00\x53\x70\xc0"), "cut short");
+        assert!(!is_persistent(b""));
+    }
+}

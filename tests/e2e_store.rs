@@ -1,0 +1,281 @@
+//! The persistent store with real processes: durable messages on durable
+//! queues survive a kill -9 of the broker under a Qpid Proton publisher, a
+//! torn journal tail is cut at the last good record, a second broker on the
+//! same data-dir is refused, and damage in the middle of a segment refuses
+//! start-up naming the file and the repair option.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::tools::{stderr, tool};
+use common::{run_python, run_tandemd, spawn_python, Broker, ClientProcess, Json};
+
+/// How long a Proton client may run before it gives up.
+const CLIENT_TIMEOUT: &str = "60";
+
+fn durable_queue(broker: &Broker, name: &str) {
+    let out = tool(
+        "tandem-config",
+        &["-b", &broker.url(), "add", "queue", name, "--durable"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+/// Sequence numbers the publisher saw settled.
+fn settled(sender: &ClientProcess) -> BTreeSet<u64> {
+    sender
+        .json_lines()
+        .iter()
+        .filter_map(|j| j["settled"].as_u64())
+        .collect()
+}
+
+/// Receives until every one of 0..`expect` arrived (or 20 s passed); those
+/// that did (the receiver's summary lists the missing ones).
+fn drain(broker: &Broker, queue: &str, expect: usize) -> BTreeSet<u64> {
+    let out = run_python(
+        "ha_recv.py",
+        &[
+            "--urls",
+            &broker.url(),
+            "--address",
+            queue,
+            "--expect",
+            &expect.to_string(),
+            "--timeout",
+            "20",
+        ],
+    );
+    let summary = out.summary();
+    let missing: BTreeSet<u64> = summary["missing"]
+        .as_array()
+        .map(|m| m.iter().filter_map(Json::as_u64).collect())
+        .unwrap_or_default();
+    assert!(
+        summary["received_unique"].as_u64().is_some(),
+        "no receiver summary: {}",
+        out.stdout()
+    );
+    (0..expect as u64)
+        .filter(|s| !missing.contains(s))
+        .collect()
+}
+
+/// The journal segment files of a broker, newest last.
+fn segments(data_dir: &Path) -> Vec<PathBuf> {
+    let mut all: Vec<PathBuf> = std::fs::read_dir(data_dir.join("store"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .flat_map(|shard| {
+            std::fs::read_dir(shard.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+        })
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "jnl"))
+        .collect();
+    all.sort_by_key(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0));
+    all
+}
+
+#[test]
+fn settled_durable_messages_survive_a_kill_9_under_a_proton_publisher() {
+    const COUNT: usize = 3000;
+    let broker = Broker::start(&["--worker-threads", "2"]);
+    durable_queue(&broker, "orders");
+    let mut sender = spawn_python(
+        "ha_send.py",
+        &[
+            "--urls",
+            &broker.url(),
+            "--address",
+            "orders",
+            "--count",
+            &COUNT.to_string(),
+            "--interval-ms",
+            "1",
+            "--timeout",
+            CLIENT_TIMEOUT,
+        ],
+    );
+    sender.wait_for(Duration::from_secs(30), "500 settlements", |lines| {
+        lines
+            .iter()
+            .filter(|l| l["settled"].as_u64().is_some())
+            .count()
+            >= 500
+    });
+    let before_kill = settled(&sender);
+    let broker = broker.restart();
+    assert!(
+        broker
+            .stderr()
+            .contains("store: recovered 1 durable queues"),
+        "{}",
+        broker.stderr()
+    );
+    // The publisher reconnects and sends what was not settled again.
+    let out = sender.wait();
+    out.assert_success();
+    let all_settled = settled_lines(&out);
+    assert_eq!(all_settled.len(), COUNT, "every message settled in the end");
+    let received = drain(&broker, "orders", COUNT);
+    let lost: Vec<u64> = before_kill.difference(&received).copied().collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} messages settled before the kill -9 were lost after the restart: {:?}",
+        lost.len(),
+        before_kill.len(),
+        &lost[..lost.len().min(20)]
+    );
+    assert!(before_kill.len() >= 500, "the kill came under load");
+}
+
+fn settled_lines(out: &common::ClientOutput) -> BTreeSet<u64> {
+    out.json_lines()
+        .iter()
+        .filter_map(|j| j["settled"].as_u64())
+        .collect()
+}
+
+#[test]
+fn a_torn_journal_tail_is_cut_and_everything_before_it_kept() {
+    let broker = Broker::start(&["--worker-threads", "1"]);
+    durable_queue(&broker, "q");
+    run_python(
+        "send.py",
+        &[
+            "--url",
+            &broker.url(),
+            "--address",
+            "q",
+            "--count",
+            "100",
+            "--durable",
+        ],
+    )
+    .assert_success();
+    let mut broker = broker;
+    broker.kill();
+    let segment = segments(&broker.data_dir())
+        .pop()
+        .expect("a journal segment");
+    // The last record loses its last bytes, as a crash mid-write leaves it.
+    let bytes = std::fs::read(&segment).expect("segment");
+    let end = bytes.iter().rposition(|b| *b != 0).expect("records") + 1;
+    std::fs::write(&segment, &bytes[..end - 3]).expect("tear");
+    let broker = broker.restart();
+    let log = broker.stderr();
+    assert!(
+        log.contains("cut a torn tail of") && log.contains(&segment.display().to_string()),
+        "{log}"
+    );
+    let out = run_python(
+        "recv.py",
+        &[
+            "--url",
+            &broker.url(),
+            "--address",
+            "q",
+            "--count",
+            "99",
+            "--timeout",
+            "10",
+        ],
+    );
+    out.assert_success();
+    assert_eq!(
+        out.bodies(),
+        common::expected_bodies("", 99),
+        "the 99 whole records"
+    );
+}
+
+#[test]
+fn a_second_broker_on_the_same_data_dir_is_refused() {
+    let broker = Broker::start(&["--worker-threads", "1"]);
+    let data_dir = broker.data_dir();
+    let out = run_tandemd(
+        &[
+            "--port",
+            "0",
+            "--data-dir",
+            data_dir.to_str().expect("UTF-8"),
+        ],
+        Duration::from_secs(10),
+    );
+    assert!(!out.status.success());
+    let said = &out.stderr;
+    assert!(
+        said.contains("is in use by another tandemd")
+            && said.contains(&format!("pid {}", broker.pid())),
+        "{said}"
+    );
+}
+
+#[test]
+fn damage_in_the_middle_of_a_segment_refuses_start_up_until_repaired() {
+    let broker = Broker::start(&["--worker-threads", "1"]);
+    durable_queue(&broker, "q");
+    run_python(
+        "send.py",
+        &[
+            "--url",
+            &broker.url(),
+            "--address",
+            "q",
+            "--count",
+            "50",
+            "--durable",
+        ],
+    )
+    .assert_success();
+    let mut broker = broker;
+    broker.kill();
+    let segment = segments(&broker.data_dir()).pop().expect("a segment");
+    let mut bytes = std::fs::read(&segment).expect("segment");
+    bytes[4096 + 20] ^= 0xff; // inside the first record
+    std::fs::write(&segment, &bytes).expect("damage");
+    let data_dir = broker.data_dir();
+    let out = run_tandemd(
+        &[
+            "--port",
+            "0",
+            "--data-dir",
+            data_dir.to_str().expect("UTF-8"),
+        ],
+        Duration::from_secs(10),
+    );
+    assert!(!out.status.success(), "started on a damaged journal");
+    let said = &out.stderr;
+    assert!(
+        said.contains(&segment.display().to_string())
+            && said.contains("offset 4096")
+            && said.contains("--store-repair"),
+        "{said}"
+    );
+    let out = run_tandemd(
+        &[
+            "--port",
+            "0",
+            "--data-dir",
+            data_dir.to_str().expect("UTF-8"),
+            "--store-repair",
+            "--log-enable",
+            "info+",
+        ],
+        Duration::from_secs(3),
+    );
+    // With the repair option it starts (and is stopped by the deadline).
+    assert!(
+        out.stdout().contains("listening on"),
+        "{}\n{}",
+        out.stdout(),
+        out.stderr
+    );
+}
