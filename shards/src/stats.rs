@@ -37,6 +37,21 @@ pub struct ShardReport {
     pub queues: Vec<(Arc<str>, QueueStats)>,
     pub exchanges: Vec<(Arc<str>, ExchangeStats)>,
     pub connections: Vec<ConnectionInfo>,
+    /// The extension's counters (e.g. the store's journal writes), summed
+    /// over the shards into the broker's attributes.
+    pub counters: Vec<(&'static str, u64)>,
+}
+
+impl ShardReport {
+    /// Adds another shard's counters to these, by name.
+    pub fn add_counters(&mut self, more: &[(&'static str, u64)]) {
+        for (name, n) in more {
+            match self.counters.iter_mut().find(|(k, _)| k == name) {
+                Some((_, total)) => *total += n,
+                None => self.counters.push((name, *n)),
+            }
+        }
+    }
 }
 
 /// How often each shard publishes a snapshot (at the latest, when busy).

@@ -77,6 +77,7 @@ pub fn extension(
             retry_at: None,
             config: ConfigWriter::default(),
             inner: inner.as_ref().map(|f| f(shard)),
+            counts: Counts::default(),
         })
     })
 }
@@ -103,6 +104,15 @@ pub struct Store {
     retry_at: Option<Instant>,
     config: ConfigWriter,
     inner: Option<Box<dyn Extension>>,
+    counts: Counts,
+}
+
+/// What the journal did (the broker's `store-*` management attributes).
+#[derive(Default)]
+struct Counts {
+    writes: u64,
+    bytes: u64,
+    persistent: u64,
 }
 
 impl Store {
@@ -166,6 +176,7 @@ impl Store {
         };
         if is_persistent(message) {
             journal.enqueue(queue, position, message);
+            self.counts.persistent += 1;
         } else if let Some(upto) = journal.pass(queue, position) {
             shard.release(queue, HOLDER, upto);
         }
@@ -205,8 +216,10 @@ impl Store {
                 let local = self.next_write;
                 if let Some(mut op) = journal.next_write(local) {
                     self.next_write += 1;
-                    if let DiskOp::Write { sync, .. } = &mut op {
+                    if let DiskOp::Write { sync, data, .. } = &mut op {
                         *sync = self.settings.sync;
+                        self.counts.writes += 1;
+                        self.counts.bytes += data.len() as u64;
                     }
                     self.write = Some((shard.disk(op), local));
                 }
@@ -349,6 +362,19 @@ impl Extension for Store {
         if let Some(i) = self.inner.as_mut() {
             i.disk_done(shard, token, result);
         }
+    }
+
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        let c = &self.counts;
+        let mut all = vec![
+            ("store-journal-writes", c.writes),
+            ("store-journal-bytes", c.bytes),
+            ("store-persistent-messages", c.persistent),
+        ];
+        if let Some(i) = self.inner.as_ref() {
+            all.extend(i.counters());
+        }
+        all
     }
 
     // Everything else is the inner extension's.

@@ -28,23 +28,22 @@ pub fn segment_path(dir: &Path, number: u64) -> PathBuf {
 #[derive(Debug)]
 struct Current {
     number: u64,
-    /// Offset just past the last record written.
+    /// Offset just past the last record written (or being written).
     end: u64,
-    /// The bytes of the block holding `end`, up to `end` (written again
-    /// before the next records).
-    tail: Vec<u8>,
 }
 
 /// The group being written.
 #[derive(Debug)]
 struct InFlight {
     token: u64,
-    end: u64,
-    tail: Vec<u8>,
+    /// Where its data starts, and that data up to the last record (its
+    /// padding excluded): written again if the write fails.
+    start: u64,
+    data: Bytes,
+    /// The segment's end before it.
+    end_before: u64,
     /// Settlements it releases: per queue, every position up to this one.
     releases: HashMap<Arc<str>, u64>,
-    /// Its records (written again if the write fails).
-    records: Bytes,
 }
 
 /// What a write that ended means.
@@ -68,8 +67,12 @@ pub struct Journal {
     live: HashMap<(Arc<str>, u64), u64>,
     /// Live messages of the current segment.
     current_live: usize,
-    /// Records not written yet, and the messages among them.
-    pending: BytesMut,
+    /// The next write as it grows: the bytes of the block holding the
+    /// segment's end, up to the end (`tail` of them; written again before the
+    /// new records), then the records not written yet.
+    buf: BytesMut,
+    tail: usize,
+    /// The messages among the records not written yet.
     pending_enqueues: HashSet<(Arc<str>, u64)>,
     /// Settlements the pending group will release.
     pending_releases: HashMap<Arc<str>, u64>,
@@ -94,12 +97,12 @@ impl Journal {
             current: Current {
                 number,
                 end: BLOCK as u64,
-                tail: segment_header(shard, number).to_vec(),
             },
             older: VecDeque::new(),
             live: HashMap::new(),
             current_live: 0,
-            pending: BytesMut::new(),
+            buf: segment_header(shard, number),
+            tail: BLOCK,
             pending_enqueues: HashSet::new(),
             pending_releases: HashMap::new(),
             busy: HashSet::new(),
@@ -132,7 +135,7 @@ impl Journal {
 
     /// A persistent message was stored at `position` of `queue`.
     pub fn enqueue(&mut self, queue: &Arc<str>, position: u64, message: &[u8]) {
-        encode_enqueue(&mut self.pending, queue, position, message);
+        encode_enqueue(&mut self.buf, queue, position, message);
         self.pending_enqueues.insert((queue.clone(), position));
         self.note(queue, position);
         self.busy.insert(queue.clone());
@@ -169,7 +172,7 @@ impl Journal {
             }
         }
         if !written.is_empty() {
-            encode_dequeue(&mut self.pending, queue, &written);
+            encode_dequeue(&mut self.buf, queue, &written);
         }
     }
 
@@ -178,7 +181,7 @@ impl Journal {
     /// under the same name does not get them back.
     pub fn discard(&mut self, queue: &str, positions: &[u64]) {
         if !positions.is_empty() {
-            encode_dequeue(&mut self.pending, queue, positions);
+            encode_dequeue(&mut self.buf, queue, positions);
         }
     }
 
@@ -209,65 +212,76 @@ impl Journal {
         self.in_flight.is_some()
     }
 
+    /// Whether records wait to be written.
+    fn pending(&self) -> bool {
+        self.buf.len() > self.tail
+    }
+
     /// The next write, if none is running and records wait: the group of
     /// everything pending, under `token`.
     pub fn next_write(&mut self, token: u64) -> Option<DiskOp> {
-        if self.in_flight.is_some() || self.pending.is_empty() {
+        if self.in_flight.is_some() || !self.pending() {
             return None;
         }
-        let full = self.current.end + self.pending.len() as u64 > self.segment_size;
+        let records = (self.buf.len() - self.tail) as u64;
+        let full = self.current.end + records > self.segment_size;
         if full && self.current.end > BLOCK as u64 && !self.retrying {
             self.roll();
         }
         self.retrying = false;
-        let start = self.current.end - self.current.tail.len() as u64;
-        let mut data =
-            BytesMut::with_capacity(self.current.tail.len() + self.pending.len() + BLOCK);
-        data.extend_from_slice(&self.current.tail);
-        data.extend_from_slice(&self.pending);
+        let start = self.current.end - self.tail as u64;
+        let mut data = self.buf.split();
         let end = start + data.len() as u64;
+        // The next write starts with the block that holds this one's end.
         let tail_from = (data.len() / BLOCK) * BLOCK;
-        let tail = data[tail_from..].to_vec();
-        data.resize(data.len().div_ceil(BLOCK) * BLOCK, 0);
-        let records = self.pending.split().freeze();
+        self.buf.extend_from_slice(&data[tail_from..]);
+        self.tail = self.buf.len();
+        let unpadded = data.len();
+        data.resize(unpadded.div_ceil(BLOCK) * BLOCK, 0);
+        let data = data.freeze();
         let number = self.current.number;
         for key in self.pending_enqueues.drain() {
             self.live.insert(key, number);
             self.current_live += 1;
         }
+        let end_before = self.current.end;
+        self.current.end = end;
         self.in_flight = Some(InFlight {
             token,
-            end,
-            tail,
+            start,
+            data: data.slice(..unpadded),
+            end_before,
             releases: std::mem::take(&mut self.pending_releases),
-            records,
         });
         Some(DiskOp::Write {
             path: segment_path(&self.dir, number),
             offset: start,
-            data: data.freeze(),
+            data,
             sync: true,
         })
     }
 
     /// Settlements that need no write and wait behind nothing: release now.
     pub fn take_passed(&mut self) -> Vec<(Arc<str>, u64)> {
-        if !self.pending.is_empty() || self.in_flight.is_some() {
+        if self.pending() || self.in_flight.is_some() {
             return Vec::new();
         }
         self.busy.clear();
         self.pending_releases.drain().collect()
     }
 
-    /// Starts the next segment.
+    /// Starts the next segment: the pending records move behind its header.
     fn roll(&mut self) {
         let old = self.current.number;
         self.older.push_back((old, self.current_live));
         let number = old + 1;
+        let mut buf = segment_header(self.shard, number);
+        buf.extend_from_slice(&self.buf[self.tail..]);
+        self.buf = buf;
+        self.tail = BLOCK;
         self.current = Current {
             number,
             end: BLOCK as u64,
-            tail: segment_header(self.shard, number).to_vec(),
         };
         self.current_live = 0;
     }
@@ -279,19 +293,20 @@ impl Journal {
             return Written::default();
         };
         if !ok {
-            let mut again = BytesMut::from(&flight.records[..]);
-            again.extend_from_slice(&self.pending);
-            self.pending = again;
+            // Back to before the write: its bytes, then what came since.
+            let mut again = BytesMut::from(&flight.data[..]);
+            again.extend_from_slice(&self.buf[self.tail..]);
+            self.tail = (flight.end_before - flight.start) as usize;
+            self.buf = again;
+            self.current.end = flight.end_before;
             for (q, p) in flight.releases {
                 self.note(&q, p);
             }
             self.retrying = true;
             return Written::default();
         }
-        self.current.end = flight.end;
-        self.current.tail = flight.tail;
         let mut releases: Vec<(Arc<str>, u64)> = flight.releases.into_iter().collect();
-        if self.pending.is_empty() {
+        if !self.pending() {
             // Nothing more is being written for any queue: what passed
             // meanwhile goes too.
             self.busy.clear();

@@ -185,32 +185,87 @@ pub struct Corrupt {
     pub next: usize,
 }
 
+/// A record as read, borrowing its queue's name from the file.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RecordRef<'a> {
+    Enqueue {
+        queue: &'a str,
+        position: u64,
+        message: Bytes,
+    },
+    Dequeue {
+        queue: &'a str,
+        positions: Vec<u64>,
+    },
+}
+
+impl RecordRef<'_> {
+    pub fn to_owned(&self) -> Record {
+        match self {
+            RecordRef::Enqueue {
+                queue,
+                position,
+                message,
+            } => Record::Enqueue {
+                queue: queue.to_string(),
+                position: *position,
+                message: message.clone(),
+            },
+            RecordRef::Dequeue { queue, positions } => Record::Dequeue {
+                queue: queue.to_string(),
+                positions: positions.clone(),
+            },
+        }
+    }
+}
+
+/// Where a segment's good records end, and the tail cut after them.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ScanEnd {
+    /// Offset just past the last good record (where the next write goes).
+    pub end: usize,
+    /// The tail after `end` that was cut: its offset and why, if the file
+    /// holds anything there but zero padding.
+    pub torn: Option<(usize, String)>,
+}
+
 /// Reads the records of a whole segment file (header included). A bad record
 /// with no valid record after it is a torn tail and is cut; a bad record with
 /// a valid one after it is corruption in the middle ([`Corrupt`]), unless
 /// `repair` is set, when everything from the bad record on is cut too.
 pub fn scan(file: &Bytes, repair: bool) -> Result<Scan, Corrupt> {
-    let mut scan = Scan {
+    let mut records = Vec::new();
+    let end = scan_with(file, repair, |r| records.push(r.to_owned()))?;
+    Ok(Scan {
+        records,
+        end: end.end,
+        torn: end.torn,
+    })
+}
+
+/// [`scan`], handing each record to `visit` as it is read (no copy of the
+/// queue's name; the message is a slice of `file`).
+pub fn scan_with<'a>(
+    file: &'a Bytes,
+    repair: bool,
+    mut visit: impl FnMut(RecordRef<'a>),
+) -> Result<ScanEnd, Corrupt> {
+    let mut scan = ScanEnd {
         end: BLOCK.min(file.len()),
-        ..Default::default()
+        torn: None,
     };
     let mut at = scan.end;
     while at < file.len() {
         match record_at(file, at) {
             Ok(Some((record, next))) => {
-                scan.records.push(record);
+                visit(record);
                 at = next;
                 scan.end = next;
             }
             Ok(None) | Err(_) if file[at..].iter().all(|b| *b == 0) => break,
             Ok(None) => {
-                return finish_scan(
-                    file,
-                    scan,
-                    at,
-                    "zeros where a record should be".into(),
-                    repair,
-                )
+                let why = "zeros where a record should be".to_string();
+                return finish_scan(file, scan, at, why, repair);
             }
             Err(why) => return finish_scan(file, scan, at, why, repair),
         }
@@ -220,11 +275,11 @@ pub fn scan(file: &Bytes, repair: bool) -> Result<Scan, Corrupt> {
 
 fn finish_scan(
     file: &Bytes,
-    mut scan: Scan,
+    mut scan: ScanEnd,
     at: usize,
     why: String,
     repair: bool,
-) -> Result<Scan, Corrupt> {
+) -> Result<ScanEnd, Corrupt> {
     if let Some(next) = ((at + 1)..file.len()).find(|&n| matches!(record_at(file, n), Ok(Some(_))))
     {
         if !repair {
@@ -240,7 +295,7 @@ fn finish_scan(
 }
 
 /// The record at `at` and the offset after it; `Ok(None)` for a zero length.
-fn record_at(file: &Bytes, at: usize) -> Result<Option<(Record, usize)>, String> {
+fn record_at(file: &Bytes, at: usize) -> Result<Option<(RecordRef<'_>, usize)>, String> {
     let head = file
         .get(at..at + 8)
         .ok_or_else(|| format!("{} bytes left, less than a record header", file.len() - at))?;
@@ -259,21 +314,22 @@ fn record_at(file: &Bytes, at: usize) -> Result<Option<(Record, usize)>, String>
     if crc32c::crc32c(body) != crc {
         return Err("checksum mismatch".into());
     }
-    let record = decode_body(&file.slice(at + 8..end)).map_err(str::to_owned)?;
+    let record = decode_body(file, at + 8, end).map_err(str::to_owned)?;
     Ok(Some((record, end)))
 }
 
-/// A record's kind and body, its checksum already verified.
-fn decode_body(b: &Bytes) -> Result<Record, &'static str> {
+/// The record in `file[start..end]`, its checksum already verified.
+fn decode_body(file: &Bytes, start: usize, end: usize) -> Result<RecordRef<'_>, &'static str> {
+    let b = &file[start..end];
     let mut r = Reader { b, at: 1 };
     let queue = r.name()?;
     match b.first() {
         Some(&KIND_ENQUEUE) => {
             let position = r.u64()?;
-            Ok(Record::Enqueue {
+            Ok(RecordRef::Enqueue {
                 queue,
                 position,
-                message: b.slice(r.at..),
+                message: file.slice(start + r.at..end),
             })
         }
         Some(&KIND_DEQUEUE) => {
@@ -285,7 +341,7 @@ fn decode_body(b: &Bytes) -> Result<Record, &'static str> {
             if r.at != b.len() {
                 return Err("dequeue record has bytes after its positions");
             }
-            Ok(Record::Dequeue { queue, positions })
+            Ok(RecordRef::Dequeue { queue, positions })
         }
         _ => Err("unknown record kind"),
     }
@@ -296,8 +352,8 @@ struct Reader<'a> {
     at: usize,
 }
 
-impl Reader<'_> {
-    fn take(&mut self, n: usize) -> Result<&[u8], &'static str> {
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], &'static str> {
         let s = self
             .b
             .get(self.at..self.at + n)
@@ -317,11 +373,11 @@ impl Reader<'_> {
         Ok(u64::from_le_bytes(a))
     }
 
-    fn name(&mut self) -> Result<String, &'static str> {
+    fn name(&mut self) -> Result<&'a str, &'static str> {
         let s = self.take(2)?;
         let len = usize::from(u16::from_le_bytes([s[0], s[1]]));
         let name = self.take(len)?;
-        String::from_utf8(name.to_vec()).map_err(|_| "queue name is not UTF-8")
+        std::str::from_utf8(name).map_err(|_| "queue name is not UTF-8")
     }
 }
 

@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use hashbrown::HashMap;
+use hashbrown::{HashMap, HashSet};
 
-use crate::record::{read_header, scan, Record};
+use crate::record::{read_header, scan_with, RecordRef};
 
 /// A queue's message: its queue and position.
 pub type MessageKey = (Arc<str>, u64);
@@ -98,13 +98,7 @@ pub fn recover(
         ..Default::default()
     };
     let mut home: HashMap<MessageKey, u64> = HashMap::new();
-    let mut names: HashMap<String, Arc<str>> = HashMap::new();
-    let mut intern = |name: String| -> Arc<str> {
-        names
-            .entry(name)
-            .or_insert_with_key(|n| Arc::from(n.as_str()))
-            .clone()
-    };
+    let mut names: HashSet<Arc<str>> = HashSet::new();
     let last = segments.len().saturating_sub(1);
     for (i, (number, path, bytes)) in segments.into_iter().enumerate() {
         r.next_segment = r.next_segment.max(number + 1);
@@ -132,27 +126,21 @@ pub fn recover(
             ));
             continue;
         }
-        let scanned = scan(&bytes, repair).map_err(|c| RecoverError::Corrupt {
-            path: path.clone(),
-            why: c.to_string(),
-        })?;
-        if let Some((offset, why)) = scanned.torn {
-            r.torn.push((path.clone(), offset, why));
-        }
-        r.records += scanned.records.len();
-        for record in scanned.records {
+        let mut records = 0usize;
+        let scanned = scan_with(&bytes, repair, |record| {
+            records += 1;
             match record {
-                Record::Enqueue {
+                RecordRef::Enqueue {
                     queue,
                     position,
                     message,
                 } => {
-                    let queue = intern(queue);
+                    let queue = intern(&mut names, queue);
                     home.insert((queue.clone(), position), number);
                     r.queues.entry(queue).or_default().insert(position, message);
                 }
-                Record::Dequeue { queue, positions } => {
-                    let queue = intern(queue);
+                RecordRef::Dequeue { queue, positions } => {
+                    let queue = intern(&mut names, queue);
                     if let Some(q) = r.queues.get_mut(&queue) {
                         for p in positions {
                             q.remove(&p);
@@ -161,6 +149,14 @@ pub fn recover(
                     }
                 }
             }
+        })
+        .map_err(|c| RecoverError::Corrupt {
+            path: path.clone(),
+            why: c.to_string(),
+        })?;
+        r.records += records;
+        if let Some((offset, why)) = scanned.torn {
+            r.torn.push((path.clone(), offset, why));
         }
         r.segments.push((number, Vec::new()));
     }
@@ -171,4 +167,16 @@ pub fn recover(
         }
     }
     Ok(r)
+}
+
+/// The one shared copy of a queue's name.
+fn intern(names: &mut HashSet<Arc<str>>, name: &str) -> Arc<str> {
+    match names.get(name) {
+        Some(n) => n.clone(),
+        None => {
+            let n: Arc<str> = Arc::from(name);
+            names.insert(n.clone());
+            n
+        }
+    }
 }

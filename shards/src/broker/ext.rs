@@ -135,6 +135,12 @@ pub trait Extension {
     /// End of a step: write what the step batched.
     fn end_of_step(&mut self, shard: &mut Shard) {}
 
+    /// Counters for the broker's management attributes (summed over the
+    /// shards), e.g. `store-journal-writes`.
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
+
     /// Once, when installed on its shard (before any input): recover state,
     /// tap queues, hold settlements.
     fn start(&mut self, shard: &mut Shard) {}

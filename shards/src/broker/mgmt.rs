@@ -344,6 +344,7 @@ impl Shard {
                 .map(|(n, s)| (n.clone(), *s))
                 .collect(),
             connections: self.connection_infos(),
+            counters: self.ext.as_ref().map(|e| e.counters()).unwrap_or_default(),
         }
     }
 
@@ -354,6 +355,7 @@ impl Shard {
         g.report.queues.extend(part.queues);
         g.report.exchanges.extend(part.exchanges);
         g.report.connections.extend(part.connections);
+        g.report.add_counters(&part.counters);
         g.waiting -= 1;
         if g.waiting > 0 {
             return;
@@ -600,6 +602,9 @@ impl Shard {
             ("queue-depth", Value::Ulong(depth)),
             ("queue-bytes", Value::Ulong(bytes)),
         ]
+        .into_iter()
+        .chain(report.counters.iter().map(|(k, n)| (*k, Value::Ulong(*n))))
+        .collect()
     }
 
     /// Sends a management reply to its reply-to queue (or exchange).
