@@ -173,6 +173,19 @@ impl HaCluster {
         self.brokers[i].as_ref().expect("a running member").pid()
     }
 
+    /// `kill -9` of member `i` if it runs, then a start on its port with its
+    /// own data directory (identity and store) kept.
+    pub fn restart_member(&mut self, i: Member) {
+        let broker = match self.brokers[i].take() {
+            Some(b) => b,
+            None => match self.dead.iter().rposition(|b| b.port() == self.ports[i]) {
+                Some(at) => self.dead.remove(at),
+                None => panic!("member {i} never ran"),
+            },
+        };
+        self.brokers[i] = Some(broker.restart());
+    }
+
     /// `kill -9`.
     pub fn kill(&mut self, i: Member) {
         let mut broker = self.brokers[i].take().expect("a running member");

@@ -1,0 +1,60 @@
+//! The store in a cluster: the primary journals persistent messages, every
+//! broker keeps its durable configuration and identity, so after all three
+//! brokers are killed the old primary, restarted and promoted, still has every
+//! settled durable message, and the backups copy them from it again.
+
+mod common;
+mod ha_cluster;
+
+use common::run_python;
+use ha_cluster::{serial, HaCluster};
+
+#[test]
+fn after_every_broker_is_killed_the_restarted_primary_still_has_the_settled_messages() {
+    let _serial = serial();
+    let mut cluster = HaCluster::start_with_primary(Some("all"), 0);
+    cluster.config(0, &["add", "queue", "orders", "--durable"]);
+    run_python(
+        "send.py",
+        &[
+            "--url",
+            &cluster.url(0),
+            "--address",
+            "orders",
+            "--count",
+            "300",
+            "--durable",
+        ],
+    )
+    .assert_success();
+    for i in [1, 2] {
+        cluster.wait_depth(i, "orders", 300);
+    }
+    for i in [0, 1, 2] {
+        cluster.kill(i);
+    }
+    for i in [0, 1, 2] {
+        cluster.restart_member(i);
+    }
+    cluster.promote_ok(0);
+    cluster.wait_depth(0, "orders", 300);
+    for i in [1, 2] {
+        cluster.wait_status(i, "ready");
+        cluster.wait_depth(i, "orders", 300);
+    }
+    let out = run_python(
+        "recv.py",
+        &[
+            "--url",
+            &cluster.url(0),
+            "--address",
+            "orders",
+            "--count",
+            "300",
+            "--timeout",
+            "20",
+        ],
+    );
+    out.assert_success();
+    assert_eq!(out.bodies(), common::expected_bodies("", 300));
+}
