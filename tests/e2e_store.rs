@@ -279,3 +279,196 @@ fn damage_in_the_middle_of_a_segment_refuses_start_up_until_repaired() {
         out.stderr
     );
 }
+
+/// A small ext4 filesystem on a loop device, unmounted when dropped.
+struct SmallDisk {
+    mount: PathBuf,
+    image: PathBuf,
+}
+
+impl SmallDisk {
+    /// `None` when not root (mounting needs it); a root that cannot mount
+    /// fails the test.
+    fn new(dir: &Path, megabytes: u32) -> Option<SmallDisk> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: mounting a small filesystem needs root");
+            return None;
+        }
+        let image = dir.join("disk.img");
+        let mount = dir.join("disk");
+        std::fs::create_dir_all(&mount).expect("mount point");
+        let sh = |cmd: &str| {
+            let out = std::process::Command::new("sh")
+                .args(["-c", cmd])
+                .output()
+                .expect("sh");
+            assert!(
+                out.status.success(),
+                "{cmd}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        sh(&format!("truncate -s {megabytes}M {}", image.display()));
+        sh(&format!("mkfs.ext4 -q -F {}", image.display()));
+        sh(&format!(
+            "mount -o loop {} {}",
+            image.display(),
+            mount.display()
+        ));
+        Some(SmallDisk { mount, image })
+    }
+
+    /// Fills the filesystem, leaving `free` bytes; the filler's path.
+    fn fill(&self, free: u64) -> PathBuf {
+        use std::io::Write;
+        let filler = self.mount.join("filler");
+        let mut f = std::fs::File::create(&filler).expect("filler");
+        let chunk = vec![0xa5u8; 64 * 1024];
+        let mut written = 0u64;
+        while f.write_all(&chunk).is_ok() {
+            written += chunk.len() as u64;
+        }
+        let _ = f.sync_all();
+        f.set_len(written.saturating_sub(free))
+            .expect("shrink the filler");
+        f.sync_all().expect("sync the filler");
+        filler
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.mount)
+            .status();
+        let _ = std::fs::remove_file(&self.image);
+    }
+}
+
+#[test]
+fn a_full_disk_refuses_persistent_messages_and_keeps_everything_settled() {
+    let scratch = common::TempDir::new("small-disk");
+    let Some(disk) = SmallDisk::new(scratch.path(), 24) else {
+        return;
+    };
+    let store_dir = disk.mount.join("store");
+    let store = store_dir.to_str().expect("UTF-8").to_owned();
+    let broker = Broker::start(&[
+        "--worker-threads",
+        "1",
+        "--store-dir",
+        &store,
+        "--store-segment-size",
+        "1048576",
+    ]);
+    durable_queue(&broker, "q");
+    let filler = disk.fill(1536 * 1024);
+    const COUNT: usize = 3000;
+    let sender = spawn_python(
+        "send.py",
+        &[
+            "--url",
+            &broker.url(),
+            "--address",
+            "q",
+            "--count",
+            &COUNT.to_string(),
+            "--size",
+            "1024",
+            "--durable",
+            "--timeout",
+            "60",
+        ],
+    );
+    // The disk fills: the write that failed is tried again (its publishers
+    // wait) and new persistent messages are refused at once.
+    let refusing = common::wait_until(Duration::from_secs(30), || {
+        broker.stderr().contains("persistent messages are refused")
+    });
+    assert!(refusing, "the disk never filled: {}", broker.stderr());
+    let refused = run_python(
+        "send.py",
+        &[
+            "--url",
+            &broker.url(),
+            "--address",
+            "q",
+            "--count",
+            "20",
+            "--durable",
+            "--timeout",
+            "10",
+        ],
+    );
+    let said = refused.summary();
+    assert_eq!(said["rejected"].as_u64(), Some(20), "{said:?}");
+    assert_eq!(
+        said["first_rejection"]["condition"].as_str(),
+        Some("amqp:resource-limit-exceeded"),
+        "{said:?}"
+    );
+    assert!(
+        said["first_rejection"]["description"]
+            .as_str()
+            .is_some_and(|d| d.contains("cannot write persistent messages to disk")),
+        "{said:?}"
+    );
+    // Consumers are still served.
+    run_python(
+        "recv.py",
+        &[
+            "--url",
+            &broker.url(),
+            "--address",
+            "q",
+            "--count",
+            "50",
+            "--timeout",
+            "10",
+        ],
+    )
+    .assert_success();
+    // Space returns: the failed write goes through, its publishers are settled.
+    std::fs::remove_file(&filler).expect("free the space");
+    let out = sender.wait();
+    out.assert_success();
+    let summary = out.summary();
+    let accepted = summary["accepted"].as_u64().expect("accepted");
+    let rejected = summary["rejected"].as_u64().expect("rejected");
+    assert_eq!(accepted + rejected, COUNT as u64, "{summary:?}");
+    assert!(accepted > 50, "{summary:?}");
+    // And new ones are accepted again.
+    run_python(
+        "send.py",
+        &[
+            "--url",
+            &broker.url(),
+            "--address",
+            "q",
+            "--count",
+            "100",
+            "--durable",
+            "--prefix",
+            "later-",
+        ],
+    )
+    .assert_success();
+    // Nothing settled was lost: after a kill -9 the queue holds what was
+    // accepted and not consumed (a consumed message may come back, never a
+    // settled one go missing).
+    let broker = broker.restart();
+    let expected = accepted + 100 - 50;
+    let out = tool("tandem-stat", &["-b", &broker.url(), "-q", "--json"]);
+    let rows = Json::parse(&common::tools::stdout(&out)).expect("json");
+    let depth = rows
+        .as_array()
+        .and_then(|r| r.iter().find(|q| q["name"].as_str() == Some("q")))
+        .and_then(|q| q["depth"].as_u64())
+        .expect("queue q");
+    assert!(
+        (expected..=expected + 50).contains(&depth),
+        "after the restart q holds {depth}, expected {expected} (accepted {accepted})"
+    );
+}

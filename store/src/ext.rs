@@ -75,6 +75,7 @@ pub fn extension(
             write: None,
             next_write: 1,
             retry_at: None,
+            failing: None,
             config: ConfigWriter::default(),
             inner: inner.as_ref().map(|f| f(shard)),
             counts: Counts::default(),
@@ -102,6 +103,9 @@ pub struct Store {
     next_write: u64,
     /// After a failed write: not before then.
     retry_at: Option<Instant>,
+    /// The last journal write failed, and why: new persistent messages are
+    /// refused until one succeeds.
+    failing: Option<String>,
     config: ConfigWriter,
     inner: Option<Box<dyn Extension>>,
     counts: Counts,
@@ -244,9 +248,19 @@ impl Store {
         if let Some((t, local)) = self.write {
             if t == token {
                 self.write = None;
-                if let Err(e) = result {
-                    tracing::error!("store: journal write failed ({e}); publishers of persistent messages wait until it succeeds");
-                    self.retry_at = Some(shard.now() + RETRY);
+                match result {
+                    Err(e) => {
+                        if self.failing.is_none() {
+                            tracing::error!("store: journal write failed ({e}); persistent messages are refused until a write succeeds (tried again every {RETRY:?})");
+                        }
+                        self.failing = Some(e.clone());
+                        self.retry_at = Some(shard.now() + RETRY);
+                    }
+                    Ok(()) => {
+                        if self.failing.take().is_some() {
+                            tracing::info!("store: journal writes succeed again; persistent messages are accepted");
+                        }
+                    }
                 }
                 let written = self
                     .journal
@@ -267,9 +281,6 @@ impl Store {
                 self.config.dirty = true;
                 self.retry_at = Some(shard.now() + RETRY);
             }
-        }
-        if let Err(e) = result {
-            tracing::warn!("store: disk operation failed: {e}");
         }
     }
 }
@@ -361,6 +372,25 @@ impl Extension for Store {
         self.issue(shard);
         if let Some(i) = self.inner.as_mut() {
             i.disk_done(shard, token, result);
+        }
+    }
+
+    fn refuse_store(&self, queue: &str, message: &Bytes) -> Option<ErrorCondition> {
+        let ours = self
+            .failing
+            .as_ref()
+            .filter(|_| self.durable.contains(queue) && is_persistent(message));
+        match ours {
+            Some(why) => Some(ErrorCondition::new(
+                tandem_shards::amqp::performative::condition::RESOURCE_LIMIT_EXCEEDED,
+                format!(
+                    "the store cannot write persistent messages to disk ({why}); try again later"
+                ),
+            )),
+            None => self
+                .inner
+                .as_ref()
+                .and_then(|i| i.refuse_store(queue, message)),
         }
     }
 

@@ -135,6 +135,16 @@ pub trait Extension {
     /// End of a step: write what the step batched.
     fn end_of_step(&mut self, shard: &mut Shard) {}
 
+    /// On the queue's owner, before a message is stored: an error refuses it
+    /// (the publisher is told), e.g. a store that cannot write.
+    fn refuse_store(
+        &self,
+        queue: &str,
+        message: &Bytes,
+    ) -> Option<crate::amqp::performative::ErrorCondition> {
+        None
+    }
+
     /// Counters for the broker's management attributes (summed over the
     /// shards), e.g. `store-journal-writes`.
     fn counters(&self) -> Vec<(&'static str, u64)> {

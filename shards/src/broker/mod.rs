@@ -572,39 +572,34 @@ impl Shard {
     // Queue-owner side
 
     fn on_enqueue(&mut self, queue: &Arc<str>, message: Bytes, ack: Option<AckTo>) {
+        if !self.queues.contains_key(queue) {
+            let error = ErrorCondition::new(
+                condition::NOT_FOUND,
+                format!("queue '{queue}' no longer exists"),
+            );
+            return self.refuse_publish(ack, error);
+        }
+        // The extension may refuse what it cannot keep (the store, with its
+        // disk failing).
+        let refused = self
+            .ext
+            .as_ref()
+            .and_then(|e| e.refuse_store(queue, &message));
+        if let Some(error) = refused {
+            return self.refuse_publish(ack, error);
+        }
         let Some(q) = self.queues.get_mut(queue) else {
-            if let Some(ack) = ack {
-                let error = ErrorCondition::new(
-                    condition::NOT_FOUND,
-                    format!("queue '{queue}' no longer exists"),
-                );
-                self.send(
-                    ack.shard,
-                    ShardMsg::Ack {
-                        token: ack.token,
-                        rejected: Some(error),
-                    },
-                );
-            }
             return;
         };
         match q.enqueue(message.clone(), ack) {
             EnqueueOutcome::Stored(position) => self.stored(queue, position, message, ack),
             EnqueueOutcome::Held => {}
             EnqueueOutcome::Rejected => {
-                if let Some(ack) = ack {
-                    let error = ErrorCondition::new(
-                        condition::RESOURCE_LIMIT_EXCEEDED,
-                        format!("queue '{queue}' is full (limit policy reject)"),
-                    );
-                    self.send(
-                        ack.shard,
-                        ShardMsg::Ack {
-                            token: ack.token,
-                            rejected: Some(error),
-                        },
-                    );
-                }
+                let error = ErrorCondition::new(
+                    condition::RESOURCE_LIMIT_EXCEEDED,
+                    format!("queue '{queue}' is full (limit policy reject)"),
+                );
+                self.refuse_publish(ack, error);
             }
         }
         // A ring or last-value queue may have dropped something to make room.
@@ -685,6 +680,19 @@ impl Shard {
     }
 
     /// Settles a publisher's message as stored.
+    /// Tells a publisher its message was not taken.
+    fn refuse_publish(&mut self, ack: Option<AckTo>, error: ErrorCondition) {
+        if let Some(ack) = ack {
+            self.send(
+                ack.shard,
+                ShardMsg::Ack {
+                    token: ack.token,
+                    rejected: Some(error),
+                },
+            );
+        }
+    }
+
     fn ack(&mut self, ack: AckTo) {
         self.send(
             ack.shard,

@@ -2,6 +2,7 @@
 """Sends --count messages with bodies "{prefix}{seq}" to an address, then prints
 
     {"sent": N, "accepted": A, "rejected": R, "released": L, "settled": S,
+     "first_rejection": {"condition": C, "description": D} or null,
      "shard": K, "queue_shard": Q}
 
 (shard: the broker shard serving the connection; queue_shard: the shard the
@@ -44,6 +45,7 @@ class Sender(Client):
         self.sent = 0
         self.accepted = 0
         self.rejected = 0
+        self.first_rejection = None
         self.released = 0
         self.settled = 0
         self.presettled = args.settle == "presettled"
@@ -81,6 +83,9 @@ class Sender(Client):
 
     def on_rejected(self, event):
         self.rejected += 1
+        condition = event.delivery.remote.condition
+        if condition is not None and self.first_rejection is None:
+            self.first_rejection = {"condition": condition.name, "description": condition.description}
 
     def on_released(self, event):
         self.released += 1
@@ -101,6 +106,7 @@ class Sender(Client):
             "settled": self.settled,
             "shard": self.shard,
             "queue_shard": self.queue_shard,
+            "first_rejection": self.first_rejection,
         }
 
 
