@@ -32,7 +32,10 @@ use tandem_shards::amqp::message::{DecodedMessage, MessageBuilder};
 use tandem_shards::amqp::performative::{Attach, DeliveryState, Role, Source, Target};
 use tandem_shards::broker::admission::Admission;
 use tandem_shards::broker::{BrokerSettings, Shard};
+use tandem_shards::disk::DiskOp;
 use tandem_shards::management::{Request, Response};
+use tandem_store::ext::StoreSettings;
+use tandem_store::mem_disk::MemDisk;
 
 /// One step of the virtual clock.
 pub const STEP: Duration = Duration::from_millis(10);
@@ -84,6 +87,8 @@ pub struct Broker {
     pub shards: Vec<Shard>,
     pub health: Health,
     pub broker_id: String,
+    /// Disk operations asked for and not finished yet: shard, token, op.
+    disk_ops: Vec<(usize, u64, DiskOp)>,
 }
 
 /// One side of a pipe.
@@ -135,6 +140,8 @@ pub struct Client {
     pub per_step: Option<u64>,
     /// Publisher: bytes of padding in each message.
     pub padding: usize,
+    /// Publisher: messages marked durable.
+    pub durable: bool,
     sent_this_step: u64,
     /// Publisher: delivery id -> number.
     unsettled: HashMap<u32, u64>,
@@ -162,6 +169,7 @@ impl Client {
             limit,
             per_step: None,
             padding: 0,
+            durable: false,
             sent_this_step: 0,
             unsettled: HashMap::new(),
             settled: BTreeSet::new(),
@@ -312,6 +320,7 @@ impl Client {
                 None => break,
             };
             let payload = MessageBuilder {
+                durable: self.durable,
                 body: Some(Value::Ulong(n)),
                 application_properties: (self.padding > 0)
                     .then(|| {
@@ -390,6 +399,8 @@ pub struct Cluster {
     /// narrows it to make replication lag behind publishing).
     pub bandwidth: usize,
     restarts: usize,
+    /// With a store: each broker's disk (it outlives the broker's process).
+    disks: Option<Vec<MemDisk>>,
 }
 
 /// `node{i}:5672`, the replication address of broker `i`.
@@ -400,6 +411,18 @@ pub fn address(i: usize) -> String {
 impl Cluster {
     /// `n` brokers of `shards` shards each, all joining, none promoted.
     pub fn new(n: usize, shards: usize, seed: u64) -> Cluster {
+        Cluster::build(n, shards, seed, false)
+    }
+
+    /// Like [`Cluster::new`], each broker with a persistent store on a disk of
+    /// its own (queues are durable; a kill loses what was not synced and may
+    /// tear the write that was running; a restart recovers the rest and keeps
+    /// the broker id, as tandemd's data-dir does).
+    pub fn with_store(n: usize, shards: usize, seed: u64) -> Cluster {
+        Cluster::build(n, shards, seed, true)
+    }
+
+    fn build(n: usize, shards: usize, seed: u64, store: bool) -> Cluster {
         let mut c = Cluster {
             now: Instant::now(),
             brokers: Vec::new(),
@@ -413,6 +436,7 @@ impl Cluster {
             seed,
             bandwidth: BANDWIDTH,
             restarts: 0,
+            disks: store.then(|| (0..n).map(|_| MemDisk::new()).collect()),
         };
         for i in 0..n {
             let b = c.start_broker(i);
@@ -437,7 +461,7 @@ impl Cluster {
         let own = self.addresses.get(i).cloned().unwrap_or_else(|| address(i));
         // As tandemd runs a cluster broker: the workers and the replication
         // shard, which serves the backups' links (handed over to it).
-        let settings = Arc::new(BrokerSettings {
+        let mut settings = BrokerSettings {
             shards: self.shards_per_broker,
             service_shard: Some("repl-0".into()),
             container_id: format!("broker-{i}"),
@@ -445,8 +469,15 @@ impl Cluster {
                 reason: "backup broker (joining), not primary: try another address".into(),
             },
             ..Default::default()
-        });
-        let broker_id = format!("broker-{i}-{}", self.restarts);
+        };
+        let store = self.open_store(i, &mut settings);
+        let settings = Arc::new(settings);
+        // With a store the broker id is kept across restarts (tandemd keeps it
+        // in data-dir); without, a restart is a new broker.
+        let broker_id = match store {
+            Some(_) => format!("broker-{i}"),
+            None => format!("broker-{i}-{}", self.restarts),
+        };
         let role = HaBroker::new(
             HaSettings {
                 broker_id: broker_id.clone(),
@@ -476,6 +507,12 @@ impl Cluster {
             let role = roles.lock().ok().and_then(|mut r| r.take());
             Box::new(role.expect("one role per broker")) as Box<dyn HaHandler>
         });
+        let factory = match store {
+            Some((store, recovered)) => {
+                tandem_store::ext::extension(store, recovered, Some(factory))
+            }
+            None => factory,
+        };
         let shards: Vec<Shard> = (0..settings.total_shards())
             .map(|s| {
                 let mut shard = Shard::new(s, settings.clone(), self.now);
@@ -487,6 +524,67 @@ impl Cluster {
             shards,
             health: Health::Up,
             broker_id,
+            disk_ops: Vec::new(),
+        }
+    }
+
+    /// With a store: what broker `i`'s disk holds, read back as tandemd does at
+    /// start (durable configuration into `settings`, each worker's journal).
+    fn open_store(
+        &mut self,
+        i: usize,
+        settings: &mut BrokerSettings,
+    ) -> Option<(StoreSettings, Vec<tandem_store::recovery::Recovered>)> {
+        let disk = self.disks.as_ref()?.get(i)?;
+        let store = StoreSettings {
+            dir: "/store".into(),
+            segment_size: 64 * 1024,
+            sync: true,
+        };
+        settings.default_queue.durable = true;
+        if let Some(bytes) = disk.read(&store.config_path()) {
+            settings.initial_config = tandem_store::config_file::decode(&bytes)
+                .unwrap_or_else(|e| panic!("seed {}: broker {i}'s configuration: {e}", self.seed));
+        }
+        let recovered = (0..settings.shards)
+            .map(|s| {
+                let segments = disk.segments(&store.shard_dir(s));
+                tandem_store::recovery::recover(s as u32, segments, false).unwrap_or_else(|e| {
+                    panic!("seed {}: broker {i} shard {s}'s journal: {e}", self.seed)
+                })
+            })
+            .collect();
+        Some((store, recovered))
+    }
+
+    /// Performs the disk operations asked for by the last step, and tells
+    /// their shards (a sync takes a step).
+    fn run_disks(&mut self) {
+        let Some(disks) = self.disks.as_mut() else {
+            return;
+        };
+        for (b, broker) in self.brokers.iter_mut().enumerate() {
+            if broker.health != Health::Up {
+                continue;
+            }
+            for (s, token, op) in std::mem::take(&mut broker.disk_ops) {
+                let result = disks[b].apply(&op);
+                broker.shards[s].disk_done(token, result);
+            }
+        }
+    }
+
+    /// Collects the disk operations the shards asked for.
+    fn take_disk_ops(&mut self) {
+        if self.disks.is_none() {
+            return;
+        }
+        for broker in &mut self.brokers {
+            for (s, shard) in broker.shards.iter_mut().enumerate() {
+                for (token, op) in shard.take_disk_ops() {
+                    broker.disk_ops.push((s, token, op));
+                }
+            }
         }
     }
 
@@ -496,6 +594,24 @@ impl Cluster {
     /// kill -9: the process is gone, every socket of it closes.
     pub fn kill(&mut self, b: usize) {
         self.brokers[b].health = Health::Dead;
+        let running = std::mem::take(&mut self.brokers[b].disk_ops);
+        if let Some(disk) = self.disks.as_mut().and_then(|d| d.get_mut(b)) {
+            // The first write still running may be torn; the others never began.
+            match running
+                .into_iter()
+                .find(|(_, _, op)| matches!(op, DiskOp::Write { .. }))
+            {
+                Some((_, _, op)) => {
+                    let len = match &op {
+                        DiskOp::Write { data, .. } => data.len() as u64,
+                        _ => 0,
+                    };
+                    let torn = self.rng.below(len + 1) as usize;
+                    disk.crash_during(&op, torn);
+                }
+                None => disk.crash(),
+            }
+        }
         let mut i = 0;
         while i < self.pipes.len() {
             let side = self.pipes[i]
@@ -703,6 +819,7 @@ impl Cluster {
     pub fn step(&mut self) {
         self.now += STEP;
         let now = self.now;
+        self.run_disks();
         for p in &mut self.pipes {
             p.budget = [self.bandwidth, self.bandwidth];
         }
@@ -817,6 +934,7 @@ impl Cluster {
         for _ in 0..10_000 {
             let moved = self.settle_rings() | self.move_bytes() | self.reap();
             if !moved {
+                self.take_disk_ops();
                 return;
             }
         }
