@@ -369,6 +369,15 @@ impl Queue {
         );
     }
 
+    /// The message at `position`, available or acquired (the store rewrites
+    /// live messages of an old journal segment from here).
+    pub fn message_at(&self, position: u64) -> Option<Bytes> {
+        self.available
+            .get(&position)
+            .or_else(|| self.acquired.get(&position).map(|(e, _)| e))
+            .map(|e| e.message.clone())
+    }
+
     /// A backup removes a message the primary dequeued.
     pub fn remove_at(&mut self, position: u64) {
         let removed = self

@@ -155,10 +155,10 @@ impl Store {
                 "store: {dropped} recovered messages belong to queues that are no longer declared; dropped"
             );
         }
-        for (number, mut live) in found.segments {
+        for mut segment in found.segments {
             // A recovered message whose queue is gone is not live.
-            live.retain(|(q, _)| !gone.contains(q));
-            journal.recovered_segment(number, live);
+            segment.live.retain(|(q, _)| !gone.contains(q));
+            journal.recovered_segment(segment.number, segment.live, segment.enqueues);
         }
         self.journal = Some(journal);
     }
@@ -230,6 +230,12 @@ impl Store {
             }
             for (queue, upto) in journal.take_passed() {
                 shard.release(&queue, HOLDER, upto);
+            }
+            if let Some(keys) = journal.compaction() {
+                for (queue, position) in keys {
+                    let message = shard.queue(&queue).and_then(|q| q.message_at(position));
+                    journal.rewrite(&queue, position, message.as_deref());
+                }
             }
             for op in journal.collect() {
                 shard.disk(op);

@@ -32,6 +32,20 @@ struct Current {
     end: u64,
 }
 
+/// A segment before the current one.
+#[derive(Debug, Clone, Copy)]
+struct Segment {
+    number: u64,
+    /// Messages in it still queued.
+    live: usize,
+    /// Enqueue records in it.
+    written: usize,
+}
+
+/// Below this share of live messages (1 in 4) the oldest segment's live
+/// messages are written again into the current one, so it can go.
+const COMPACT_BELOW: usize = 4;
+
 /// The group being written.
 #[derive(Debug)]
 struct InFlight {
@@ -62,11 +76,17 @@ pub struct Journal {
     /// Segments before the current one with live messages, oldest first, and
     /// how many each holds; removed oldest first once empty (so no dequeue
     /// record is lost while the message it dequeues may still be read).
-    older: VecDeque<(u64, usize)>,
+    older: VecDeque<Segment>,
     /// Live messages written or being written: their segment.
     live: HashMap<(Arc<str>, u64), u64>,
-    /// Live messages of the current segment.
+    /// Live messages of the current segment, and enqueue records in it.
     current_live: usize,
+    current_written: usize,
+    /// The old segment whose live messages are being rewritten.
+    compacting: Option<u64>,
+    /// Enqueue records in the pending group (the segment it goes to counts
+    /// them when it is written, whether or not they were dequeued since).
+    pending_written: usize,
     /// The next write as it grows: the bytes of the block holding the
     /// segment's end, up to the end (`tail` of them; written again before the
     /// new records), then the records not written yet.
@@ -101,6 +121,9 @@ impl Journal {
             older: VecDeque::new(),
             live: HashMap::new(),
             current_live: 0,
+            current_written: 0,
+            compacting: None,
+            pending_written: 0,
             buf: segment_header(shard, number),
             tail: BLOCK,
             pending_enqueues: HashSet::new(),
@@ -111,21 +134,32 @@ impl Journal {
         }
     }
 
-    /// A recovered segment whose messages `live` are still queued.
-    pub fn recovered_segment(&mut self, number: u64, live: Vec<(Arc<str>, u64)>) {
+    /// A recovered segment of `written` enqueue records whose messages `live`
+    /// are still queued.
+    pub fn recovered_segment(&mut self, number: u64, live: Vec<(Arc<str>, u64)>, written: usize) {
         let count = live.len();
         for key in live {
             self.live.insert(key, number);
         }
-        self.older.push_back((number, count));
+        self.older.push_back(Segment {
+            number,
+            live: count,
+            written,
+        });
     }
 
     /// Old segments that hold nothing live any more (oldest first): remove
     /// them.
     pub fn collect(&mut self) -> Vec<DiskOp> {
         let mut ops = Vec::new();
-        while let Some(&(number, 0)) = self.older.front() {
+        while let Some(&Segment {
+            number, live: 0, ..
+        }) = self.older.front()
+        {
             self.older.pop_front();
+            if self.compacting == Some(number) {
+                self.compacting = None;
+            }
             ops.push(DiskOp::Remove {
                 path: segment_path(&self.dir, number),
             });
@@ -137,6 +171,7 @@ impl Journal {
     pub fn enqueue(&mut self, queue: &Arc<str>, position: u64, message: &[u8]) {
         encode_enqueue(&mut self.buf, queue, position, message);
         self.pending_enqueues.insert((queue.clone(), position));
+        self.pending_written += 1;
         self.note(queue, position);
         self.busy.insert(queue.clone());
     }
@@ -155,6 +190,40 @@ impl Journal {
     fn note(&mut self, queue: &Arc<str>, position: u64) {
         let upto = self.pending_releases.entry(queue.clone()).or_default();
         *upto = (*upto).max(position);
+    }
+
+    /// The live messages of the oldest segment, when few of its messages are
+    /// still live and older segments pile up: the caller writes each again
+    /// ([`Journal::rewrite`]) and the segment can go. Asked once per segment.
+    pub fn compaction(&mut self) -> Option<Vec<(Arc<str>, u64)>> {
+        let oldest = *self.older.front()?;
+        let sparse = oldest.live > 0 && oldest.live * COMPACT_BELOW <= oldest.written;
+        if !sparse || self.compacting == Some(oldest.number) || self.older.len() < 2 {
+            return None;
+        }
+        self.compacting = Some(oldest.number);
+        Some(
+            self.live
+                .iter()
+                .filter(|(_, s)| **s == oldest.number)
+                .map(|(k, _)| k.clone())
+                .collect(),
+        )
+    }
+
+    /// Writes a live message of an old segment again, into the current one;
+    /// `None` as the message: it is gone after all (nothing to keep).
+    pub fn rewrite(&mut self, queue: &Arc<str>, position: u64, message: Option<&[u8]>) {
+        let key = (queue.clone(), position);
+        let Some(segment) = self.live.remove(&key) else {
+            return;
+        };
+        self.forget(segment);
+        if let Some(message) = message {
+            encode_enqueue(&mut self.buf, queue, position, message);
+            self.pending_enqueues.insert(key);
+            self.pending_written += 1;
+        }
     }
 
     /// Messages left `queue`: those that were written (or are pending) get a
@@ -202,8 +271,8 @@ impl Journal {
     fn forget(&mut self, segment: u64) {
         if segment == self.current.number {
             self.current_live = self.current_live.saturating_sub(1);
-        } else if let Some(s) = self.older.iter_mut().find(|(n, _)| *n == segment) {
-            s.1 = s.1.saturating_sub(1);
+        } else if let Some(s) = self.older.iter_mut().find(|s| s.number == segment) {
+            s.live = s.live.saturating_sub(1);
         }
     }
 
@@ -244,6 +313,7 @@ impl Journal {
             self.live.insert(key, number);
             self.current_live += 1;
         }
+        self.current_written += std::mem::take(&mut self.pending_written);
         let end_before = self.current.end;
         self.current.end = end;
         self.in_flight = Some(InFlight {
@@ -273,7 +343,12 @@ impl Journal {
     /// Starts the next segment: the pending records move behind its header.
     fn roll(&mut self) {
         let old = self.current.number;
-        self.older.push_back((old, self.current_live));
+        self.older.push_back(Segment {
+            number: old,
+            live: self.current_live,
+            written: self.current_written,
+        });
+        self.current_written = 0;
         let number = old + 1;
         let mut buf = segment_header(self.shard, number);
         buf.extend_from_slice(&self.buf[self.tail..]);
@@ -314,5 +389,63 @@ impl Journal {
         }
         releases.sort();
         Written { releases }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mem_disk::MemDisk;
+    use crate::recovery::recover;
+
+    /// One long-lived message, then many that come and go: with compaction
+    /// the long-lived one does not keep every later segment on disk.
+    fn churn(compact: bool) -> (usize, usize) {
+        let dir = PathBuf::from("/j");
+        let mut disk = MemDisk::new();
+        let mut j = Journal::new(0, dir.clone(), 64 * 1024, 1);
+        let q: Arc<str> = Arc::from("q");
+        let body = vec![7u8; 1000];
+        j.enqueue(&q, 1, b"stays");
+        for (token, p) in (2..3000u64).enumerate() {
+            j.enqueue(&q, p, &body);
+            j.dequeue(&q, &[p]);
+            if compact {
+                if let Some(keys) = j.compaction() {
+                    for (queue, position) in keys {
+                        let message = (position == 1).then_some(&b"stays"[..]);
+                        j.rewrite(&queue, position, message);
+                    }
+                }
+            }
+            if let Some(op) = j.next_write(token as u64) {
+                disk.apply(&op).expect("write");
+                j.written(token as u64, true);
+            }
+            for op in j.collect() {
+                disk.apply(&op).expect("remove");
+            }
+        }
+        disk.crash();
+        let got = recover(0, disk.segments(&dir), false).expect("recover");
+        assert_eq!(
+            got.queues
+                .get("q")
+                .map(|m| m.values().cloned().collect::<Vec<_>>()),
+            Some(vec![Bytes::from_static(b"stays")]),
+            "only the long-lived message is queued"
+        );
+        (disk.segments(&dir).len(), disk.used(&dir))
+    }
+
+    #[test]
+    fn a_long_lived_message_does_not_pin_the_journal() {
+        let (segments, used) = churn(true);
+        assert!(segments <= 3, "{segments} segments, {used} bytes");
+        let (without, _) = churn(false);
+        assert!(
+            without > 20,
+            "the scenario must pin segments without compaction: {without}"
+        );
     }
 }

@@ -14,13 +14,23 @@ use crate::record::{read_header, scan_with, RecordRef};
 /// A queue's message: its queue and position.
 pub type MessageKey = (Arc<str>, u64);
 
+/// A segment as found on disk.
+#[derive(Debug, Default)]
+pub struct RecoveredSegment {
+    pub number: u64,
+    /// The messages of [`Recovered::queues`] it holds.
+    pub live: Vec<MessageKey>,
+    /// Its enqueue records.
+    pub enqueues: usize,
+}
+
 /// A shard's journal as found on disk.
 #[derive(Debug, Default)]
 pub struct Recovered {
     /// Messages still queued, per queue, by position.
     pub queues: HashMap<Arc<str>, BTreeMap<u64, Bytes>>,
-    /// Each segment and the messages of `queues` it holds, oldest first.
-    pub segments: Vec<(u64, Vec<MessageKey>)>,
+    /// Each segment, oldest first.
+    pub segments: Vec<RecoveredSegment>,
     /// The number the next segment takes.
     pub next_segment: u64,
     /// Torn tails cut: file, offset, why.
@@ -127,6 +137,7 @@ pub fn recover(
             continue;
         }
         let mut records = 0usize;
+        let mut enqueues = 0usize;
         let scanned = scan_with(&bytes, repair, |record| {
             records += 1;
             match record {
@@ -135,6 +146,7 @@ pub fn recover(
                     position,
                     message,
                 } => {
+                    enqueues += 1;
                     let queue = intern(&mut names, queue);
                     home.insert((queue.clone(), position), number);
                     r.queues.entry(queue).or_default().insert(position, message);
@@ -158,12 +170,16 @@ pub fn recover(
         if let Some((offset, why)) = scanned.torn {
             r.torn.push((path.clone(), offset, why));
         }
-        r.segments.push((number, Vec::new()));
+        r.segments.push(RecoveredSegment {
+            number,
+            live: Vec::new(),
+            enqueues,
+        });
     }
     r.queues.retain(|_, q| !q.is_empty());
     for (key, number) in home {
-        if let Some(s) = r.segments.iter_mut().find(|(n, _)| *n == number) {
-            s.1.push(key);
+        if let Some(s) = r.segments.iter_mut().find(|s| s.number == number) {
+            s.live.push(key);
         }
     }
     Ok(r)
