@@ -472,3 +472,71 @@ fn a_full_disk_refuses_persistent_messages_and_keeps_everything_settled() {
         "after the restart q holds {depth}, expected {expected} (accepted {accepted})"
     );
 }
+
+#[test]
+fn delivery_counts_survive_a_restart() {
+    let broker = Broker::start(&["--worker-threads", "1"]);
+    durable_queue(&broker, "counted");
+    run_python(
+        "send.py",
+        &[
+            "--url",
+            &broker.url(),
+            "--address",
+            "counted",
+            "--count",
+            "5",
+            "--durable",
+        ],
+    )
+    .assert_success();
+    // A consumer takes all five and dies holding them: each delivery failed once.
+    let mut holder = spawn_python(
+        "recv.py",
+        &[
+            "--url",
+            &broker.url(),
+            "--address",
+            "counted",
+            "--count",
+            "5",
+            "--no-settle",
+            "--hold",
+            "--timeout",
+            "30",
+        ],
+    );
+    holder.wait_for_messages(5, Duration::from_secs(20));
+    holder.kill();
+    let redelivered = common::wait_until(Duration::from_secs(10), || {
+        let out = tool("tandem-stat", &["-b", &broker.url(), "-q", "--json"]);
+        common::tools::stdout(&out).contains("\"redeliveries\":5")
+    });
+    assert!(
+        redelivered,
+        "the broker never counted the failed deliveries"
+    );
+    let broker = broker.restart();
+    let out = run_python(
+        "recv.py",
+        &[
+            "--url",
+            &broker.url(),
+            "--address",
+            "counted",
+            "--count",
+            "5",
+            "--timeout",
+            "10",
+        ],
+    );
+    out.assert_success();
+    for message in out.messages() {
+        assert_eq!(
+            message["delivery_count"].as_u64(),
+            Some(1),
+            "the delivery count came back with the message: {message}"
+        );
+    }
+    assert_eq!(out.messages().len(), 5);
+}

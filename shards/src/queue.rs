@@ -170,6 +170,8 @@ pub struct Queue {
     /// Replicated queues on a primary record what left them, for the backups.
     track_dequeues: bool,
     dequeued: Vec<u64>,
+    /// With `track_dequeues`: positions whose delivery count grew, and to what.
+    redelivered: Vec<(u64, u32)>,
 }
 
 impl Queue {
@@ -189,6 +191,7 @@ impl Queue {
             lvq_index: HashMap::new(),
             track_dequeues: false,
             dequeued: Vec::new(),
+            redelivered: Vec::new(),
         }
     }
 
@@ -313,6 +316,7 @@ impl Queue {
         self.track_dequeues = on;
         if !on {
             self.dequeued.clear();
+            self.redelivered.clear();
         }
     }
 
@@ -325,6 +329,19 @@ impl Queue {
     /// Positions that left the queue since the last call.
     pub fn take_dequeued(&mut self, out: &mut Vec<u64>) {
         out.append(&mut self.dequeued);
+    }
+
+    /// Positions whose delivery count grew since the last call, with the
+    /// count.
+    pub fn take_redelivered(&mut self) -> Vec<(u64, u32)> {
+        std::mem::take(&mut self.redelivered)
+    }
+
+    /// A recovered message's delivery count.
+    pub fn set_delivery_count(&mut self, position: u64, count: u32) {
+        if let Some(e) = self.available.get_mut(&position) {
+            e.delivery_count = count;
+        }
     }
 
     /// The position the next message will get.
@@ -369,13 +386,14 @@ impl Queue {
         );
     }
 
-    /// The message at `position`, available or acquired (the store rewrites
-    /// live messages of an old journal segment from here).
-    pub fn message_at(&self, position: u64) -> Option<Bytes> {
+    /// The message at `position`, available or acquired, and its delivery
+    /// count (the store rewrites live messages of an old journal segment from
+    /// here).
+    pub fn message_at(&self, position: u64) -> Option<(Bytes, u32)> {
         self.available
             .get(&position)
             .or_else(|| self.acquired.get(&position).map(|(e, _)| e))
-            .map(|e| e.message.clone())
+            .map(|e| (e.message.clone(), e.delivery_count))
     }
 
     /// A backup removes a message the primary dequeued.
@@ -508,6 +526,9 @@ impl Queue {
             Settlement::Failed => {
                 entry.delivery_count += 1;
                 self.stats.redeliveries += 1;
+                if self.track_dequeues {
+                    self.redelivered.push((position, entry.delivery_count));
+                }
                 self.available.insert(position, entry);
             }
         }

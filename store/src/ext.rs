@@ -135,11 +135,15 @@ impl Store {
         );
         let mut dropped = 0usize;
         let mut gone: HashSet<Arc<str>> = HashSet::new();
+        let mut counts = found.delivery_counts;
         for (queue, messages) in found.queues {
             match shard.queue_mut(&queue) {
                 Some(q) => {
                     for (position, message) in messages {
                         q.insert_at(position, message);
+                    }
+                    for (position, n) in counts.remove(&queue).unwrap_or_default() {
+                        q.set_delivery_count(position, n);
                     }
                 }
                 None => {
@@ -233,8 +237,9 @@ impl Store {
             }
             if let Some(keys) = journal.compaction() {
                 for (queue, position) in keys {
-                    let message = shard.queue(&queue).and_then(|q| q.message_at(position));
-                    journal.rewrite(&queue, position, message.as_deref());
+                    let found = shard.queue(&queue).and_then(|q| q.message_at(position));
+                    let message = found.as_ref().map(|(m, n)| (&m[..], *n));
+                    journal.rewrite(&queue, position, message);
                 }
             }
             for op in journal.collect() {
@@ -344,6 +349,13 @@ impl Extension for Store {
                 if self.durable.contains(queue) {
                     if let Some(j) = self.journal.as_mut() {
                         j.dequeue(queue, positions);
+                    }
+                }
+            }
+            Tap::Redelivered { queue, counts } => {
+                if self.durable.contains(queue) {
+                    if let Some(j) = self.journal.as_mut() {
+                        j.redelivered(queue, counts);
                     }
                 }
             }

@@ -17,7 +17,7 @@ use bytes::{Bytes, BytesMut};
 use hashbrown::{HashMap, HashSet};
 use tandem_shards::disk::DiskOp;
 
-use crate::record::{encode_dequeue, encode_enqueue, segment_header, BLOCK};
+use crate::record::{encode_dequeue, encode_enqueue, encode_redelivered, segment_header, BLOCK};
 
 /// The path of segment `number` in `dir`.
 pub fn segment_path(dir: &Path, number: u64) -> PathBuf {
@@ -211,18 +211,38 @@ impl Journal {
         )
     }
 
-    /// Writes a live message of an old segment again, into the current one;
-    /// `None` as the message: it is gone after all (nothing to keep).
-    pub fn rewrite(&mut self, queue: &Arc<str>, position: u64, message: Option<&[u8]>) {
+    /// Writes a live message of an old segment again, into the current one,
+    /// with its delivery count if it has one; `None` as the message: it is
+    /// gone after all (nothing to keep).
+    pub fn rewrite(&mut self, queue: &Arc<str>, position: u64, message: Option<(&[u8], u32)>) {
         let key = (queue.clone(), position);
         let Some(segment) = self.live.remove(&key) else {
             return;
         };
         self.forget(segment);
-        if let Some(message) = message {
+        if let Some((message, delivery_count)) = message {
             encode_enqueue(&mut self.buf, queue, position, message);
+            if delivery_count > 0 {
+                encode_redelivered(&mut self.buf, queue, &[(position, delivery_count)]);
+            }
             self.pending_enqueues.insert(key);
             self.pending_written += 1;
+        }
+    }
+
+    /// Deliveries of messages of `queue` failed: the new delivery counts of
+    /// those that are written (or pending).
+    pub fn redelivered(&mut self, queue: &Arc<str>, counts: &[(u64, u32)]) {
+        let kept: Vec<(u64, u32)> = counts
+            .iter()
+            .filter(|(p, _)| {
+                let key = (queue.clone(), *p);
+                self.live.contains_key(&key) || self.pending_enqueues.contains(&key)
+            })
+            .copied()
+            .collect();
+        if !kept.is_empty() {
+            encode_redelivered(&mut self.buf, queue, &kept);
         }
     }
 
@@ -413,7 +433,7 @@ mod tests {
             if compact {
                 if let Some(keys) = j.compaction() {
                     for (queue, position) in keys {
-                        let message = (position == 1).then_some(&b"stays"[..]);
+                        let message = (position == 1).then_some((&b"stays"[..], 0));
                         j.rewrite(&queue, position, message);
                     }
                 }

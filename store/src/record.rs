@@ -13,7 +13,9 @@
 //!
 //! Bodies: `enqueue` is the queue name (u16 LE length, UTF-8), the position
 //! (u64 LE) and the message bytes as received; `dequeue` is the queue name, a
-//! count (u32 LE) and that many positions (u64 LE).
+//! count (u32 LE) and that many positions (u64 LE); `redelivered` is the queue
+//! name, a count (u32 LE) and that many pairs of a position (u64 LE) and its new
+//! delivery count (u32 LE).
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -24,6 +26,7 @@ pub const FORMAT: u32 = 1;
 const MAGIC: &[u8; 8] = b"TANDEMJ\0";
 const KIND_ENQUEUE: u8 = 1;
 const KIND_DEQUEUE: u8 = 2;
+const KIND_REDELIVERED: u8 = 3;
 /// Largest record accepted when reading (a message is far smaller).
 const MAX_RECORD: usize = 1 << 30;
 
@@ -39,6 +42,10 @@ pub enum Record {
         queue: String,
         positions: Vec<u64>,
     },
+    Redelivered {
+        queue: String,
+        counts: Vec<(u64, u32)>,
+    },
 }
 
 impl Record {
@@ -51,6 +58,7 @@ impl Record {
                 message,
             } => encode_enqueue(out, queue, *position, message),
             Record::Dequeue { queue, positions } => encode_dequeue(out, queue, positions),
+            Record::Redelivered { queue, counts } => encode_redelivered(out, queue, counts),
         }
     }
 }
@@ -77,6 +85,21 @@ pub fn encode_dequeue(out: &mut BytesMut, queue: &str, positions: &[u64]) {
     out.put_u32_le(positions.len() as u32);
     for p in positions {
         out.put_u64_le(*p);
+    }
+    finish(out, start);
+}
+
+/// Appends a `redelivered` record without building a [`Record`].
+pub fn encode_redelivered(out: &mut BytesMut, queue: &str, counts: &[(u64, u32)]) {
+    let name = name_bytes(queue);
+    let len = 1 + 2 + name.len() + 4 + 12 * counts.len();
+    let start = begin(out, len, KIND_REDELIVERED);
+    out.put_u16_le(name.len() as u16);
+    out.put_slice(name);
+    out.put_u32_le(counts.len() as u32);
+    for (p, c) in counts {
+        out.put_u64_le(*p);
+        out.put_u32_le(*c);
     }
     finish(out, start);
 }
@@ -197,6 +220,10 @@ pub enum RecordRef<'a> {
         queue: &'a str,
         positions: Vec<u64>,
     },
+    Redelivered {
+        queue: &'a str,
+        counts: Vec<(u64, u32)>,
+    },
 }
 
 impl RecordRef<'_> {
@@ -214,6 +241,10 @@ impl RecordRef<'_> {
             RecordRef::Dequeue { queue, positions } => Record::Dequeue {
                 queue: queue.to_string(),
                 positions: positions.clone(),
+            },
+            RecordRef::Redelivered { queue, counts } => Record::Redelivered {
+                queue: queue.to_string(),
+                counts: counts.clone(),
             },
         }
     }
@@ -343,6 +374,19 @@ fn decode_body(file: &Bytes, start: usize, end: usize) -> Result<RecordRef<'_>, 
             }
             Ok(RecordRef::Dequeue { queue, positions })
         }
+        Some(&KIND_REDELIVERED) => {
+            let count = r.u32()? as usize;
+            if count > (b.len() - r.at) / 12 {
+                return Err("redelivered record counts more entries than it holds");
+            }
+            let counts = (0..count)
+                .map(|_| Ok((r.u64()?, r.u32()?)))
+                .collect::<Result<_, &'static str>>()?;
+            if r.at != b.len() {
+                return Err("redelivered record has bytes after its entries");
+            }
+            Ok(RecordRef::Redelivered { queue, counts })
+        }
         _ => Err("unknown record kind"),
     }
 }
@@ -408,6 +452,10 @@ mod tests {
             Record::Dequeue {
                 queue: "orders".into(),
                 positions: vec![1],
+            },
+            Record::Redelivered {
+                queue: "orders".into(),
+                counts: vec![(2, 3)],
             },
         ]
     }

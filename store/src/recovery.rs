@@ -29,6 +29,8 @@ pub struct RecoveredSegment {
 pub struct Recovered {
     /// Messages still queued, per queue, by position.
     pub queues: HashMap<Arc<str>, BTreeMap<u64, Bytes>>,
+    /// Delivery counts of the queued messages that have one.
+    pub delivery_counts: HashMap<Arc<str>, BTreeMap<u64, u32>>,
     /// Each segment, oldest first.
     pub segments: Vec<RecoveredSegment>,
     /// The number the next segment takes.
@@ -154,10 +156,27 @@ pub fn recover(
                 RecordRef::Dequeue { queue, positions } => {
                     let queue = intern(&mut names, queue);
                     if let Some(q) = r.queues.get_mut(&queue) {
+                        let mut counts = r.delivery_counts.get_mut(&queue);
                         for p in positions {
                             q.remove(&p);
                             home.remove(&(queue.clone(), p));
+                            if let Some(c) = counts.as_mut() {
+                                c.remove(&p);
+                            }
                         }
+                    }
+                }
+                RecordRef::Redelivered { queue, counts } => {
+                    let queue = intern(&mut names, queue);
+                    let Some(q) = r.queues.get(&queue) else {
+                        return;
+                    };
+                    let known: Vec<(u64, u32)> = counts
+                        .into_iter()
+                        .filter(|(p, _)| q.contains_key(p))
+                        .collect();
+                    if !known.is_empty() {
+                        r.delivery_counts.entry(queue).or_default().extend(known);
                     }
                 }
             }
@@ -177,6 +196,7 @@ pub fn recover(
         });
     }
     r.queues.retain(|_, q| !q.is_empty());
+    r.delivery_counts.retain(|_, c| !c.is_empty());
     for (key, number) in home {
         if let Some(s) = r.segments.iter_mut().find(|s| s.number == number) {
             s.live.push(key);

@@ -93,7 +93,7 @@ fn run(seed: u64, steps: usize) {
                     for (queue, p) in keys {
                         let q = names.iter().position(|n| *n == queue).expect("known queue");
                         let message = m.queued.get(&(q, p)).map(|(b, _)| b.clone());
-                        j.rewrite(&queue, p, message.as_deref());
+                        j.rewrite(&queue, p, message.as_deref().map(|b| (b, 0)));
                     }
                 }
                 if in_flight.is_none() {

@@ -468,6 +468,8 @@ impl Extension for Replication {
                 message,
             } => self.stream_enqueue(&queue, position, message),
             Tap::Dequeued { queue, positions } => self.stream_dequeues(&queue, positions),
+            // Backups do not keep delivery counts yet.
+            Tap::Redelivered { .. } => {}
             Tap::Applied(event) => self.config_applied(shard, &event),
             Tap::Ordered(events) => self.stream_config(shard, &events),
         }

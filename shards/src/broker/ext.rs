@@ -54,6 +54,12 @@ pub enum Tap {
         queue: Arc<str>,
         positions: Vec<u64>,
     },
+    /// Deliveries of a tapped queue's messages failed: each position's new
+    /// delivery count.
+    Redelivered {
+        queue: Arc<str>,
+        counts: Vec<(u64, u32)>,
+    },
     /// This shard applied a configuration change.
     Applied(ConfigEvent),
     /// Shard 0: the ordering point ordered these changes; they reach every

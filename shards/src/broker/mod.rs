@@ -660,8 +660,16 @@ impl Shard {
     /// reports the positions.
     fn messages_left(&mut self, queue: &Arc<str>) {
         let mut gone = Vec::new();
+        let mut again = Vec::new();
         if let Some(q) = self.queues.get_mut(queue) {
             q.take_dequeued(&mut gone);
+            again = q.take_redelivered();
+        }
+        if !again.is_empty() && self.tapped.contains(queue) {
+            self.raise(ext::Tap::Redelivered {
+                queue: queue.clone(),
+                counts: again,
+            });
         }
         if gone.is_empty() {
             return;
