@@ -405,11 +405,21 @@ impl Queue {
         if let Some(e) = removed {
             self.bytes -= e.message.len() as u64;
             self.stats.dequeues += 1;
+            self.note_dequeue(position);
         }
     }
 
     /// Drops every message (a backup about to receive a fresh snapshot).
     pub fn purge(&mut self) {
+        if self.track_dequeues {
+            let all: Vec<u64> = self
+                .available
+                .keys()
+                .chain(self.acquired.keys())
+                .copied()
+                .collect();
+            self.dequeued.extend(all);
+        }
         self.available.clear();
         self.acquired.clear();
         self.lvq_index.clear();

@@ -511,6 +511,12 @@ impl Extension for Store {
             i.config_done(shard, req, result);
         }
     }
+
+    fn acked(&mut self, shard: &mut Shard, token: u64) {
+        if let Some(i) = self.inner.as_mut() {
+            i.acked(shard, token);
+        }
+    }
 }
 
 /// Whether a configuration change touches what the configuration file holds.

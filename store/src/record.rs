@@ -482,7 +482,10 @@ mod tests {
         let end = file.len();
         file.resize(end.div_ceil(BLOCK) * BLOCK, 0);
         let scan = scan(&file.freeze(), false).expect("clean");
-        assert_eq!((scan.records.len(), scan.end, scan.torn), (some().len(), end, None));
+        assert_eq!(
+            (scan.records.len(), scan.end, scan.torn),
+            (some().len(), end, None)
+        );
     }
 
     #[test]

@@ -92,9 +92,10 @@ pub(super) struct BackupState {
     lost_up: Option<u64>,
     /// Bindings waiting for their queue to be declared.
     stashed_binds: HashMap<String, Vec<ConfigOp>>,
-    /// Batches of `enq` events an owner is storing: the delivery (channel,
-    /// delivery id) they came in, by batch id.
-    applying: HashMap<u64, (u16, u32)>,
+    /// Batches of `enq` events an owner is storing, by batch id (an ack
+    /// token of this shard): the delivery (channel, delivery id) they came
+    /// in, and how many are not stored yet.
+    applying: HashMap<u64, ((u16, u32), usize)>,
     /// Queues the stream deleted. Their owners' last events may still follow
     /// (they travel on another ring of the primary than the delete), and are
     /// skipped, until the queue is declared again.
@@ -107,7 +108,6 @@ pub(super) struct BackupState {
     to_store: Vec<(usize, Vec<ToStore>)>,
     /// The delivery they came in.
     storing: (u16, u32),
-    next_batch: u64,
     /// The last queue an `enq` or `deq` named, and its owner (most events of
     /// a stream name the queue of the one before; cleared by every change).
     last_target: Option<(Arc<str>, usize)>,
@@ -526,9 +526,8 @@ impl Replication {
         let delivery = self.backup.storing;
         let mut to_store = std::mem::take(&mut self.backup.to_store);
         for (owner, items) in to_store.drain(..) {
-            let batch = self.backup.next_batch;
-            self.backup.next_batch += 1;
-            self.backup.applying.insert(batch, delivery);
+            let batch = shard.new_ack_token();
+            self.backup.applying.insert(batch, (delivery, items.len()));
             *self.backup.unapplied.entry(delivery).or_default() += 1;
             shard.send_ext(
                 owner,
@@ -712,25 +711,44 @@ impl Replication {
         }
     }
 
-    /// An owner stored a batch of replicated messages, or could not store
-    /// one of them (`missing`: its queue and position).
+    /// An owner stored `stored` of a batch of replicated messages (the rest
+    /// come one by one through [`Replication::stored_later`]), or could not
+    /// store one of them (`missing`: its queue and position).
     pub(super) fn applied(
         &mut self,
         shard: &mut Shard,
         batch: u64,
+        stored: usize,
         missing: Option<(Arc<str>, u64)>,
     ) {
-        let Some(delivery) = self.backup.applying.remove(&batch) else {
+        if let Some((queue, position)) = missing {
+            if self.backup.applying.remove(&batch).is_some() {
+                self.diverged(
+                    shard,
+                    format!(
+                        "enq of position {position} on queue '{queue}' not stored: the queue is missing on its owner shard"
+                    ),
+                );
+            }
+            return;
+        }
+        self.batch_progress(batch, stored);
+    }
+
+    /// A held message of a batch is stored now (its store wrote it).
+    pub(super) fn stored_later(&mut self, batch: u64) {
+        self.batch_progress(batch, 1);
+    }
+
+    fn batch_progress(&mut self, batch: u64, stored: usize) {
+        let Some((delivery, left)) = self.backup.applying.get_mut(&batch) else {
             return;
         };
-        match missing {
-            None => self.part_applied(delivery),
-            Some((queue, position)) => self.diverged(
-                shard,
-                format!(
-                    "enq of position {position} on queue '{queue}' not stored: the queue is missing on its owner shard"
-                ),
-            ),
+        *left = left.saturating_sub(stored);
+        if *left == 0 {
+            let delivery = *delivery;
+            self.backup.applying.remove(&batch);
+            self.part_applied(delivery);
         }
     }
 

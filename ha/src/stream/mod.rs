@@ -140,10 +140,12 @@ pub(crate) enum Msg {
         origin: usize,
         batch: u64,
     },
-    /// Owner -> the backup's stream: the batch is stored, or the first
-    /// message that was not (its queue is missing) and its position.
+    /// Owner -> the backup's stream: how many of the batch are stored (the
+    /// others come as acks once the store has them), or the first message
+    /// that could not be (its queue is missing) and its position.
     Applied {
         batch: u64,
+        stored: usize,
         missing: Option<(Arc<str>, u64)>,
     },
     Dequeue {
@@ -378,6 +380,10 @@ impl Extension for Replication {
         self.configured(shard, req, result);
     }
 
+    fn acked(&mut self, _shard: &mut Shard, token: u64) {
+        self.stored_later(token);
+    }
+
     fn message(&mut self, shard: &mut Shard, message: ExtMsg) {
         let Ok(m) = message.downcast::<Msg>() else {
             tracing::error!("HA: a shard message of an unknown kind was dropped");
@@ -413,30 +419,38 @@ impl Extension for Replication {
                 origin,
                 batch,
             } => {
-                let mut missing = None;
+                // Stored as a publish would be (the store, if any, journals
+                // them first); those it holds are acknowledged later, one by one.
+                let ack = tandem_shards::queue::AckTo {
+                    shard: origin,
+                    token: batch,
+                };
+                let (mut stored, mut missing) = (0, None);
                 for item in items {
-                    match shard.queue_mut(&item.queue) {
-                        Some(q) => q.insert_at(item.position, item.message),
+                    match shard.store_at(&item.queue, item.position, item.message, ack) {
+                        Some(true) => stored += 1,
+                        Some(false) => {}
                         None => {
                             missing.get_or_insert((item.queue, item.position));
                         }
                     }
                 }
-                shard.send_ext(origin, msg(Msg::Applied { batch, missing }));
+                shard.send_ext(
+                    origin,
+                    msg(Msg::Applied {
+                        batch,
+                        stored,
+                        missing,
+                    }),
+                );
             }
-            Msg::Applied { batch, missing } => self.applied(shard, batch, missing),
-            Msg::Dequeue { queue, positions } => {
-                if let Some(q) = shard.queue_mut(&queue) {
-                    for p in positions {
-                        q.remove_at(p);
-                    }
-                }
-            }
-            Msg::Purge { queue } => {
-                if let Some(q) = shard.queue_mut(&queue) {
-                    q.purge();
-                }
-            }
+            Msg::Applied {
+                batch,
+                stored,
+                missing,
+            } => self.applied(shard, batch, stored, missing),
+            Msg::Dequeue { queue, positions } => shard.remove_at(&queue, &positions),
+            Msg::Purge { queue } => shard.purge(&queue),
             Msg::Fence { origin, generation } => {
                 shard.send_ext(origin, msg(Msg::Fenced { generation }));
             }

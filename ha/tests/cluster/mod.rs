@@ -87,8 +87,9 @@ pub struct Broker {
     pub shards: Vec<Shard>,
     pub health: Health,
     pub broker_id: String,
-    /// Disk operations asked for and not finished yet: shard, token, op.
-    disk_ops: Vec<(usize, u64, DiskOp)>,
+    /// Disk operations asked for and not finished yet, in order: when each
+    /// is done, shard, token, op.
+    disk_ops: VecDeque<(Instant, usize, u64, DiskOp)>,
 }
 
 /// One side of a pipe.
@@ -524,7 +525,7 @@ impl Cluster {
             shards,
             health: Health::Up,
             broker_id,
-            disk_ops: Vec::new(),
+            disk_ops: VecDeque::new(),
         }
     }
 
@@ -557,24 +558,29 @@ impl Cluster {
         Some((store, recovered))
     }
 
-    /// Performs the disk operations asked for by the last step, and tells
-    /// their shards (a sync takes a step).
+    /// Performs the disk operations that are due, in the order asked, and
+    /// tells their shards.
     fn run_disks(&mut self) {
         let Some(disks) = self.disks.as_mut() else {
             return;
         };
+        let now = self.now;
         for (b, broker) in self.brokers.iter_mut().enumerate() {
             if broker.health != Health::Up {
                 continue;
             }
-            for (s, token, op) in std::mem::take(&mut broker.disk_ops) {
+            while broker.disk_ops.front().is_some_and(|(due, ..)| *due <= now) {
+                let Some((_, s, token, op)) = broker.disk_ops.pop_front() else {
+                    break;
+                };
                 let result = disks[b].apply(&op);
                 broker.shards[s].disk_done(token, result);
             }
         }
     }
 
-    /// Collects the disk operations the shards asked for.
+    /// Collects the disk operations the shards asked for; each takes one to
+    /// four steps (a seeded disk latency), in order.
     fn take_disk_ops(&mut self) {
         if self.disks.is_none() {
             return;
@@ -582,7 +588,10 @@ impl Cluster {
         for broker in &mut self.brokers {
             for (s, shard) in broker.shards.iter_mut().enumerate() {
                 for (token, op) in shard.take_disk_ops() {
-                    broker.disk_ops.push((s, token, op));
+                    let steps = 1 + self.ring_rng.below(4) as u32;
+                    let after = broker.disk_ops.back().map_or(self.now, |(due, ..)| *due);
+                    let due = after.max(self.now + STEP * steps);
+                    broker.disk_ops.push_back((due, s, token, op));
                 }
             }
         }
@@ -599,9 +608,9 @@ impl Cluster {
             // The first write still running may be torn; the others never began.
             match running
                 .into_iter()
-                .find(|(_, _, op)| matches!(op, DiskOp::Write { .. }))
+                .find(|(_, _, _, op)| matches!(op, DiskOp::Write { .. }))
             {
-                Some((_, _, op)) => {
+                Some((_, _, _, op)) => {
                     let len = match &op {
                         DiskOp::Write { data, .. } => data.len() as u64,
                         _ => 0,

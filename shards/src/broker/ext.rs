@@ -151,6 +151,10 @@ pub trait Extension {
         None
     }
 
+    /// A message stored with [`Shard::store_at`] under `token` was released
+    /// by every settlement holder.
+    fn acked(&mut self, shard: &mut Shard, token: u64) {}
+
     /// Counters for the broker's management attributes (summed over the
     /// shards), e.g. `store-journal-writes`.
     fn counters(&self) -> Vec<(&'static str, u64)> {
@@ -371,6 +375,62 @@ impl Shard {
         })?;
         self.holds.hold(name, holder, next);
         Some(next)
+    }
+
+    /// Stores a replica of another broker's message at `position` of owned
+    /// queue `queue`, as a publish is stored: the tap is told and the
+    /// settlement holders asked. `Some(true)`: nothing holds it; `Some(false)`:
+    /// held, and once every holder released it the shard `ack` names hears
+    /// `Extension::acked(ack.token)`; `None`: no such queue.
+    pub fn store_at(
+        &mut self,
+        queue: &str,
+        position: u64,
+        message: Bytes,
+        ack: crate::queue::AckTo,
+    ) -> Option<bool> {
+        let (name, q) = self.queues.get_key_value_mut(queue)?;
+        let name = name.clone();
+        q.insert_at(position, message.clone());
+        if self.tapped.contains(&name) {
+            self.raise(Tap::Stored {
+                queue: name.clone(),
+                position,
+                message,
+            });
+        }
+        Some(self.holds.enqueued(&name, position, ack).is_some())
+    }
+
+    /// Removes a replica's messages the other broker dequeued, as
+    /// consumption would (the tap is told).
+    pub fn remove_at(&mut self, queue: &str, positions: &[u64]) {
+        let Some((name, q)) = self.queues.get_key_value_mut(queue) else {
+            return;
+        };
+        let name = name.clone();
+        for &p in positions {
+            q.remove_at(p);
+        }
+        self.messages_left(&name);
+    }
+
+    /// Drops every message of an owned queue (a replica about to be sent
+    /// again whole); the tap is told.
+    pub fn purge(&mut self, queue: &str) {
+        let Some((name, q)) = self.queues.get_key_value_mut(queue) else {
+            return;
+        };
+        let name = name.clone();
+        q.purge();
+        self.messages_left(&name);
+    }
+
+    /// A token for [`Shard::store_at`] that no publish of this shard uses.
+    pub fn new_ack_token(&mut self) -> u64 {
+        let token = self.next_token;
+        self.next_token += 1;
+        token
     }
 
     /// `holder` releases every position of `queue` up to `upto`.
