@@ -24,6 +24,40 @@ fn durable_queue(broker: &Broker, name: &str) {
     assert!(out.status.success(), "{}", stderr(&out));
 }
 
+/// Sends `count` durable messages to `queue` with the Proton sender; all must
+/// be accepted.
+fn send_durable(broker: &Broker, queue: &str, count: usize, extra: &[&str]) {
+    let (url, count) = (broker.url(), count.to_string());
+    let mut args = vec![
+        "--url",
+        &url,
+        "--address",
+        queue,
+        "--count",
+        &count,
+        "--durable",
+    ];
+    args.extend_from_slice(extra);
+    run_python("send.py", &args).assert_success();
+}
+
+/// Runs a second `tandemd` on `data_dir` (with `extra`) until it exits or
+/// `deadline` passes.
+fn tandemd_on(data_dir: &Path, extra: &[&str], deadline: Duration) -> common::ClientOutput {
+    let dir = data_dir.to_str().expect("UTF-8");
+    let mut args = vec!["--port", "0", "--data-dir", dir];
+    args.extend_from_slice(extra);
+    run_tandemd(&args, deadline)
+}
+
+/// A one-shard broker whose durable `queue` holds `count` durable messages.
+fn broker_holding(queue: &str, count: usize) -> Broker {
+    let broker = Broker::start(&["--worker-threads", "1"]);
+    durable_queue(&broker, queue);
+    send_durable(&broker, queue, count, &[]);
+    broker
+}
+
 /// Sequence numbers the publisher saw settled.
 fn settled(sender: &ClientProcess) -> BTreeSet<u64> {
     sender
@@ -145,21 +179,7 @@ fn settled_lines(out: &common::ClientOutput) -> BTreeSet<u64> {
 
 #[test]
 fn a_torn_journal_tail_is_cut_and_everything_before_it_kept() {
-    let broker = Broker::start(&["--worker-threads", "1"]);
-    durable_queue(&broker, "q");
-    run_python(
-        "send.py",
-        &[
-            "--url",
-            &broker.url(),
-            "--address",
-            "q",
-            "--count",
-            "100",
-            "--durable",
-        ],
-    )
-    .assert_success();
+    let broker = broker_holding("q", 100);
     let mut broker = broker;
     broker.kill();
     let segment = segments(&broker.data_dir())
@@ -200,15 +220,7 @@ fn a_torn_journal_tail_is_cut_and_everything_before_it_kept() {
 fn a_second_broker_on_the_same_data_dir_is_refused() {
     let broker = Broker::start(&["--worker-threads", "1"]);
     let data_dir = broker.data_dir();
-    let out = run_tandemd(
-        &[
-            "--port",
-            "0",
-            "--data-dir",
-            data_dir.to_str().expect("UTF-8"),
-        ],
-        Duration::from_secs(10),
-    );
+    let out = tandemd_on(&data_dir, &[], Duration::from_secs(10));
     assert!(!out.status.success());
     let said = &out.stderr;
     assert!(
@@ -220,21 +232,7 @@ fn a_second_broker_on_the_same_data_dir_is_refused() {
 
 #[test]
 fn damage_in_the_middle_of_a_segment_refuses_start_up_until_repaired() {
-    let broker = Broker::start(&["--worker-threads", "1"]);
-    durable_queue(&broker, "q");
-    run_python(
-        "send.py",
-        &[
-            "--url",
-            &broker.url(),
-            "--address",
-            "q",
-            "--count",
-            "50",
-            "--durable",
-        ],
-    )
-    .assert_success();
+    let broker = broker_holding("q", 50);
     let mut broker = broker;
     broker.kill();
     let segment = segments(&broker.data_dir()).pop().expect("a segment");
@@ -242,15 +240,7 @@ fn damage_in_the_middle_of_a_segment_refuses_start_up_until_repaired() {
     bytes[4096 + 20] ^= 0xff; // inside the first record
     std::fs::write(&segment, &bytes).expect("damage");
     let data_dir = broker.data_dir();
-    let out = run_tandemd(
-        &[
-            "--port",
-            "0",
-            "--data-dir",
-            data_dir.to_str().expect("UTF-8"),
-        ],
-        Duration::from_secs(10),
-    );
+    let out = tandemd_on(&data_dir, &[], Duration::from_secs(10));
     assert!(!out.status.success(), "started on a damaged journal");
     let said = &out.stderr;
     assert!(
@@ -259,16 +249,9 @@ fn damage_in_the_middle_of_a_segment_refuses_start_up_until_repaired() {
             && said.contains("--store-repair"),
         "{said}"
     );
-    let out = run_tandemd(
-        &[
-            "--port",
-            "0",
-            "--data-dir",
-            data_dir.to_str().expect("UTF-8"),
-            "--store-repair",
-            "--log-enable",
-            "info+",
-        ],
+    let out = tandemd_on(
+        &data_dir,
+        &["--store-repair", "--log-enable", "info+"],
         Duration::from_secs(3),
     );
     // With the repair option it starts (and is stopped by the deadline).
@@ -440,21 +423,7 @@ fn a_full_disk_refuses_persistent_messages_and_keeps_everything_settled() {
     assert_eq!(accepted + rejected, COUNT as u64, "{summary:?}");
     assert!(accepted > 50, "{summary:?}");
     // And new ones are accepted again.
-    run_python(
-        "send.py",
-        &[
-            "--url",
-            &broker.url(),
-            "--address",
-            "q",
-            "--count",
-            "100",
-            "--durable",
-            "--prefix",
-            "later-",
-        ],
-    )
-    .assert_success();
+    send_durable(&broker, "q", 100, &["--prefix", "later-"]);
     // Nothing settled was lost: after a kill -9 the queue holds what was
     // accepted and not consumed (a consumed message may come back, never a
     // settled one go missing).
@@ -475,21 +444,7 @@ fn a_full_disk_refuses_persistent_messages_and_keeps_everything_settled() {
 
 #[test]
 fn delivery_counts_survive_a_restart() {
-    let broker = Broker::start(&["--worker-threads", "1"]);
-    durable_queue(&broker, "counted");
-    run_python(
-        "send.py",
-        &[
-            "--url",
-            &broker.url(),
-            "--address",
-            "counted",
-            "--count",
-            "5",
-            "--durable",
-        ],
-    )
-    .assert_success();
+    let broker = broker_holding("counted", 5);
     // A consumer takes all five and dies holding them: each delivery failed once.
     let mut holder = spawn_python(
         "recv.py",

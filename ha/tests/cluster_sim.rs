@@ -7,7 +7,7 @@ mod cluster;
 
 use std::time::Duration;
 
-use cluster::{running_cluster, Cluster, Kind, BACKUP_TIMEOUT, HEARTBEAT};
+use cluster::{running_cluster, seeds, Cluster, Kind, BACKUP_TIMEOUT, HEARTBEAT};
 
 const SEED: u64 = 1;
 
@@ -268,17 +268,6 @@ fn nothing_lost(c: &mut Cluster, seed: u64, publishers: &[usize], kept: &str) {
         "seed {seed}: settled messages lost: {:?}",
         c.lost()
     );
-}
-
-/// The seeds a random schedule runs: `TANDEM_SIM_SEEDS=1,2,...`, or 1 to 8.
-fn seeds() -> Vec<u64> {
-    match std::env::var("TANDEM_SIM_SEEDS") {
-        Ok(list) => list
-            .split(',')
-            .filter_map(|s| s.trim().parse().ok())
-            .collect(),
-        Err(_) => (1..=8).collect(),
-    }
 }
 
 /// A seeded random schedule of publishes, consumes and primary kills; every

@@ -10,18 +10,7 @@ mod cluster;
 
 use std::time::Duration;
 
-use cluster::{Cluster, Kind};
-
-/// The seeds to run: `TANDEM_SIM_SEEDS=1,2,...`, or 1 to 8.
-fn seeds() -> Vec<u64> {
-    match std::env::var("TANDEM_SIM_SEEDS") {
-        Ok(list) => list
-            .split(',')
-            .filter_map(|s| s.trim().parse().ok())
-            .collect(),
-        Err(_) => (1..=8).collect(),
-    }
-}
+use cluster::{seeds, Cluster, Kind};
 
 fn whole_cluster_loss(seed: u64, promote: usize) {
     let mut c = Cluster::with_store(3, 2, seed);

@@ -1339,3 +1339,14 @@ pub fn running_cluster(shards: usize, seed: u64) -> Cluster {
     assert!(ok, "seed {seed}: cluster not running: {:?}", c.statuses());
     c
 }
+
+/// The seeds a random schedule runs: `TANDEM_SIM_SEEDS=1,2,...`, or 1 to 8.
+pub fn seeds() -> Vec<u64> {
+    match std::env::var("TANDEM_SIM_SEEDS") {
+        Ok(list) => list
+            .split(',')
+            .filter_map(|s| s.trim().parse().ok())
+            .collect(),
+        Err(_) => (1..=8).collect(),
+    }
+}
