@@ -144,6 +144,17 @@ fn run(cfg: &Config) -> Result<(), String> {
     Ok(())
 }
 
+/// The epoch this broker knew when it stopped (0 on its first start).
+fn known_epoch(path: &Path) -> Result<u64, String> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            tandem_ha::epoch_file::decode(&text).map_err(|e| format!("{}: {e}", path.display()))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(format!("{}: cannot read: {e}", path.display())),
+    }
+}
+
 /// The replication shard `repl-0`: its own CPU on hosts with 4 or more,
 /// unless the operator chose the worker count; otherwise it shares the last
 /// CPU (or the one `ha-replication-cpu` names).
@@ -190,6 +201,7 @@ fn with_ha(
     settings.initial_admission = Admission::AdminOnly {
         reason: "backup broker (joining), not primary: try another address".into(),
     };
+    let epoch_file = cfg.data_dir.join("ha-epoch");
     let ha_settings = HaSettings {
         // Persisted in data-dir: a restarted backup is the member it was.
         broker_id: broker_id.to_owned(),
@@ -198,6 +210,7 @@ fn with_ha(
         heartbeat: cfg.ha.link_heartbeat_interval,
         maintenance: cfg.ha.link_maintenance_interval,
         own_address: Some(format!("{}:{}", cfg.interface, cfg.port)),
+        initial_epoch: known_epoch(&epoch_file)?,
     };
     let info = ClusterInfo {
         brokers_url: brokers_url.redacted(),
@@ -210,6 +223,7 @@ fn with_ha(
         username: cfg.ha.username.clone(),
         password: cfg.ha.password.clone(),
         heartbeat: cfg.ha.link_heartbeat_interval,
+        epoch_file: Some(epoch_file),
     };
     let started = std::time::Instant::now();
     let factory = tandem_ha::stream::extension(stream, move || {

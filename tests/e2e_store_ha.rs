@@ -58,3 +58,62 @@ fn after_every_broker_is_killed_the_restarted_primary_still_has_the_settled_mess
     out.assert_success();
     assert_eq!(out.bodies(), common::expected_bodies("", 300));
 }
+
+/// The store-status tool after a total failure: a backup stopped early has
+/// the older store, the tool names a newest one that is not it, and the
+/// epoch each broker knew survived the restart.
+#[test]
+fn store_status_names_the_newest_store_after_a_total_failure() {
+    let _serial = serial();
+    let mut cluster = HaCluster::start_with_primary(Some("all"), 0);
+    cluster.config(0, &["add", "queue", "orders", "--durable"]);
+    let send = |cluster: &HaCluster, count: &str, prefix: &str| {
+        run_python(
+            "send.py",
+            &[
+                "--url",
+                &cluster.url(0),
+                "--address",
+                "orders",
+                "--count",
+                count,
+                "--durable",
+                "--prefix",
+                prefix,
+            ],
+        )
+        .assert_success();
+    };
+    send(&cluster, "100", "a-");
+    cluster.wait_depth(2, "orders", 100);
+    cluster.kill(2);
+    send(&cluster, "100", "b-");
+    cluster.wait_depth(1, "orders", 200);
+    for i in [0, 1] {
+        cluster.kill(i);
+    }
+    for i in [0, 1, 2] {
+        cluster.restart_member(i);
+    }
+    let out = ha_cluster::tool(
+        "tandem-ha",
+        &["-b", &cluster.url(2), "store-status", "--all"],
+        10,
+    );
+    let text = ha_cluster::stdout(&out);
+    assert!(out.status.success(), "{text}\n{}", ha_cluster::stderr(&out));
+    for i in [0, 1] {
+        assert!(
+            text.contains(&format!("{} epoch 1 positions orders=200", cluster.url(i))),
+            "{text}"
+        );
+    }
+    assert!(
+        text.contains(&format!("{} epoch 1 positions orders=100", cluster.url(2))),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("newest: {}", cluster.url(0))),
+        "{text}"
+    );
+}

@@ -243,4 +243,8 @@ impl HaHandler for HaBroker {
     fn replicate_default(&self) -> &str {
         &self.info.replicate
     }
+
+    fn epoch(&self) -> u64 {
+        self.node.epoch()
+    }
 }

@@ -12,8 +12,10 @@
 //! - [`stream`]: the replication stream: queue owners, the primary's shard 0,
 //!   link hosts, the backup's apply; and its wire codec ([`stream::codec`]).
 //! - [`guard`]: delayed settlement: each backup link is a settlement holder.
+//! - [`epoch_file`]: the epoch a broker last knew, kept in its data-dir.
 
 pub mod broker;
+pub mod epoch_file;
 pub mod guard;
 pub mod node;
 pub mod role;

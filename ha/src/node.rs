@@ -24,6 +24,8 @@ pub struct HaSettings {
     pub maintenance: Duration,
     /// Our own entry in `brokers`, which a backup does not try to replicate from.
     pub own_address: Option<String>,
+    /// The epoch this broker last knew (persisted in data-dir across restarts).
+    pub initial_epoch: u64,
 }
 
 /// A cluster member as the primary tells its backups.
@@ -159,9 +161,9 @@ impl HaNode {
     /// A clustered broker starts `joining`.
     pub fn new(settings: HaSettings, now: Instant) -> HaNode {
         HaNode {
+            epoch: settings.initial_epoch,
             settings,
             status: BrokerStatus::Joining,
-            epoch: 0,
             link: None,
             connecting: None,
             connecting_since: now,
@@ -624,6 +626,7 @@ mod tests {
                 heartbeat: Duration::from_secs(1),
                 maintenance: Duration::from_millis(100),
                 own_address: Some("b:1".into()),
+                initial_epoch: 0,
             },
             now,
         )

@@ -99,6 +99,8 @@ pub trait HaHandler {
     fn identity(&self) -> BackupIdentity;
     /// `ha-replicate`: the default replication level (none, configuration, all).
     fn replicate_default(&self) -> &str;
+    /// The epoch this broker knows now.
+    fn epoch(&self) -> u64;
 }
 
 /// Whether a connection's open frame marks it as an admin tool's

@@ -140,6 +140,8 @@ pub struct QueueStats {
     pub held: u64,
     pub ring_dropped: u64,
     pub lvq_replaced: u64,
+    /// The position of the newest message it ever stored (0: none).
+    pub last_position: u64,
 }
 
 pub enum EnqueueOutcome {
@@ -217,6 +219,7 @@ impl Queue {
             acquired: self.acquired.len() as u64,
             consumers: self.consumers.len() as u64,
             held: self.held.len() as u64,
+            last_position: self.next_position.saturating_sub(1),
             ..self.stats
         }
     }

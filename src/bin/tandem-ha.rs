@@ -70,6 +70,13 @@ enum Command {
         #[arg(long)]
         wait: bool,
     },
+    /// Print what the broker's store holds: its epoch and, per durable queue,
+    /// the last position; with --all, every broker's, and which is newest
+    /// (highest epoch, then the most positions), for after a total failure.
+    StoreStatus {
+        #[arg(long)]
+        all: bool,
+    },
     /// Promote this broker to primary (cluster manager only).
     #[command(hide = true)]
     Promote,
@@ -186,6 +193,49 @@ fn run(cli: &Cli) -> ToolResult<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::StoreStatus { all } => {
+            let brokers = if *all {
+                cluster_brokers(cli)?
+            } else {
+                vec![cli.broker.clone()]
+            };
+            let mut newest: Option<(u64, u64, String)> = None;
+            let mut silent = Vec::new();
+            for url in &brokers {
+                let shown = without_credentials(url).to_owned();
+                match store_status(url, cli.timeout) {
+                    Ok((epoch, positions)) => {
+                        let total: u64 = positions.iter().map(|(_, p)| p).sum();
+                        let list: Vec<String> =
+                            positions.iter().map(|(q, p)| format!("{q}={p}")).collect();
+                        println!("{shown} epoch {epoch} positions {}", list.join(","));
+                        if newest
+                            .as_ref()
+                            .is_none_or(|(e, t, _)| (epoch, total) > (*e, *t))
+                        {
+                            newest = Some((epoch, total, shown));
+                        }
+                    }
+                    Err(e) => {
+                        println!("{shown} no answer ({e})");
+                        silent.push(shown);
+                    }
+                }
+            }
+            if *all {
+                if let Some((_, _, url)) = &newest {
+                    println!("newest: {url}");
+                }
+                if !silent.is_empty() {
+                    eprintln!(
+                        "tandem-ha: {} did not answer; the newest store may be there",
+                        silent.join(", ")
+                    );
+                    return Ok(ExitCode::from(1));
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Ready { wait } => {
             let deadline = Instant::now() + Duration::from_secs_f64(cli.timeout.max(0.0));
             loop {
@@ -255,6 +305,30 @@ fn ha_status(url: &str, timeout: f64) -> Result<BrokerStatus, String> {
     };
     let text = cell(get(&attrs, "status"));
     text.parse().map_err(|e| format!("{e}"))
+}
+
+/// A broker's epoch and, per durable queue, the last position it stored.
+fn store_status(url: &str, timeout: f64) -> Result<(u64, Vec<(String, u64)>), String> {
+    let mut mc = tools::connect(url, true, timeout)?;
+    let attrs = tools::read(&mut mc, "ha-broker", None);
+    let queues = tools::query(&mut mc, "queue");
+    mc.close();
+    let epoch = match attrs {
+        Ok(a) => get(&a, "epoch").and_then(Value::as_u64).unwrap_or(0),
+        Err(e) if e.contains("status 404") => 0,
+        Err(e) => return Err(e),
+    };
+    let mut positions: Vec<(String, u64)> = queues?
+        .iter()
+        .filter(|q| matches!(get(q, "durable"), Some(Value::Bool(true))))
+        .map(|q| {
+            let name = cell(get(q, "name"));
+            let last = get(q, "last-position").and_then(Value::as_u64).unwrap_or(0);
+            (name, last)
+        })
+        .collect();
+    positions.sort();
+    Ok((epoch, positions))
 }
 
 /// Every broker of the cluster, from the queried broker's ha-brokers-url.

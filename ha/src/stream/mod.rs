@@ -60,6 +60,9 @@ pub struct StreamSettings {
     pub password: Option<String>,
     /// `link-heartbeat-interval`.
     pub heartbeat: Duration,
+    /// Where shard 0 keeps the epoch the role knows (`data-dir/ha-epoch`),
+    /// rewritten whenever it changes.
+    pub epoch_file: Option<std::path::PathBuf>,
 }
 
 /// Where a backup's replication stream is written: its link on some shard.
@@ -226,6 +229,8 @@ pub struct Replication {
     /// Shard 0: the generation of the role's replication link (bumped by every
     /// connect and disconnect).
     link_generation: u64,
+    /// Shard 0: the epoch last written to the epoch file.
+    persisted_epoch: Option<u64>,
     owner: owner::OwnerState,
     primary: primary::PrimaryState,
     host: link_host::HostState,
@@ -240,6 +245,7 @@ impl Replication {
             outgoing: Vec::new(),
             role,
             link_generation: 0,
+            persisted_epoch: None,
             owner: Default::default(),
             primary: Default::default(),
             host: Default::default(),

@@ -183,8 +183,22 @@ impl Replication {
             return;
         };
         let outcome = ha.poll(now);
+        let epoch = ha.epoch();
         self.run_commands(shard, outcome.commands);
         shard.set_admission(outcome.admission);
+        self.persist_epoch(shard, epoch);
+    }
+
+    /// Keeps the epoch file up to date (written whenever the epoch changed).
+    fn persist_epoch(&mut self, shard: &mut Shard, epoch: u64) {
+        let Some(path) = self.settings.epoch_file.clone() else {
+            return;
+        };
+        if self.persisted_epoch != Some(epoch) {
+            self.persisted_epoch = Some(epoch);
+            let data = crate::epoch_file::encode(epoch);
+            shard.disk(tandem_shards::disk::DiskOp::Replace { path, data });
+        }
     }
 
     /// Shard 0 of a primary: configuration changes the backups must see.

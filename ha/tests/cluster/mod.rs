@@ -487,6 +487,7 @@ impl Cluster {
                 heartbeat: HEARTBEAT,
                 maintenance: MAINTENANCE,
                 own_address: Some(own.clone()),
+                initial_epoch: 0,
             },
             ClusterInfo {
                 brokers_url: self.addresses.join(","),
@@ -502,6 +503,7 @@ impl Cluster {
             username: None,
             password: None,
             heartbeat: HEARTBEAT,
+            epoch_file: None,
         };
         let roles = std::sync::Mutex::new(Some(role));
         let factory = tandem_ha::stream::extension(stream, move || {

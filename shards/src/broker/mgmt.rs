@@ -513,6 +513,7 @@ impl Shard {
                     ("held", Value::Ulong(s.held)),
                     ("ring-dropped", Value::Ulong(s.ring_dropped)),
                     ("lvq-replaced", Value::Ulong(s.lvq_replaced)),
+                    ("last-position", Value::Ulong(s.last_position)),
                 ];
                 (name.to_string(), row)
             })
