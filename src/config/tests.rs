@@ -681,3 +681,29 @@ fn the_replication_shards_cpu_is_a_cpu_number() {
     assert!(!loaded(&[]).worker_threads_given);
     assert!(loaded(&["--worker-threads", "2"]).worker_threads_given);
 }
+
+#[test]
+fn the_store_is_on_under_data_dir_unless_told_otherwise() {
+    let c = loaded(&["--data-dir", "/var/lib/tandem"]);
+    assert!(c.store.enabled && c.store.sync && !c.store.repair);
+    assert_eq!(
+        c.store.dir,
+        std::path::PathBuf::from("/var/lib/tandem/store")
+    );
+    assert_eq!(c.store.segment_size, 64 * 1024 * 1024);
+    let c = loaded(&[
+        "--store",
+        "no",
+        "--store-dir",
+        "/fast/store",
+        "--store-sync",
+        "no",
+    ]);
+    assert!(!c.store.enabled && !c.store.sync);
+    assert_eq!(c.store.dir, std::path::PathBuf::from("/fast/store"));
+    let e = error(&["--store-segment-size", "4096"]).to_string();
+    assert!(
+        e.contains("store-segment-size") && e.contains("4096"),
+        "{e}"
+    );
+}
