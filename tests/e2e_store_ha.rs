@@ -60,8 +60,8 @@ fn after_every_broker_is_killed_the_restarted_primary_still_has_the_settled_mess
 }
 
 /// The store-status tool after a total failure: a backup stopped early has
-/// the older store, the tool names a newest one that is not it, and the
-/// epoch each broker knew survived the restart.
+/// the older store, the tool names a newest one that is not it, the epoch each
+/// broker knew survived the restart, and promoting the stale one is refused.
 #[test]
 fn store_status_names_the_newest_store_after_a_total_failure() {
     let _serial = serial();
@@ -116,4 +116,15 @@ fn store_status_names_the_newest_store_after_a_total_failure() {
         text.contains(&format!("newest: {}", cluster.url(0))),
         "{text}"
     );
+    // Promoting the stale one is refused, naming a newer store; the newest
+    // promotes and has every settled message.
+    let refused = cluster.promote(2);
+    assert!(!refused.status.success(), "the stale store was promoted");
+    let said = ha_cluster::stderr(&refused);
+    assert!(
+        said.contains("has a newer store") && said.contains("--force"),
+        "{said}"
+    );
+    cluster.promote_ok(0);
+    cluster.wait_depth(0, "orders", 200);
 }

@@ -77,9 +77,14 @@ enum Command {
         #[arg(long)]
         all: bool,
     },
-    /// Promote this broker to primary (cluster manager only).
+    /// Promote this broker to primary (cluster manager only). A joining broker
+    /// with a store (after a total failure) is promoted only if no peer has a
+    /// newer store and every peer answered, unless --force.
     #[command(hide = true)]
-    Promote,
+    Promote {
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -257,12 +262,15 @@ fn run(cli: &Cli) -> ToolResult<ExitCode> {
                 std::thread::sleep(Duration::from_millis(200));
             }
         }
-        Command::Promote => {
+        Command::Promote { force } => {
             if !cli.cluster_manager {
                 return Err(
                     "promote should only be called by the cluster manager (--cluster-manager)"
                         .into(),
                 );
+            }
+            if !*force {
+                refuse_a_stale_store(cli)?;
             }
             let mut mc = tools::connect(&cli.broker, true, cli.timeout)?;
             let body = Value::Map(vec![(Value::string("cluster-manager"), Value::Bool(true))]);
@@ -305,6 +313,44 @@ fn ha_status(url: &str, timeout: f64) -> Result<BrokerStatus, String> {
     };
     let text = cell(get(&attrs, "status"));
     text.parse().map_err(|e| format!("{e}"))
+}
+
+/// After a total failure every broker restarts joining with its store: the
+/// one promoted must hold the newest (highest epoch, then most positions), and
+/// a peer that does not answer may hold a newer one. A ready backup (an
+/// ordinary fail-over) and a broker with nothing stored are not checked.
+fn refuse_a_stale_store(cli: &Cli) -> ToolResult<()> {
+    if ha_status(&cli.broker, cli.timeout)? != BrokerStatus::Joining {
+        return Ok(());
+    }
+    let (epoch, positions) = store_status(&cli.broker, cli.timeout)?;
+    let total: u64 = positions.iter().map(|(_, p)| p).sum();
+    if epoch == 0 && total == 0 {
+        return Ok(());
+    }
+    let me = without_credentials(&cli.broker).to_owned();
+    for url in cluster_brokers(cli)? {
+        let shown = without_credentials(&url).to_owned();
+        if shown == me {
+            continue;
+        }
+        match store_status(&url, cli.timeout) {
+            Err(e) => {
+                return Err(format!(
+                    "{shown} did not answer ({e}); its store may be newer than this one's: promote anyway with --force"
+                ))
+            }
+            Ok((e, p)) => {
+                let theirs: u64 = p.iter().map(|(_, n)| n).sum();
+                if (e, theirs) > (epoch, total) {
+                    return Err(format!(
+                        "{shown} has a newer store (epoch {e}, {theirs} positions) than this broker (epoch {epoch}, {total} positions): promote {shown}, or this one with --force"
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A broker's epoch and, per durable queue, the last position it stored.
