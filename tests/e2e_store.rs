@@ -495,3 +495,82 @@ fn delivery_counts_survive_a_restart() {
     }
     assert_eq!(out.messages().len(), 5);
 }
+
+#[test]
+fn durable_queues_exchanges_and_bindings_survive_a_restart_and_transient_ones_do_not() {
+    let broker = Broker::start(&["--worker-threads", "2"]);
+    let config = |broker: &Broker, args: &[&str]| {
+        let url = broker.url();
+        let mut all = vec!["-b", url.as_str()];
+        all.extend_from_slice(args);
+        let out = tool("tandem-config", &all);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        common::tools::stdout(&out)
+    };
+    config(
+        &broker,
+        &["add", "exchange", "topic", "events", "--durable"],
+    );
+    config(&broker, &["add", "exchange", "topic", "scratch"]);
+    config(
+        &broker,
+        &[
+            "add",
+            "queue",
+            "audit",
+            "--durable",
+            "--max-queue-count",
+            "7",
+        ],
+    );
+    config(&broker, &["add", "queue", "tmp"]);
+    config(&broker, &["bind", "events", "audit", "order.#"]);
+    config(&broker, &["bind", "amq.direct", "audit", "k"]);
+    config(&broker, &["bind", "events", "tmp", "x"]);
+    // Deleting a transient queue leaves the durable configuration as it was.
+    config(&broker, &["del", "queue", "tmp"]);
+    let broker = broker.restart();
+    let queues = config(&broker, &["queues", "--json"]);
+    assert!(
+        queues.contains("\"audit\"") && queues.contains("\"max-queue-count\":7"),
+        "{queues}"
+    );
+    assert!(!queues.contains("\"tmp\""), "{queues}");
+    let exchanges = config(&broker, &["exchanges", "--json"]);
+    assert!(exchanges.contains("\"events\""), "{exchanges}");
+    assert!(!exchanges.contains("\"scratch\""), "{exchanges}");
+    let bindings = config(&broker, &["bindings", "--json"]);
+    assert!(
+        bindings.contains("order.#") && bindings.contains("\"k\""),
+        "{bindings}"
+    );
+    // And a message routed through the recovered binding arrives.
+    run_python(
+        "send.py",
+        &[
+            "--url",
+            &broker.url(),
+            "--address",
+            "events",
+            "--count",
+            "1",
+            "--subject",
+            "order.new",
+        ],
+    )
+    .assert_success();
+    let out = run_python(
+        "recv.py",
+        &[
+            "--url",
+            &broker.url(),
+            "--address",
+            "audit",
+            "--count",
+            "1",
+            "--timeout",
+            "10",
+        ],
+    );
+    out.assert_success();
+}

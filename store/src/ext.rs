@@ -15,7 +15,7 @@ use tandem_shards::amqp::codec::Value;
 use tandem_shards::amqp::connection::{Connection, Event, LinkKey};
 use tandem_shards::amqp::performative::{Attach, ErrorCondition};
 use tandem_shards::broker::ext::{ExtMsg, Extension, Tap};
-use tandem_shards::broker::{ConfigDone, ConfigEvent, Shard};
+use tandem_shards::broker::{ConfigDone, ConfigEvent, ConfigOp, Shard};
 use tandem_shards::disk::{DiskOp, DiskResult};
 use tandem_shards::management::{Request, Response};
 use tandem_shards::runtime::ExtensionFactory;
@@ -88,6 +88,9 @@ struct ConfigWriter {
     /// The configuration changed since the last write was started.
     dirty: bool,
     running: Option<u64>,
+    /// The durable queues and exchanges of the last file written (a delete
+    /// or binding change of anything else leaves the file as it is).
+    durable: HashSet<Arc<str>>,
 }
 
 pub struct Store {
@@ -165,6 +168,30 @@ impl Store {
             journal.recovered_segment(segment.number, segment.live, segment.enqueues);
         }
         self.journal = Some(journal);
+    }
+
+    /// Whether a configuration change touches what the configuration file
+    /// holds: something durable declared, a durable queue or exchange deleted,
+    /// a binding of a durable queue (temporary queues come and go often).
+    fn touches_durable(&self, shard: &Shard, event: &ConfigEvent) -> bool {
+        let durable_queue = |name: &Arc<str>| {
+            self.config.durable.contains(name)
+                || shard
+                    .catalogue
+                    .queues
+                    .get(name)
+                    .is_some_and(|e| e.settings.durable && !e.settings.auto_delete)
+        };
+        match event {
+            ConfigEvent::QueueDeclared { settings, .. } => settings.durable,
+            ConfigEvent::ExchangeDeclared { durable, .. } => *durable,
+            ConfigEvent::QueueDeleted { name } | ConfigEvent::ExchangeDeleted { name } => {
+                self.config.durable.contains(name)
+            }
+            ConfigEvent::Bound { binding, .. } | ConfigEvent::Unbound { binding, .. } => {
+                durable_queue(&binding.queue)
+            }
+        }
     }
 
     /// Taps and holds an owned durable queue.
@@ -249,6 +276,14 @@ impl Store {
         if shard.id == 0 && self.config.dirty && self.config.running.is_none() {
             self.config.dirty = false;
             let ops = crate::config_file::durable_config(&shard.catalogue);
+            self.config.durable = ops
+                .iter()
+                .filter_map(|op| match op {
+                    ConfigOp::ReplaceQueue { name, .. }
+                    | ConfigOp::DeclareExchange { name, .. } => Some(Arc::from(name.as_str())),
+                    _ => None,
+                })
+                .collect();
             let data = crate::config_file::encode(&ops);
             let path = self.settings.config_path();
             self.config.running = Some(shard.disk(DiskOp::Replace { path, data }));
@@ -361,7 +396,7 @@ impl Extension for Store {
             }
             Tap::Applied(event) => self.applied(shard, event),
             Tap::Ordered(events) => {
-                if shard.id == 0 && events.iter().any(touches_durable) {
+                if shard.id == 0 && events.iter().any(|e| self.touches_durable(shard, e)) {
                     self.config.dirty = true;
                 }
             }
@@ -516,16 +551,6 @@ impl Extension for Store {
         if let Some(i) = self.inner.as_mut() {
             i.acked(shard, token);
         }
-    }
-}
-
-/// Whether a configuration change touches what the configuration file holds.
-fn touches_durable(event: &ConfigEvent) -> bool {
-    match event {
-        ConfigEvent::QueueDeclared { settings, .. } => settings.durable,
-        ConfigEvent::ExchangeDeclared { durable, .. } => *durable,
-        // Deletes and bindings: cheap to rewrite the file whatever they were.
-        _ => true,
     }
 }
 
