@@ -58,6 +58,10 @@ struct InFlight {
     end_before: u64,
     /// Settlements it releases: per queue, every position up to this one.
     releases: HashMap<Arc<str>, u64>,
+    /// Old segments of the messages it writes again: each counts one live
+    /// message fewer once the write is durable (not before, or the old copy
+    /// could go while the new one is not on disk yet).
+    moves: Vec<u64>,
 }
 
 /// What a write that ended means.
@@ -87,6 +91,8 @@ pub struct Journal {
     /// Enqueue records in the pending group (the segment it goes to counts
     /// them when it is written, whether or not they were dequeued since).
     pending_written: usize,
+    /// Old segments of the messages rewritten into the pending group.
+    pending_moves: Vec<u64>,
     /// The next write as it grows: the bytes of the block holding the
     /// segment's end, up to the end (`tail` of them; written again before the
     /// new records), then the records not written yet.
@@ -124,6 +130,7 @@ impl Journal {
             current_written: 0,
             compacting: None,
             pending_written: 0,
+            pending_moves: Vec::new(),
             buf: segment_header(shard, number),
             tail: BLOCK,
             pending_enqueues: HashSet::new(),
@@ -219,15 +226,18 @@ impl Journal {
         let Some(segment) = self.live.remove(&key) else {
             return;
         };
-        self.forget(segment);
-        if let Some((message, delivery_count)) = message {
-            encode_enqueue(&mut self.buf, queue, position, message);
-            if delivery_count > 0 {
-                encode_redelivered(&mut self.buf, queue, &[(position, delivery_count)]);
-            }
-            self.pending_enqueues.insert(key);
-            self.pending_written += 1;
+        let Some((message, delivery_count)) = message else {
+            self.forget(segment);
+            return;
+        };
+        encode_enqueue(&mut self.buf, queue, position, message);
+        if delivery_count > 0 {
+            encode_redelivered(&mut self.buf, queue, &[(position, delivery_count)]);
         }
+        self.pending_enqueues.insert(key);
+        self.pending_written += 1;
+        // The old segment keeps counting it until the new copy is durable.
+        self.pending_moves.push(segment);
     }
 
     /// Deliveries of messages of `queue` failed: the new delivery counts of
@@ -342,6 +352,7 @@ impl Journal {
             data: data.slice(..unpadded),
             end_before,
             releases: std::mem::take(&mut self.pending_releases),
+            moves: std::mem::take(&mut self.pending_moves),
         });
         Some(DiskOp::Write {
             path: segment_path(&self.dir, number),
@@ -397,8 +408,12 @@ impl Journal {
             for (q, p) in flight.releases {
                 self.note(&q, p);
             }
+            self.pending_moves.extend(flight.moves);
             self.retrying = true;
             return Written::default();
+        }
+        for segment in flight.moves {
+            self.forget(segment);
         }
         let mut releases: Vec<(Arc<str>, u64)> = flight.releases.into_iter().collect();
         if !self.pending() {

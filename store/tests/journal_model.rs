@@ -183,7 +183,8 @@ fn settled_persistent_messages_survive_any_crash() {
             .split(',')
             .filter_map(|s| s.trim().parse().ok())
             .collect(),
-        Err(_) => (1..=200).collect(),
+        // 1731 once lost a message whose old segment went before its rewrite was durable.
+        Err(_) => (1..=200).chain([1731]).collect(),
     };
     for seed in seeds {
         run(seed, 1500);
