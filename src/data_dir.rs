@@ -100,7 +100,7 @@ fn identity(path: &Path) -> Result<String, String> {
             let text = format!(
                 "# identity: written by tandemd; do not copy it to another broker\nformat = {FORMAT}\nbroker-id = \"{id}\"\n"
             );
-            write_atomically(path, text.as_bytes())
+            tandem_shards::disk::replace_file(path, text.as_bytes())
                 .map_err(|e| format!("{shown}: cannot write: {e}"))?;
             Ok(id)
         }
@@ -123,18 +123,6 @@ fn new_uuid() -> std::io::Result<String> {
         &h[16..20],
         &h[20..32]
     ))
-}
-
-fn write_atomically(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("new");
-    let mut f = File::create(&tmp)?;
-    f.write_all(data)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        File::open(dir)?.sync_all()?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

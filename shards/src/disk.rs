@@ -31,3 +31,19 @@ pub enum DiskOp {
 
 /// How an operation ended: an error names the file and what failed.
 pub type DiskResult = Result<(), String>;
+
+/// Replaces `path` with `data`: written beside it, synced, renamed over it,
+/// and the directory synced. Blocking: the runtime runs it on its blocking
+/// pool; `tandemd` also uses it before the shards start.
+pub fn replace_file(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("new");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}

@@ -382,7 +382,7 @@ async fn perform(rt: Rc<Runtime>, token: u64, op: crate::disk::DiskOp) {
         DiskOp::Replace { path, data } => {
             let shown = path.display().to_string();
             glommio::executor()
-                .spawn_blocking(move || replace(&path, &data))
+                .spawn_blocking(move || crate::disk::replace_file(&path, &data))
                 .await
                 .map_err(|e| format!("replacing {shown}: {e}"))
         }
@@ -451,21 +451,6 @@ async fn write_at(
             "short write: {written} of {} bytes",
             data.len()
         )));
-    }
-    Ok(())
-}
-
-/// Replaces `path` with `data`: written beside it, synced, renamed over it,
-/// and the directory synced (blocking; runs on the blocking pool).
-fn replace(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension("new");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(data)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
     }
     Ok(())
 }

@@ -13,6 +13,7 @@ use bytes::Bytes;
 use hashbrown::HashSet;
 use tandem_shards::amqp::codec::Value;
 use tandem_shards::amqp::connection::{Connection, Event, LinkKey};
+use tandem_shards::amqp::message::durable;
 use tandem_shards::amqp::performative::{Attach, ErrorCondition};
 use tandem_shards::broker::ext::{ExtMsg, Extension, Tap};
 use tandem_shards::broker::{ConfigDone, ConfigEvent, ConfigOp, Shard};
@@ -209,7 +210,7 @@ impl Store {
         let Some(journal) = self.journal.as_mut() else {
             return;
         };
-        if is_persistent(message) {
+        if durable(message) {
             journal.enqueue(queue, position, message);
             self.counts.persistent += 1;
         } else if let Some(upto) = journal.pass(queue, position) {
@@ -331,29 +332,6 @@ impl Store {
     }
 }
 
-/// Whether a message's header says `durable` (a message without a header is
-/// not durable).
-pub fn is_persistent(raw: &[u8]) -> bool {
-    let Some(rest) = raw.strip_prefix(&[0x00, 0x53, 0x70]) else {
-        return false;
-    };
-    // list8: code, size, count, fields; list32: code, size u32, count u32.
-    let (count_at, fields_at, width) = match rest.first() {
-        Some(0xc0) => (2, 3, 1),
-        Some(0xd0) => (5, 9, 4),
-        _ => return false,
-    };
-    let no_fields = rest
-        .get(count_at..count_at + width)
-        .is_none_or(|c| c.iter().all(|b| *b == 0));
-    let first = if no_fields {
-        None
-    } else {
-        rest.get(fields_at..)
-    };
-    matches!(first, Some([0x41, ..] | [0x56, 0x01, ..]))
-}
-
 impl Extension for Store {
     fn start(&mut self, shard: &mut Shard) {
         if shard.id < shard.workers() {
@@ -432,7 +410,7 @@ impl Extension for Store {
         let ours = self
             .failing
             .as_ref()
-            .filter(|_| self.durable.contains(queue) && is_persistent(message));
+            .filter(|_| self.durable.contains(queue) && durable(message));
         match ours {
             Some(why) => Some(ErrorCondition::new(
                 tandem_shards::amqp::performative::condition::RESOURCE_LIMIT_EXCEEDED,
@@ -551,40 +529,5 @@ impl Extension for Store {
         if let Some(i) = self.inner.as_mut() {
             i.acked(shard, token);
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use tandem_shards::amqp::message::Header;
-
-    fn with_header(durable: bool) -> Vec<u8> {
-        let mut out = bytes::BytesMut::new();
-        Header {
-            durable,
-            ..Default::default()
-        }
-        .encode(&mut out);
-        out.extend_from_slice(b"\x00\x53\x77\xa1\x02hi");
-        out.to_vec()
-    }
-
-    #[test]
-    fn the_header_says_whether_a_message_is_persistent() {
-        assert!(is_persistent(&with_header(true)));
-        assert!(!is_persistent(&with_header(false)));
-        assert!(!is_persistent(b"\x00\x53\x77\xa1\x02hi"), "no header");
-        assert!(!is_persistent(b"\x00\x53\x70\x45"), "an empty header list");
-        assert!(
-            !is_persistent(b"\x00\x53\x70\xc0\x01\x00"),
-            "a header of no fields"
-        );
-        assert!(is_persistent(
-            b"\x00\x53\x70\xd0\x00\x00\x00\x05\x00\x00\x00\x01\x41"
-        ));
-        assert!(is_persistent(b"\x00\x53\x70\xc0\x03\x01\x56\x01"));
-        assert!(!is_persistent(b"\x00\x53\x70\xc0"), "cut short");
-        assert!(!is_persistent(b""));
     }
 }

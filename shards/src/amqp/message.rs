@@ -306,6 +306,30 @@ impl DecodedMessage {
     }
 }
 
+/// Whether a message's header says `durable` (a message without a header is
+/// not durable), read from the first bytes without decoding the message (the
+/// store asks it of every message on a durable queue).
+pub fn durable(raw: &[u8]) -> bool {
+    let Some(rest) = raw.strip_prefix(&[0x00, 0x53, 0x70]) else {
+        return false;
+    };
+    // list8: code, size, count, fields; list32: code, size u32, count u32.
+    let (count_at, fields_at, width) = match rest.first() {
+        Some(0xc0) => (2, 3, 1),
+        Some(0xd0) => (5, 9, 4),
+        _ => return false,
+    };
+    let no_fields = rest
+        .get(count_at..count_at + width)
+        .is_none_or(|c| c.iter().all(|b| *b == 0));
+    let first = if no_fields {
+        None
+    } else {
+        rest.get(fields_at..)
+    };
+    matches!(first, Some([0x41, ..] | [0x56, 0x01, ..]))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -353,5 +377,34 @@ mod tests {
         let decoded = DecodedMessage::decode(&again).expect("decodes");
         assert_eq!(decoded.header.delivery_count, 2);
         assert_eq!(decoded.body, Some(Value::string("x")));
+    }
+
+    fn headed(durable: bool) -> Vec<u8> {
+        let mut out = BytesMut::new();
+        Header {
+            durable,
+            ..Default::default()
+        }
+        .encode(&mut out);
+        out.extend_from_slice(b"\x00\x53\x77\xa1\x02hi");
+        out.to_vec()
+    }
+
+    #[test]
+    fn the_header_says_whether_a_message_is_durable() {
+        assert!(durable(&headed(true)));
+        assert!(!durable(&headed(false)));
+        assert!(!durable(b"\x00\x53\x77\xa1\x02hi"), "no header");
+        assert!(!durable(b"\x00\x53\x70\x45"), "an empty header list");
+        assert!(
+            !durable(b"\x00\x53\x70\xc0\x01\x00"),
+            "a header of no fields"
+        );
+        assert!(durable(
+            b"\x00\x53\x70\xd0\x00\x00\x00\x05\x00\x00\x00\x01\x41"
+        ));
+        assert!(durable(b"\x00\x53\x70\xc0\x03\x01\x56\x01"));
+        assert!(!durable(b"\x00\x53\x70\xc0"), "cut short");
+        assert!(!durable(b""));
     }
 }
