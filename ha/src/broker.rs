@@ -59,6 +59,10 @@ impl HaBroker {
                         "HA: status changed from {from} to {to} (epoch {})",
                         self.node.epoch()
                     );
+                    if to.is_primary() && !from.is_primary() {
+                        let epoch = self.node.epoch();
+                        self.commands.push(HaCommand::Promoted { epoch });
+                    }
                 }
                 Action::StepDown { newer_epoch } => {
                     tracing::warn!(

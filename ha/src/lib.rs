@@ -21,3 +21,27 @@ pub mod node;
 pub mod role;
 pub mod status;
 pub mod stream;
+
+/// A queue position given by the primary of epoch `e` is at least
+/// `e << EPOCH_SHIFT`: each primary gives positions of its own, so a position
+/// names one message across the cluster's history.
+pub const EPOCH_SHIFT: u32 = 40;
+
+/// A position as people read it: `epoch:n` (the `n`th position the primary of
+/// that epoch gave), or the bare number for one given before any promotion.
+pub fn position_text(position: u64) -> String {
+    match position >> EPOCH_SHIFT {
+        0 => position.to_string(),
+        epoch => format!("{epoch}:{}", position & ((1 << EPOCH_SHIFT) - 1)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn positions_read_as_epoch_and_number() {
+        assert_eq!(super::position_text(17), "17");
+        assert_eq!(super::position_text((3 << 40) + 200), "3:200");
+        assert_eq!(super::position_text(0), "0");
+    }
+}

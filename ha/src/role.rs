@@ -22,6 +22,9 @@ pub enum HaCommand {
     /// Primary: nothing waits for `member` any more; with `disconnect`, close
     /// its link too.
     Drop { member: MemberId, disconnect: bool },
+    /// Just promoted at `epoch`: give new messages positions no earlier
+    /// primary gave (clients wait until every shard did).
+    Promoted { epoch: u64 },
     /// Primary: send the membership to every backup.
     Members {
         epoch: u64,

@@ -13,10 +13,7 @@ const SEED: u64 = 1;
 
 /// Runs until `publisher` has every one of its messages settled.
 fn all_settled(c: &mut Cluster, publisher: usize, within: Duration) -> bool {
-    c.run_until(within, |c| {
-        let p = &c.clients[publisher];
-        p.settled.len() as u64 == p.limit
-    })
+    c.run_until(within, |c| c.clients[publisher].all_settled())
 }
 
 #[test]
@@ -225,6 +222,144 @@ fn a_backup_that_reconnects_catches_up_and_loses_nothing() {
     c.kill(1);
     c.promote(2).expect("2 is ready");
     assert_eq!(c.drain("q", 2), Vec::<u64>::new(), "settled and lost");
+}
+
+/// Whether the primary `p` counts broker `b` as a ready backup.
+fn ready_at(c: &mut Cluster, p: usize, b: usize) -> bool {
+    let id = c.brokers[b].broker_id.clone();
+    c.members(p).iter().any(|(m, s)| *m == id && s == "ready")
+}
+
+/// Cuts backup `b`'s replication link and waits until the primary `p` no
+/// longer counts it ready.
+fn cut_and_see_it_gone(c: &mut Cluster, p: usize, b: usize) {
+    assert!(c.cut_replication_link(b), "backup {b} has a link");
+    assert!(
+        c.run_until(Duration::from_secs(5), |c| !ready_at(c, p, b)),
+        "{:?}",
+        c.members(p)
+    );
+}
+
+#[test]
+fn a_reconnecting_backup_is_sent_only_what_it_missed() {
+    let mut c = running_cluster(2, SEED);
+    let first = c.add_client(Kind::Publisher, "q", 300);
+    c.clients[first].per_step = Some(30);
+    assert!(all_settled(&mut c, first, Duration::from_secs(10)));
+    let sent_before = c.counter(0, "ha-catch-up-messages");
+    // Backup 2 misses what is published while its link is down.
+    cut_and_see_it_gone(&mut c, 0, 2);
+    let second = c.add_client(Kind::Publisher, "q", 100);
+    c.clients[second].per_step = Some(10);
+    assert!(all_settled(&mut c, second, Duration::from_secs(10)));
+    assert!(
+        c.run_until(Duration::from_secs(10), |c| ready_at(c, 0, 2)),
+        "{:?} {:?}",
+        c.statuses(),
+        c.members(0)
+    );
+    let sent = c.counter(0, "ha-catch-up-messages") - sent_before;
+    let kept = c.counter(0, "ha-catch-up-kept");
+    assert!(
+        (1..=100).contains(&sent),
+        "backup 2 missed at most the 100 published while it was away, and was sent {sent} (kept {kept})"
+    );
+    assert_eq!(kept + sent, 400, "kept {kept}, sent {sent}");
+    // Only broker 2 is left: it holds every settled message, each once.
+    c.kill(0);
+    c.kill(1);
+    c.promote(2).expect("2 is ready");
+    assert_eq!(c.drain("q", 2), Vec::<u64>::new(), "settled and lost");
+    c.run_for(Duration::from_secs(1));
+    // The two publishers both count from 1: 1..=100 twice, 101..=300 once.
+    let consumer = c.clients.len() - 1;
+    let mut got = c.clients[consumer].received.clone();
+    got.sort_unstable();
+    let mut expected: Vec<u64> = (1..=300).chain(1..=100).collect();
+    expected.sort_unstable();
+    assert!(got == expected, "{} received, not each once", got.len());
+}
+
+#[test]
+fn a_consumed_queue_is_caught_up_by_dropping_what_the_backup_held() {
+    let mut c = running_cluster(2, SEED);
+    let p = c.add_client(Kind::Publisher, "q", 200);
+    c.clients[p].per_step = Some(40);
+    assert!(all_settled(&mut c, p, Duration::from_secs(10)));
+    // Consumed on the primary while backup 2 is away: it must drop them.
+    cut_and_see_it_gone(&mut c, 0, 2);
+    let drained = c.add_client(Kind::Consumer, "q", 0);
+    c.clients[drained].broker = 0;
+    assert!(c.run_until(Duration::from_secs(10), |c| c.lost().is_empty()));
+    assert!(
+        c.run_until(Duration::from_secs(10), |c| ready_at(c, 0, 2)),
+        "{:?}",
+        c.members(0)
+    );
+    assert_eq!(c.counter(0, "ha-catch-up-messages"), 0, "nothing to send");
+    c.kill(0);
+    c.kill(1);
+    c.promote(2).expect("2 is ready");
+    let late = c.add_client(Kind::Consumer, "q", 0);
+    c.clients[late].broker = 2;
+    c.run_for(Duration::from_secs(2));
+    assert_eq!(
+        c.clients[late].received,
+        Vec::<u64>::new(),
+        "consumed messages came back from backup 2"
+    );
+}
+
+#[test]
+fn a_backup_ahead_of_a_new_primary_is_cut_back_to_its_history() {
+    let mut c = running_cluster(2, SEED);
+    let first = c.add_client(Kind::Publisher, "q", 100);
+    c.clients[first].per_step = Some(20);
+    assert!(all_settled(&mut c, first, Duration::from_secs(10)));
+    // Broker 1 stops; 101..=150 settle with broker 2 alone, once the primary
+    // gives up on 1.
+    c.stall(1);
+    let ahead = c.add_client(Kind::Publisher, "q", 50);
+    c.clients[ahead].numbered(101, 150);
+    assert!(all_settled(&mut c, ahead, HEARTBEAT * 6));
+    // What was sent to 1 is lost with its link; the primary dies; broker 1,
+    // behind, is promoted all the same, and takes 1001..=1020 while broker 2
+    // is stopped (so they take positions that 101..=150 have on broker 2,
+    // unless a new primary's positions are its own).
+    assert!(c.cut_replication_link(1), "backup 1 had a link");
+    c.kill(0);
+    c.stall(2);
+    c.resume(1);
+    assert!(
+        c.run_until(Duration::from_secs(5), |c| c.promote(1).is_ok()),
+        "{:?}",
+        c.statuses()
+    );
+    let late = c.add_client(Kind::Publisher, "q", 20);
+    c.clients[late].numbered(1001, 1020);
+    c.clients[late].broker = 1;
+    assert!(all_settled(&mut c, late, BACKUP_TIMEOUT * 3));
+    c.resume(2);
+    assert!(
+        c.run_until(Duration::from_secs(10), |c| ready_at(c, 1, 2)),
+        "{:?}",
+        c.members(1)
+    );
+    // Broker 2 now holds broker 1's history: 1..=100 and 1001..=1020, not
+    // the 101..=150 broker 1 never had (nor those in their place).
+    c.kill(1);
+    c.promote(2).expect("2 is ready");
+    let consumer = c.add_client(Kind::Consumer, "q", 0);
+    c.clients[consumer].broker = 2;
+    c.run_until(Duration::from_secs(5), |c| {
+        c.clients[consumer].received.len() >= 120
+    });
+    c.run_for(Duration::from_secs(1));
+    let mut got = c.clients[consumer].received.clone();
+    got.sort_unstable();
+    let expected: Vec<u64> = (1..=100).chain(1001..=1020).collect();
+    assert_eq!(got, expected);
 }
 
 /// Load for a random schedule: a publisher on each of `queues` (padded

@@ -86,3 +86,82 @@ fn a_backup_promoted_after_the_whole_cluster_died_has_every_settled_durable_mess
         whole_cluster_loss(seed, 1 + (seed as usize % 2));
     }
 }
+
+#[test]
+fn a_backup_restarted_with_its_store_is_sent_only_what_it_missed() {
+    let mut c = Cluster::with_store(3, 2, 1);
+    assert!(c.run_until(Duration::from_secs(2), |c| c.promote(0).is_ok()));
+    assert!(c.run_until(Duration::from_secs(5), |c| c.statuses()
+        == ["active", "ready", "ready"]));
+    let p = c.add_client(Kind::Publisher, "orders", 300);
+    c.clients[p].durable = true;
+    c.clients[p].per_step = Some(30);
+    assert!(c.run_until(Duration::from_secs(10), |c| c.clients[p].all_settled()));
+    // Broker 2 dies; 60 more are published; it comes back with its journal.
+    c.kill(2);
+    let missed = c.add_client(Kind::Publisher, "orders", 0);
+    c.clients[missed].durable = true;
+    c.clients[missed].numbered(1001, 1060);
+    assert!(c.run_until(Duration::from_secs(10), |c| c.clients[missed].all_settled()));
+    let sent_before = c.counter(0, "ha-catch-up-messages");
+    c.restart(2);
+    assert!(
+        c.run_until(Duration::from_secs(10), |c| c.status(2) == "ready"),
+        "{:?}",
+        c.statuses()
+    );
+    let sent = c.counter(0, "ha-catch-up-messages") - sent_before;
+    assert_eq!(sent, 60, "only the 60 it missed");
+    assert_eq!(c.counter(0, "ha-catch-up-kept"), 300, "the 300 it had");
+    // And it has all 360, each once.
+    c.kill(0);
+    c.kill(1);
+    c.promote(2).expect("2 is ready");
+    let consumer = c.add_client(Kind::Consumer, "orders", 0);
+    c.clients[consumer].broker = 2;
+    c.run_until(Duration::from_secs(5), |c| {
+        c.clients[consumer].received.len() >= 360
+    });
+    c.run_for(Duration::from_secs(1));
+    let mut got = c.clients[consumer].received.clone();
+    got.sort_unstable();
+    let expected: Vec<u64> = (1..=300).chain(1001..=1060).collect();
+    assert_eq!(got, expected);
+}
+
+#[test]
+fn a_backup_whose_disk_fails_drops_out_and_the_primary_carries_on() {
+    let mut c = Cluster::with_store(3, 2, 1);
+    assert!(c.run_until(Duration::from_secs(2), |c| c.promote(0).is_ok()));
+    assert!(c.run_until(Duration::from_secs(5), |c| c.statuses()
+        == ["active", "ready", "ready"]));
+    // Broker 2's disk fails for its next 20 writes (one a second while it
+    // retries): it must not hold the primary's publishers that long.
+    c.fail_disk_writes(2, 20);
+    let p = c.add_client(Kind::Publisher, "orders", 200);
+    c.clients[p].durable = true;
+    c.clients[p].per_step = Some(10);
+    assert!(
+        c.run_until(Duration::from_secs(8), |c| c.clients[p].all_settled()),
+        "the primary stalled behind a backup that cannot write: {}",
+        c.clients[p].describe()
+    );
+    assert_ne!(
+        c.status(2),
+        "ready",
+        "a backup that cannot write stayed ready"
+    );
+    // Once its disk writes again it catches up and is ready.
+    assert!(
+        c.run_until(Duration::from_secs(40), |c| c.status(2) == "ready"),
+        "{:?}",
+        c.statuses()
+    );
+    c.kill(0);
+    c.kill(1);
+    c.promote(2).expect("2 is ready");
+    let consumer = c.add_client(Kind::Consumer, "orders", 0);
+    c.clients[consumer].broker = 2;
+    c.run_until(Duration::from_secs(5), |c| c.lost().is_empty());
+    assert_eq!(c.lost(), Vec::<u64>::new(), "settled and lost");
+}

@@ -25,6 +25,7 @@ pub mod holders;
 pub mod management;
 pub mod placement;
 pub mod queue;
+pub mod ranges;
 pub mod runtime;
 pub mod stats;
 pub mod transport;

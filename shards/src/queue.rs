@@ -352,6 +352,24 @@ impl Queue {
         self.next_position
     }
 
+    /// Messages from now on get positions from `floor` on, at least.
+    pub fn raise_next_position(&mut self, floor: u64) {
+        self.next_position = self.next_position.max(floor);
+    }
+
+    /// The positions of every message in the queue (available or acquired),
+    /// in order.
+    pub fn positions(&self) -> Vec<u64> {
+        let mut all: Vec<u64> = self
+            .available
+            .keys()
+            .chain(self.acquired.keys())
+            .copied()
+            .collect();
+        all.sort_unstable();
+        all
+    }
+
     /// Every message in the queue (available or acquired), in position order.
     pub fn snapshot(&self) -> Vec<(u64, Bytes)> {
         let mut all: Vec<(u64, Bytes)> = self

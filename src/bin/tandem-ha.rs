@@ -211,8 +211,10 @@ fn run(cli: &Cli) -> ToolResult<ExitCode> {
                 match store_status(url, cli.timeout) {
                     Ok((epoch, positions)) => {
                         let total: u64 = positions.iter().map(|(_, p)| p).sum();
-                        let list: Vec<String> =
-                            positions.iter().map(|(q, p)| format!("{q}={p}")).collect();
+                        let list: Vec<String> = positions
+                            .iter()
+                            .map(|(q, p)| format!("{q}={}", tandem_ha::position_text(*p)))
+                            .collect();
                         println!("{shown} epoch {epoch} positions {}", list.join(","));
                         if newest
                             .as_ref()

@@ -149,7 +149,21 @@ fn broker_summary(mc: &mut ManagementClient, as_json: bool) -> ToolResult<String
     ];
     let headers: Vec<&str> = keys.iter().map(|(h, _)| *h).collect();
     let row: Vec<String> = keys.iter().map(|(_, k)| cell(get(&b, k))).collect();
-    Ok(table::render(&headers, &[row]))
+    let mut out = table::render(&headers, &[row]);
+    // A broker of a cluster: what its snapshots sent backups catching up,
+    // and what the backups already held (an incremental catch-up).
+    let catch_up = [
+        ("catchupMsgs", "ha-catch-up-messages"),
+        ("catchupBytes", "ha-catch-up-bytes"),
+        ("catchupKept", "ha-catch-up-kept"),
+    ];
+    if catch_up.iter().any(|(_, k)| get(&b, k).is_some()) {
+        let headers: Vec<&str> = catch_up.iter().map(|(h, _)| *h).collect();
+        let row: Vec<String> = catch_up.iter().map(|(_, k)| cell(get(&b, k))).collect();
+        out.push('\n');
+        out.push_str(&table::render(&headers, &[row]));
+    }
+    Ok(out)
 }
 
 fn show(mc: &mut ManagementClient, view: &View, cli: &Cli) -> ToolResult<String> {

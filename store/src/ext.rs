@@ -299,6 +299,9 @@ impl Store {
                     Err(e) => {
                         if self.failing.is_none() {
                             tracing::error!("store: journal write failed ({e}); persistent messages are refused until a write succeeds (tried again every {RETRY:?})");
+                            if let Some(i) = self.inner.as_mut() {
+                                i.store_failing(shard, Some(e));
+                            }
                         }
                         self.failing = Some(e.clone());
                         self.retry_at = Some(shard.now() + RETRY);
@@ -306,6 +309,9 @@ impl Store {
                     Ok(()) => {
                         if self.failing.take().is_some() {
                             tracing::info!("store: journal writes succeed again; persistent messages are accepted");
+                            if let Some(i) = self.inner.as_mut() {
+                                i.store_failing(shard, None);
+                            }
                         }
                     }
                 }

@@ -186,6 +186,18 @@ impl HaCluster {
         self.brokers[i] = Some(broker.restart());
     }
 
+    /// What running member `i` logged so far.
+    pub fn log(&self, i: Member) -> String {
+        self.brokers[i].as_ref().expect("a running member").stderr()
+    }
+
+    /// The broker management attributes of member `i` (`tandem-stat -b
+    /// --json`).
+    pub fn broker_attributes(&self, i: Member) -> Json {
+        let text = tool_ok("tandem-stat", &["-b", &self.url(i), "--ha-admin", "--json"]);
+        rows(&text).into_iter().next().unwrap_or(Json::Null)
+    }
+
     /// `kill -9`.
     pub fn kill(&mut self, i: Member) {
         let mut broker = self.brokers[i].take().expect("a running member");

@@ -10,6 +10,11 @@
 //! delivery that cannot be applied whole is never settled: the link is
 //! dropped and the HA role told (`Diverged`), so the backup stops being
 //! `ready` and starts over from a full reset.
+//!
+//! Before attaching, the backup asks every shard which positions of each
+//! queue it holds and says so in the attach (`tandem.ha-holdings`), so the
+//! primary sends only what it lacks (`queue-sync`) instead of every message
+//! (`queue-reset`). After a divergence it says nothing, and gets everything.
 
 use std::collections::VecDeque;
 
@@ -26,8 +31,10 @@ use tandem_shards::amqp::performative::{condition, Attach, ErrorCondition, Sourc
 use tandem_shards::broker::{accept_in_ranges, ConfigDone, ConfigOp, Shard};
 use tandem_shards::exchange::BUILT_IN;
 
-use super::codec::Event;
-use super::{dropped_by_primary_said, msg, push_for, Msg, Replication, ToStore, NODE};
+use super::codec::{ranges_value, Event};
+use super::{
+    dropped_by_primary_said, msg, push_for, Msg, Replication, ShardHoldings, ToStore, NODE,
+};
 use crate::role::{BackupIdentity, LinkEvent};
 
 /// Credit a backup grants its link, topped up at half.
@@ -68,6 +75,13 @@ enum AfterConfig {
         name: String,
         purge: bool,
     },
+    /// A queue declared for an incremental catch-up: drop what the primary
+    /// no longer has, and apply the bindings that waited for it.
+    Synced {
+        name: String,
+        next: u64,
+        keep: Vec<(u64, u64)>,
+    },
 }
 
 #[derive(Default)]
@@ -96,6 +110,15 @@ pub(super) struct BackupState {
     /// token of this shard): the delivery (channel, delivery id) they came
     /// in, and how many are not stored yet.
     applying: HashMap<u64, ((u16, u32), usize)>,
+    /// Asking the shards what we hold, before attaching.
+    gathering: Option<Gathering>,
+    next_gather: u64,
+    /// The last stream could not be applied: the next link says we hold
+    /// nothing, so it starts from a full reset.
+    distrust_holdings: bool,
+    /// Shards whose store cannot write, and why: no replication link (and
+    /// so no acknowledgement) until none is left.
+    store_failing: HashMap<usize, String>,
     /// Queues the stream deleted. Their owners' last events may still follow
     /// (they travel on another ring of the primary than the delete), and are
     /// skipped, until the queue is declared again.
@@ -112,6 +135,18 @@ pub(super) struct BackupState {
     /// a stream name the queue of the one before; cleared by every change).
     last_target: Option<(Arc<str>, usize)>,
 }
+
+/// The shards' answers to a holdings request, for the link on `conn`.
+struct Gathering {
+    conn: u64,
+    id: u64,
+    left: usize,
+    queues: ShardHoldings,
+}
+
+/// How much of the attach frame the holdings may take, at most (a queue
+/// beyond it is simply not mentioned, and gets a full reset).
+const HOLDINGS_BUDGET: usize = 256 * 1024;
 
 impl BackupState {
     pub(super) fn outbound_conn(&self) -> Option<u64> {
@@ -220,6 +255,11 @@ impl Replication {
     ) {
         self.backup.who = Some(who);
         self.backup.generation = generation;
+        if !self.backup.store_failing.is_empty() {
+            // Not joining with a store that cannot keep what it is sent: the
+            // role tries again later.
+            return self.tell_role(LinkEvent::Failed { index });
+        }
         let timeout = self.settings.heartbeat.max(Duration::from_secs(1));
         shard.request_connection(index as u64, address, timeout);
     }
@@ -239,7 +279,7 @@ impl Replication {
     /// An event of our replication connection.
     pub(super) fn outbound_event(&mut self, shard: &mut Shard, conn: u64, event: EngineEvent) {
         match event {
-            EngineEvent::Opened(_) => self.outbound_begin(shard, conn),
+            EngineEvent::Opened(_) => self.outbound_opened(shard, conn),
             EngineEvent::Attached { attach, .. } => {
                 let epoch = attach
                     .properties
@@ -275,8 +315,52 @@ impl Replication {
         }
     }
 
-    /// The replication connection opened: begin and attach.
-    fn outbound_begin(&mut self, shard: &mut Shard, conn: u64) {
+    /// The replication connection opened: ask the shards what we hold (then
+    /// attach), unless our copy cannot be trusted.
+    fn outbound_opened(&mut self, shard: &mut Shard, conn: u64) {
+        if self.backup.outbound.as_ref().is_none_or(|o| o.conn != conn) {
+            return;
+        }
+        if self.backup.distrust_holdings {
+            return self.outbound_begin(shard, conn, Vec::new());
+        }
+        self.backup.next_gather += 1;
+        let id = self.backup.next_gather;
+        for to in 0..shard.shards() {
+            shard.send_ext(
+                to,
+                msg(Msg::Holdings {
+                    origin: shard.id,
+                    generation: id,
+                }),
+            );
+        }
+        self.backup.gathering = Some(Gathering {
+            conn,
+            id,
+            left: shard.shards(),
+            queues: Vec::new(),
+        });
+    }
+
+    /// A shard said what it holds.
+    pub(super) fn held(&mut self, shard: &mut Shard, id: u64, mut queues: ShardHoldings) {
+        let Some(g) = self.backup.gathering.as_mut().filter(|g| g.id == id) else {
+            return;
+        };
+        g.queues.append(&mut queues);
+        g.left -= 1;
+        if g.left > 0 {
+            return;
+        }
+        let Some(g) = self.backup.gathering.take() else {
+            return;
+        };
+        self.outbound_begin(shard, g.conn, g.queues);
+    }
+
+    /// Begin and attach, saying what we hold of each queue.
+    fn outbound_begin(&mut self, shard: &mut Shard, conn: u64, mut holdings: ShardHoldings) {
         let Some(who) = self.backup.who.clone() else {
             return;
         };
@@ -291,7 +375,23 @@ impl Replication {
             address: Some(NODE.into()),
             ..Default::default()
         };
+        // Most queues first would be arbitrary: by name, so the cut is stable.
+        holdings.sort_by(|a, b| a.0.cmp(&b.0));
+        let budget = HOLDINGS_BUDGET.min(engine.remote_max_frame_size() as usize / 2);
+        let mut used = 0;
+        let mut said = Vec::new();
+        for (queue, ranges) in holdings {
+            used += queue.len() + 8 + ranges.len() * 18;
+            if used > budget {
+                tracing::warn!(
+                    "HA: what we hold does not fit one attach frame: queues from '{queue}' on are caught up whole"
+                );
+                break;
+            }
+            said.push((Value::String(queue.to_string()), ranges_value(&ranges)));
+        }
         let properties = Value::Map(vec![
+            (Value::symbol("tandem.ha-holdings"), Value::Map(said)),
             (
                 Value::symbol("tandem.ha-broker-id"),
                 Value::String(who.broker_id.clone()),
@@ -317,6 +417,7 @@ impl Replication {
             return; // the detach that follows says why; the link is then lost
         }
         out.up = true;
+        self.backup.distrust_holdings = false;
         let (conn, index, link) = (out.conn, out.index, out.link);
         if let (Some(engine), Some(link)) = (shard.engine(conn), link) {
             engine.grant_credit(link, LINK_CREDIT, false);
@@ -379,6 +480,7 @@ impl Replication {
         b.to_store.clear();
         b.to_settle.clear();
         b.last_target = None;
+        b.gathering = None;
     }
 
     /// Delivery `id` arrived on our replication link: its events are applied
@@ -496,12 +598,28 @@ impl Replication {
             // delete of what a reset already removed).
             tracing::debug!("HA: replicated configuration change not applied: {e}");
         }
-        if let AfterConfig::Declared { name, purge } = then {
+        let declared = match then {
+            AfterConfig::Nothing => None,
+            AfterConfig::Declared { name, purge } => {
+                let purge = purge.then(|| Msg::Purge {
+                    queue: name.as_str().into(),
+                });
+                Some((name, purge))
+            }
+            AfterConfig::Synced { name, next, keep } => {
+                let retain = Msg::Retain {
+                    queue: name.as_str().into(),
+                    next,
+                    keep,
+                };
+                Some((name, Some(retain)))
+            }
+        };
+        if let Some((name, first)) = declared {
             if let Some(entry) = shard.catalogue.queues.get(name.as_str()) {
                 let owner = entry.owner;
-                if purge {
-                    let queue = name.clone().into();
-                    shard.send_ext(owner, msg(Msg::Purge { queue }));
+                if let Some(m) = first {
+                    shard.send_ext(owner, msg(m));
                     self.touch(owner);
                 }
             }
@@ -542,12 +660,39 @@ impl Replication {
         self.backup.to_store = to_store;
     }
 
+    /// A shard's store cannot write (`failing`), or can again. A backup that
+    /// cannot keep what it is sent drops its link and rejoins (catching up)
+    /// once every store writes again; the primary carries on without it.
+    pub(super) fn store_health(&mut self, shard: &mut Shard, from: usize, failing: Option<String>) {
+        match failing {
+            Some(why) => {
+                let first = self.backup.store_failing.is_empty();
+                self.backup.store_failing.insert(from, why.clone());
+                if let (true, Some(conn)) = (first, self.backup.outbound_conn()) {
+                    tracing::error!(
+                        "HA: our store cannot write ({why}): dropping the replication link, not ready until it can and we caught up again"
+                    );
+                    self.outbound_lost(shard, conn);
+                    self.tell_role(LinkEvent::Diverged);
+                }
+            }
+            None => {
+                if self.backup.store_failing.remove(&from).is_some()
+                    && self.backup.store_failing.is_empty()
+                {
+                    tracing::info!("HA: our store writes again: rejoining the cluster");
+                }
+            }
+        }
+    }
+
     /// An event of the stream could not be applied, so this copy of the
     /// primary can no longer be trusted. Logs why, settles nothing more, drops
     /// the link and tells the HA role, which stops being `ready` and looks for
     /// the primary again (the next link starts from a full reset).
     fn diverged(&mut self, shard: &mut Shard, why: String) {
         tracing::error!("HA: {why}; dropping the replication link to re-synchronise");
+        self.backup.distrust_holdings = true;
         let Some(conn) = self.backup.outbound_conn() else {
             return;
         };
@@ -594,6 +739,19 @@ impl Replication {
                     settings,
                 };
                 self.configure(shard, op, AfterConfig::Declared { name, purge });
+            }
+            Event::QueueSync {
+                name,
+                settings,
+                next,
+                keep,
+            } => {
+                self.backup.deleted.remove(&name);
+                let op = ConfigOp::ReplaceQueue {
+                    name: name.clone(),
+                    settings,
+                };
+                self.configure(shard, op, AfterConfig::Synced { name, next, keep });
             }
             Event::Config(ConfigOp::DeleteQueue { name, .. }) => {
                 self.backup.deleted.insert(name.clone());
@@ -768,7 +926,10 @@ impl Replication {
 fn changes_configuration(event: &Event) -> bool {
     matches!(
         event,
-        Event::QueueReset { .. } | Event::Config(_) | Event::Inventory { .. }
+        Event::QueueReset { .. }
+            | Event::QueueSync { .. }
+            | Event::Config(_)
+            | Event::Inventory { .. }
     )
 }
 

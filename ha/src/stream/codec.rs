@@ -4,7 +4,8 @@
 //!
 //! On the wire each event is an amqp-sequence section holding a list, and one
 //! replication message (delivery) carries one or more of them, in order:
-//! `["queue", name, attrs]`, `["queue-reset", name, attrs]`, `["queue-delete", name]`,
+//! `["queue", name, attrs]`, `["queue-reset", name, attrs]`,
+//! `["queue-sync", name, attrs, next-position, [first, last, ...]]`, `["queue-delete", name]`,
 //! `["exchange", name, type, attrs]`, `["exchange-delete", name]`,
 //! `["bind", exchange, queue, key]`, `["unbind", exchange, queue, key]`,
 //! `["enq", queue, position, message]`, `["deq", queue, [positions]]`,
@@ -34,6 +35,18 @@ pub enum Event {
     QueueReset {
         name: String,
         settings: QueueSettings,
+    },
+    /// Declare, keep the messages held at the positions of `keep` and drop
+    /// the others (start of an incremental catch-up: the backup said what it
+    /// held when it attached; what it lacks follows as `enq` events). The
+    /// primary gives new messages positions from `next` on, so a dropped
+    /// position at or beyond it was one the backup had and the primary never
+    /// did.
+    QueueSync {
+        name: String,
+        settings: QueueSettings,
+        next: u64,
+        keep: Vec<(u64, u64)>,
     },
     Enqueue {
         queue: String,
@@ -180,6 +193,18 @@ impl Event {
             Event::QueueReset { name, settings } => {
                 vec![s("queue-reset"), s(name), settings.attributes()]
             }
+            Event::QueueSync {
+                name,
+                settings,
+                next,
+                keep,
+            } => vec![
+                s("queue-sync"),
+                s(name),
+                settings.attributes(),
+                Value::Ulong(*next),
+                ranges_value(keep),
+            ],
             Event::Enqueue { .. } => unreachable!("encoded above"),
             Event::Dequeue { queue, positions } => vec![
                 s("deq"),
@@ -281,6 +306,20 @@ impl Event {
                     Event::QueueReset { name, settings }
                 }
             }
+            "queue-sync" => Event::QueueSync {
+                settings: QueueSettings::default()
+                    .with_attributes(items.get(2).unwrap_or(&Value::Null))
+                    .map_err(|e| format!("queue settings: {e}"))?,
+                name: name()?,
+                next: items
+                    .get(3)
+                    .and_then(Value::as_u64)
+                    .ok_or("queue-sync without a next position")?,
+                keep: items
+                    .get(4)
+                    .and_then(ranges_from_value)
+                    .ok_or("queue-sync without valid position ranges")?,
+            },
             "queue-delete" => Event::Config(ConfigOp::DeleteQueue {
                 name: name()?,
                 if_unused: false,
@@ -358,6 +397,33 @@ impl Event {
             other => return Err(format!("unknown replication event '{other}'")),
         })
     }
+}
+
+/// Position ranges on the wire: one list of ulongs, first and last of each
+/// range in turn.
+pub(crate) fn ranges_value(ranges: &[(u64, u64)]) -> Value {
+    Value::List(
+        ranges
+            .iter()
+            .flat_map(|&(first, last)| [Value::Ulong(first), Value::Ulong(last)])
+            .collect(),
+    )
+}
+
+/// Position ranges from their wire form; `None` unless it is a list of an
+/// even number of ulongs making sorted, disjoint ranges.
+pub(crate) fn ranges_from_value(value: &Value) -> Option<Vec<(u64, u64)>> {
+    let Value::List(items) = value else {
+        return None;
+    };
+    if items.len() % 2 != 0 {
+        return None;
+    }
+    let ranges = items
+        .chunks(2)
+        .map(|pair| Some((pair[0].as_u64()?, pair[1].as_u64()?)))
+        .collect::<Option<Vec<_>>>()?;
+    tandem_shards::ranges::well_formed(&ranges).then_some(ranges)
 }
 
 /// The `enq` event at `at` if it has exactly the layout [`Encoded::enqueue`]
@@ -482,6 +548,12 @@ mod tests {
                 queue: "q".into(),
                 key: BindingKey::All,
             }),
+            Event::QueueSync {
+                name: "q".into(),
+                settings: QueueSettings::default(),
+                next: (2 << 40) + 1,
+                keep: vec![(1, 4), (9, 9), (1 << 40, (1 << 40) + 7)],
+            },
             Event::Enqueue {
                 queue: "q".into(),
                 position: 7,
@@ -503,6 +575,32 @@ mod tests {
         for e in events {
             assert_eq!(Event::decode(&e.encode()).expect("decodes"), e);
         }
+    }
+
+    #[test]
+    fn position_ranges_are_refused_unless_sorted_disjoint_pairs() {
+        let ranges = vec![(1, 3), (7, 7)];
+        assert_eq!(ranges_from_value(&ranges_value(&ranges)), Some(ranges));
+        let ulongs = |v: &[u64]| Value::List(v.iter().map(|&n| Value::Ulong(n)).collect());
+        assert_eq!(ranges_from_value(&ulongs(&[1, 2, 3])), None, "odd count");
+        assert_eq!(ranges_from_value(&ulongs(&[5, 1])), None, "backwards");
+        assert_eq!(ranges_from_value(&ulongs(&[1, 5, 4, 9])), None, "overlap");
+        assert_eq!(ranges_from_value(&Value::string("1-3")), None);
+        let sync = |keep: Value| {
+            Value::Described(
+                Box::new(Value::Ulong(AMQP_SEQUENCE)),
+                Box::new(Value::List(vec![
+                    Value::string("queue-sync"),
+                    Value::string("q"),
+                    Value::Null,
+                    Value::Ulong(10),
+                    keep,
+                ])),
+            )
+            .to_bytes()
+        };
+        let err = Event::decode(&sync(ulongs(&[5, 1]))).expect_err("refused");
+        assert!(err.contains("position ranges"), "{err}");
     }
 
     #[test]

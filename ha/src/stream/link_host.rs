@@ -14,7 +14,8 @@ use tandem_shards::amqp::connection::LinkKey;
 use tandem_shards::amqp::performative::{condition, Attach, ErrorCondition, Role};
 use tandem_shards::broker::Shard;
 
-use super::{msg, push_for, Acks, Backlog, Msg, ReplicaSink, Replication, Unsettled};
+use super::codec::ranges_from_value;
+use super::{msg, push_for, Acks, Backlog, Holdings, Msg, ReplicaSink, Replication, Unsettled};
 use crate::guard::MemberId;
 use crate::role::BackupIdentity;
 
@@ -84,6 +85,7 @@ impl Replication {
             );
             return refuse(shard, error);
         };
+        let holdings = holdings_from(attach.properties.as_ref());
         self.host.links.insert(
             (conn, link),
             HostedLink {
@@ -100,7 +102,14 @@ impl Replication {
             conn,
             link,
         };
-        shard.send_ext(0, msg(Msg::BackupAttached { sink, who }));
+        shard.send_ext(
+            0,
+            msg(Msg::BackupAttached {
+                sink,
+                who,
+                holdings,
+            }),
+        );
     }
 
     /// Events for a backup's stream.
@@ -305,4 +314,27 @@ fn identity_from(props: Option<&Value>) -> Option<BackupIdentity> {
             .and_then(Value::as_u64)
             .unwrap_or(0),
     })
+}
+
+/// What a backup's attach says it holds (`tandem.ha-holdings`: queue name ->
+/// position ranges). A queue whose ranges do not make sense is left out: it
+/// is sent whole, as to a backup that said nothing.
+fn holdings_from(properties: Option<&Value>) -> Holdings {
+    let mut out = HashMap::new();
+    if let Some(Value::Map(entries)) = properties.and_then(|p| p.map_get("tandem.ha-holdings")) {
+        for (name, ranges) in entries {
+            let Some(name) = name.as_str() else {
+                continue;
+            };
+            match ranges_from_value(ranges) {
+                Some(ranges) => {
+                    out.insert(name.to_owned(), ranges);
+                }
+                None => tracing::warn!(
+                    "HA: a backup's holdings of queue '{name}' are not valid position ranges: sending it whole"
+                ),
+            }
+        }
+    }
+    Arc::new(out)
 }

@@ -74,16 +74,41 @@ pub(crate) struct ReplicaSink {
     pub(crate) link: LinkKey,
 }
 
+/// Position ranges (first, last) of one queue, sorted and disjoint.
+pub(crate) type Ranges = Vec<(u64, u64)>;
+
+/// What one shard of a backup holds: each queue's positions.
+pub(crate) type ShardHoldings = Vec<(Arc<str>, Ranges)>;
+
+/// What a backup said it holds when it attached: queue name -> positions.
+pub(crate) type Holdings = Arc<HashMap<String, Ranges>>;
+
+/// The position floor of a broker promoted at `epoch`: positions from here
+/// on were never given by an earlier primary. Each epoch has 2^40 positions
+/// per queue (a position reads as `epoch:n`, see [`crate::position_text`]);
+/// epochs beyond 2^24 share the last floor, and are logged.
+pub(crate) fn epoch_floor(epoch: u64) -> u64 {
+    const LAST: u64 = (1 << 24) - 1;
+    if epoch > LAST {
+        tracing::warn!(
+            "HA: epoch {epoch} is beyond {LAST}: positions are no longer unique to an epoch"
+        );
+    }
+    (epoch.min(LAST) << crate::EPOCH_SHIFT) + 1
+}
+
 /// What an `enq` delivery acknowledges when the backup settles it.
 pub(crate) type EnqueueMeta = Option<(Arc<str>, u64)>;
 
 /// What one shard's stream tells another's.
 #[derive(Debug)]
 pub(crate) enum Msg {
-    /// Shard 0 -> owner: start streaming a queue to a backup.
+    /// Shard 0 -> owner: start streaming a queue to a backup (`held`: the
+    /// positions the backup said it holds of it, if it said).
     StartReplica {
         queue: Arc<str>,
         sink: ReplicaSink,
+        held: Option<Vec<(u64, u64)>>,
     },
     /// Owner -> shard 0: the backup caught up on this queue.
     QueueCaughtUp {
@@ -109,10 +134,12 @@ pub(crate) enum Msg {
     DropMember {
         member: MemberId,
     },
-    /// Link host -> shard 0: a backup attached its link.
+    /// Link host -> shard 0: a backup attached its link, saying what it
+    /// holds.
     BackupAttached {
         sink: ReplicaSink,
         who: BackupIdentity,
+        holdings: Holdings,
     },
     /// Shard 0 -> link host: the HA role refused the backup.
     Refused {
@@ -158,6 +185,35 @@ pub(crate) enum Msg {
     /// Drop the messages of a queue about to be re-sent whole.
     Purge {
         queue: Arc<str>,
+    },
+    /// Drop the messages of a queue at positions not in `keep` (a backup's
+    /// incremental catch-up; the primary's next position is `next`).
+    Retain {
+        queue: Arc<str>,
+        next: u64,
+        keep: Vec<(u64, u64)>,
+    },
+    /// A backup's stream -> every shard: the positions of each queue you own
+    /// (before attaching, to say what we hold).
+    Holdings {
+        origin: usize,
+        generation: u64,
+    },
+    Held {
+        generation: u64,
+        queues: ShardHoldings,
+    },
+    /// Shard 0 of a broker just promoted -> every shard: raise the position
+    /// floor; answer `FloorRaised` (clients are admitted once all did).
+    RaiseFloor {
+        floor: u64,
+    },
+    FloorRaised,
+    /// A shard's store -> the backup's stream: it cannot write (`Some`), or
+    /// can again.
+    StoreHealth {
+        shard: usize,
+        failing: Option<String>,
     },
     /// Backup's stream -> owner: answer `Fenced` once what came before is handled.
     Fence {
@@ -231,6 +287,9 @@ pub struct Replication {
     link_generation: u64,
     /// Shard 0: the epoch last written to the epoch file.
     persisted_epoch: Option<u64>,
+    /// Shard 0 of a broker just promoted: shards yet to raise their position
+    /// floor (clients wait until none are left).
+    floors_pending: usize,
     owner: owner::OwnerState,
     primary: primary::PrimaryState,
     host: link_host::HostState,
@@ -246,6 +305,7 @@ impl Replication {
             role,
             link_generation: 0,
             persisted_epoch: None,
+            floors_pending: 0,
             owner: Default::default(),
             primary: Default::default(),
             host: Default::default(),
@@ -396,7 +456,7 @@ impl Extension for Replication {
             return;
         };
         match *m {
-            Msg::StartReplica { queue, sink } => self.start_replica(shard, queue, sink),
+            Msg::StartReplica { queue, sink, held } => self.start_replica(shard, queue, sink, held),
             Msg::QueueCaughtUp { member, queue } => self.queue_caught_up(shard, member, queue),
             Msg::Out { sink, events } => self.out(sink, events),
             Msg::Acks { acks } => {
@@ -406,7 +466,11 @@ impl Extension for Replication {
             }
             Msg::GuardMember { member } => self.guard_member(shard, member),
             Msg::DropMember { member } => self.drop_member(shard, member),
-            Msg::BackupAttached { sink, who } => self.backup_attached(shard, sink, who),
+            Msg::BackupAttached {
+                sink,
+                who,
+                holdings,
+            } => self.backup_attached(shard, sink, who, holdings),
             Msg::Refused {
                 sink,
                 reason,
@@ -457,6 +521,30 @@ impl Extension for Replication {
             } => self.applied(shard, batch, stored, missing),
             Msg::Dequeue { queue, positions } => shard.remove_at(&queue, &positions),
             Msg::Purge { queue } => shard.purge(&queue),
+            Msg::Retain { queue, next, keep } => retain(shard, &queue, next, &keep),
+            Msg::Holdings { origin, generation } => {
+                let queues = shard
+                    .queue_names()
+                    .into_iter()
+                    .filter(|q| shard.queue(q).is_some_and(|q| !q.settings.auto_delete))
+                    .map(|q| {
+                        let ranges = shard.position_ranges(&q);
+                        (q, ranges)
+                    })
+                    .filter(|(_, r)| !r.is_empty())
+                    .collect();
+                shard.send_ext(origin, msg(Msg::Held { generation, queues }));
+            }
+            Msg::Held { generation, queues } => self.held(shard, generation, queues),
+            Msg::RaiseFloor { floor } => {
+                shard.raise_position_floor(floor);
+                shard.send_ext(0, msg(Msg::FloorRaised));
+            }
+            Msg::FloorRaised => self.floor_raised(shard),
+            Msg::StoreHealth {
+                shard: from,
+                failing,
+            } => self.store_health(shard, from, failing),
             Msg::Fence { origin, generation } => {
                 shard.send_ext(origin, msg(Msg::Fenced { generation }));
             }
@@ -478,6 +566,28 @@ impl Extension for Replication {
                 }
             }
         }
+    }
+
+    fn store_failing(&mut self, shard: &mut Shard, why: Option<&str>) {
+        let home = shard.service_shard().unwrap_or(0);
+        let failing = why.map(str::to_owned);
+        let from = shard.id;
+        shard.send_ext(
+            home,
+            msg(Msg::StoreHealth {
+                shard: from,
+                failing,
+            }),
+        );
+    }
+
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        let c = self.owner.catch_up_sent;
+        vec![
+            ("ha-catch-up-messages", c.messages),
+            ("ha-catch-up-bytes", c.bytes),
+            ("ha-catch-up-kept", c.kept),
+        ]
     }
 
     fn tap(&mut self, shard: &mut Shard, tap: Tap) {
@@ -506,6 +616,32 @@ impl Extension for Replication {
         self.flush_settles(shard);
         self.flush_to_role(shard);
     }
+}
+
+/// A backup drops what it holds of `queue` at positions not in `keep`: consumed
+/// on the primary while the backup was away, or never there (a new primary
+/// that had not received them: the backup's history is cut back to the
+/// primary's, and says so).
+fn retain(shard: &mut Shard, queue: &str, next: u64, keep: &[(u64, u64)]) {
+    let gone: Vec<u64> = shard
+        .queue(queue)
+        .map(|q| q.positions())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| !tandem_shards::ranges::contains(keep, *p))
+        .collect();
+    let ahead = gone.iter().filter(|p| **p >= next).count();
+    if ahead > 0 {
+        tracing::warn!(
+            "HA: queue '{queue}': dropping {ahead} messages the primary never had (our history was ahead of it)"
+        );
+    }
+    tracing::info!(
+        "HA: queue '{queue}' caught up incrementally: kept {}, dropped {} no longer on the primary",
+        tandem_shards::ranges::count(keep),
+        gone.len()
+    );
+    shard.remove_at(queue, &gone);
 }
 
 /// Backlog entries of a link: an event and what its delivery acknowledges.

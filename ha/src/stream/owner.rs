@@ -1,14 +1,22 @@
 //! A primary's queue owners: each replicated queue is tapped once a backup
-//! streams it; a backup gets the queue's snapshot (`queue-reset`, then every
-//! message) and then every enqueue and dequeue; publishers' settlements wait
-//! for every backup holding the queue (one settlement holder per backup link)
-//! and are released as the backup acknowledges positions.
+//! streams it; a backup gets the queue's snapshot and then every enqueue and
+//! dequeue; publishers' settlements wait for every backup holding the queue
+//! (one settlement holder per backup link) and are released as the backup
+//! acknowledges positions.
+//!
+//! The snapshot is what the backup lacks. A backup that said what it holds
+//! when it attached (its positions of each queue) gets `queue-sync`: keep
+//! those positions we still have, drop the rest, then `enq` events for ours
+//! it lacks. Any other gets `queue-reset` and every message. A position names
+//! one message across the cluster (see `Shard::raise_position_floor`), so
+//! equal positions are equal messages.
 
 use hashbrown::{HashMap, HashSet};
 use std::sync::Arc;
 
 use bytes::Bytes;
 use tandem_shards::broker::{ConfigEvent, Shard};
+use tandem_shards::ranges;
 
 use super::codec::{Encoded, Event};
 use super::{msg, EnqueueMeta, Level, Msg, ReplicaSink, Replication};
@@ -24,6 +32,17 @@ pub(super) struct OwnerState {
     /// for them too (an expected backup without a link yet has no stream to
     /// start the queue's hold).
     guarded: HashSet<MemberId>,
+    /// What snapshots sent and what backups already held.
+    pub(super) catch_up_sent: CatchUpCounters,
+}
+
+/// Messages (and their bytes) snapshots sent to backups, and messages the
+/// backups kept because they held them already.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct CatchUpCounters {
+    pub(super) messages: u64,
+    pub(super) bytes: u64,
+    pub(super) kept: u64,
 }
 
 impl Replication {
@@ -56,8 +75,15 @@ impl Replication {
         }
     }
 
-    /// A backup starts replicating `queue`: snapshot, then live events.
-    pub(super) fn start_replica(&mut self, shard: &mut Shard, queue: Arc<str>, sink: ReplicaSink) {
+    /// A backup starts replicating `queue`: what it lacks of the snapshot,
+    /// then live events. `held`: the positions it said it holds, if it did.
+    pub(super) fn start_replica(
+        &mut self,
+        shard: &mut Shard,
+        queue: Arc<str>,
+        sink: ReplicaSink,
+        held: Option<Vec<(u64, u64)>>,
+    ) {
         let Some(q) = shard.queue(&queue) else {
             // Deleted meanwhile: nothing to catch up.
             let member = sink.member;
@@ -65,13 +91,43 @@ impl Replication {
             return;
         };
         let settings = q.settings.clone();
-        let snapshot = q.snapshot();
+        let next = q.next_position();
+        let mut snapshot = q.snapshot();
         shard.tap_queue(&queue);
         shard.hold(&queue, sink.member);
-        let reset = Event::QueueReset {
-            name: queue.to_string(),
-            settings,
+        let start = match held {
+            Some(held) => {
+                let total = snapshot.len();
+                let keep = ranges::from_sorted(
+                    snapshot
+                        .iter()
+                        .map(|(p, _)| *p)
+                        .filter(|p| ranges::contains(&held, *p)),
+                );
+                snapshot.retain(|(p, _)| !ranges::contains(&held, *p));
+                let kept = ranges::count(&keep);
+                self.owner.catch_up_sent.kept += kept;
+                tracing::info!(
+                    "HA: backup {} holds {kept} of the {total} messages of queue '{queue}' (and {} we no longer have): sending {}",
+                    sink.member,
+                    ranges::count(&held).saturating_sub(kept),
+                    snapshot.len()
+                );
+                Event::QueueSync {
+                    name: queue.to_string(),
+                    settings,
+                    next,
+                    keep,
+                }
+            }
+            None => Event::QueueReset {
+                name: queue.to_string(),
+                settings,
+            },
         };
+        let counters = &mut self.owner.catch_up_sent;
+        counters.messages += snapshot.len() as u64;
+        counters.bytes += snapshot.iter().map(|(_, m)| m.len() as u64).sum::<u64>();
         let last = snapshot.last().map(|(p, _)| *p);
         let enqueues = snapshot.into_iter().map(|(position, message)| {
             (
@@ -79,7 +135,7 @@ impl Replication {
                 Some((queue.clone(), position)),
             )
         });
-        for (event, meta) in std::iter::once((reset.encode_parts(), None)).chain(enqueues) {
+        for (event, meta) in std::iter::once((start.encode_parts(), None)).chain(enqueues) {
             self.out_to(sink, event, meta);
         }
         let sinks = self.owner.sinks.entry(queue.clone()).or_default();

@@ -7,6 +7,7 @@ use hashbrown::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
+use tandem_shards::broker::admission::Admission;
 use tandem_shards::broker::{ConfigEvent, ConfigOp, Shard};
 
 use super::codec::Event;
@@ -30,6 +31,7 @@ impl Replication {
         shard: &mut Shard,
         mut sink: ReplicaSink,
         who: BackupIdentity,
+        holdings: super::Holdings,
     ) {
         let now = shard.now();
         let member = match self.role.as_mut().map(|ha| ha.backup_attached(who, now)) {
@@ -99,7 +101,8 @@ impl Replication {
                 Level::All => {
                     pending.insert(name.clone());
                     let queue = name.clone();
-                    shard.send_ext(entry.owner, msg(Msg::StartReplica { queue, sink }));
+                    let held = holdings.get(&**name).cloned();
+                    shard.send_ext(entry.owner, msg(Msg::StartReplica { queue, sink, held }));
                 }
                 Level::Configuration => events.push(Event::Config(ConfigOp::ReplaceQueue {
                     name: name.to_string(),
@@ -185,8 +188,25 @@ impl Replication {
         let outcome = ha.poll(now);
         let epoch = ha.epoch();
         self.run_commands(shard, outcome.commands);
-        shard.set_admission(outcome.admission);
+        let admission = if self.floors_pending > 0 {
+            Admission::AdminOnly {
+                reason: "promoted, not serving clients yet: retry shortly".into(),
+            }
+        } else {
+            outcome.admission
+        };
+        shard.set_admission(admission);
         self.persist_epoch(shard, epoch);
+    }
+
+    /// A shard raised its position floor after our promotion; once all did,
+    /// clients are admitted.
+    pub(super) fn floor_raised(&mut self, shard: &mut Shard) {
+        self.floors_pending = self.floors_pending.saturating_sub(1);
+        if self.floors_pending == 0 {
+            let now = shard.now();
+            self.poll_role(shard, now);
+        }
     }
 
     /// Keeps the epoch file up to date (written whenever the epoch changed).
@@ -217,7 +237,8 @@ impl Replication {
                     Level::All => {
                         for &sink in &sinks {
                             let queue = name.clone();
-                            shard.send_ext(*owner, msg(Msg::StartReplica { queue, sink }));
+                            let held = None;
+                            shard.send_ext(*owner, msg(Msg::StartReplica { queue, sink, held }));
                         }
                         None
                     }
@@ -322,6 +343,16 @@ impl Replication {
                     }
                     for to in 0..shard.shards() {
                         shard.send_ext(to, msg(Msg::DropMember { member }));
+                    }
+                }
+                HaCommand::Promoted { epoch } => {
+                    let floor = super::epoch_floor(epoch);
+                    tracing::info!(
+                        "HA: promoted at epoch {epoch}: new messages get positions from {floor} on"
+                    );
+                    self.floors_pending = shard.shards();
+                    for to in 0..shard.shards() {
+                        shard.send_ext(to, msg(Msg::RaiseFloor { floor }));
                     }
                 }
                 HaCommand::Members { epoch, members } => {

@@ -135,7 +135,9 @@ pub struct Client {
     /// Publisher: numbers to send (again) before new ones.
     unsent: VecDeque<u64>,
     /// Publisher: next new number, and how many to publish in all.
-    pub next_seq: u64,
+    next_seq: u64,
+    /// Publisher: the first number it sends (then up to `limit`).
+    first: u64,
     pub limit: u64,
     /// Publisher: most new messages per step (`None`: as credit allows).
     pub per_step: Option<u64>,
@@ -167,6 +169,7 @@ impl Client {
             link: None,
             unsent: VecDeque::new(),
             next_seq: 1,
+            first: 1,
             limit,
             per_step: None,
             padding: 0,
@@ -178,6 +181,18 @@ impl Client {
             connects: 0,
             backoff: 0,
         }
+    }
+
+    /// Publisher: numbers from `first` to `last` instead of from 1.
+    pub fn numbered(&mut self, first: u64, last: u64) {
+        self.first = first;
+        self.next_seq = first;
+        self.limit = last;
+    }
+
+    /// Publisher: every number it sends was settled.
+    pub fn all_settled(&self) -> bool {
+        self.settled.len() as u64 == (self.limit + 1).saturating_sub(self.first)
     }
 
     /// Numbers sent and not settled, waiting to go (again).
@@ -558,6 +573,13 @@ impl Cluster {
             })
             .collect();
         Some((store, recovered))
+    }
+
+    /// The next `n` writes to broker `b`'s disk fail, as on a full disk.
+    pub fn fail_disk_writes(&mut self, b: usize, n: usize) {
+        if let Some(disk) = self.disks.as_mut().and_then(|d| d.get_mut(b)) {
+            disk.fail_writes(n);
+        }
     }
 
     /// Performs the disk operations that are due, in the order asked, and
@@ -1286,6 +1308,18 @@ impl Cluster {
         self.clients[consumer].broker = b;
         self.run_until(Duration::from_secs(5), |c| c.lost().is_empty());
         self.lost()
+    }
+
+    /// A broker's extension counter (`ha-catch-up-messages`, ...), summed
+    /// over its shards as management sums it.
+    pub fn counter(&self, b: usize, name: &str) -> u64 {
+        self.brokers[b]
+            .shards
+            .iter()
+            .flat_map(|s| s.report().counters)
+            .filter(|(n, _)| *n == name)
+            .map(|(_, v)| v)
+            .sum()
     }
 
     /// Which broker is primary and active, if exactly one is.

@@ -141,6 +141,11 @@ pub trait Extension {
     /// End of a step: write what the step batched.
     fn end_of_step(&mut self, shard: &mut Shard) {}
 
+    /// A store below this extension (wrapping it) stopped being able to
+    /// write (`Some(why)`: what this shard stores waits), or can again
+    /// (`None`). A backup must not acknowledge what it cannot keep.
+    fn store_failing(&mut self, shard: &mut Shard, why: Option<&str>) {}
+
     /// On the queue's owner, before a message is stored: an error refuses it
     /// (the publisher is told), e.g. a store that cannot write.
     fn refuse_store(
@@ -424,6 +429,26 @@ impl Shard {
         let name = name.clone();
         q.purge();
         self.messages_left(&name);
+    }
+
+    /// Every owned queue, and every queue declared here from now on, gives
+    /// messages positions from `floor` on. A broker promoted at epoch `e`
+    /// raises it to a floor of its own, so that a position names one message
+    /// across the cluster's history: no other primary assigned it.
+    pub fn raise_position_floor(&mut self, floor: u64) {
+        self.position_floor = self.position_floor.max(floor);
+        for q in self.queues.values_mut() {
+            q.raise_next_position(floor);
+        }
+    }
+
+    /// Positions of owned queue `queue`'s messages (available or acquired),
+    /// as ranges of consecutive positions, in order.
+    pub fn position_ranges(&self, queue: &str) -> Vec<(u64, u64)> {
+        self.queues
+            .get(queue)
+            .map(|q| crate::ranges::from_sorted(q.positions()))
+            .unwrap_or_default()
     }
 
     /// A token for [`Shard::store_at`] that no publish of this shard uses.

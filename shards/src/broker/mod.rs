@@ -282,6 +282,11 @@ pub struct Shard {
     /// Most message bytes this shard's queues held since memory was last
     /// handed back to the system.
     queued_high: u64,
+    /// No queue of this shard gives a message a position below this: raised
+    /// past a deleted queue's positions (so a queue declared again under its
+    /// name never reuses one; temporary queues aside) and by
+    /// [`Shard::raise_position_floor`].
+    position_floor: u64,
 }
 
 /// Freed message memory is handed back to the system once a shard's queues
@@ -328,6 +333,7 @@ impl Shard {
             disk_ops: Vec::new(),
             next_disk: 1,
             leaving: Vec::new(),
+            position_floor: 0,
             arrivals: Vec::new(),
             queued_high: 0,
         };
@@ -738,8 +744,9 @@ impl Shard {
                 // Re-declared with other settings (a backup catching up).
                 Some(q) => q.settings = settings.clone(),
                 None => {
-                    self.queues
-                        .insert(name.clone(), Queue::new(name.clone(), settings.clone()));
+                    let mut q = Queue::new(name.clone(), settings.clone());
+                    q.raise_next_position(self.position_floor);
+                    self.queues.insert(name.clone(), q);
                 }
             },
             ConfigEvent::QueueDeleted { name } => {
@@ -751,6 +758,11 @@ impl Shard {
                 }
                 self.tapped.remove(name);
                 if let Some(mut q) = self.queues.remove(name) {
+                    // (A temporary queue is never copied anywhere: its
+                    // positions need not stay unique.)
+                    if !q.settings.auto_delete {
+                        self.position_floor = self.position_floor.max(q.next_position());
+                    }
                     let error = ErrorCondition::new(
                         "amqp:resource-deleted",
                         format!("queue '{name}' was deleted"),
