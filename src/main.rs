@@ -144,13 +144,14 @@ fn run(cfg: &Config) -> Result<(), String> {
     Ok(())
 }
 
-/// The epoch this broker knew when it stopped (0 on its first start).
-fn known_epoch(path: &Path) -> Result<u64, String> {
+/// The epoch and cluster id this broker knew when it stopped (nothing on its
+/// first start).
+fn known_epoch(path: &Path) -> Result<tandem_ha::epoch_file::Known, String> {
     match std::fs::read_to_string(path) {
         Ok(text) => {
             tandem_ha::epoch_file::decode(&text).map_err(|e| format!("{}: {e}", path.display()))
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Default::default()),
         Err(e) => Err(format!("{}: cannot read: {e}", path.display())),
     }
 }
@@ -202,6 +203,13 @@ fn with_ha(
         reason: "backup broker (joining), not primary: try another address".into(),
     };
     let epoch_file = cfg.data_dir.join("ha-epoch");
+    let known = known_epoch(&epoch_file)?;
+    if let Some(id) = &known.cluster {
+        tracing::info!(
+            "HA: this data-dir belongs to cluster {id} (epoch {})",
+            known.epoch
+        );
+    }
     let ha_settings = HaSettings {
         // Persisted in data-dir: a restarted backup is the member it was.
         broker_id: broker_id.to_owned(),
@@ -210,7 +218,8 @@ fn with_ha(
         heartbeat: cfg.ha.link_heartbeat_interval,
         maintenance: cfg.ha.link_maintenance_interval,
         own_address: Some(format!("{}:{}", cfg.interface, cfg.port)),
-        initial_epoch: known_epoch(&epoch_file)?,
+        initial_epoch: known.epoch,
+        initial_cluster_id: known.cluster,
     };
     let info = ClusterInfo {
         brokers_url: brokers_url.redacted(),

@@ -144,6 +144,23 @@ fn store_status_names_the_newest_store_after_a_total_failure() {
         text.contains(&format!("newest: {}", cluster.url(0))),
         "{text}"
     );
+    // What the resource-manager scripts ask to prefer the newest broker.
+    let newest = |i: usize| {
+        ha_cluster::tool(
+            "tandem-ha",
+            &["-b", &cluster.url(i), "store-status", "--newest"],
+            10,
+        )
+    };
+    let yes = newest(0);
+    assert!(yes.status.success(), "{}", ha_cluster::stdout(&yes));
+    let no = newest(2);
+    assert!(!no.status.success(), "the stale store called newest");
+    assert!(
+        ha_cluster::stdout(&no).contains("has a newer store"),
+        "{}",
+        ha_cluster::stdout(&no)
+    );
     // Promoting the stale one is refused, naming a newer store; the newest
     // promotes and has every settled message.
     let refused = cluster.promote(2);
@@ -306,4 +323,32 @@ fn a_whole_cluster_killed_under_proton_load_keeps_every_settled_durable_message(
         &lost[..lost.len().min(20)]
     );
     assert!(settled.len() >= 300, "the kills came under load");
+}
+
+/// The store knows its cluster: every member adopts the first primary's
+/// cluster id (kept in `data-dir/ha-epoch`), and a broker whose data-dir
+/// belongs to another cluster refuses to join, saying so.
+#[test]
+fn a_broker_whose_data_dir_belongs_to_another_cluster_does_not_join() {
+    let _serial = serial();
+    let mut cluster = HaCluster::start_with_primary(Some("all"), 0);
+    let id_of = |cluster: &HaCluster, i: usize| {
+        let out = ha_cluster::tool_ok("tandem-ha", &["-b", &cluster.url(i), "query", "--json"]);
+        ha_cluster::rows(&out)
+            .first()
+            .and_then(|j| j["cluster-id"].as_str().map(str::to_owned))
+    };
+    let id = id_of(&cluster, 0).expect("the primary names its cluster");
+    assert_eq!(id_of(&cluster, 1).as_deref(), Some(id.as_str()));
+    cluster.kill(2);
+    let file = cluster.data_dir(2).join("ha-epoch");
+    let text = std::fs::read_to_string(&file).expect("ha-epoch");
+    assert!(text.contains(&format!("cluster = {id}")), "{text}");
+    std::fs::write(&file, text.replace(&id, "another-cluster")).expect("rewrite");
+    cluster.restart_member(2);
+    let said = common::wait_until(Duration::from_secs(20), || {
+        cluster.log(2).contains("belongs to cluster") && cluster.log(2).contains("another-cluster")
+    });
+    assert!(said, "{}", cluster.log(2));
+    assert_eq!(cluster.status(2), "joining");
 }

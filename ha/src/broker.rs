@@ -33,6 +33,8 @@ pub struct HaBroker {
     commands: Vec<HaCommand>,
     /// The member id of the backup whose attach is being handled.
     accepted: Option<MemberId>,
+    /// The foreign cluster we last refused to join (logged once).
+    foreign_logged: Option<String>,
 }
 
 impl HaBroker {
@@ -48,6 +50,7 @@ impl HaBroker {
             info,
             commands: Vec::new(),
             accepted: None,
+            foreign_logged: None,
         }
     }
 
@@ -95,6 +98,19 @@ impl HaBroker {
                     });
                 }
                 Action::Accepted { member } => self.accepted = Some(member),
+                Action::ForeignCluster {
+                    address,
+                    ours,
+                    theirs,
+                } => {
+                    // Once per primary's cluster, not at every retry.
+                    if self.foreign_logged.as_deref() != Some(theirs.as_str()) {
+                        tracing::error!(
+                            "HA: the primary at {address} belongs to cluster {theirs}, but this broker's data-dir belongs to cluster {ours}: not joining it (a broker joins another cluster only with an empty data-dir)"
+                        );
+                        self.foreign_logged = Some(theirs);
+                    }
+                }
             }
         }
     }
@@ -129,6 +145,13 @@ impl HaHandler for HaBroker {
             ("status", Value::string(self.node.status().as_str())),
             ("broker-id", Value::string(self.node.broker_id())),
             ("epoch", Value::Ulong(self.node.epoch())),
+            (
+                "cluster-id",
+                self.node
+                    .cluster_id()
+                    .map(Value::string)
+                    .unwrap_or(Value::Null),
+            ),
             ("brokers-url", Value::string(&self.info.brokers_url)),
             ("public-url", Value::string(&self.info.public_url)),
             ("replicate", Value::string(&self.info.replicate)),
@@ -177,9 +200,17 @@ impl HaHandler for HaBroker {
 
     fn link_event(&mut self, event: LinkEvent, now: Instant) {
         let input = match event {
-            LinkEvent::Up { index, epoch } => {
+            LinkEvent::Up {
+                index,
+                epoch,
+                cluster_id,
+            } => {
                 tracing::info!("HA: replication link up to {}", self.info.brokers_url);
-                Input::LinkUp { index, epoch }
+                Input::LinkUp {
+                    index,
+                    epoch,
+                    cluster_id,
+                }
             }
             LinkEvent::Failed { index } => Input::LinkFailed { index },
             LinkEvent::Lost => Input::LinkLost,
@@ -246,6 +277,10 @@ impl HaHandler for HaBroker {
 
     fn replicate_default(&self) -> &str {
         &self.info.replicate
+    }
+
+    fn cluster_id(&self) -> Option<String> {
+        self.node.cluster_id().map(str::to_owned)
     }
 
     fn epoch(&self) -> u64 {

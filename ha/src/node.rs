@@ -26,6 +26,9 @@ pub struct HaSettings {
     pub own_address: Option<String>,
     /// The epoch this broker last knew (persisted in data-dir across restarts).
     pub initial_epoch: u64,
+    /// The cluster this broker's data-dir belongs to (persisted beside the
+    /// epoch); `None` before its first promotion or join.
+    pub initial_cluster_id: Option<String>,
 }
 
 /// A cluster member as the primary tells its backups.
@@ -40,8 +43,13 @@ pub struct MemberInfo {
 pub enum Input {
     /// `tandem-ha promote`; `cluster_manager` is the `--cluster-manager` flag.
     Promote { cluster_manager: bool },
-    /// Backup: the broker at `brokers[index]` accepted our replication link.
-    LinkUp { index: usize, epoch: u64 },
+    /// Backup: the broker at `brokers[index]` accepted our replication link;
+    /// its epoch and cluster id.
+    LinkUp {
+        index: usize,
+        epoch: u64,
+        cluster_id: Option<String>,
+    },
     /// Backup: connecting to `brokers[index]` failed or was refused.
     LinkFailed { index: usize },
     /// Backup: the replication link dropped.
@@ -100,6 +108,13 @@ pub enum Action {
     StepDown { newer_epoch: u64 },
     /// Primary: the backup `member` is accepted; this is its id.
     Accepted { member: MemberId },
+    /// Backup: the primary at `address` belongs to another cluster than our
+    /// data-dir: we do not join it.
+    ForeignCluster {
+        address: String,
+        ours: String,
+        theirs: String,
+    },
 }
 
 /// Why a promotion was refused (the tool prints it, exits non-zero).
@@ -138,6 +153,9 @@ pub struct HaNode {
     status: BrokerStatus,
     /// Raised by each promotion; carried on every broker link.
     epoch: u64,
+    /// The cluster's id: our own broker id at our first promotion, else the
+    /// first primary's we joined.
+    cluster_id: Option<String>,
     // -- backup side
     link: Option<usize>,
     connecting: Option<usize>,
@@ -162,6 +180,7 @@ impl HaNode {
     pub fn new(settings: HaSettings, now: Instant) -> HaNode {
         HaNode {
             epoch: settings.initial_epoch,
+            cluster_id: settings.initial_cluster_id.clone(),
             settings,
             status: BrokerStatus::Joining,
             link: None,
@@ -184,6 +203,10 @@ impl HaNode {
 
     pub fn epoch(&self) -> u64 {
         self.epoch
+    }
+
+    pub fn cluster_id(&self) -> Option<&str> {
+        self.cluster_id.as_deref()
     }
 
     /// Every other broker was tried at least once since we started, so a
@@ -285,6 +308,9 @@ impl HaNode {
             .epoch
             .checked_add(1)
             .ok_or(PromoteError::EpochExhausted)?;
+        if self.cluster_id.is_none() {
+            self.cluster_id = Some(self.settings.broker_id.clone());
+        }
         self.become_(BrokerStatus::Recovering, &mut out);
         for m in expected {
             let id = self.next_member;
@@ -315,10 +341,34 @@ impl HaNode {
                     out = actions;
                 }
             }
-            Input::LinkUp { index, epoch } => {
+            Input::LinkUp {
+                index,
+                epoch,
+                cluster_id,
+            } => {
                 self.connecting = None;
                 self.probed.insert(index);
+                if let (Some(ours), Some(theirs)) = (&self.cluster_id, &cluster_id) {
+                    if ours != theirs {
+                        out.push(Action::ForeignCluster {
+                            address: self
+                                .settings
+                                .brokers
+                                .get(index)
+                                .cloned()
+                                .unwrap_or_default(),
+                            ours: ours.clone(),
+                            theirs: theirs.clone(),
+                        });
+                        out.push(Action::Disconnect);
+                        self.next_attempt = self.after_attempt(now);
+                        return out;
+                    }
+                }
                 if self.status.is_backup() {
+                    if self.cluster_id.is_none() {
+                        self.cluster_id = cluster_id;
+                    }
                     self.link = Some(index);
                     self.epoch = self.epoch.max(epoch);
                     self.primary_heard = now;
@@ -627,6 +677,7 @@ mod tests {
                 maintenance: Duration::from_millis(100),
                 own_address: Some("b:1".into()),
                 initial_epoch: 0,
+                initial_cluster_id: None,
             },
             now,
         )
@@ -641,6 +692,51 @@ mod tests {
     }
 
     #[test]
+    fn the_cluster_id_is_the_first_primarys_and_another_clusters_primary_is_not_joined() {
+        let now = Instant::now();
+        // A first promotion names the cluster after the promoted broker.
+        let mut first = node(now);
+        first.handle(
+            Input::PeerStatus {
+                address: "a:1".into(),
+                status: None,
+            },
+            now,
+        );
+        first.promote(true, now).expect("promoted");
+        assert_eq!(first.cluster_id(), Some("b1"));
+        // A broker without one adopts its primary's.
+        let mut fresh = node(now);
+        let up = |id: &str| Input::LinkUp {
+            index: 0,
+            epoch: 1,
+            cluster_id: Some(id.into()),
+        };
+        fresh.handle(up("c1"), now);
+        assert_eq!(fresh.cluster_id(), Some("c1"));
+        assert_eq!(fresh.status(), BrokerStatus::CatchUp);
+        // One whose data-dir belongs to another cluster does not join it.
+        let mut other = HaNode::new(
+            HaSettings {
+                initial_cluster_id: Some("c2".into()),
+                ..node(now).settings
+            },
+            now,
+        );
+        let actions = other.handle(up("c1"), now);
+        assert!(
+            actions
+                .iter()
+                .any(|a| matches!(a, Action::ForeignCluster { ours, theirs, .. }
+                if ours == "c2" && theirs == "c1")),
+            "{actions:?}"
+        );
+        assert!(actions.contains(&Action::Disconnect), "{actions:?}");
+        assert_eq!(other.status(), BrokerStatus::Joining);
+        assert_eq!(other.cluster_id(), Some("c2"));
+    }
+
+    #[test]
     fn promotion_refuses_to_wrap_the_epoch() {
         let now = Instant::now();
         let mut n = node(now);
@@ -648,6 +744,7 @@ mod tests {
             Input::LinkUp {
                 index: 0,
                 epoch: u64::MAX,
+                cluster_id: None,
             },
             now,
         );
@@ -699,7 +796,14 @@ mod tests {
     fn an_expected_backups_first_link_takes_over_its_placeholder() {
         let now = Instant::now();
         let mut n = node(now);
-        n.handle(Input::LinkUp { index: 0, epoch: 1 }, now);
+        n.handle(
+            Input::LinkUp {
+                index: 0,
+                epoch: 1,
+                cluster_id: None,
+            },
+            now,
+        );
         let other = MemberInfo {
             broker_id: "b2".into(),
             address: "c:1".into(),

@@ -46,8 +46,13 @@ pub struct HaOutcome {
 /// Events of the replication link and of backups' links, for the HA role.
 #[derive(Debug, Clone, PartialEq)]
 pub enum LinkEvent {
-    /// Backup: the primary at `brokers[index]` accepted our link; its epoch.
-    Up { index: usize, epoch: u64 },
+    /// Backup: the primary at `brokers[index]` accepted our link; its epoch
+    /// and cluster id.
+    Up {
+        index: usize,
+        epoch: u64,
+        cluster_id: Option<String>,
+    },
     /// Backup: connecting to `brokers[index]` failed or was refused.
     Failed { index: usize },
     /// Backup: the link dropped.
@@ -104,6 +109,8 @@ pub trait HaHandler {
     fn replicate_default(&self) -> &str;
     /// The epoch this broker knows now.
     fn epoch(&self) -> u64;
+    /// The cluster this broker belongs to, once it knows.
+    fn cluster_id(&self) -> Option<String>;
 }
 
 /// Whether a connection's open frame marks it as an admin tool's

@@ -46,6 +46,8 @@ fn whole_cluster_loss(seed: u64, promote: usize) {
         "seed {seed}: broker {promote} was never promotable after the restart: {:?}",
         c.statuses()
     );
+    // The epoch each broker knew survived with its store: this is a new one.
+    assert_eq!(c.epoch(promote), 2, "seed {seed}: the epoch was not kept");
     let consumer = c.add_client(Kind::Consumer, "orders", 0);
     c.clients[consumer].broker = promote;
     c.run_until(Duration::from_secs(5), |c| {

@@ -99,6 +99,13 @@ tandem_ha_status() {
     tandem_ha status 2>/dev/null
 }
 
+# 0 when this joining broker may be promoted after a total failure: no other
+# broker of the cluster has a newer store and every one answered
+# (tandem-ha store-status --newest, what promote itself checks).
+tandem_has_newest_store() {
+    tandem_ha store-status --newest >/dev/null 2>&1
+}
+
 # The last lines of the broker's log, for error messages.
 tandem_log_tail() {
     [ -r "$TANDEMD_LOG" ] && tail -n "${1:-5}" "$TANDEMD_LOG"

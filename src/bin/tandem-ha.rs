@@ -76,6 +76,12 @@ enum Command {
     StoreStatus {
         #[arg(long)]
         all: bool,
+        /// Exit 0 only if this joining broker may be promoted after a total
+        /// failure: no broker of ha-brokers-url has a newer store, and every
+        /// one answered (what promote checks; resource-manager scripts use it
+        /// to prefer the newest broker).
+        #[arg(long, conflicts_with = "all")]
+        newest: bool,
     },
     /// Promote this broker to primary (cluster manager only). A joining broker
     /// with a store (after a total failure) is promoted only if no peer has a
@@ -179,6 +185,7 @@ fn run(cli: &Cli) -> ToolResult<ExitCode> {
                     "status",
                     "broker-id",
                     "epoch",
+                    "cluster-id",
                     "brokers-url",
                     "public-url",
                     "replicate",
@@ -198,7 +205,17 @@ fn run(cli: &Cli) -> ToolResult<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::StoreStatus { all } => {
+        Command::StoreStatus { newest: true, .. } => match refuse_a_stale_store(cli) {
+            Ok(()) => {
+                println!("newest");
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => {
+                println!("not newest: {e}");
+                Ok(ExitCode::from(1))
+            }
+        },
+        Command::StoreStatus { all, .. } => {
             let brokers = if *all {
                 cluster_brokers(cli)?
             } else {
@@ -345,8 +362,16 @@ fn refuse_a_stale_store(cli: &Cli) -> ToolResult<()> {
             Ok((e, p)) => {
                 let theirs: u64 = p.iter().map(|(_, n)| n).sum();
                 if (e, theirs) > (epoch, total) {
+                    let list = |ps: &[(String, u64)]| {
+                        ps.iter()
+                            .map(|(q, p)| format!("{q}={}", tandem_ha::position_text(*p)))
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    };
                     return Err(format!(
-                        "{shown} has a newer store (epoch {e}, {theirs} positions) than this broker (epoch {epoch}, {total} positions): promote {shown}, or this one with --force"
+                        "{shown} has a newer store (epoch {e}, positions {}) than this broker (epoch {epoch}, positions {}): promote {shown}, or this one with --force",
+                        list(&p),
+                        list(&positions)
                     ));
                 }
             }

@@ -186,6 +186,20 @@ impl HaCluster {
         self.brokers[i] = Some(broker.restart());
     }
 
+    /// Member `i`'s data directory (running or killed).
+    pub fn data_dir(&self, i: Member) -> std::path::PathBuf {
+        match &self.brokers[i] {
+            Some(b) => b.data_dir(),
+            None => self
+                .dead
+                .iter()
+                .rev()
+                .find(|b| b.port() == self.ports[i])
+                .map(|b| b.data_dir())
+                .unwrap_or_else(|| panic!("member {i} never ran")),
+        }
+    }
+
     /// What running member `i` logged so far.
     pub fn log(&self, i: Member) -> String {
         self.brokers[i].as_ref().expect("a running member").stderr()
@@ -343,7 +357,7 @@ impl HaCluster {
 }
 
 /// The rows of a tool's `--json` list.
-fn rows(text: &str) -> Vec<Json> {
+pub fn rows(text: &str) -> Vec<Json> {
     let parsed = Json::parse(text).unwrap_or_else(|e| panic!("bad tool JSON {text:?}: {e}"));
     parsed.as_array().unwrap_or_default().to_vec()
 }

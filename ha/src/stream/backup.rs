@@ -281,13 +281,15 @@ impl Replication {
         match event {
             EngineEvent::Opened(_) => self.outbound_opened(shard, conn),
             EngineEvent::Attached { attach, .. } => {
-                let epoch = attach
-                    .properties
-                    .as_ref()
-                    .and_then(|p| p.map_get("tandem.ha-epoch"))
+                let property = |key: &str| attach.properties.as_ref().and_then(|p| p.map_get(key));
+                let epoch = property("tandem.ha-epoch")
                     .and_then(Value::as_u64)
                     .unwrap_or(0);
-                self.outbound_attached(shard, attach.source.is_some(), epoch);
+                let cluster_id = property("tandem.ha-cluster-id")
+                    .and_then(Value::as_str)
+                    .filter(|id| crate::epoch_file::valid_cluster_id(id))
+                    .map(str::to_owned);
+                self.outbound_attached(shard, attach.source.is_some(), epoch, cluster_id);
             }
             EngineEvent::Transfer {
                 delivery_id,
@@ -409,7 +411,13 @@ impl Replication {
     }
 
     /// The replication link's attach was answered.
-    fn outbound_attached(&mut self, shard: &mut Shard, accepted: bool, epoch: u64) {
+    fn outbound_attached(
+        &mut self,
+        shard: &mut Shard,
+        accepted: bool,
+        epoch: u64,
+        cluster_id: Option<String>,
+    ) {
         let Some(out) = self.backup.outbound.as_mut() else {
             return;
         };
@@ -423,7 +431,11 @@ impl Replication {
             engine.grant_credit(link, LINK_CREDIT, false);
             shard.wrote_to(conn);
         }
-        self.tell_role(LinkEvent::Up { index, epoch });
+        self.tell_role(LinkEvent::Up {
+            index,
+            epoch,
+            cluster_id,
+        });
     }
 
     /// Our link was refused; note the peer's status if it said.

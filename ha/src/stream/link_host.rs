@@ -248,16 +248,23 @@ impl Replication {
     }
 
     /// Shard 0 accepted a backup: answer its attach, with our epoch.
-    pub(super) fn accepted(&mut self, shard: &mut Shard, sink: ReplicaSink, epoch: u64) {
+    pub(super) fn accepted(
+        &mut self,
+        shard: &mut Shard,
+        sink: ReplicaSink,
+        epoch: u64,
+        cluster_id: Option<String>,
+    ) {
         let Some(hl) = self.host.links.get_mut(&(sink.conn, sink.link)) else {
             return;
         };
         hl.member = Some(sink.member);
         if let (Some(attach), Some(engine)) = (hl.pending_attach.take(), shard.engine(sink.conn)) {
-            let props = Value::Map(vec![(
-                Value::symbol("tandem.ha-epoch"),
-                Value::Ulong(epoch),
-            )]);
+            let mut props = vec![(Value::symbol("tandem.ha-epoch"), Value::Ulong(epoch))];
+            if let Some(id) = cluster_id {
+                props.push((Value::symbol("tandem.ha-cluster-id"), Value::String(id)));
+            }
+            let props = Value::Map(props);
             engine.accept_attach(
                 sink.link,
                 &attach,

@@ -147,10 +147,12 @@ pub(crate) enum Msg {
         reason: String,
         status: Option<String>,
     },
-    /// Shard 0 -> link host: the HA role accepted the backup (our epoch).
+    /// Shard 0 -> link host: the HA role accepted the backup (our epoch and
+    /// cluster id).
     Accepted {
         sink: ReplicaSink,
         epoch: u64,
+        cluster_id: Option<String>,
     },
     /// Shard 0 -> link host: close a dropped backup's link.
     CloseLink {
@@ -285,8 +287,8 @@ pub struct Replication {
     /// Shard 0: the generation of the role's replication link (bumped by every
     /// connect and disconnect).
     link_generation: u64,
-    /// Shard 0: the epoch last written to the epoch file.
-    persisted_epoch: Option<u64>,
+    /// Shard 0: what was last written to the epoch file.
+    persisted: Option<crate::epoch_file::Known>,
     /// Shard 0 of a broker just promoted: shards yet to raise their position
     /// floor (clients wait until none are left).
     floors_pending: usize,
@@ -304,7 +306,7 @@ impl Replication {
             outgoing: Vec::new(),
             role,
             link_generation: 0,
-            persisted_epoch: None,
+            persisted: None,
             floors_pending: 0,
             owner: Default::default(),
             primary: Default::default(),
@@ -476,7 +478,11 @@ impl Extension for Replication {
                 reason,
                 status,
             } => self.refused(shard, sink, reason, status),
-            Msg::Accepted { sink, epoch } => self.accepted(shard, sink, epoch),
+            Msg::Accepted {
+                sink,
+                epoch,
+                cluster_id,
+            } => self.accepted(shard, sink, epoch, cluster_id),
             Msg::CloseLink { sink } => shard.conn_close(sink.conn, dropped_by_primary()),
             Msg::BackupHeard { member } => {
                 self.link_event_to_role(shard, crate::role::LinkEvent::BackupHeard { member })

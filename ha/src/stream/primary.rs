@@ -69,7 +69,15 @@ impl Replication {
         };
         sink.member = member;
         let epoch = self.role.as_ref().map(|h| h.identity().epoch).unwrap_or(0);
-        shard.send_ext(sink.shard, msg(Msg::Accepted { sink, epoch }));
+        let cluster_id = self.role.as_ref().and_then(|h| h.cluster_id());
+        shard.send_ext(
+            sink.shard,
+            msg(Msg::Accepted {
+                sink,
+                epoch,
+                cluster_id,
+            }),
+        );
         // The role's guard for the new member goes out before its streams start.
         self.poll_role(shard, now);
         self.primary.members.retain(|s| s.member != member);
@@ -186,7 +194,10 @@ impl Replication {
             return;
         };
         let outcome = ha.poll(now);
-        let epoch = ha.epoch();
+        let known = crate::epoch_file::Known {
+            epoch: ha.epoch(),
+            cluster: ha.cluster_id(),
+        };
         self.run_commands(shard, outcome.commands);
         let admission = if self.floors_pending > 0 {
             Admission::AdminOnly {
@@ -196,7 +207,7 @@ impl Replication {
             outcome.admission
         };
         shard.set_admission(admission);
-        self.persist_epoch(shard, epoch);
+        self.persist_epoch(shard, known);
     }
 
     /// A shard raised its position floor after our promotion; once all did,
@@ -209,14 +220,15 @@ impl Replication {
         }
     }
 
-    /// Keeps the epoch file up to date (written whenever the epoch changed).
-    fn persist_epoch(&mut self, shard: &mut Shard, epoch: u64) {
+    /// Keeps the epoch file up to date (written whenever the epoch or the
+    /// cluster id changed).
+    fn persist_epoch(&mut self, shard: &mut Shard, known: crate::epoch_file::Known) {
         let Some(path) = self.settings.epoch_file.clone() else {
             return;
         };
-        if self.persisted_epoch != Some(epoch) {
-            self.persisted_epoch = Some(epoch);
-            let data = crate::epoch_file::encode(epoch);
+        if self.persisted.as_ref() != Some(&known) {
+            let data = crate::epoch_file::encode(&known);
+            self.persisted = Some(known);
             shard.disk(tandem_shards::disk::DiskOp::Replace { path, data });
         }
     }

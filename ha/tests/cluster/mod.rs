@@ -18,6 +18,7 @@
 #![allow(dead_code)]
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -419,6 +420,9 @@ pub struct Cluster {
     disks: Option<Vec<MemDisk>>,
 }
 
+/// Where a simulated broker with a store keeps its epoch file.
+const EPOCH_FILE: &str = "/data/ha-epoch";
+
 /// `node{i}:5672`, the replication address of broker `i`.
 pub fn address(i: usize) -> String {
     format!("node{i}:5672")
@@ -494,6 +498,9 @@ impl Cluster {
             Some(_) => format!("broker-{i}"),
             None => format!("broker-{i}-{}", self.restarts),
         };
+        // With a store the epoch and cluster id are kept too (data-dir/ha-epoch).
+        let epoch_file = store.as_ref().map(|_| std::path::PathBuf::from(EPOCH_FILE));
+        let known = self.known_epoch(i);
         let role = HaBroker::new(
             HaSettings {
                 broker_id: broker_id.clone(),
@@ -502,7 +509,8 @@ impl Cluster {
                 heartbeat: HEARTBEAT,
                 maintenance: MAINTENANCE,
                 own_address: Some(own.clone()),
-                initial_epoch: 0,
+                initial_epoch: known.epoch,
+                initial_cluster_id: known.cluster,
             },
             ClusterInfo {
                 brokers_url: self.addresses.join(","),
@@ -518,7 +526,7 @@ impl Cluster {
             username: None,
             password: None,
             heartbeat: HEARTBEAT,
-            epoch_file: None,
+            epoch_file: epoch_file.clone(),
         };
         let roles = std::sync::Mutex::new(Some(role));
         let factory = tandem_ha::stream::extension(stream, move || {
@@ -544,6 +552,20 @@ impl Cluster {
             broker_id,
             disk_ops: VecDeque::new(),
         }
+    }
+
+    /// With a store: the epoch and cluster id broker `i` last wrote.
+    fn known_epoch(&self, i: usize) -> tandem_ha::epoch_file::Known {
+        let Some(bytes) = self
+            .disks
+            .as_ref()
+            .and_then(|d| d.get(i)?.read(Path::new(EPOCH_FILE)))
+        else {
+            return Default::default();
+        };
+        let text = String::from_utf8_lossy(&bytes);
+        tandem_ha::epoch_file::decode(&text)
+            .unwrap_or_else(|e| panic!("seed {}: broker {i}'s epoch file: {e}", self.seed))
     }
 
     /// With a store: what broker `i`'s disk holds, read back as tandemd does at
