@@ -305,6 +305,7 @@ fn failed_run(scenario: &Command, why: String) -> RunResult {
         received_mb_per_s: f64::NAN,
         cpu: Default::default(),
         latency: None,
+        settle_latency: None,
         errors: vec![why],
         notes: Vec::new(),
         started: false,

@@ -22,7 +22,12 @@ const DONE_POLL: Duration = Duration::from_millis(10);
 /// How often a client waiting for the start looks again.
 const START_POLL: Duration = Duration::from_millis(1);
 /// Largest latency the histogram holds (larger ones are recorded as this).
-const MAX_LATENCY_NS: u64 = 60_000_000_000;
+pub(crate) const MAX_LATENCY_NS: u64 = 60_000_000_000;
+
+/// An empty latency histogram, in nanoseconds up to [`MAX_LATENCY_NS`].
+pub(crate) fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, MAX_LATENCY_NS, 3).expect("constant histogram bounds are valid")
+}
 
 /// When a consumer is finished.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,10 +112,7 @@ impl Consumer {
     }
 
     fn new(plan: ConsumerPlan, setup: LinkSetup, progress: Arc<Progress>) -> Consumer {
-        let latency = plan.latency.then(|| {
-            Histogram::new_with_bounds(1, MAX_LATENCY_NS, 3)
-                .expect("constant histogram bounds are valid")
-        });
+        let latency = plan.latency.then(latency_histogram);
         Consumer {
             plan,
             setup,

@@ -409,35 +409,16 @@ fn summarize(plan: &LoadPlan, command: &'static str, o: Outcome, notes: Vec<Stri
             .flatten(),
     };
 
-    let mut histogram: Option<Histogram<u64>> = None;
-    for h in o.consumers.iter().filter_map(|c| c.latency.as_ref()) {
-        match &mut histogram {
-            None => histogram = Some(h.clone()),
-            Some(all) => {
-                let _ = all.add(h);
-            }
-        }
-    }
+    let histogram = merged(o.consumers.iter().filter_map(|c| c.latency.as_ref()));
     let max_lag = o
         .producers
         .iter()
         .map(|p| p.max_lag)
         .max()
         .unwrap_or_default();
-    let latency = histogram.as_ref().filter(|h| !h.is_empty()).map(|h| {
-        let us = |ns: u64| ns as f64 / 1e3;
-        LatencyFigures {
-            count: h.len(),
-            min_us: us(h.min()),
-            mean_us: h.mean() / 1e3,
-            p50_us: us(h.value_at_quantile(0.5)),
-            p90_us: us(h.value_at_quantile(0.9)),
-            p99_us: us(h.value_at_quantile(0.99)),
-            p999_us: us(h.value_at_quantile(0.999)),
-            max_us: us(h.max()),
-            max_send_lag_us: max_lag.as_secs_f64() * 1e6,
-        }
-    });
+    let latency = histogram.as_ref().and_then(|h| figures(h, max_lag));
+    let settle_latency = merged(o.producers.iter().filter_map(|p| p.settle_latency.as_ref()))
+        .and_then(|h| figures(&h, max_lag));
 
     let ok =
         o.start.is_some() && errors.is_empty() && missing == 0 && rejected == 0 && released == 0;
@@ -485,6 +466,7 @@ fn summarize(plan: &LoadPlan, command: &'static str, o: Outcome, notes: Vec<Stri
         received_mb_per_s: mb(received_rate),
         cpu,
         latency,
+        settle_latency,
         errors,
         notes,
         started: o.start.is_some(),
@@ -494,6 +476,39 @@ fn summarize(plan: &LoadPlan, command: &'static str, o: Outcome, notes: Vec<Stri
         result,
         latency: histogram,
     }
+}
+
+/// The histograms added up (`None` if there are none).
+fn merged<'a>(all: impl Iterator<Item = &'a Histogram<u64>>) -> Option<Histogram<u64>> {
+    let mut out: Option<Histogram<u64>> = None;
+    for h in all {
+        match &mut out {
+            None => out = Some(h.clone()),
+            Some(sum) => {
+                let _ = sum.add(h);
+            }
+        }
+    }
+    out
+}
+
+/// A histogram's figures in microseconds (`None` if it is empty).
+fn figures(h: &Histogram<u64>, max_lag: Duration) -> Option<LatencyFigures> {
+    if h.is_empty() {
+        return None;
+    }
+    let us = |ns: u64| ns as f64 / 1e3;
+    Some(LatencyFigures {
+        count: h.len(),
+        min_us: us(h.min()),
+        mean_us: h.mean() / 1e3,
+        p50_us: us(h.value_at_quantile(0.5)),
+        p90_us: us(h.value_at_quantile(0.9)),
+        p99_us: us(h.value_at_quantile(0.99)),
+        p999_us: us(h.value_at_quantile(0.999)),
+        max_us: us(h.max()),
+        max_send_lag_us: max_lag.as_secs_f64() * 1e6,
+    })
 }
 
 #[cfg(test)]

@@ -4,13 +4,16 @@
 //! pre-settled without limit but credit, and with a rate paces sends to a
 //! schedule. Each message is the template with its stamp patched in.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use hdrhistogram::Histogram;
 use serde::Serialize;
 use tandem_shards::amqp::connection::{Connection, Event};
 use tandem_shards::amqp::performative::{DeliveryState, Role as LinkRole};
 
+use crate::consumer::{latency_histogram, MAX_LATENCY_NS};
 use crate::cpu;
 use crate::message::{ns_since_epoch, Template};
 use crate::progress::Progress;
@@ -68,6 +71,10 @@ pub struct ProducerStats {
     /// How far behind its schedule it sent at worst (with a rate).
     #[serde(skip)]
     pub max_lag: Duration,
+    /// At-least-once: each message's time from being handed to the engine to
+    /// its settlement (nanoseconds).
+    #[serde(skip)]
+    pub settle_latency: Option<Histogram<u64>>,
     pub error: Option<String>,
 }
 
@@ -89,6 +96,10 @@ pub struct Producer {
     template: Template,
     stats: ProducerStats,
     in_flight: u64,
+    /// At-least-once: when each unsettled delivery was sent (`None` once
+    /// settled), from delivery id `sent_base` on.
+    sent_at: VecDeque<Option<Instant>>,
+    sent_base: u32,
     /// Our own note of the run's start (and CPU then), once we saw it.
     started: Option<(Instant, Duration)>,
     last_progress: Instant,
@@ -126,12 +137,15 @@ impl Producer {
             template: Template::new(plan.run, plan.id, plan.size, plan.durable),
             stats: ProducerStats {
                 id: plan.id,
+                settle_latency: (!plan.presettled).then(latency_histogram),
                 ..Default::default()
             },
             plan,
             setup,
             progress,
             in_flight: 0,
+            sent_at: VecDeque::new(),
+            sent_base: 0,
             started: None,
             last_progress: Instant::now(),
             client,
@@ -181,6 +195,7 @@ impl Producer {
         now: Instant,
     ) {
         let n = u64::from(last.wrapping_sub(first)) + 1;
+        self.settled_at(first, last, now);
         match state {
             None | Some(DeliveryState::Accepted) => self.stats.accepted += n,
             Some(DeliveryState::Rejected(_)) => self.stats.rejected += n,
@@ -192,6 +207,30 @@ impl Producer {
         }
         self.in_flight = self.in_flight.saturating_sub(n);
         self.last_progress = now;
+    }
+
+    /// Deliveries `first..=last` were settled at `now`: their publish→settle
+    /// times go in the histogram.
+    fn settled_at(&mut self, first: u32, last: u32, now: Instant) {
+        let Some(h) = self.stats.settle_latency.as_mut() else {
+            return;
+        };
+        let mut id = first;
+        loop {
+            let at = id.wrapping_sub(self.sent_base) as usize;
+            if let Some(sent) = self.sent_at.get_mut(at).and_then(Option::take) {
+                let ns = u64::try_from((now - sent).as_nanos()).unwrap_or(u64::MAX);
+                h.saturating_record(ns.clamp(1, MAX_LATENCY_NS));
+            }
+            if id == last {
+                break;
+            }
+            id = id.wrapping_add(1);
+        }
+        while self.sent_at.front().is_some_and(Option::is_none) {
+            self.sent_at.pop_front();
+            self.sent_base = self.sent_base.wrapping_add(1);
+        }
     }
 
     /// Sends what window, credit, schedule and batch size allow; returns when
@@ -222,12 +261,16 @@ impl Producer {
             let seq = self.stats.sent;
             let message = self.template.stamp(seq, now_ns);
             // `None` without credit: stop here; the peer's flow wakes us.
-            conn.send(link, &seq.to_be_bytes(), message, self.plan.presettled)?;
+            let id = conn.send(link, &seq.to_be_bytes(), message, self.plan.presettled)?;
             self.stats.sent += 1;
             if self.plan.presettled {
                 self.last_progress = now;
             } else {
                 self.in_flight += 1;
+                if self.sent_at.is_empty() {
+                    self.sent_base = id;
+                }
+                self.sent_at.push_back(Some(now));
             }
             if conn.output().len() >= BATCH_BYTES {
                 return Some(now); // write this batch, then come straight back

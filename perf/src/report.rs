@@ -49,6 +49,8 @@ pub struct RunResult {
     pub received_mb_per_s: f64,
     pub cpu: CpuFigures,
     pub latency: Option<LatencyFigures>,
+    /// At-least-once: from handing a message to the engine to its settlement.
+    pub settle_latency: Option<LatencyFigures>,
     pub errors: Vec<String>,
     pub notes: Vec<String>,
     /// Every client connected and the run began (false: the errors say why not).
@@ -209,6 +211,13 @@ impl RunResult {
                 t,
                 "  latency µs: p50 {:.0}, p90 {:.0}, p99 {:.0}, p99.9 {:.0}, max {:.0} (min {:.0}, mean {:.0}, {} messages; senders at worst {:.0} µs behind schedule)",
                 l.p50_us, l.p90_us, l.p99_us, l.p999_us, l.max_us, l.min_us, l.mean_us, l.count, l.max_send_lag_us
+            );
+        }
+        if let Some(l) = &self.settle_latency {
+            let _ = writeln!(
+                t,
+                "  publish→settle µs: p50 {:.0}, p90 {:.0}, p99 {:.0}, p99.9 {:.0}, max {:.0} ({} messages)",
+                l.p50_us, l.p90_us, l.p99_us, l.p999_us, l.max_us, l.count
             );
         }
         self.finish_text(t)

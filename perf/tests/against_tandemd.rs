@@ -216,6 +216,12 @@ fn throughput_run_receives_every_message_it_sent() {
     );
     assert!(j["cpu"]["broker_us_per_msg"].as_f64().is_some(), "{j:#}");
     assert!(j["cpu"]["sender_us_per_msg"].as_f64().is_some(), "{j:#}");
+    // Every at-least-once message's publish→settle time, in order.
+    let settle = &j["settle_latency"];
+    assert_eq!(num(settle, "count"), 20_000, "{j:#}");
+    let p50 = settle["p50_us"].as_f64().unwrap_or(0.0);
+    let p99 = settle["p99_us"].as_f64().unwrap_or(0.0);
+    assert!(p50 > 0.0 && p50 <= p99, "{settle:#}");
 }
 
 #[test]
