@@ -70,29 +70,7 @@ fn settled(sender: &ClientProcess) -> BTreeSet<u64> {
 /// Receives until every one of 0..`expect` arrived (or 20 s passed); those
 /// that did (the receiver's summary lists the missing ones).
 fn drain(broker: &Broker, queue: &str, expect: usize) -> BTreeSet<u64> {
-    let out = run_python(
-        "ha_recv.py",
-        &[
-            "--urls",
-            &broker.url(),
-            "--address",
-            queue,
-            "--expect",
-            &expect.to_string(),
-            "--timeout",
-            "20",
-        ],
-    );
-    let summary = out.summary();
-    let missing: BTreeSet<u64> = summary["missing"]
-        .as_array()
-        .map(|m| m.iter().filter_map(Json::as_u64).collect())
-        .unwrap_or_default();
-    assert!(
-        summary["received_unique"].as_u64().is_some(),
-        "no receiver summary: {}",
-        out.stdout()
-    );
+    let missing = common::ha_recv_missing(&broker.url(), queue, expect as u64, 20);
     (0..expect as u64)
         .filter(|s| !missing.contains(s))
         .collect()
@@ -160,13 +138,7 @@ fn settled_durable_messages_survive_a_kill_9_under_a_proton_publisher() {
     assert_eq!(all_settled.len(), COUNT, "every message settled in the end");
     let received = drain(&broker, "orders", COUNT);
     let lost: Vec<u64> = before_kill.difference(&received).copied().collect();
-    assert!(
-        lost.is_empty(),
-        "{} of {} messages settled before the kill -9 were lost after the restart: {:?}",
-        lost.len(),
-        before_kill.len(),
-        &lost[..lost.len().min(20)]
-    );
+    common::assert_none_lost(&lost, before_kill.len(), "after the kill -9 and restart");
     assert!(before_kill.len() >= 500, "the kill came under load");
 }
 

@@ -9,8 +9,20 @@ mod ha_cluster;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::{run_python, spawn_python, Json};
+use common::{run_python, spawn_python};
 use ha_cluster::{serial, HaCluster};
+
+/// `tandem-ha store-status --all` asked of member `i`: every broker answered.
+fn store_status_all(cluster: &HaCluster, i: usize) -> String {
+    let out = ha_cluster::tool(
+        "tandem-ha",
+        &["-b", &cluster.url(i), "store-status", "--all"],
+        10,
+    );
+    let text = ha_cluster::stdout(&out);
+    assert!(out.status.success(), "{text}\n{}", ha_cluster::stderr(&out));
+    text
+}
 
 /// `send.py` of `count` durable messages to `orders` on member `i`.
 fn send_durable(cluster: &HaCluster, i: usize, count: usize, prefix: &str) {
@@ -89,27 +101,10 @@ fn store_status_names_the_newest_store_after_a_total_failure() {
     let _serial = serial();
     let mut cluster = HaCluster::start_with_primary(Some("all"), 0);
     cluster.config(0, &["add", "queue", "orders", "--durable"]);
-    let send = |cluster: &HaCluster, count: &str, prefix: &str| {
-        run_python(
-            "send.py",
-            &[
-                "--url",
-                &cluster.url(0),
-                "--address",
-                "orders",
-                "--count",
-                count,
-                "--durable",
-                "--prefix",
-                prefix,
-            ],
-        )
-        .assert_success();
-    };
-    send(&cluster, "100", "a-");
+    send_durable(&cluster, 0, 100, "a-");
     cluster.wait_depth(2, "orders", 100);
     cluster.kill(2);
-    send(&cluster, "100", "b-");
+    send_durable(&cluster, 0, 100, "b-");
     cluster.wait_depth(1, "orders", 200);
     for i in [0, 1] {
         cluster.kill(i);
@@ -117,13 +112,7 @@ fn store_status_names_the_newest_store_after_a_total_failure() {
     for i in [0, 1, 2] {
         cluster.restart_member(i);
     }
-    let out = ha_cluster::tool(
-        "tandem-ha",
-        &["-b", &cluster.url(2), "store-status", "--all"],
-        10,
-    );
-    let text = ha_cluster::stdout(&out);
-    assert!(out.status.success(), "{text}\n{}", ha_cluster::stderr(&out));
+    let text = store_status_all(&cluster, 2);
     for i in [0, 1] {
         assert!(
             text.contains(&format!(
@@ -272,13 +261,7 @@ fn a_whole_cluster_killed_under_proton_load_keeps_every_settled_durable_message(
     for i in [0, 1, 2] {
         cluster.restart_member(i);
     }
-    let out = ha_cluster::tool(
-        "tandem-ha",
-        &["-b", &cluster.url(2), "store-status", "--all"],
-        10,
-    );
-    let text = ha_cluster::stdout(&out);
-    assert!(out.status.success(), "{text}\n{}", ha_cluster::stderr(&out));
+    let text = store_status_all(&cluster, 2);
     let newest = text
         .lines()
         .find_map(|l| l.strip_prefix("newest: "))
@@ -295,33 +278,10 @@ fn a_whole_cluster_killed_under_proton_load_keeps_every_settled_durable_message(
         .find(|&i| cluster.url(i) == newest)
         .expect("a member");
     cluster.promote_ok(newest);
-    let expect = settled.last().map_or(0, |s| s + 1).to_string();
-    let drained = run_python(
-        "ha_recv.py",
-        &[
-            "--urls",
-            &cluster.url(newest),
-            "--address",
-            "orders",
-            "--expect",
-            &expect,
-            "--timeout",
-            "10",
-        ],
-    );
-    let summary = drained.summary();
-    let missing: BTreeSet<u64> = summary["missing"]
-        .as_array()
-        .map(|m| m.iter().filter_map(Json::as_u64).collect())
-        .unwrap_or_default();
+    let expect = settled.last().map_or(0, |s| s + 1);
+    let missing = common::ha_recv_missing(&cluster.url(newest), "orders", expect, 10);
     let lost: Vec<u64> = settled.intersection(&missing).copied().collect();
-    assert!(
-        lost.is_empty(),
-        "{} of {} settled durable messages lost: {:?}",
-        lost.len(),
-        settled.len(),
-        &lost[..lost.len().min(20)]
-    );
+    common::assert_none_lost(&lost, settled.len(), "after the whole cluster was killed");
     assert!(settled.len() >= 300, "the kills came under load");
 }
 

@@ -162,8 +162,5 @@ fn a_backup_whose_disk_fails_drops_out_and_the_primary_carries_on() {
     c.kill(0);
     c.kill(1);
     c.promote(2).expect("2 is ready");
-    let consumer = c.add_client(Kind::Consumer, "orders", 0);
-    c.clients[consumer].broker = 2;
-    c.run_until(Duration::from_secs(5), |c| c.lost().is_empty());
-    assert_eq!(c.lost(), Vec::<u64>::new(), "settled and lost");
+    assert_eq!(c.drain("orders", 2), Vec::<u64>::new(), "settled and lost");
 }

@@ -472,3 +472,48 @@ pub fn padded(body: &str, size: usize) -> String {
     }
     padded
 }
+
+/// Runs `ha_recv.py` on `queue` at `urls` until sequence numbers 0..`expect`
+/// all arrived or `timeout_s` passed; the numbers that did not arrive (from
+/// the receiver's summary, which must be there).
+pub fn ha_recv_missing(
+    urls: &str,
+    queue: &str,
+    expect: u64,
+    timeout_s: u64,
+) -> std::collections::BTreeSet<u64> {
+    let out = run_python(
+        "ha_recv.py",
+        &[
+            "--urls",
+            urls,
+            "--address",
+            queue,
+            "--expect",
+            &expect.to_string(),
+            "--timeout",
+            &timeout_s.to_string(),
+        ],
+    );
+    let summary = out.summary();
+    assert!(
+        summary["received_unique"].as_u64().is_some(),
+        "no receiver summary: {}",
+        out.stdout()
+    );
+    summary["missing"]
+        .as_array()
+        .map(|m| m.iter().filter_map(Json::as_u64).collect())
+        .unwrap_or_default()
+}
+
+/// Fails naming the first of `lost`, messages a publisher saw settled (of
+/// `settled` in all) that were not received `when`.
+pub fn assert_none_lost(lost: &[u64], settled: usize, when: &str) {
+    assert!(
+        lost.is_empty(),
+        "{} of {settled} settled messages were lost {when}: {:?}",
+        lost.len(),
+        &lost[..lost.len().min(20)]
+    );
+}
