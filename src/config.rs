@@ -60,6 +60,8 @@ pub struct Config {
     pub worker_threads_given: bool,
     /// Whether clients must authenticate (SASL PLAIN against `users_file`).
     pub auth: bool,
+    /// Whether `auth` was given (no elsewhere than on loopback must be).
+    pub auth_given: bool,
     /// File of `user:password` lines for SASL PLAIN. Only the path: the broker reads it.
     pub users_file: Option<PathBuf>,
     /// Where durable state lives.
@@ -75,6 +77,10 @@ pub struct Config {
     pub max_frame_size: u32,
     /// AMQP idle time-out offered to peers; zero means none.
     pub idle_timeout: Duration,
+    /// A connection must have opened within this long.
+    pub handshake_timeout: Duration,
+    /// Most connections in their handshake at once (the oldest goes).
+    pub max_handshaking: usize,
     /// Credit the broker grants a publishing link; at least 1.
     pub link_credit: u32,
     /// Byte limit of a queue that sets none of its own; 0 means unlimited.
@@ -213,7 +219,11 @@ impl Config {
             worker_threads_given: src
                 .get("worker-threads", |r| value::number::<usize>(r, 1, u64::MAX))?
                 .is_some(),
-            auth: src.value("auth", value::boolean)?,
+            auth: match src.get("auth", value::boolean)? {
+                Some(setting) => setting.value,
+                None => !is_loopback(&src.value("interface", value::interface)?),
+            },
+            auth_given: src.get("auth", value::boolean)?.is_some(),
             users_file: src.get("users-file", value::text)?.map(|s| s.value.into()),
             data_dir: src.value("data-dir", value::text)?.into(),
             log_enable: src.value("log-enable", value::log_level)?,
@@ -222,6 +232,8 @@ impl Config {
             max_frame_size: src
                 .value("max-frame-size", |r| value::number(r, 512, u32::MAX.into()))?,
             idle_timeout: src.value("idle-timeout", value::duration)?,
+            handshake_timeout: src.value("handshake-timeout", value::duration)?,
+            max_handshaking: src.value("max-handshaking", |r| value::number(r, 1, u64::MAX))?,
             link_credit: src.value("link-credit", |r| value::number(r, 1, u32::MAX.into()))?,
             default_max_queue_size: src
                 .value("default-max-queue-size", |r| value::number(r, 0, u64::MAX))?,
@@ -397,3 +409,12 @@ macro_rules! named_choices {
 
 named_choices!(LimitPolicy { Flow => "flow", Reject => "reject", Ring => "ring" });
 named_choices!(ReplicateLevel { None => "none", Configuration => "configuration", All => "all" });
+
+/// Whether `interface` only reaches this host (where `auth = no` is a sane
+/// default): a loopback address, or `localhost`.
+pub fn is_loopback(interface: &str) -> bool {
+    interface.eq_ignore_ascii_case("localhost")
+        || interface
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}

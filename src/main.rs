@@ -56,11 +56,23 @@ fn run(cfg: &Config) -> Result<(), String> {
     let data_dir = tandem::data_dir::DataDir::open(&cfg.data_dir)?;
     let users = match &cfg.users_file {
         Some(path) => load_users(path)?,
+        None if cfg.auth && !cfg.auth_given => {
+            return Err(format!(
+                "interface {} is not loopback, so auth is yes by default and needs users-file (a file of user:password lines); give one, or set auth = no explicitly",
+                cfg.interface
+            ))
+        }
         None if cfg.auth => {
             return Err("auth = yes needs users-file (a file of user:password lines) so PLAIN logins can succeed".into())
         }
         None => HashMap::new(),
     };
+    if !cfg.auth && !config::is_loopback(&cfg.interface) {
+        tracing::warn!(
+            "SECURITY: auth = no on interface {}: ANY client that can reach this port may read, publish and manage everything (set auth = yes with a users-file)",
+            cfg.interface
+        );
+    }
     let bind = resolve(&cfg.interface, cfg.port)?;
     let settings = BrokerSettings {
         shards: cfg.worker_threads,
@@ -69,6 +81,8 @@ fn run(cfg: &Config) -> Result<(), String> {
         max_connections: cfg.max_connections,
         max_frame_size: cfg.max_frame_size,
         idle_timeout: (!cfg.idle_timeout.is_zero()).then_some(cfg.idle_timeout),
+        handshake_timeout: cfg.handshake_timeout,
+        max_handshaking: cfg.max_handshaking,
         link_credit: cfg.link_credit,
         default_queue: QueueSettings {
             max_size: cfg.default_max_queue_size,
@@ -199,6 +213,16 @@ fn with_ha(
     settings
         .open_properties
         .push(("failover-server-list".into(), Value::List(servers)));
+    if cfg.auth {
+        // Only the cluster's own user may act as the cluster (qpid.ha-admin,
+        // qpid.ha-backup, $ha.replication, promote).
+        if cfg.ha.username.is_none() {
+            tracing::warn!(
+                "auth = yes without ha-username: no user may act as the cluster, so backups cannot replicate and promote is refused"
+            );
+        }
+        settings.cluster_users = Some(cfg.ha.username.iter().cloned().collect());
+    }
     settings.initial_admission = Admission::AdminOnly {
         reason: "backup broker (joining), not primary: try another address".into(),
     };

@@ -224,6 +224,26 @@ fn a_backup_that_reconnects_catches_up_and_loses_nothing() {
     assert_eq!(c.drain("q", 2), Vec::<u64>::new(), "settled and lost");
 }
 
+#[test]
+fn promote_asked_on_a_connection_that_is_not_the_cluster_is_forbidden() {
+    let mut c = running_cluster(1, SEED);
+    let body = tandem_shards::amqp::codec::Value::Map(vec![(
+        tandem_shards::amqp::codec::Value::string("cluster-manager"),
+        tandem_shards::amqp::codec::Value::Bool(true),
+    )]);
+    let mut request = tandem_shards::management::Request::new("PROMOTE", "ha-broker", None, body);
+    request.cluster = false;
+    let resp = c.brokers[1].shards[0].manage(request);
+    assert_eq!(resp.status, 403, "{resp:?}");
+    assert!(
+        resp.description.contains("for the cluster only"),
+        "{resp:?}"
+    );
+    c.run_for(Duration::from_millis(500));
+    assert_eq!(c.status(1), "ready", "a forbidden promote promoted");
+    assert_eq!(c.status(0), "active");
+}
+
 /// Whether the primary `p` counts broker `b` as a ready backup.
 fn ready_at(c: &mut Cluster, p: usize, b: usize) -> bool {
     let id = c.brokers[b].broker_id.clone();

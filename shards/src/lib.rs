@@ -27,6 +27,7 @@ pub mod placement;
 pub mod queue;
 pub mod ranges;
 pub mod runtime;
+pub mod shown;
 pub mod stats;
 pub mod transport;
 pub mod url;

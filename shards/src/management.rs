@@ -44,6 +44,9 @@ pub struct Request {
     /// Attributes (CREATE/UPDATE), options (DELETE), or for QUERY an optional
     /// `attributeNames` list.
     pub body: Value,
+    /// Asked on a connection that acts as the cluster (an admin connection of
+    /// a user with the cluster's privileges); never read from the wire.
+    pub cluster: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -88,6 +91,7 @@ impl Request {
             entity_type: entity_type.to_owned(),
             name: name.map(str::to_owned),
             body,
+            cluster: false,
         }
     }
 
@@ -115,6 +119,7 @@ impl Request {
             entity_type,
             name,
             body,
+            cluster: false,
         })
     }
 

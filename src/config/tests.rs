@@ -707,3 +707,31 @@ fn the_store_is_on_under_data_dir_unless_told_otherwise() {
         "{e}"
     );
 }
+
+#[test]
+fn auth_defaults_to_no_only_on_loopback() {
+    let c = loaded(&[]);
+    assert!(!c.auth && !c.auth_given, "127.0.0.1 by default: no auth");
+    assert!(!loaded(&["--interface", "::1"]).auth);
+    assert!(!loaded(&["--interface", "localhost"]).auth);
+    let open = loaded(&["--interface", "0.0.0.0"]);
+    assert!(
+        open.auth && !open.auth_given,
+        "elsewhere auth is on unless given"
+    );
+    let explicit = loaded(&["--interface", "0.0.0.0", "--auth", "no"]);
+    assert!(!explicit.auth && explicit.auth_given);
+    assert!(file_loaded("interface = \"10.0.0.5\"\nauth = false\n", &[]).auth_given);
+}
+
+#[test]
+fn handshake_limits_have_defaults_and_are_checked() {
+    let c = loaded(&[]);
+    assert_eq!(c.handshake_timeout, std::time::Duration::from_secs(10));
+    assert_eq!(c.max_handshaking, 100);
+    let c = loaded(&["--handshake-timeout", "2s", "--max-handshaking", "7"]);
+    assert_eq!(c.handshake_timeout, std::time::Duration::from_secs(2));
+    assert_eq!(c.max_handshaking, 7);
+    let e = error(&["--max-handshaking", "0"]).to_string();
+    assert!(e.contains("max-handshaking"), "{e}");
+}

@@ -372,6 +372,13 @@ impl Extension for Replication {
                         .collect(),
                 ))
             }
+            Some(_) if !req.cluster => Response::error(
+                status::FORBIDDEN,
+                format!(
+                    "{} on ha-broker is for the cluster only: connect as the cluster's user (ha-username) with qpid.ha-admin",
+                    req.operation
+                ),
+            ),
             Some(ha) => match ha.operation(&req.operation, &req.body, now) {
                 Ok(body) => Response::ok(body),
                 Err((code, why)) => Response::error(code, why),

@@ -714,6 +714,8 @@ impl Cluster {
             entity_type: "ha-broker".into(),
             name: None,
             body,
+            // As the tools ask: the cluster's own connection.
+            cluster: true,
         });
         self.settle_rings();
         resp

@@ -479,7 +479,8 @@ impl Connection {
             return false;
         };
         if !mechanisms.contains(&mechanism) {
-            self.sasl_failed(1, &format!("mechanism {mechanism} not offered"));
+            let shown = crate::shown::shown(&mechanism);
+            self.sasl_failed(1, &format!("mechanism {shown} not offered"));
             return false;
         }
         let response = initial_response.unwrap_or_default();

@@ -92,9 +92,11 @@ impl ErrorCondition {
 
 impl std::fmt::Display for ErrorCondition {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Either may come from a peer: shown escaped and cut.
+        use crate::shown::shown;
         match &self.description {
-            Some(d) => write!(f, "{}: {}", self.condition, d),
-            None => write!(f, "{}", self.condition),
+            Some(d) => write!(f, "{}: {}", shown(&self.condition), shown(d)),
+            None => write!(f, "{}", shown(&self.condition)),
         }
     }
 }

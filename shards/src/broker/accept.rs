@@ -4,8 +4,11 @@
 //! connections exactly as the broker does. (Connections the extension opens
 //! get their engine from it: [`super::ext`].)
 
+use std::time::Instant;
+
 use crate::amqp::codec::Value;
 use crate::amqp::connection::{Connection, ConnectionConfig, Sasl};
+use crate::amqp::performative::{condition, ErrorCondition};
 
 use super::{BrokerSettings, Shard};
 
@@ -14,7 +17,47 @@ impl Shard {
     /// connection id.
     pub fn accept_connection(&mut self, peer: String) -> u64 {
         let engine = Connection::server(server_config(&self.settings, self.id), self.now);
-        self.add_connection(engine, peer)
+        let id = self.add_connection(engine, peer);
+        self.evict_handshaking();
+        id
+    }
+
+    /// Beyond this shard's share of `max-handshaking`, the connections that
+    /// have been in their handshake longest are closed, so silent sockets can
+    /// never keep a new client out.
+    fn evict_handshaking(&mut self) {
+        let share = self
+            .settings
+            .max_handshaking
+            .div_ceil(self.settings.shards.max(1));
+        let mut waiting: Vec<(Instant, u64)> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.handshaking())
+            .map(|(id, c)| (c.since, *id))
+            .collect();
+        if waiting.len() <= share.max(1) {
+            return;
+        }
+        waiting.sort_unstable();
+        let evict = waiting.len() - share.max(1);
+        for &(_, id) in &waiting[..evict] {
+            let why = format!(
+                "closed: {} connections were still in their handshake (max-handshaking), this one the longest",
+                waiting.len()
+            );
+            self.end_handshake(id, &why);
+        }
+    }
+
+    /// Closes a connection that did not finish its handshake.
+    pub(super) fn end_handshake(&mut self, id: u64, why: &str) {
+        if let Some(c) = self.conns.get_mut(&id) {
+            tracing::info!(conn = id, peer = %c.peer, "{why}");
+            c.engine
+                .abort(ErrorCondition::new(condition::CONNECTION_FORCED, why));
+        }
+        self.mark_dirty(id);
     }
 }
 

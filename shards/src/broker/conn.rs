@@ -106,10 +106,12 @@ pub(super) struct Conn {
     pub(super) out: HashMap<(u16, u32), OutDelivery>,
     /// Publishes to settle as accepted at the end of this step, by (channel, id).
     pub(super) accepted: Vec<(u16, u32)>,
+    /// When the connection was accepted (its handshake must end in time).
+    pub(super) since: std::time::Instant,
 }
 
 impl Conn {
-    pub(super) fn new(engine: Connection, peer: String) -> Conn {
+    pub(super) fn new(engine: Connection, peer: String, since: std::time::Instant) -> Conn {
         Conn {
             engine,
             peer,
@@ -124,7 +126,14 @@ impl Conn {
             links: HashMap::new(),
             out: HashMap::new(),
             accepted: Vec::new(),
+            since,
         }
+    }
+
+    /// Accepted from a client and not opened yet: still in its protocol
+    /// header, SASL or open.
+    pub(super) fn handshaking(&self) -> bool {
+        !self.opened && !self.owned && !self.engine.is_closed()
     }
 }
 

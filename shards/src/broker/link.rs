@@ -75,9 +75,22 @@ impl Shard {
     /// Timer: heartbeats and idle timeout; returns the next deadline.
     pub fn conn_tick(&mut self, id: u64, now: Instant) -> Option<Instant> {
         self.set_now(now);
+        let timeout = self.settings.handshake_timeout;
+        let handshake_ends = self
+            .conns
+            .get(&id)
+            .filter(|c| c.handshaking())
+            .map(|c| c.since + timeout);
+        if handshake_ends.is_some_and(|end| now >= end) {
+            let why = format!("closed: no AMQP open within the handshake-timeout ({timeout:?})");
+            self.end_handshake(id, &why);
+        }
         let next = self.conns.get_mut(&id).and_then(|c| c.engine.tick(now));
         self.conn_events(id);
-        next
+        match (next, handshake_ends.filter(|end| now < *end)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Takes the bytes to write to a client's socket.
@@ -194,7 +207,8 @@ impl Shard {
         }
         match ev {
             Event::Authenticated { user } => {
-                tracing::debug!(conn = id, ?user, "authenticated");
+                let shown = user.as_deref().map(crate::shown::shown);
+                tracing::debug!(conn = id, user = ?shown, "authenticated");
                 if let Some(c) = self.conns.get_mut(&id) {
                     c.user = user;
                 }
@@ -209,12 +223,29 @@ impl Shard {
                     }
                     return;
                 }
-                let admin = self
+                let claims = self
                     .ext
                     .as_ref()
                     .is_some_and(|e| e.is_admin(open.properties.as_ref()));
+                let user = self.conns.get(&id).and_then(|c| c.user.clone());
+                if claims && !self.settings.acts_as_cluster(user.as_deref()) {
+                    let who = user.as_deref().unwrap_or("anonymous");
+                    let error = ErrorCondition::new(
+                        condition::UNAUTHORIZED_ACCESS,
+                        format!(
+                            "user '{who}' may not act as the cluster (qpid.ha-admin, qpid.ha-backup): only the cluster's user (ha-username) may"
+                        ),
+                    );
+                    if let Some(c) = self.conns.get_mut(&id) {
+                        tracing::warn!(conn = id, peer = %c.peer, "refusing a connection: {error}");
+                        c.engine.close_with(error);
+                    }
+                    return;
+                }
+                let admin = claims;
                 if let Some(c) = self.conns.get_mut(&id) {
-                    tracing::debug!(conn = id, peer = %c.peer, container = %open.container_id, admin, "connection opened");
+                    let container = crate::shown::shown(&open.container_id);
+                    tracing::debug!(conn = id, peer = %c.peer, %container, admin, "connection opened");
                     c.container = open.container_id;
                     c.opened = true;
                     c.admin = admin;
@@ -505,7 +536,8 @@ impl Shard {
 
     fn refuse(&mut self, id: u64, link: LinkKey, attach: &Attach, error: ErrorCondition) {
         if let Some(c) = self.conns.get_mut(&id) {
-            tracing::debug!(conn = id, link = %attach.name, "refusing attach: {error}");
+            let name = crate::shown::shown(&attach.name);
+            tracing::debug!(conn = id, link = %name, "refusing attach: {error}");
             c.links.remove(&link);
             c.engine.refuse_attach(link, attach, error);
             self.mark_dirty(id);

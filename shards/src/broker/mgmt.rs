@@ -77,10 +77,11 @@ impl Shard {
                 .clone()
                 .or(decoded.correlation_id.clone()),
         };
-        let request = match Request::decode(&decoded) {
+        let mut request = match Request::decode(&decoded) {
             Ok(r) => r,
             Err(e) => return self.mgmt_reply(&reply, bad(e)),
         };
+        request.cluster = self.is_admin_connection(id);
         let access = Access::Manage {
             operation: &request.operation,
             entity_type: &request.entity_type,

@@ -82,6 +82,17 @@ pub struct BrokerSettings {
     /// Configuration every shard starts with (what a store recovered), applied
     /// in order before any input.
     pub initial_config: Vec<ConfigOp>,
+    /// Users who may act as the cluster (open with `qpid.ha-admin` or
+    /// `qpid.ha-backup`, replicate, promote); `None`: any connection that
+    /// says so (no authentication). A name matches with or without its
+    /// `@realm` suffix.
+    pub cluster_users: Option<Vec<String>>,
+    /// A connection that has not opened (protocol header, SASL, open) within
+    /// this long is closed.
+    pub handshake_timeout: Duration,
+    /// Connections still in their handshake, at most, broker-wide; a new one
+    /// beyond it evicts the oldest.
+    pub max_handshaking: usize,
 }
 
 impl BrokerSettings {
@@ -114,7 +125,21 @@ impl Default for BrokerSettings {
             service_shard: None,
             service_cpu: None,
             initial_config: Vec::new(),
+            cluster_users: None,
+            handshake_timeout: Duration::from_secs(10),
+            max_handshaking: 100,
         }
+    }
+}
+
+impl BrokerSettings {
+    /// Whether `user` (as it logged in) may act as the cluster.
+    pub fn acts_as_cluster(&self, user: Option<&str>) -> bool {
+        let Some(allowed) = &self.cluster_users else {
+            return true;
+        };
+        let bare = |name: &str| name.split_once('@').map_or(name, |(n, _)| n).to_owned();
+        user.is_some_and(|u| allowed.iter().any(|a| bare(a) == bare(u)))
     }
 }
 
@@ -805,7 +830,7 @@ impl Shard {
     pub fn add_connection(&mut self, engine: Connection, peer: String) -> u64 {
         let id = self.next_conn;
         self.next_conn += 1;
-        self.conns.insert(id, Conn::new(engine, peer));
+        self.conns.insert(id, Conn::new(engine, peer, self.now));
         self.mark_dirty(id);
         id
     }

@@ -23,7 +23,7 @@ impl Shard {
         };
         self.settings.access.check(&who, what).map_err(|why| {
             // Debug formatting escapes what a client chose (user names).
-            tracing::info!(conn = id, peer = %c.peer, user = ?c.user, "access refused: {why:?}");
+            tracing::info!(conn = id, peer = %c.peer, user = ?c.user.as_deref().map(crate::shown::shown), "access refused: {why:?}");
             ErrorCondition::new(condition::UNAUTHORIZED_ACCESS, why)
         })
     }

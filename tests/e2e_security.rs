@@ -1,0 +1,199 @@
+//! Who may get in and who may act as the cluster, with real brokers and
+//! independent clients: silent sockets never keep a client or the resource
+//! manager's health check out, and on an authenticated cluster an ordinary
+//! user who claims to be the cluster (`qpid.ha-admin`, `qpid.ha-backup`) is
+//! refused for promote, for reading a backup and for a replication link with a
+//! poisoned epoch, while the primary stays active and serves it as a client.
+
+mod common;
+
+use std::io::Read;
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::clients::run_python;
+use common::tools::{status_is, stderr, stdout, tool};
+use common::{free_port, wait_until, Broker, TempDir};
+
+#[test]
+fn silent_sockets_never_keep_a_client_or_the_health_check_out() {
+    let broker = Broker::start(&["--worker-threads", "2", "--handshake-timeout", "60s"]);
+    let addr = format!("127.0.0.1:{}", broker.port());
+    // 500 connections that never send a byte: as many as max-connections.
+    let silent: Vec<TcpStream> = (0..500)
+        .map(|i| TcpStream::connect(&addr).unwrap_or_else(|e| panic!("socket {i}: {e}")))
+        .collect();
+    let ping = tool(
+        "tandem-ha",
+        &["-b", &broker.url(), "--timeout", "10", "ping"],
+    );
+    assert!(ping.status.success(), "ping: {}", stderr(&ping));
+    let sent = run_python(
+        "send.py",
+        &["--url", &broker.url(), "--address", "q", "--count", "10"],
+    );
+    sent.assert_success();
+    assert!(
+        broker
+            .stderr()
+            .contains("still in their handshake (max-handshaking)"),
+        "{}",
+        broker.stderr()
+    );
+    drop(silent);
+}
+
+#[test]
+fn a_socket_silent_for_the_handshake_timeout_is_closed() {
+    let broker = Broker::start(&["--handshake-timeout", "1s"]);
+    let mut silent = TcpStream::connect(format!("127.0.0.1:{}", broker.port())).expect("connect");
+    silent
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("read timeout");
+    let started = Instant::now();
+    let mut buf = [0u8; 64];
+    // The broker closes it: end of file (or a reset), not the read timeout.
+    let closed = loop {
+        match silent.read(&mut buf) {
+            Ok(0) | Err(_) => break started.elapsed(),
+            Ok(_) => {} // what the broker says before it closes
+        }
+    };
+    assert!(closed < Duration::from_secs(8), "closed after {closed:?}");
+    assert!(
+        broker
+            .stderr()
+            .contains("no AMQP open within the handshake-timeout"),
+        "{}",
+        broker.stderr()
+    );
+}
+
+/// A two-broker cluster with authentication: `ha` is the cluster's user,
+/// `alice` an ordinary one. Broker 0 is promoted, broker 1 becomes ready.
+struct AuthCluster {
+    brokers: Vec<Broker>,
+    _dir: TempDir,
+}
+
+impl AuthCluster {
+    fn start() -> AuthCluster {
+        let dir = TempDir::new("security");
+        let users = dir.join("users");
+        std::fs::write(&users, "ha:secret\nalice:pw\n").expect("users file");
+        let users = users.to_string_lossy().into_owned();
+        let ports = [free_port(), free_port()];
+        let url = format!("127.0.0.1:{},127.0.0.1:{}", ports[0], ports[1]);
+        let brokers: Vec<Broker> = ports
+            .iter()
+            .map(|port| {
+                let port = port.to_string();
+                Broker::start(&[
+                    "--port",
+                    &port,
+                    "--auth",
+                    "yes",
+                    "--users-file",
+                    &users,
+                    "--ha-cluster",
+                    "yes",
+                    "--ha-brokers-url",
+                    &url,
+                    "--ha-username",
+                    "ha",
+                    "--ha-password",
+                    "secret",
+                    "--link-maintenance-interval",
+                    "0.2",
+                ])
+            })
+            .collect();
+        let cluster = AuthCluster { brokers, _dir: dir };
+        let promoted = tool(
+            "tandem-ha",
+            &["-b", &cluster.as_ha(0), "--cluster-manager", "promote"],
+        );
+        assert!(promoted.status.success(), "{}", stderr(&promoted));
+        assert!(
+            wait_until(Duration::from_secs(15), || status_is(
+                &cluster.as_ha(1),
+                "ready"
+            )),
+            "broker 1 never became ready"
+        );
+        cluster
+    }
+
+    fn as_ha(&self, i: usize) -> String {
+        format!("ha/secret@{}", self.brokers[i].url())
+    }
+
+    fn as_alice(&self, i: usize) -> String {
+        format!("alice/pw@{}", self.brokers[i].url())
+    }
+}
+
+#[test]
+fn an_ordinary_user_cannot_act_as_the_cluster() {
+    let cluster = AuthCluster::start();
+    let refused = "may not act as the cluster";
+    // Promote a ready backup: two primaries would follow.
+    let promote = tool(
+        "tandem-ha",
+        &["-b", &cluster.as_alice(1), "--cluster-manager", "promote"],
+    );
+    assert!(!promote.status.success(), "alice promoted a backup");
+    assert!(stderr(&promote).contains(refused), "{}", stderr(&promote));
+    // Read (browse) a backup as an admin tool.
+    let read = tool(
+        "tandem-config",
+        &["-b", &cluster.as_alice(1), "--ha-admin", "queues"],
+    );
+    assert!(
+        !read.status.success(),
+        "alice read a backup: {}",
+        stdout(&read)
+    );
+    assert!(stderr(&read).contains(refused), "{}", stderr(&read));
+    // A replication link with a poisoned epoch (it made the primary step
+    // down when anyone could present one).
+    let url = format!("alice:pw@127.0.0.1:{}", cluster.brokers[0].port());
+    for epoch in ["1000", "18446744073709551615"] {
+        let link = run_python(
+            "fake_backup_link.py",
+            &[
+                "--url",
+                &url,
+                "--broker-id",
+                "fake",
+                "--ha-address",
+                "127.0.0.1:1",
+                "--epoch",
+                epoch,
+                "--timeout",
+                "10",
+            ],
+        );
+        let said = link.stdout();
+        assert!(
+            said.contains("amqp:unauthorized-access") && said.contains(refused),
+            "{said}"
+        );
+        assert!(!said.contains("\"accepted\": true"), "{said}");
+    }
+    // The primary stayed active, the backup ready, and alice is an ordinary
+    // client of the primary.
+    assert!(status_is(&cluster.as_ha(0), "active"));
+    assert!(status_is(&cluster.as_ha(1), "ready"));
+    let sent = run_python(
+        "send.py",
+        &["--url", &url, "--address", "orders", "--count", "5"],
+    );
+    sent.assert_success();
+    // The cluster's own user still manages the backup.
+    let read = tool(
+        "tandem-config",
+        &["-b", &cluster.as_ha(1), "--ha-admin", "queues"],
+    );
+    assert!(read.status.success(), "{}", stderr(&read));
+}
