@@ -42,6 +42,16 @@ pub use options::DEFAULT_CONFIG_FILE;
 
 use sources::{ConfigFile, Sources};
 
+/// The TLS port's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    pub port: u16,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: Option<PathBuf>,
+    pub require_client_auth: bool,
+}
+
 /// Everything tandemd is configured with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -64,6 +74,10 @@ pub struct Config {
     pub auth_given: bool,
     /// File of `user:password` lines for SASL PLAIN. Only the path: the broker reads it.
     pub users_file: Option<PathBuf>,
+    /// TLS, if `ssl-cert-file` is set.
+    pub tls: Option<TlsConfig>,
+    /// Refuse clients that did not connect over TLS.
+    pub require_encryption: bool,
     /// Where durable state lives.
     pub data_dir: PathBuf,
     /// A `tracing` level filter (`trace`, `debug`, `info`, `warn`, `error`) made from
@@ -225,6 +239,26 @@ impl Config {
             },
             auth_given: src.get("auth", value::boolean)?.is_some(),
             users_file: src.get("users-file", value::text)?.map(|s| s.value.into()),
+            tls: match src.get("ssl-cert-file", value::text)? {
+                None => None,
+                Some(cert) => Some(TlsConfig {
+                    port: src.value("ssl-port", |r| value::number(r, 0, u16::MAX.into()))?,
+                    cert: cert.value.into(),
+                    key: match src.get("ssl-key-file", value::text)? {
+                        Some(k) => k.value.into(),
+                        None => return Err(ConfigError::Conflict {
+                            origin: cert.origin,
+                            problem:
+                                "ssl-cert-file needs ssl-key-file (the certificate's private key)"
+                                    .into(),
+                        }),
+                    },
+                    ca: src.get("ssl-ca-file", value::text)?.map(|c| c.value.into()),
+                    require_client_auth: src
+                        .value("ssl-require-client-authentication", value::boolean)?,
+                }),
+            },
+            require_encryption: src.value("require-encryption", value::boolean)?,
             data_dir: src.value("data-dir", value::text)?.into(),
             log_enable: src.value("log-enable", value::log_level)?,
             log_to_stderr: src.value("log-to-stderr", value::boolean)?,

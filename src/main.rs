@@ -82,6 +82,19 @@ fn run(cfg: &Config) -> Result<(), String> {
         max_frame_size: cfg.max_frame_size,
         idle_timeout: (!cfg.idle_timeout.is_zero()).then_some(cfg.idle_timeout),
         handshake_timeout: cfg.handshake_timeout,
+        tls: match &cfg.tls {
+            None => None,
+            Some(t) => Some(tandem_shards::broker::TlsSettings {
+                port: t.port,
+                server: tandem_shards::tls::server_config(&tandem_shards::tls::ServerFiles {
+                    cert: t.cert.clone(),
+                    key: t.key.clone(),
+                    ca: t.ca.clone(),
+                    require_client_auth: t.require_client_auth,
+                })?,
+            }),
+        },
+        require_encryption: cfg.require_encryption,
         max_handshaking: cfg.max_handshaking,
         link_credit: cfg.link_credit,
         default_queue: QueueSettings {
@@ -141,6 +154,16 @@ fn run(cfg: &Config) -> Result<(), String> {
         cfg.data_dir.display(),
         if cfg.auth { "yes" } else { "no" }
     );
+    if let Some(tls) = running.tls_addr {
+        tracing::info!(
+            "TLS on {tls}{}",
+            if cfg.require_encryption {
+                " (require-encryption: plain clients are refused)"
+            } else {
+                ""
+            }
+        );
+    }
     // The one stdout line scripts and tests wait for.
     println!(
         "tandemd listening on amqp://{} ({workers} shards)",

@@ -29,5 +29,6 @@ pub mod ranges;
 pub mod runtime;
 pub mod shown;
 pub mod stats;
+pub mod tls;
 pub mod transport;
 pub mod url;

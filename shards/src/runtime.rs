@@ -63,6 +63,8 @@ pub enum StartError {
 /// A running broker: its address, and how to stop it.
 pub struct Running {
     pub addr: SocketAddr,
+    /// The TLS port's address, if there is one.
+    pub tls_addr: Option<SocketAddr>,
     stop: Arc<AtomicBool>,
     handles: Vec<glommio::ExecutorJoinHandle<()>>,
     stats: StatsHandle,
@@ -185,6 +187,21 @@ pub fn start(
         listeners
             .push(listener_socket(addr).map_err(|source| StartError::Listen { addr, source })?);
     }
+    // The TLS port (ssl-port), on the same interface: one listener per worker.
+    let mut tls_listeners = Vec::new();
+    let mut tls_addr = None;
+    if let Some(tls) = &settings.tls {
+        let mut at = SocketAddr::new(bind.ip(), tls.port);
+        for _ in 0..n {
+            let l =
+                listener_socket(at).map_err(|source| StartError::Listen { addr: at, source })?;
+            if let Some(bound) = l.local_addr().ok().and_then(|a| a.as_socket()) {
+                at = bound;
+            }
+            tls_listeners.push(l);
+        }
+        tls_addr = Some(at);
+    }
 
     // Every shard: the workers, then the service shard if there is one.
     let total = n + usize::from(settings.service_shard.is_some());
@@ -216,6 +233,7 @@ pub fn start(
     let stats = StatsHandle::new(total);
     let mut handles = Vec::new();
     let listeners = listeners.into_iter().map(Some).chain(std::iter::once(None));
+    let mut tls_listeners = tls_listeners.into_iter();
     for (id, ((listener, out), inc)) in listeners.zip(outgoing).zip(incoming).enumerate() {
         let ext = extension.clone();
         let service = id >= n;
@@ -237,11 +255,15 @@ pub fn start(
         let conn_count = conn_count.clone();
         let stats = stats.clone();
         let fd = listener.map(|l| l.into_raw_fd());
+        let tls_fd = (!service)
+            .then(|| tls_listeners.next())
+            .flatten()
+            .map(|l| l.into_raw_fd());
         let handle = LocalExecutorBuilder::new(placement)
             .name(&name)
             .spawn(move || async move {
                 shard_main(
-                    id, settings, fd, out, inc, stop, conn_count, ready, ext, stats,
+                    id, settings, fd, tls_fd, out, inc, stop, conn_count, ready, ext, stats,
                 )
                 .await;
             })
@@ -266,6 +288,7 @@ pub fn start(
     }
     Ok(Running {
         addr,
+        tls_addr,
         stop,
         handles,
         stats,
@@ -349,13 +372,13 @@ impl Runtime {
         for (token, op) in disk_ops {
             glommio::spawn_local(perform(self.clone(), token, op)).detach();
         }
-        for (id, fd, leftover) in arrivals {
+        for a in arrivals {
             // SAFETY: the descriptor was duplicated for this arrival by the
             // shard that handed the connection over; it is ours alone now.
-            let stream = unsafe { TcpStream::from_raw_fd(fd) };
-            tracing::debug!(shard = self.id, conn = id, "adopted a connection");
+            let stream = unsafe { TcpStream::from_raw_fd(a.fd) };
+            tracing::debug!(shard = self.id, conn = a.id, "adopted a connection");
             let conn_count = self.conn_count.clone();
-            run_connection(self, id, stream, Transport::Plain, conn_count, leftover);
+            run_connection(self, a.id, stream, a.transport, conn_count, a.leftover);
         }
     }
 }
@@ -460,6 +483,7 @@ async fn shard_main(
     id: usize,
     settings: Arc<BrokerSettings>,
     listener_fd: Option<i32>,
+    tls_fd: Option<i32>,
     outgoing: Vec<Option<(rtrb::Producer<ShardMsg>, SharedSender<()>)>>,
     incoming: Vec<Option<(rtrb::Consumer<ShardMsg>, SharedReceiver<()>)>>,
     stop: Arc<AtomicBool>,
@@ -471,6 +495,8 @@ async fn shard_main(
     // SAFETY: the fd is a listening socket we created and handed over.
     // (The service shard has none: its connections come by handover.)
     let listener = listener_fd.map(|fd| unsafe { TcpListener::from_raw_fd(fd) });
+    // SAFETY: as above, for the TLS port's listener.
+    let tls_listener = tls_fd.map(|fd| unsafe { TcpListener::from_raw_fd(fd) });
     // Connecting a shared channel waits for the other side to connect too, so the
     // receiving ends connect in their own tasks before we connect our senders.
     let rt_slot: Rc<RefCell<Option<Rc<Runtime>>>> = Rc::new(RefCell::new(None));
@@ -545,36 +571,14 @@ async fn shard_main(
     let _ = ready.send(Ok(id));
     tracing::debug!(shard = id, "shard running");
 
-    let accept_rt = rt.clone();
-    let accept_stop = stop.clone();
     let housekeeping_count = conn_count.clone();
-    glommio::spawn_local(async move {
-        let Some(listener) = listener else {
-            return;
-        };
-        loop {
-            let stream = match listener.accept().await {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(shard = accept_rt.id, "accept failed: {e}");
-                    continue;
-                }
-            };
-            if accept_stop.load(Ordering::Relaxed) {
-                break;
-            }
-            if conn_count.fetch_add(1, Ordering::Relaxed) >= settings.max_connections {
-                conn_count.fetch_sub(1, Ordering::Relaxed);
-                tracing::warn!(
-                    "connection refused: max-connections ({}) reached",
-                    settings.max_connections
-                );
-                continue;
-            }
-            serve(&accept_rt, stream, conn_count.clone());
-        }
-    })
-    .detach();
+    if let Some(listener) = listener {
+        glommio::spawn_local(accept_loop(rt.clone(), listener, None, stop.clone())).detach();
+    }
+    if let (Some(listener), Some(tls)) = (tls_listener, settings.tls.clone()) {
+        let config = Some(tls.server);
+        glommio::spawn_local(accept_loop(rt.clone(), listener, config, stop.clone())).detach();
+    }
 
     // Housekeeping: ring overflow retries, the HA role's timers, memory
     // release, the stop flag.
@@ -635,8 +639,50 @@ async fn shard_main(
     }
 }
 
-/// Starts the reader and writer tasks of a new connection.
-fn serve(rt: &Rc<Runtime>, stream: TcpStream, conn_count: Arc<AtomicUsize>) {
+/// Accepts connections on `listener` until the broker stops: plain ones, or
+/// with `tls`, the server side of TLS.
+async fn accept_loop(
+    rt: Rc<Runtime>,
+    listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    stop: Arc<AtomicBool>,
+) {
+    let conn_count = rt.conn_count.clone();
+    let max = rt.shard.borrow().settings.max_connections;
+    loop {
+        let stream = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(shard = rt.id, "accept failed: {e}");
+                continue;
+            }
+        };
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        if conn_count.fetch_add(1, Ordering::Relaxed) >= max {
+            conn_count.fetch_sub(1, Ordering::Relaxed);
+            tracing::warn!("connection refused: max-connections ({max}) reached");
+            continue;
+        }
+        let transport = match &tls {
+            None => Transport::Plain,
+            Some(config) => match Transport::tls_server(config) {
+                Ok(t) => t,
+                Err(e) => {
+                    conn_count.fetch_sub(1, Ordering::Relaxed);
+                    tracing::warn!(shard = rt.id, "TLS connection refused: {e}");
+                    continue;
+                }
+            },
+        };
+        serve(&rt, stream, transport, conn_count.clone());
+    }
+}
+
+/// Starts the reader and writer tasks of a new connection (carried by
+/// `transport`: plain, or the server side of TLS).
+fn serve(rt: &Rc<Runtime>, stream: TcpStream, transport: Transport, conn_count: Arc<AtomicUsize>) {
     let _ = stream.set_nodelay(true);
     let peer = stream
         .peer_addr()
@@ -645,17 +691,11 @@ fn serve(rt: &Rc<Runtime>, stream: TcpStream, conn_count: Arc<AtomicUsize>) {
     let id = {
         let mut shard = rt.shard.borrow_mut();
         shard.set_now(Instant::now());
-        shard.accept_connection(peer.clone())
+        let encrypted = matches!(transport, Transport::Tls(_));
+        shard.accept_connection_on(peer.clone(), encrypted)
     };
     tracing::debug!(shard = rt.id, conn = id, %peer, "accepted");
-    run_connection(
-        rt,
-        id,
-        stream,
-        Transport::Plain,
-        conn_count,
-        BytesMut::new(),
-    );
+    run_connection(rt, id, stream, transport, conn_count, BytesMut::new());
 }
 
 /// Starts the task that carries connection `id` between its socket and its
@@ -802,7 +842,10 @@ async fn connection_task(
     loop {
         if sending.is_none() {
             let out = rt.shard.borrow_mut().conn_output(id);
-            sending = out.map(|bytes| (transport.to_send(bytes), 0));
+            sending = out
+                .map(|bytes| transport.to_send(bytes))
+                .or_else(|| transport.pending())
+                .map(|bytes| (bytes, 0));
         }
         let mut wait = Duration::ZERO;
         if sending.is_none() {
@@ -892,7 +935,24 @@ async fn connection_task(
             rt.after_step();
             continue;
         }
-        let input = transport.received(&mut buf);
+        let was_handshaking = transport.handshaking();
+        let input = match transport.received(&mut buf) {
+            Ok(input) => input,
+            Err(e) => {
+                let peer = rt.shard.borrow().conn_peer(id).unwrap_or_default();
+                tracing::warn!(shard = rt.id, conn = id, %peer, "closing the connection: {e}");
+                if let Some(alert) = transport.pending() {
+                    let _ = stream.write_all(&alert).await;
+                }
+                break;
+            }
+        };
+        if was_handshaking && !transport.handshaking() {
+            // Before the engine reads what followed the handshake (SASL
+            // EXTERNAL needs the certificate).
+            let cert = transport.peer_certificate().map(<[u8]>::to_vec);
+            rt.shard.borrow_mut().conn_tls_established(id, cert);
+        }
         rt.shard.borrow_mut().conn_input(id, input, Instant::now());
         let leaving = rt.shard.borrow_mut().take_leaving(id);
         if let Some((to, handover)) = leaving {
@@ -916,12 +976,16 @@ async fn connection_task(
                 handover,
                 fd,
                 leftover: std::mem::take(&mut buf),
+                transport: std::mem::take(&mut transport),
             };
             rt.shard.borrow_mut().send_arrival(to, arrival);
             rt.after_step();
             return;
         }
         rt.after_step();
+    }
+    if let Some(goodbye) = transport.close() {
+        let _ = stream.write_all(&goodbye).await;
     }
     let _ = stream.flush().await;
     // SAFETY: shutting down our own socket; the peer sees the end at once.

@@ -441,6 +441,16 @@ impl ClientOutput {
     pub fn stdout(&self) -> String {
         self.lines.join("\n")
     }
+
+    /// Whether the client exited 0 before its deadline.
+    pub fn success(&self) -> bool {
+        self.status.success() && !self.timed_out
+    }
+
+    /// What the client wrote to stderr.
+    pub fn stderr(&self) -> &str {
+        &self.stderr
+    }
 }
 
 fn parse_lines(label: &str, lines: &[String]) -> Vec<Json> {

@@ -16,6 +16,7 @@
 // Each test binary uses a different part of the harness.
 #![allow(dead_code, unused_imports)]
 
+pub mod certs;
 pub mod clients;
 pub mod idle;
 pub mod json;

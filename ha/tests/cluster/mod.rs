@@ -1130,18 +1130,19 @@ impl Cluster {
             handover,
             fd: -1,
             leftover: std::mem::take(buf),
+            transport: Default::default(),
         };
         self.brokers[broker].shards[shard].send_arrival(to, arrival);
         self.settle_rings();
-        let (conn, _, rest) = self.brokers[broker].shards[to]
+        let adopted = self.brokers[broker].shards[to]
             .take_arrivals()
             .pop()
             .expect("the handed-over connection arrived");
-        *buf = rest;
+        *buf = adopted.leftover;
         Some(End::Shard {
             broker,
             shard: to,
-            conn,
+            conn: adopted.id,
         })
     }
 

@@ -16,10 +16,30 @@ impl Shard {
     /// A client connected from `peer`: starts its server engine; returns the
     /// connection id.
     pub fn accept_connection(&mut self, peer: String) -> u64 {
+        self.accept_connection_on(peer, false)
+    }
+
+    /// A client connected from `peer`, over TLS if `encrypted`.
+    pub fn accept_connection_on(&mut self, peer: String, encrypted: bool) -> u64 {
         let engine = Connection::server(server_config(&self.settings, self.id), self.now);
         let id = self.add_connection(engine, peer);
+        if let Some(c) = self.conns.get_mut(&id) {
+            c.encrypted = encrypted;
+        }
         self.evict_handshaking();
         id
+    }
+
+    /// The TLS handshake of `id` is done; `certificate`: the client's
+    /// verified certificate (DER), if it gave one.
+    pub fn conn_tls_established(&mut self, id: u64, certificate: Option<Vec<u8>>) {
+        let peer = self.conn_peer(id).unwrap_or_default();
+        tracing::debug!(conn = id, %peer, client_certificate = certificate.is_some(), "TLS established");
+    }
+
+    /// The peer address of connection `id`.
+    pub fn conn_peer(&self, id: u64) -> Option<String> {
+        self.conns.get(&id).map(|c| c.peer.clone())
     }
 
     /// Beyond this shard's share of `max-handshaking`, the connections that

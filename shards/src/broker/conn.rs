@@ -108,6 +108,8 @@ pub(super) struct Conn {
     pub(super) accepted: Vec<(u16, u32)>,
     /// When the connection was accepted (its handshake must end in time).
     pub(super) since: std::time::Instant,
+    /// It came over TLS.
+    pub(super) encrypted: bool,
 }
 
 impl Conn {
@@ -127,6 +129,7 @@ impl Conn {
             out: HashMap::new(),
             accepted: Vec::new(),
             since,
+            encrypted: false,
         }
     }
 

@@ -32,6 +32,17 @@ pub struct Arrival {
     pub fd: i32,
     /// Bytes read from the socket that the engine has not consumed.
     pub leftover: BytesMut,
+    /// How the socket's bytes are carried (a TLS session goes along).
+    pub transport: crate::transport::Transport,
+}
+
+/// A connection this shard adopted, for the runtime to serve: its id, socket,
+/// unread bytes and transport.
+pub struct Adopted {
+    pub id: u64,
+    pub fd: i32,
+    pub leftover: BytesMut,
+    pub transport: crate::transport::Transport,
 }
 
 impl Shard {
@@ -90,6 +101,7 @@ impl Shard {
             handover,
             fd,
             leftover,
+            transport,
         } = arrival;
         let mut leftover = leftover;
         let id = self.add_connection(handover.engine, handover.peer);
@@ -108,12 +120,17 @@ impl Shard {
             let now = self.now;
             self.conn_input(id, &mut leftover, now);
         }
-        self.arrivals.push((id, fd, leftover));
+        self.arrivals.push(Adopted {
+            id,
+            fd,
+            leftover,
+            transport,
+        });
     }
 
     /// The runtime: adopted connections whose sockets it must serve now, as
     /// `(connection id, descriptor, unread bytes)`.
-    pub fn take_arrivals(&mut self) -> Vec<(u64, i32, BytesMut)> {
+    pub fn take_arrivals(&mut self) -> Vec<Adopted> {
         std::mem::take(&mut self.arrivals)
     }
 }

@@ -214,6 +214,22 @@ impl Shard {
                 }
             }
             Event::Opened(open) => {
+                if self.settings.require_encryption
+                    && self
+                        .conns
+                        .get(&id)
+                        .is_some_and(|c| !c.encrypted && !c.owned)
+                {
+                    let error = ErrorCondition::new(
+                        condition::UNAUTHORIZED_ACCESS,
+                        "this broker requires encryption (require-encryption): connect with TLS (amqps:// or ssl:, the ssl-port)",
+                    );
+                    if let Some(c) = self.conns.get_mut(&id) {
+                        tracing::info!(conn = id, peer = %c.peer, "refusing an unencrypted connection");
+                        c.engine.close_with(error);
+                    }
+                    return;
+                }
                 let access = Access::Connect {
                     properties: open.properties.as_ref(),
                 };

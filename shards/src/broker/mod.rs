@@ -93,6 +93,17 @@ pub struct BrokerSettings {
     /// Connections still in their handshake, at most, broker-wide; a new one
     /// beyond it evicts the oldest.
     pub max_handshaking: usize,
+    /// A TLS port, and how its connections are set up.
+    pub tls: Option<TlsSettings>,
+    /// Only encrypted connections may open (qpidd's `require-encryption`).
+    pub require_encryption: bool,
+}
+
+/// The TLS port (`ssl-port`) and its configuration.
+#[derive(Debug, Clone)]
+pub struct TlsSettings {
+    pub port: u16,
+    pub server: Arc<rustls::ServerConfig>,
 }
 
 impl BrokerSettings {
@@ -128,6 +139,8 @@ impl Default for BrokerSettings {
             cluster_users: None,
             handshake_timeout: Duration::from_secs(10),
             max_handshaking: 100,
+            tls: None,
+            require_encryption: false,
         }
     }
 }
@@ -303,7 +316,7 @@ pub struct Shard {
     /// Connections handed over to another shard, until the runtime sends them.
     leaving: Vec<(u64, usize, handover::Handover)>,
     /// Connections adopted from another shard, until the runtime serves them.
-    arrivals: Vec<(u64, i32, bytes::BytesMut)>,
+    arrivals: Vec<handover::Adopted>,
     /// Most message bytes this shard's queues held since memory was last
     /// handed back to the system.
     queued_high: u64,

@@ -15,6 +15,7 @@ import json
 import signal
 import sys
 
+from proton import SSLDomain
 from proton.handlers import MessagingHandler
 
 # How many connections a client opens, at most, looking for --want-shard. The
@@ -70,6 +71,19 @@ def base_parser(description):
         type=float,
         default=30.0,
         help="seconds before giving up with exit code %d" % EXIT_TIMEOUT,
+    )
+    parser.add_argument(
+        "--ssl-ca",
+        default=None,
+        help="TLS: verify the broker's certificate against this CA (PEM) and its host name; "
+        "use with an amqps:// --url",
+    )
+    parser.add_argument("--ssl-cert", default=None, help="TLS: this client certificate (PEM)")
+    parser.add_argument("--ssl-key", default=None, help="TLS: the key of --ssl-cert (PEM)")
+    parser.add_argument(
+        "--sasl-mechs",
+        default=None,
+        help="SASL mechanisms the client allows, space-separated (e.g. EXTERNAL)",
     )
     parser.add_argument(
         "--want-shard",
@@ -151,7 +165,17 @@ class Client(MessagingHandler):
 
     def _connect(self):
         self.attempts += 1
-        self.connection = self.container.connect(self.args.url, reconnect=False)
+        options = {}
+        if self.args.ssl_ca:
+            domain = SSLDomain(SSLDomain.MODE_CLIENT)
+            domain.set_trusted_ca_db(self.args.ssl_ca)
+            domain.set_peer_authentication(SSLDomain.VERIFY_PEER_NAME)
+            if self.args.ssl_cert:
+                domain.set_credentials(self.args.ssl_cert, self.args.ssl_key, None)
+            options["ssl_domain"] = domain
+        if self.args.sasl_mechs:
+            options["allowed_mechs"] = self.args.sasl_mechs
+        self.connection = self.container.connect(self.args.url, reconnect=False, **options)
 
     def _on_deadline(self):
         raise Timeout("timed out after %ss" % self.args.timeout)

@@ -1,0 +1,158 @@
+//! TLS on the broker's ssl-port, with independent clients: Qpid Proton Python
+//! verifies the broker's certificate against the CA and sends and receives
+//! with PLAIN over TLS; rhea does the same; a plaintext client on the TLS
+//! port, and a client that does not trust the broker's certificate (or finds
+//! it expired), are refused with a clear log line while the broker goes on
+//! serving; with require-encryption the plain port refuses clients and says
+//! why. (Clients connect to `localhost`: Proton checks the broker's name
+//! against the certificate's DNS names, not its IP addresses.)
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::certs::Certs;
+use common::clients::run_python;
+use common::{free_port, wait_until, Broker};
+
+/// A broker with TLS on a free port (and plain AMQP on another).
+fn tls_broker(
+    certs: &Certs,
+    cert: (&std::path::Path, &std::path::Path),
+    extra: &[&str],
+) -> (Broker, u16) {
+    let tls_port = free_port();
+    let port = tls_port.to_string();
+    let mut args = vec![
+        "--ssl-port",
+        &port,
+        "--ssl-cert-file",
+        cert.0.to_str().expect("path"),
+        "--ssl-key-file",
+        cert.1.to_str().expect("path"),
+        "--ssl-ca-file",
+        certs.ca.to_str().expect("path"),
+    ];
+    args.extend_from_slice(extra);
+    (Broker::start(&args), tls_port)
+}
+
+fn proton(script: &str, url: &str, certs: &Certs, extra: &[&str]) -> common::ClientOutput {
+    let mut args = vec![
+        "--url",
+        url,
+        "--address",
+        "secure",
+        "--ssl-ca",
+        certs.ca.to_str().expect("path"),
+        "--timeout",
+        "15",
+    ];
+    args.extend_from_slice(extra);
+    run_python(script, &args)
+}
+
+#[test]
+fn proton_sends_and_receives_over_tls_with_plain_and_the_broker_verified() {
+    let certs = Certs::new("tls-proton");
+    let (broker, tls_port) = tls_broker(&certs, (&certs.broker_cert, &certs.broker_key), &[]);
+    let url = format!("amqps://localhost:{tls_port}");
+    proton(
+        "send.py",
+        &url,
+        &certs,
+        &["--count", "100", "--size", "1024"],
+    )
+    .assert_success();
+    let got = proton("recv.py", &url, &certs, &["--count", "100"]);
+    got.assert_success();
+    assert_eq!(got.bodies().len(), 100);
+    // The plain port still serves.
+    run_python(
+        "send.py",
+        &["--url", &broker.url(), "--address", "plain", "--count", "1"],
+    )
+    .assert_success();
+}
+
+#[test]
+fn plaintext_on_the_tls_port_is_refused_with_a_clear_log_line() {
+    let certs = Certs::new("tls-plaintext");
+    let (broker, tls_port) = tls_broker(&certs, (&certs.broker_cert, &certs.broker_key), &[]);
+    // An AMQP protocol header where a TLS ClientHello should be.
+    let mut s = TcpStream::connect(("127.0.0.1", tls_port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    s.write_all(b"AMQP\x00\x01\x00\x00").expect("write");
+    let mut buf = [0u8; 256];
+    while let Ok(n) = s.read(&mut buf) {
+        if n == 0 {
+            break; // closed by the broker
+        }
+    }
+    let said = wait_until(Duration::from_secs(10), || {
+        broker.stderr().contains("plain AMQP to the TLS port")
+    });
+    assert!(said, "{}", broker.stderr());
+    // And TLS clients are still served.
+    let url = format!("amqps://localhost:{tls_port}");
+    proton("send.py", &url, &certs, &["--count", "1"]).assert_success();
+}
+
+#[test]
+fn a_client_refuses_an_untrusted_or_expired_broker_certificate() {
+    let certs = Certs::new("tls-untrusted");
+    for (what, cert) in [
+        ("untrusted", certs.untrusted_broker()),
+        ("expired", certs.expired_broker()),
+    ] {
+        let (broker, tls_port) = tls_broker(&certs, (&cert.0, &cert.1), &[]);
+        let url = format!("amqps://localhost:{tls_port}");
+        let out = proton(
+            "send.py",
+            &url,
+            &certs,
+            &["--count", "1", "--timeout", "10"],
+        );
+        assert!(
+            !out.success(),
+            "{what}: the client accepted the certificate"
+        );
+        let said = wait_until(Duration::from_secs(10), || broker.stderr().contains("TLS"));
+        assert!(
+            said,
+            "{what}: the broker did not log the failed handshake: {}",
+            broker.stderr()
+        );
+    }
+}
+
+#[test]
+fn require_encryption_refuses_plain_clients_and_says_why() {
+    let certs = Certs::new("tls-required");
+    let (broker, tls_port) = tls_broker(
+        &certs,
+        (&certs.broker_cert, &certs.broker_key),
+        &["--require-encryption", "yes"],
+    );
+    let out = run_python(
+        "send.py",
+        &[
+            "--url",
+            &broker.url(),
+            "--address",
+            "q",
+            "--count",
+            "1",
+            "--timeout",
+            "10",
+        ],
+    );
+    assert!(!out.success(), "a plain client got in");
+    let text = format!("{}{}", out.stdout(), out.stderr());
+    assert!(text.contains("requires encryption"), "{text}");
+    let url = format!("amqps://localhost:{tls_port}");
+    proton("send.py", &url, &certs, &["--count", "1"]).assert_success();
+}
