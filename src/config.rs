@@ -78,6 +78,8 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     /// Refuse clients that did not connect over TLS.
     pub require_encryption: bool,
+    /// Realm of EXTERNAL identities (`CN@realm`).
+    pub realm: String,
     /// Where durable state lives.
     pub data_dir: PathBuf,
     /// A `tracing` level filter (`trace`, `debug`, `info`, `warn`, `error`) made from
@@ -259,6 +261,7 @@ impl Config {
                 }),
             },
             require_encryption: src.value("require-encryption", value::boolean)?,
+            realm: src.value("realm", value::text)?,
             data_dir: src.value("data-dir", value::text)?.into(),
             log_enable: src.value("log-enable", value::log_level)?,
             log_to_stderr: src.value("log-to-stderr", value::boolean)?,

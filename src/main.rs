@@ -95,6 +95,7 @@ fn run(cfg: &Config) -> Result<(), String> {
             }),
         },
         require_encryption: cfg.require_encryption,
+        realm: cfg.realm.clone(),
         max_handshaking: cfg.max_handshaking,
         link_credit: cfg.link_credit,
         default_queue: QueueSettings {

@@ -156,3 +156,76 @@ fn require_encryption_refuses_plain_clients_and_says_why() {
     let url = format!("amqps://localhost:{tls_port}");
     proton("send.py", &url, &certs, &["--count", "1"]).assert_success();
 }
+
+#[test]
+fn sasl_external_takes_the_client_certificate_as_cn_at_realm() {
+    let certs = Certs::new("tls-external");
+    let dir = common::TempDir::new("tls-external-users");
+    let users = dir.join("users");
+    std::fs::write(&users, "bob:pw\n").expect("users file");
+    let users = users.to_string_lossy().into_owned();
+    let (_broker, tls_port) = tls_broker(
+        &certs,
+        (&certs.broker_cert, &certs.broker_key),
+        &["--auth", "yes", "--users-file", &users],
+    );
+    let url = format!("amqps://localhost:{tls_port}");
+    let (cert, key) = certs.client("alice");
+    let (cert, key) = (cert.to_str().expect("path"), key.to_str().expect("path"));
+    // Qpid Proton logs in with EXTERNAL from its certificate alone.
+    proton(
+        "send.py",
+        &url,
+        &certs,
+        &[
+            "--count",
+            "3",
+            "--ssl-cert",
+            cert,
+            "--ssl-key",
+            key,
+            "--sasl-mechs",
+            "EXTERNAL",
+        ],
+    )
+    .assert_success();
+    // Without a certificate, EXTERNAL is not offered, and there is no password.
+    let refused = proton(
+        "send.py",
+        &url,
+        &certs,
+        &[
+            "--count",
+            "1",
+            "--sasl-mechs",
+            "EXTERNAL",
+            "--timeout",
+            "10",
+        ],
+    );
+    assert!(!refused.success(), "EXTERNAL without a certificate got in");
+    // Our tools do the same, and the broker names the user CN@realm.
+    let tool_url = format!("amqps:localhost:{tls_port}");
+    let ca = certs.ca.to_str().expect("path");
+    let out = common::tools::tool(
+        "tandem-stat",
+        &[
+            "-b",
+            &tool_url,
+            "--ssl-trustfile",
+            ca,
+            "--ssl-certificate",
+            cert,
+            "--ssl-key",
+            key,
+            "-c",
+            "--json",
+        ],
+    );
+    assert!(out.status.success(), "{}", common::tools::stderr(&out));
+    assert!(
+        common::tools::stdout(&out).contains("alice@QPID"),
+        "{}",
+        common::tools::stdout(&out)
+    );
+}

@@ -41,6 +41,49 @@ pub struct ClientOptions {
     pub properties: Vec<(String, Value)>,
     pub timeout: Option<Duration>,
     pub container_id: Option<String>,
+    /// TLS for `ssl:` addresses (`amqps:` URLs): the CA that signed the
+    /// broker's certificate, and the client's own certificate if any.
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+}
+
+/// The socket, plain or under TLS.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Stream {
+    fn socket(&self) -> &TcpStream {
+        match self {
+            Stream::Plain(s) => s,
+            Stream::Tls(t) => &t.sock,
+        }
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.read(buf),
+            Stream::Tls(t) => t.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.write(buf),
+            Stream::Tls(t) => t.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.flush(),
+            Stream::Tls(t) => t.flush(),
+        }
+    }
 }
 
 /// A message received on a receiver link.
@@ -59,7 +102,7 @@ impl Received {
 }
 
 pub struct Client {
-    stream: TcpStream,
+    stream: Stream,
     conn: Connection,
     channel: u16,
     read_buf: BytesMut,
@@ -87,15 +130,19 @@ impl Client {
         let mut last = None;
         for addr in &url.addrs {
             let target = addr.socket_string();
-            if addr.transport == crate::url::Transport::Ssl {
-                last = Some(ClientError::Connect {
-                    addr: format!("ssl:{target}"),
-                    source: std::io::Error::other(
-                        "ssl: addresses need TLS, which this client does not support yet",
-                    ),
-                });
-                continue;
-            }
+            let tls = match (addr.transport, &opts.tls) {
+                (crate::url::Transport::Tcp, _) => None,
+                (crate::url::Transport::Ssl, Some(config)) => Some(config.clone()),
+                (crate::url::Transport::Ssl, None) => {
+                    last = Some(ClientError::Connect {
+                        addr: format!("ssl:{target}"),
+                        source: std::io::Error::other(
+                            "ssl: addresses need a trust file (--ssl-trustfile: the CA of the broker's certificate)",
+                        ),
+                    });
+                    continue;
+                }
+            };
             let resolved = match target.to_socket_addrs() {
                 Ok(mut a) => a.next(),
                 Err(e) => {
@@ -108,8 +155,18 @@ impl Client {
             };
             let Some(sock) = resolved else { continue };
             match TcpStream::connect_timeout(&sock, timeout) {
-                Ok(stream) => {
-                    return Client::handshake(stream, url, addr.host.clone(), opts, timeout)
+                Ok(socket) => {
+                    let stream = match tls {
+                        None => Stream::Plain(socket),
+                        Some(config) => {
+                            let name = crate::tls::server_name(&addr.host)
+                                .map_err(|e| ClientError::Closed(e.to_string()))?;
+                            let session = rustls::ClientConnection::new(config, name)
+                                .map_err(|e| ClientError::Closed(format!("TLS: {e}")))?;
+                            Stream::Tls(Box::new(rustls::StreamOwned::new(session, socket)))
+                        }
+                    };
+                    return Client::handshake(stream, url, addr.host.clone(), opts, timeout);
                 }
                 Err(e) => {
                     last = Some(ClientError::Connect {
@@ -123,13 +180,13 @@ impl Client {
     }
 
     fn handshake(
-        stream: TcpStream,
+        stream: Stream,
         url: &BrokerUrl,
         host: String,
         opts: &ClientOptions,
         timeout: Duration,
     ) -> Result<Client, ClientError> {
-        stream.set_nodelay(true)?;
+        stream.socket().set_nodelay(true)?;
         let credentials = url
             .user
             .clone()
@@ -191,6 +248,7 @@ impl Client {
             self.conn.wrote(Instant::now());
         }
         self.stream
+            .socket()
             .set_read_timeout(Some(wait.max(Duration::from_millis(1))))?;
         let mut chunk = [0u8; 64 * 1024];
         match self.stream.read(&mut chunk) {

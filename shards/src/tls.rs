@@ -127,3 +127,94 @@ pub fn client_config(files: &ClientFiles) -> Result<Arc<ClientConfig>, String> {
 pub fn server_name(host: &str) -> Result<ServerName<'static>, String> {
     ServerName::try_from(host.to_owned()).map_err(|e| format!("TLS: server name '{host}': {e}"))
 }
+
+/// The common name (CN) of a DER certificate's subject, if it has one: the
+/// identity SASL EXTERNAL takes (as `CN@realm`). The certificate was verified
+/// already; this only reads it, and gives `None` for anything it cannot read.
+pub fn subject_common_name(der: &[u8]) -> Option<String> {
+    const SEQUENCE: u8 = 0x30;
+    const SET: u8 = 0x31;
+    const COMMON_NAME: [u8; 3] = [0x55, 0x04, 0x03]; // 2.5.4.3
+    let (tag, cert, _) = tlv(der)?;
+    if tag != SEQUENCE {
+        return None;
+    }
+    let (tag, tbs, _) = tlv(cert)?;
+    if tag != SEQUENCE {
+        return None;
+    }
+    let mut fields = tbs;
+    // version [0] (optional), serial, signature, issuer, validity, subject.
+    let (tag, _, rest) = tlv(fields)?;
+    if tag == 0xa0 {
+        fields = rest;
+    }
+    for _ in 0..4 {
+        let (_, _, rest) = tlv(fields)?;
+        fields = rest;
+    }
+    let (tag, mut names, _) = tlv(fields)?;
+    if tag != SEQUENCE {
+        return None;
+    }
+    while !names.is_empty() {
+        let (tag, mut rdn, rest) = tlv(names)?;
+        names = rest;
+        if tag != SET {
+            return None;
+        }
+        while !rdn.is_empty() {
+            let (_, pair, rest) = tlv(rdn)?;
+            rdn = rest;
+            let (tag, oid, value) = tlv(pair)?;
+            if tag == 0x06 && oid == COMMON_NAME {
+                let (kind, text, _) = tlv(value)?;
+                // UTF8String, PrintableString, IA5String, TeletexString.
+                if matches!(kind, 0x0c | 0x13 | 0x16 | 0x14) {
+                    return std::str::from_utf8(text).ok().map(str::to_owned);
+                }
+                return None;
+            }
+        }
+    }
+    None
+}
+
+/// One DER element at the start of `input`: its tag, its contents, and what
+/// follows it.
+fn tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = input.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (usize::from(first), rest)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 || rest.len() < n {
+            return None;
+        }
+        let len = rest[..n]
+            .iter()
+            .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
+        (len, &rest[n..])
+    };
+    if rest.len() < len {
+        return None;
+    }
+    Some((tag, &rest[..len], &rest[len..]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn malformed_der_gives_no_name_and_no_panic() {
+        assert_eq!(subject_common_name(&[]), None);
+        assert_eq!(subject_common_name(&[0x30, 0x85, 1, 2, 3, 4, 5]), None);
+        assert_eq!(subject_common_name(&[0x30, 0x10, 0x30]), None);
+        for n in 0..64u8 {
+            let junk: Vec<u8> = (0..n).map(|i| i.wrapping_mul(37).wrapping_add(n)).collect();
+            let _ = subject_common_name(&junk);
+        }
+    }
+}

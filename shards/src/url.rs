@@ -1,12 +1,14 @@
 //! Broker URLs, in exactly the grammar of Qpid's documentation:
 //!
 //! ```text
-//! url  = ["amqp:"][ user ["/" password] "@" ] addr ("," addr)*
+//! url  = ["amqp:" | "amqps:"][ user ["/" password] "@" ] addr ("," addr)*
 //! addr = ["tcp:" | "ssl:"] host [":" port]
 //! ```
 //!
 //! `host` is a name, an IPv4 address, or an IPv6 address in brackets (`[::1]:5672`).
 //! The port defaults to 5672 for `tcp:` (the default transport) and 5671 for `ssl:`.
+//! With the `amqps:` prefix every address without a transport of its own is
+//! `ssl:` (so `amqps:n1,n2` is TLS to port 5671 of both).
 //!
 //! The one leniency beyond the grammar: whitespace around the URL and around each
 //! comma-separated address is ignored (`"n1, n2, n3"`), because that is how people
@@ -29,7 +31,7 @@ use std::net::Ipv6Addr;
 use std::str::FromStr;
 
 /// The shape every broker URL must have, quoted in error messages.
-const GRAMMAR: &str = "[amqp:][user[/password]@]host[:port][,host[:port]...]";
+const GRAMMAR: &str = "[amqp:|amqps:][user[/password]@]host[:port][,host[:port]...]";
 
 /// A parsed broker URL: optional credentials and one or more broker addresses.
 ///
@@ -172,13 +174,24 @@ impl FromStr for Address {
 
     /// One `addr` of the grammar; surrounding whitespace is ignored.
     fn from_str(s: &str) -> Result<Self, UrlError> {
+        Address::parse_with_default(s, Transport::Tcp)
+    }
+}
+
+impl Address {
+    /// One `addr`, taking `default` as its transport when it names none.
+    fn parse_with_default(s: &str, default: Transport) -> Result<Address, UrlError> {
         let addr = s.trim();
         if addr.is_empty() {
             return Err(UrlError::EmptyAddress {
                 list: s.to_string(),
             });
         }
-        let (transport, host_port) = split_transport(addr)?;
+        let (mut transport, host_port) = split_transport(addr)?;
+        let named = addr.starts_with("tcp:") || addr.starts_with("ssl:");
+        if !named {
+            transport = default;
+        }
         let (host, port) = split_host_port(addr, host_port)?;
         let port = match port {
             None => transport.default_port(),
@@ -255,7 +268,10 @@ impl FromStr for BrokerUrl {
                 });
             }
         }
-        let s = s.strip_prefix("amqp:").unwrap_or(s);
+        let (s, all_ssl) = match s.strip_prefix("amqps:") {
+            Some(rest) => (rest, true),
+            None => (s.strip_prefix("amqp:").unwrap_or(s), false),
+        };
         // Addresses never contain '@', so the last one ends the credentials and a
         // password may itself contain '@' (and '/', and ',').
         let (user, password, list) = match s.rsplit_once('@') {
@@ -278,6 +294,8 @@ impl FromStr for BrokerUrl {
                     Err(UrlError::EmptyAddress {
                         list: list.trim().to_string(),
                     })
+                } else if all_ssl {
+                    Address::parse_with_default(addr, Transport::Ssl)
                 } else {
                     addr.parse()
                 }
@@ -443,6 +461,24 @@ mod tests {
             url("127.0.0.1:5673").addrs,
             vec![addr(Transport::Tcp, "127.0.0.1", 5673)]
         );
+    }
+
+    #[test]
+    fn amqps_makes_every_address_tls_unless_it_says_otherwise() {
+        let u = url("amqps:u/p@n1,n2:6000,tcp:n3");
+        assert_eq!(
+            u.addrs,
+            vec![
+                addr(Transport::Ssl, "n1", 5671),
+                addr(Transport::Ssl, "n2", 6000),
+                addr(Transport::Tcp, "n3", 5672),
+            ]
+        );
+        assert_eq!(u.user.as_deref(), Some("u"));
+        assert!(matches!(
+            "amqps://h:5671".parse::<BrokerUrl>(),
+            Err(UrlError::UriForm { .. })
+        ));
     }
 
     #[test]

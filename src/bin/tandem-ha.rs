@@ -38,6 +38,8 @@ struct Cli {
     cluster_manager: bool,
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    tls: tools::TlsArgs,
 }
 
 #[derive(Subcommand)]
@@ -110,6 +112,7 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: &Cli) -> ToolResult<ExitCode> {
+    tools::use_tls(&cli.tls)?;
     match &cli.command {
         Command::Ping => {
             let mut mc = tools::connect(&cli.broker, true, cli.timeout)?;

@@ -45,6 +45,8 @@ struct Cli {
     /// Seconds to wait for the broker.
     #[arg(long, default_value_t = 10.0, value_name = "SECONDS")]
     timeout: f64,
+    #[command(flatten)]
+    tls: tools::TlsArgs,
 }
 
 /// A view: title columns and the management attribute each shows.
@@ -109,6 +111,7 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: &Cli) -> ToolResult<String> {
+    tools::use_tls(&cli.tls)?;
     let url = match cli.broker.as_deref() {
         None | Some("") => "localhost:5672",
         Some(u) => u,

@@ -104,6 +104,8 @@ pub(super) const OPTIONS: &[OptionSpec] = &[
         "Refuse TLS clients without a certificate ssl-ca-file signed"),
     opt(SECURITY, "require-encryption", "yes|no", Some("no"), Bool,
         "Refuse clients that did not connect over TLS (the plain port still answers, to say so)"),
+    opt(SECURITY, "realm", "NAME", Some("QPID"), Plain,
+        "Realm of the identities SASL EXTERNAL takes from TLS client certificates (CN@realm)"),
     opt(SECURITY, "users-file", "PATH", None, Plain,
         "File of user:password lines checked by SASL PLAIN"),
     opt(LOGGING, "log-enable", "LEVEL", Some("info+"), Plain,

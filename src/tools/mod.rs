@@ -15,7 +15,7 @@ use tandem_shards::url::BrokerUrl;
 /// Connection options common to all tools.
 #[derive(Args, Debug, Clone)]
 pub struct BrokerArgs {
-    /// Broker URL: [amqp:][user[/password]@]host[:port][,host[:port]...]; with
+    /// Broker URL: [amqp:|amqps:][user[/password]@][ssl:]host[:port][,...]; with
     /// user@ and no password, the password comes from $TANDEM_PASSWORD
     #[arg(
         short = 'b',
@@ -31,6 +31,42 @@ pub struct BrokerArgs {
     /// Seconds to wait for the broker.
     #[arg(long, default_value_t = 10.0, value_name = "SECONDS", global = true)]
     pub timeout: f64,
+    #[command(flatten)]
+    pub tls: TlsArgs,
+}
+
+/// TLS options every tool takes, as qpid-config names them: for `ssl:`
+/// addresses and `amqps:` URLs.
+#[derive(Args, Debug, Clone, Default)]
+pub struct TlsArgs {
+    /// PEM CA file the broker's certificate must be signed by (needed for ssl:/amqps:)
+    #[arg(long = "ssl-trustfile", value_name = "FILE", global = true)]
+    pub trustfile: Option<std::path::PathBuf>,
+    /// PEM client certificate (for SASL EXTERNAL)
+    #[arg(long = "ssl-certificate", value_name = "FILE", global = true)]
+    pub certificate: Option<std::path::PathBuf>,
+    /// PEM private key of --ssl-certificate
+    #[arg(long = "ssl-key", value_name = "FILE", global = true)]
+    pub key: Option<std::path::PathBuf>,
+}
+
+/// The TLS configuration this process's connections use (set once, from the
+/// command line, by [`use_tls`]).
+static TLS: std::sync::OnceLock<std::sync::Arc<rustls::ClientConfig>> = std::sync::OnceLock::new();
+
+/// Makes this tool's `ssl:` connections use `args` (when it gives a trust
+/// file); a bad file is an error naming it.
+pub fn use_tls(args: &TlsArgs) -> ToolResult<()> {
+    if args.trustfile.is_none() && args.certificate.is_none() && args.key.is_none() {
+        return Ok(());
+    }
+    let config = tandem_shards::tls::client_config(&tandem_shards::tls::ClientFiles {
+        ca: args.trustfile.clone(),
+        cert: args.certificate.clone(),
+        key: args.key.clone(),
+    })?;
+    let _ = TLS.set(config);
+    Ok(())
 }
 
 /// A tool's failure: printed as one line, exit status 1.
@@ -39,6 +75,7 @@ pub type ToolResult<T> = Result<T, String>;
 impl BrokerArgs {
     /// Connects and opens the management channel.
     pub fn connect(&self) -> ToolResult<ManagementClient> {
+        use_tls(&self.tls)?;
         connect(&self.broker, self.ha_admin, self.timeout)
     }
 }
@@ -69,6 +106,7 @@ pub fn connect(url: &str, ha_admin: bool, timeout_secs: f64) -> ToolResult<Manag
         properties,
         timeout: Some(timeout),
         container_id: None,
+        tls: TLS.get().cloned(),
     };
     let client = Client::connect(&url, &opts).map_err(|e| format!("{}: {e}", url.redacted()))?;
     ManagementClient::new(client, timeout).map_err(|e| format!("{}: {e}", url.redacted()))

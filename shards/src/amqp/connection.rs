@@ -32,6 +32,9 @@ pub struct LinkKey {
     pub handle: u32,
 }
 
+/// The SASL mechanism whose identity comes from the transport (TLS).
+pub const EXTERNAL: &str = "EXTERNAL";
+
 /// Decides SASL logins on the server side: mechanism and initial response in,
 /// authenticated user name out (`None` refuses).
 pub type Authenticator = Box<dyn Fn(&str, &[u8]) -> Option<String> + Send>;
@@ -206,6 +209,9 @@ pub struct Connection {
     last_received: Instant,
     sent_open: bool,
     user: Option<String>,
+    /// Server: who the transport says the client is (a TLS client
+    /// certificate's `CN@realm`), for SASL EXTERNAL.
+    external: Option<String>,
     /// Frames read and written, for management.
     frames_in: u64,
     frames_out: u64,
@@ -246,9 +252,17 @@ impl Connection {
             last_received: now,
             sent_open: false,
             user: None,
+            external: None,
             frames_in: 0,
             frames_out: 0,
         }
+    }
+
+    /// Server: the transport vouches for the client as `identity` (a verified
+    /// TLS client certificate): SASL EXTERNAL is offered, first, and logs
+    /// the client in as it. Set before the client's SASL header is read.
+    pub fn set_external_identity(&mut self, identity: String) {
+        self.external = Some(identity);
     }
 
     /// Sends a heartbeat at least every `every`, whatever the peer asked for
@@ -387,7 +401,11 @@ impl Connection {
         if header == SASL_HEADER && self.phase == Phase::Header && offers_sasl {
             self.out.put_slice(&SASL_HEADER);
             if let Sasl::Server { mechanisms, .. } = &self.cfg.sasl {
-                write_sasl_frame(&mut self.out, &SaslFrame::Mechanisms(mechanisms.clone()));
+                let mut offered = mechanisms.clone();
+                if self.external.is_some() {
+                    offered.insert(0, EXTERNAL.to_owned());
+                }
+                write_sasl_frame(&mut self.out, &SaslFrame::Mechanisms(offered));
             }
             self.phase = Phase::Sasl;
             true
@@ -478,6 +496,15 @@ impl Connection {
             self.sasl_failed(2, "expected sasl-init");
             return false;
         };
+        if mechanism == EXTERNAL {
+            return match self.external.clone() {
+                Some(user) => self.sasl_succeeded(user),
+                None => {
+                    self.sasl_failed(1, "EXTERNAL needs a TLS client certificate");
+                    false
+                }
+            };
+        }
         if !mechanisms.contains(&mechanism) {
             let shown = crate::shown::shown(&mechanism);
             self.sasl_failed(1, &format!("mechanism {shown} not offered"));
@@ -485,19 +512,21 @@ impl Connection {
         }
         let response = initial_response.unwrap_or_default();
         match authenticator(&mechanism, &response) {
-            Some(user) => {
-                write_sasl_frame(&mut self.out, &SaslFrame::Outcome(0));
-                self.user = Some(user.clone());
-                self.events
-                    .push_back(Event::Authenticated { user: Some(user) });
-                self.phase = Phase::AmqpHeader;
-                true
-            }
+            Some(user) => self.sasl_succeeded(user),
             None => {
                 self.sasl_failed(1, "authentication failed");
                 false
             }
         }
+    }
+
+    fn sasl_succeeded(&mut self, user: String) -> bool {
+        write_sasl_frame(&mut self.out, &SaslFrame::Outcome(0));
+        self.user = Some(user.clone());
+        self.events
+            .push_back(Event::Authenticated { user: Some(user) });
+        self.phase = Phase::AmqpHeader;
+        true
     }
 
     fn sasl_failed(&mut self, code: u8, why: &str) {
@@ -524,6 +553,9 @@ impl Connection {
                         r.extend_from_slice(pass.as_bytes());
                         ("PLAIN", Bytes::from(r))
                     }
+                    // Without a password, the identity of our TLS client
+                    // certificate, when the server offers to take it.
+                    None if offered.iter().any(|m| m == EXTERNAL) => (EXTERNAL, Bytes::new()),
                     None if offered.iter().any(|m| m == "ANONYMOUS") => {
                         ("ANONYMOUS", Bytes::from_static(b"anonymous"))
                     }

@@ -33,8 +33,24 @@ impl Shard {
     /// The TLS handshake of `id` is done; `certificate`: the client's
     /// verified certificate (DER), if it gave one.
     pub fn conn_tls_established(&mut self, id: u64, certificate: Option<Vec<u8>>) {
-        let peer = self.conn_peer(id).unwrap_or_default();
-        tracing::debug!(conn = id, %peer, client_certificate = certificate.is_some(), "TLS established");
+        let realm = self.settings.realm.clone();
+        let identity = certificate
+            .as_deref()
+            .and_then(crate::tls::subject_common_name)
+            .map(|cn| format!("{cn}@{realm}"));
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        match identity {
+            Some(identity) => {
+                tracing::debug!(conn = id, peer = %c.peer, identity = %crate::shown::shown(&identity), "TLS client certificate");
+                c.engine.set_external_identity(identity);
+            }
+            None if certificate.is_some() => {
+                tracing::info!(conn = id, peer = %c.peer, "TLS client certificate without a common name: no EXTERNAL login");
+            }
+            None => tracing::debug!(conn = id, peer = %c.peer, "TLS established"),
+        }
     }
 
     /// The peer address of connection `id`.

@@ -97,6 +97,8 @@ pub struct BrokerSettings {
     pub tls: Option<TlsSettings>,
     /// Only encrypted connections may open (qpidd's `require-encryption`).
     pub require_encryption: bool,
+    /// The realm of identities from client certificates (`CN@realm`).
+    pub realm: String,
 }
 
 /// The TLS port (`ssl-port`) and its configuration.
@@ -141,6 +143,7 @@ impl Default for BrokerSettings {
             max_handshaking: 100,
             tls: None,
             require_encryption: false,
+            realm: "QPID".into(),
         }
     }
 }
