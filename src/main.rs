@@ -92,6 +92,18 @@ fn run(cfg: &Config) -> Result<(), String> {
                     ca: t.ca.clone(),
                     require_client_auth: t.require_client_auth,
                 })?,
+                // A backup's link to an ssl: address verifies the primary
+                // against ssl-ca-file and shows this broker's certificate.
+                client: match &t.ca {
+                    Some(ca) => Some(tandem_shards::tls::client_config(
+                        &tandem_shards::tls::ClientFiles {
+                            ca: Some(ca.clone()),
+                            cert: Some(t.cert.clone()),
+                            key: Some(t.key.clone()),
+                        },
+                    )?),
+                    None => None,
+                },
             }),
         },
         require_encryption: cfg.require_encryption,
@@ -218,11 +230,17 @@ fn with_ha(
         .brokers_url
         .as_ref()
         .ok_or("ha-cluster = yes needs ha-brokers-url")?;
-    let brokers: Vec<String> = brokers_url
-        .addrs
-        .iter()
-        .map(|a| a.socket_string())
-        .collect();
+    // `ssl:host:port` for a TLS address: the replication link speaks TLS.
+    let brokers: Vec<String> = brokers_url.addrs.iter().map(|a| a.to_string()).collect();
+    let own_plain = format!("{}:{}", cfg.interface, cfg.port);
+    let own_tls = cfg
+        .tls
+        .as_ref()
+        .map(|t| format!("ssl:{}:{}", cfg.interface, t.port));
+    let own_address = match own_tls {
+        Some(tls) if brokers.contains(&tls) => tls,
+        _ => own_plain,
+    };
     let public = cfg.ha.public_url.as_ref().unwrap_or(brokers_url);
     let servers: Vec<Value> = public
         .addrs
@@ -265,7 +283,7 @@ fn with_ha(
         backup_timeout: cfg.ha.backup_timeout,
         heartbeat: cfg.ha.link_heartbeat_interval,
         maintenance: cfg.ha.link_maintenance_interval,
-        own_address: Some(format!("{}:{}", cfg.interface, cfg.port)),
+        own_address: Some(own_address),
         initial_epoch: known.epoch,
         initial_cluster_id: known.cluster,
     };

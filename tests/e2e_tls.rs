@@ -229,3 +229,173 @@ fn sasl_external_takes_the_client_certificate_as_cn_at_realm() {
         common::tools::stdout(&out)
     );
 }
+
+/// Three brokers whose replication links run TLS (`ssl:` addresses in
+/// `ha-brokers-url`, each verifying the other against the CA) and log in as
+/// the cluster's user; clients publish on the plain ports as `alice`.
+struct TlsCluster {
+    brokers: Vec<Option<Broker>>,
+    tls_ports: Vec<u16>,
+    certs: Certs,
+    _users: common::TempDir,
+}
+
+impl TlsCluster {
+    fn start() -> TlsCluster {
+        let certs = Certs::new("tls-cluster");
+        let users_dir = common::TempDir::new("tls-cluster-users");
+        let users = users_dir.join("users");
+        std::fs::write(&users, "ha:secret\nalice:pw\n").expect("users file");
+        let users = users.to_string_lossy().into_owned();
+        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let tls_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let url = tls_ports
+            .iter()
+            .map(|p| format!("ssl:127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let path = |p: &std::path::Path| p.to_string_lossy().into_owned();
+        let (cert, key, ca) = (
+            path(&certs.broker_cert),
+            path(&certs.broker_key),
+            path(&certs.ca),
+        );
+        let brokers = (0..3)
+            .map(|i| {
+                let (port, tls) = (ports[i].to_string(), tls_ports[i].to_string());
+                Some(Broker::start(&[
+                    "--port",
+                    &port,
+                    "--ssl-port",
+                    &tls,
+                    "--ssl-cert-file",
+                    &cert,
+                    "--ssl-key-file",
+                    &key,
+                    "--ssl-ca-file",
+                    &ca,
+                    "--auth",
+                    "yes",
+                    "--users-file",
+                    &users,
+                    "--ha-cluster",
+                    "yes",
+                    "--ha-brokers-url",
+                    &url,
+                    "--ha-username",
+                    "ha",
+                    "--ha-password",
+                    "secret",
+                    "--ha-replicate",
+                    "all",
+                    "--link-heartbeat-interval",
+                    "1",
+                    "--link-maintenance-interval",
+                    "0.2",
+                    "--ha-backup-timeout",
+                    "3",
+                    "--worker-threads",
+                    "2",
+                ]))
+            })
+            .collect();
+        TlsCluster {
+            brokers,
+            tls_ports,
+            certs,
+            _users: users_dir,
+        }
+    }
+
+    /// `tandem-ha` as the cluster's user, over TLS to member `i`.
+    fn ha(&self, i: usize, args: &[&str]) -> std::process::Output {
+        let url = format!("amqps:ha/secret@localhost:{}", self.tls_ports[i]);
+        let ca = self.certs.ca.to_string_lossy().into_owned();
+        let mut all = vec!["-b", url.as_str(), "--ssl-trustfile", ca.as_str()];
+        all.extend_from_slice(args);
+        common::tools::tool("tandem-ha", &all)
+    }
+
+    fn status_is(&self, i: usize, status: &str) -> bool {
+        self.ha(i, &["status", &format!("--expect={status}")])
+            .status
+            .success()
+    }
+
+    fn client_url(&self, i: usize) -> String {
+        let b = self.brokers[i].as_ref().expect("running");
+        format!("alice:pw@127.0.0.1:{}", b.port())
+    }
+}
+
+#[test]
+fn a_cluster_replicating_over_tls_survives_a_primary_kill_without_losing_a_settled_message() {
+    const COUNT: usize = 2000;
+    let mut cluster = TlsCluster::start();
+    let promoted = cluster.ha(0, &["--cluster-manager", "promote"]);
+    assert!(
+        promoted.status.success(),
+        "{}",
+        common::tools::stderr(&promoted)
+    );
+    for i in [1, 2] {
+        assert!(
+            wait_until(Duration::from_secs(20), || cluster.status_is(i, "ready")),
+            "broker {i} never became ready over TLS: {}",
+            cluster.brokers[i]
+                .as_ref()
+                .map(|b| b.stderr())
+                .unwrap_or_default()
+        );
+    }
+    let urls = (0..3)
+        .map(|i| cluster.client_url(i))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut sender = common::clients::spawn_python(
+        "ha_send.py",
+        &[
+            "--urls",
+            &urls,
+            "--address",
+            "orders",
+            "--count",
+            &COUNT.to_string(),
+            "--interval-ms",
+            "1",
+            "--timeout",
+            "60",
+        ],
+    );
+    sender.wait_for(Duration::from_secs(30), "300 settlements", |lines| {
+        lines
+            .iter()
+            .filter(|l| l["settled"].as_u64().is_some())
+            .count()
+            >= 300
+    });
+    if let Some(mut primary) = cluster.brokers[0].take() {
+        primary.kill();
+    }
+    let promoted = cluster.ha(1, &["--cluster-manager", "promote"]);
+    assert!(
+        promoted.status.success(),
+        "{}",
+        common::tools::stderr(&promoted)
+    );
+    let out = sender.wait();
+    out.assert_success();
+    let settled: std::collections::BTreeSet<u64> = out
+        .json_lines()
+        .iter()
+        .filter_map(|j| j["settled"].as_u64())
+        .collect();
+    assert_eq!(settled.len(), COUNT, "every message settled in the end");
+    let missing = common::ha_recv_missing(&cluster.client_url(1), "orders", COUNT as u64, 20);
+    let lost: Vec<u64> = settled.intersection(&missing).copied().collect();
+    common::assert_none_lost(
+        &lost,
+        settled.len(),
+        "after the primary of a TLS cluster was killed",
+    );
+}

@@ -732,9 +732,44 @@ async fn connect_owned(
     timeout: Duration,
     conn_count: Arc<AtomicUsize>,
 ) {
+    // `ssl:host:port` is TLS, verifying the peer against the CA.
+    let (tls, target) = match address.strip_prefix("ssl:") {
+        Some(rest) => (true, rest.to_owned()),
+        None => (false, address.clone()),
+    };
+    let transport = if tls {
+        let client = rt
+            .shard
+            .borrow()
+            .settings
+            .tls
+            .as_ref()
+            .and_then(|t| t.client.clone());
+        let host = target
+            .rsplit_once(':')
+            .map_or(target.as_str(), |(h, _)| h)
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        match client.map(|c| Transport::tls_client(&c, &host)) {
+            Some(Ok(t)) => t,
+            failed => {
+                let why = match failed {
+                    Some(Err(e)) => e,
+                    _ => "ssl: addresses need ssl-cert-file, ssl-key-file and ssl-ca-file (the CA to verify the peer)".into(),
+                };
+                tracing::warn!("cannot connect to {address}: {why}");
+                rt.shard.borrow_mut().connection_failed(token);
+                rt.after_step();
+                return;
+            }
+        }
+    } else {
+        Transport::Plain
+    };
     // Name resolution blocks (getaddrinfo): it runs on glommio's blocking
     // thread pool, never on the executor.
-    let name = address.clone();
+    let name = target.clone();
     let resolved = glommio::executor()
         .spawn_blocking(move || {
             std::net::ToSocketAddrs::to_socket_addrs(&name.as_str())
@@ -767,14 +802,7 @@ async fn connect_owned(
         return;
     };
     conn_count.fetch_add(1, Ordering::Relaxed);
-    run_connection(
-        &rt,
-        id,
-        stream,
-        Transport::Plain,
-        conn_count,
-        BytesMut::new(),
-    );
+    run_connection(&rt, id, stream, transport, conn_count, BytesMut::new());
     rt.after_step();
 }
 

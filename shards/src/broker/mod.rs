@@ -106,6 +106,10 @@ pub struct BrokerSettings {
 pub struct TlsSettings {
     pub port: u16,
     pub server: Arc<rustls::ServerConfig>,
+    /// For the connections an extension opens to `ssl:` addresses (a
+    /// backup's replication link): the CA to verify the peer against, and
+    /// this broker's certificate as the client's.
+    pub client: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl BrokerSettings {
