@@ -399,3 +399,47 @@ fn a_cluster_replicating_over_tls_survives_a_primary_kill_without_losing_a_settl
         "after the primary of a TLS cluster was killed",
     );
 }
+
+#[test]
+fn rhea_sends_and_receives_over_tls_with_plain() {
+    let certs = Certs::new("tls-rhea");
+    let dir = common::TempDir::new("tls-rhea-users");
+    let users = dir.join("users");
+    std::fs::write(&users, "carol:pw\n").expect("users file");
+    let users = users.to_string_lossy().into_owned();
+    let (_broker, tls_port) = tls_broker(
+        &certs,
+        (&certs.broker_cert, &certs.broker_key),
+        &["--auth", "yes", "--users-file", &users],
+    );
+    let url = format!("amqps://localhost:{tls_port}");
+    let ca = certs.ca.to_string_lossy().into_owned();
+    let common_args = [
+        "--url",
+        url.as_str(),
+        "--address",
+        "secure",
+        "--ssl-ca",
+        ca.as_str(),
+        "--username",
+        "carol",
+        "--password",
+        "pw",
+        "--timeout",
+        "15",
+    ];
+    let mut send: Vec<&str> = common_args.to_vec();
+    send.extend(["--count", "50"]);
+    common::clients::run_node("send.js", &send).assert_success();
+    let mut recv: Vec<&str> = common_args.to_vec();
+    recv.extend(["--count", "50"]);
+    let got = common::clients::run_node("recv.js", &recv);
+    got.assert_success();
+    assert_eq!(got.bodies().len(), 50);
+    // A wrong password over TLS is refused.
+    let mut wrong: Vec<&str> = common_args.to_vec();
+    wrong[9] = "nope";
+    wrong.extend(["--count", "1", "--timeout", "10"]);
+    let refused = common::clients::run_node("send.js", &wrong);
+    assert!(!refused.success(), "a wrong password got in over TLS");
+}

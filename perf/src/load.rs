@@ -305,9 +305,9 @@ fn spawn_client(
 
 async fn connect_and_drive<R: Role + 'static>(url: BrokerUrl, name: String, mut role: R) -> R {
     match wire::connect(&url, CONNECT_TIMEOUT).await {
-        Ok((stream, host)) => {
+        Ok((stream, host, transport)) => {
             let conn = Connection::client(wire::client_config(&url, host, &name), Instant::now());
-            wire::drive(stream, conn, role).await
+            wire::drive(stream, conn, role, transport).await
         }
         Err(e) => {
             role.lost(e);

@@ -134,6 +134,9 @@ pub struct LoadArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
+    /// TLS for ssl: addresses (amqps: URLs): the PEM CA of the broker's certificate.
+    #[arg(long = "ssl-trustfile", value_name = "FILE")]
+    pub ssl_trustfile: Option<PathBuf>,
 }
 
 #[derive(Args, Debug, Clone)]

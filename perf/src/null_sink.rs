@@ -74,8 +74,16 @@ pub fn start(
         let stream = accepted?;
         let conn = Connection::server(wire::server_config(), Instant::now());
         Some(match peer {
-            Peer::Sink(c) => PeerStats::Sink(wire::drive(stream, conn, c).await.into_stats()),
-            Peer::Source(p) => PeerStats::Source(wire::drive(stream, conn, p).await.into_stats()),
+            Peer::Sink(c) => PeerStats::Sink(
+                wire::drive(stream, conn, c, Default::default())
+                    .await
+                    .into_stats(),
+            ),
+            Peer::Source(p) => PeerStats::Source(
+                wire::drive(stream, conn, p, Default::default())
+                    .await
+                    .into_stats(),
+            ),
         })
     })?;
     Ok(RunningPeer {

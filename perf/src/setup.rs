@@ -28,6 +28,9 @@ pub struct Shape {
 /// The plan for `args` and `shape`, with notes for the report. Declares the
 /// queue first with `--create`.
 pub fn plan(args: &LoadArgs, shape: Shape) -> Result<(LoadPlan, Vec<String>), String> {
+    if let Some(ca) = &args.ssl_trustfile {
+        crate::wire::use_tls(ca)?;
+    }
     if args.size < STAMP_LEN {
         return Err(format!(
             "--size {}: must be at least {STAMP_LEN} (the stamp: run, producer, sequence, send time)",
@@ -117,6 +120,7 @@ fn declare_queue(
     let opts = ClientOptions {
         timeout: Some(MANAGEMENT_TIMEOUT),
         container_id: Some(format!("tandem-perf-create-{}", std::process::id())),
+        tls: crate::wire::tls(),
         ..Default::default()
     };
     let client = Client::connect(url, &opts).map_err(|e| format!("--create: {e}"))?;

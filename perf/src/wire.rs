@@ -55,11 +55,38 @@ pub trait Role {
 struct Shared<R> {
     conn: Connection,
     role: R,
+    /// Plain, or TLS: the reader feeds it records, the writer takes records
+    /// from it.
+    transport: tandem_shards::transport::Transport,
+}
+
+/// The TLS configuration for `ssl:` addresses (`--ssl-trustfile`), set once.
+static TLS: std::sync::OnceLock<std::sync::Arc<rustls::ClientConfig>> = std::sync::OnceLock::new();
+
+/// The TLS configuration `--ssl-trustfile` set, if any.
+pub fn tls() -> Option<std::sync::Arc<rustls::ClientConfig>> {
+    TLS.get().cloned()
+}
+
+/// Verifies brokers on `ssl:` addresses against the CA in `ca`.
+pub fn use_tls(ca: &std::path::Path) -> Result<(), String> {
+    let config = tandem_shards::tls::client_config(&tandem_shards::tls::ClientFiles {
+        ca: Some(ca.to_owned()),
+        ..Default::default()
+    })
+    .map_err(|e| format!("--ssl-trustfile: {e}"))?;
+    let _ = TLS.set(config);
+    Ok(())
 }
 
 /// Runs `role` on `stream` until it is done and the connection is closed (or
 /// lost), then hands the role back with whatever it recorded.
-pub async fn drive<R: Role + 'static>(stream: TcpStream, conn: Connection, mut role: R) -> R {
+pub async fn drive<R: Role + 'static>(
+    stream: TcpStream,
+    conn: Connection,
+    mut role: R,
+    transport: tandem_shards::transport::Transport,
+) -> R {
     let _ = stream.set_nodelay(true);
     // The writer gets its own descriptor so a read and a write can be in flight
     // at once without a lock (as the broker's runtime does).
@@ -70,7 +97,11 @@ pub async fn drive<R: Role + 'static>(stream: TcpStream, conn: Connection, mut r
         return role;
     }
     let write_half = unsafe { TcpStream::from_raw_fd(dup) };
-    let shared = Rc::new(RefCell::new(Shared { conn, role }));
+    let shared = Rc::new(RefCell::new(Shared {
+        conn,
+        role,
+        transport,
+    }));
     let (wake_tx, wake_rx) = local_channel::new_bounded(1);
     let reader = glommio::spawn_local(read_loop(shared.clone(), stream, wake_tx));
     write_loop(&shared, write_half, wake_rx).await;
@@ -87,18 +118,30 @@ async fn read_loop<R: Role>(
     wake: LocalSender<()>,
 ) {
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    // With TLS the socket's bytes are records: read here, then handed to the
+    // transport, which adds what they hold to `buf`.
+    let tls = matches!(
+        shared.borrow().transport,
+        tandem_shards::transport::Transport::Tls(_)
+    );
+    let mut records = BytesMut::new();
     loop {
-        if buf.capacity() - buf.len() < READ_CHUNK / 8 {
-            buf.reserve(READ_CHUNK);
+        let target = if tls { &mut records } else { &mut buf };
+        if target.capacity() - target.len() < READ_CHUNK / 8 {
+            target.reserve(READ_CHUNK);
         }
-        let start = buf.len();
-        let room = buf.capacity() - start;
-        buf.resize(start + room, 0);
-        let read = stream.read(&mut buf[start..]).await;
+        let start = target.len();
+        let room = target.capacity() - start;
+        target.resize(start + room, 0);
+        let read = stream.read(&mut target[start..]).await;
         let now = Instant::now();
         let mut s = shared.borrow_mut();
-        let Shared { conn, role } = &mut *s;
-        let n = match read {
+        let Shared {
+            conn,
+            role,
+            transport,
+        } = &mut *s;
+        let mut n = match read {
             Ok(n) => n,
             Err(e) => {
                 if !conn.is_closed() {
@@ -107,7 +150,16 @@ async fn read_loop<R: Role>(
                 0
             }
         };
-        buf.truncate(start + n);
+        let target = if tls { &mut records } else { &mut buf };
+        target.truncate(start + n);
+        if tls && n > 0 {
+            transport.read_buffer(&mut buf).extend_from_slice(&records);
+            records.clear();
+            if let Err(e) = transport.received(&mut buf) {
+                role.lost(e);
+                n = 0;
+            }
+        }
         if n == 0 {
             conn.input_eof();
         } else {
@@ -140,7 +192,11 @@ async fn write_loop<R: Role>(
         let mut wait_until = now + Duration::from_millis(100);
         let closed = {
             let mut s = shared.borrow_mut();
-            let Shared { conn, role } = &mut *s;
+            let Shared {
+                conn,
+                role,
+                transport,
+            } = &mut *s;
             if !conn.is_closed() {
                 match closing_since {
                     None => match role.fill(conn, now) {
@@ -158,6 +214,16 @@ async fn write_loop<R: Role>(
             }
             if conn.has_output() {
                 std::mem::swap(conn.output(), &mut out);
+            }
+            if let tandem_shards::transport::Transport::Tls(_) = transport {
+                let records = if out.is_empty() {
+                    transport.pending()
+                } else {
+                    Some(transport.to_send(out.split().freeze()))
+                };
+                if let Some(records) = records {
+                    out.extend_from_slice(&records);
+                }
             }
             conn.is_closed()
         };
@@ -193,14 +259,29 @@ async fn write_loop<R: Role>(
 }
 
 /// Opens a TCP connection to the first address of `url` that answers.
-pub async fn connect(url: &BrokerUrl, timeout: Duration) -> Result<(TcpStream, String), String> {
+pub async fn connect(
+    url: &BrokerUrl,
+    timeout: Duration,
+) -> Result<(TcpStream, String, tandem_shards::transport::Transport), String> {
     let mut last = String::from("the URL names no address");
     for addr in &url.addrs {
         let target = addr.socket_string();
-        if addr.transport == Transport::Ssl {
-            last = format!("ssl:{target}: TLS is not supported by tandem-perf yet");
-            continue;
-        }
+        let transport = match (addr.transport, TLS.get()) {
+            (Transport::Tcp, _) => tandem_shards::transport::Transport::Plain,
+            (Transport::Ssl, Some(config)) => {
+                match tandem_shards::transport::Transport::tls_client(config, &addr.host) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        last = e;
+                        continue;
+                    }
+                }
+            }
+            (Transport::Ssl, None) => {
+                last = format!("ssl:{target}: TLS needs --ssl-trustfile (the broker's CA)");
+                continue;
+            }
+        };
         let resolved: Option<SocketAddr> = match target.to_socket_addrs() {
             Ok(mut a) => a.next(),
             Err(e) => {
@@ -210,7 +291,7 @@ pub async fn connect(url: &BrokerUrl, timeout: Duration) -> Result<(TcpStream, S
         };
         let Some(sock) = resolved else { continue };
         match TcpStream::connect_timeout(sock, timeout).await {
-            Ok(s) => return Ok((s, addr.host.clone())),
+            Ok(s) => return Ok((s, addr.host.clone(), transport)),
             Err(e) => last = format!("cannot connect to {target}: {e}"),
         }
     }

@@ -22,6 +22,10 @@ const BASE_OPTIONS = {
     count: { type: 'string', default: '0' },
     timeout: { type: 'string', default: '30' },
     'want-shard': { type: 'string' },
+    // TLS (with an amqps:// --url): verify the broker against this CA (PEM).
+    'ssl-ca': { type: 'string' },
+    username: { type: 'string' },
+    password: { type: 'string' },
     help: { type: 'boolean', default: false },
 };
 
@@ -67,13 +71,26 @@ function parseFlags(name, extra, text) {
     return { values, number };
 }
 
-// "host:port" or "amqp://host:port" into rhea connect options.
-function connectOptions(url) {
-    const bare = url.replace(/^amqp:\/\//, '');
+// "host:port", "amqp://host:port" or "amqps://host:port" into rhea connect
+// options; amqps:// is TLS, verifying the broker against --ssl-ca.
+function connectOptions(url, args) {
+    const tls = url.startsWith('amqps://');
+    const bare = url.replace(/^amqps?:\/\//, '');
     const colon = bare.lastIndexOf(':');
     const host = colon < 0 ? bare : bare.slice(0, colon);
-    const port = colon < 0 ? 5672 : Number(bare.slice(colon + 1));
-    return { host: host || '127.0.0.1', port, reconnect: false };
+    const port = colon < 0 ? (tls ? 5671 : 5672) : Number(bare.slice(colon + 1));
+    const options = { host: host || '127.0.0.1', port, reconnect: false };
+    if (tls) {
+        options.transport = 'tls';
+        options.servername = options.host;
+        options.rejectUnauthorized = true;
+        if (args && args['ssl-ca']) options.ca = [require('fs').readFileSync(args['ssl-ca'])];
+    }
+    if (args && args.username) {
+        options.username = args.username;
+        options.password = args.password;
+    }
+    return options;
 }
 
 function bodyText(body) {
@@ -125,7 +142,7 @@ class Client {
 
     start() {
         this.attempts += 1;
-        this.connection = this.container.connect(connectOptions(this.args.url));
+        this.connection = this.container.connect(connectOptions(this.args.url, this.args));
     }
 
     onConnectionOpen(context) {
