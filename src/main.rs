@@ -4,7 +4,6 @@
 
 use tandem::config;
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::Path;
 use std::process::ExitCode;
@@ -65,7 +64,7 @@ fn run(cfg: &Config) -> Result<(), String> {
         None if cfg.auth => {
             return Err("auth = yes needs users-file (a file of user:password lines) so PLAIN logins can succeed".into())
         }
-        None => HashMap::new(),
+        None => Default::default(),
     };
     if !cfg.auth && !config::is_loopback(&cfg.interface) {
         tracing::warn!(
@@ -77,7 +76,7 @@ fn run(cfg: &Config) -> Result<(), String> {
     let settings = BrokerSettings {
         shards: cfg.worker_threads,
         auth: cfg.auth,
-        users,
+        users: std::sync::Arc::new(users),
         max_connections: cfg.max_connections,
         max_frame_size: cfg.max_frame_size,
         idle_timeout: (!cfg.idle_timeout.is_zero()).then_some(cfg.idle_timeout),
@@ -296,6 +295,7 @@ fn with_ha(
     let stream = StreamSettings {
         replicate: cfg.ha.replicate.to_string(),
         username: cfg.ha.username.clone(),
+        mechanism: cfg.ha.mechanism.clone(),
         password: cfg.ha.password.clone(),
         heartbeat: cfg.ha.link_heartbeat_interval,
         epoch_file: Some(epoch_file),
@@ -330,23 +330,18 @@ fn resolve(interface: &str, port: u16) -> Result<SocketAddr, String> {
 }
 
 /// Reads `user:password` lines (blank lines and `#` comments allowed).
-fn load_users(path: &Path) -> Result<HashMap<String, String>, String> {
+fn load_users(path: &Path) -> Result<tandem_shards::users::Users, String> {
     let text =
         std::fs::read_to_string(path).map_err(|e| format!("users-file {}: {e}", path.display()))?;
-    let mut users = HashMap::new();
-    for (n, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let Some((user, pass)) = line.split_once(':') else {
-            return Err(format!(
-                "users-file {} line {}: expected user:password",
-                path.display(),
-                n + 1
-            ));
-        };
-        users.insert(user.trim().to_owned(), pass.to_owned());
+    let users = tandem_shards::users::Users::parse(&text)
+        .map_err(|e| format!("users-file {}: {e}", path.display()))?;
+    let plain = users.plain_count();
+    if plain > 0 {
+        tracing::warn!(
+            "users-file {}: {plain} user(s) with a password in clear (user:password); store salted hashes instead with tandem-passwd -f {} USER",
+            path.display(),
+            path.display()
+        );
     }
     Ok(users)
 }

@@ -197,3 +197,55 @@ fn an_ordinary_user_cannot_act_as_the_cluster() {
     );
     assert!(read.status.success(), "{}", stderr(&read));
 }
+
+#[test]
+fn ha_mechanism_is_what_the_replication_link_logs_in_with() {
+    let dir = TempDir::new("ha-mechanism");
+    let users = dir.join("users");
+    std::fs::write(&users, "ha:secret\n").expect("users file");
+    let users = users.to_string_lossy().into_owned();
+    let ports = [free_port(), free_port()];
+    let url = format!("127.0.0.1:{},127.0.0.1:{}", ports[0], ports[1]);
+    let start = |port: u16, mechanism: &str| {
+        let port = port.to_string();
+        Broker::start(&[
+            "--port",
+            &port,
+            "--auth",
+            "yes",
+            "--users-file",
+            &users,
+            "--ha-cluster",
+            "yes",
+            "--ha-brokers-url",
+            &url,
+            "--ha-username",
+            "ha",
+            "--ha-password",
+            "secret",
+            "--ha-mechanism",
+            mechanism,
+            "--link-maintenance-interval",
+            "0.2",
+        ])
+    };
+    let primary = start(ports[0], "PLAIN");
+    let promoted = tool(
+        "tandem-ha",
+        &[
+            "-b",
+            &format!("ha/secret@{}", primary.url()),
+            "--cluster-manager",
+            "promote",
+        ],
+    );
+    assert!(promoted.status.success(), "{}", stderr(&promoted));
+    // ANONYMOUS, though it has a user and password: the primary (auth = yes)
+    // does not offer it, and the backup says so instead of using PLAIN.
+    let backup = start(ports[1], "ANONYMOUS");
+    let said = wait_until(Duration::from_secs(10), || {
+        backup.stderr().contains("does not offer ANONYMOUS")
+    });
+    assert!(said, "{}", backup.stderr());
+    assert!(status_is(&format!("ha/secret@{}", backup.url()), "joining"));
+}

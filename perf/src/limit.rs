@@ -195,7 +195,7 @@ pub fn sample_stream(size: usize, presettled: bool, count: u64) -> Result<Vec<u8
     let mut server = Connection::server(
         config(Sasl::Server {
             mechanisms: Vec::new(),
-            authenticator: Box::new(|_, _| None),
+            authenticator: Box::new(|_: &str, _: &[u8]| None),
             require: false,
         }),
         now,

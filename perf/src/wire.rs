@@ -337,7 +337,7 @@ pub fn server_config() -> ConnectionConfig {
         hostname: None,
         sasl: Sasl::Server {
             mechanisms: vec!["ANONYMOUS".into(), "PLAIN".into()],
-            authenticator: Box::new(|_, _| Some("null".into())),
+            authenticator: Box::new(|_: &str, _: &[u8]| Some("null".into())),
             require: false,
         },
     }

@@ -142,7 +142,7 @@ fn frame_decoder_body(data: &[u8]) {
         hostname: None,
         sasl: Sasl::Server {
             mechanisms: vec!["ANONYMOUS".into()],
-            authenticator: Box::new(|_, _| Some("a".into())),
+            authenticator: Box::new(|_: &str, _: &[u8]| Some("a".into())),
             require: false,
         },
     };

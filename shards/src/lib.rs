@@ -32,3 +32,4 @@ pub mod stats;
 pub mod tls;
 pub mod transport;
 pub mod url;
+pub mod users;

@@ -77,7 +77,15 @@ impl Pair {
             .collect();
         let settings = Arc::new(BrokerSettings {
             auth: true,
-            users,
+            users: Arc::new(
+                tandem_shards::users::Users::parse(
+                    &users
+                        .iter()
+                        .map(|(u, p)| format!("{u}:{p}\n"))
+                        .collect::<String>(),
+                )
+                .expect("users"),
+            ),
             access: policy,
             ..Default::default()
         });

@@ -32,7 +32,15 @@ fn settings(max_handshaking: usize) -> BrokerSettings {
         .collect();
     BrokerSettings {
         auth: true,
-        users,
+        users: Arc::new(
+            tandem_shards::users::Users::parse(
+                &users
+                    .iter()
+                    .map(|(u, p)| format!("{u}:{p}\n"))
+                    .collect::<String>(),
+            )
+            .expect("users"),
+        ),
         cluster_users: Some(vec!["ha@QPID".into()]),
         handshake_timeout: Duration::from_secs(10),
         max_handshaking,

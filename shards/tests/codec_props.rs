@@ -545,7 +545,14 @@ fn sasl_frame() -> BoxedStrategy<SaslFrame> {
         ),
         binary().prop_map(SaslFrame::Challenge),
         binary().prop_map(SaslFrame::Response),
-        any::<u8>().prop_map(SaslFrame::Outcome),
+        (
+            any::<u8>(),
+            proptest::option::of(proptest::collection::vec(any::<u8>(), 0..16))
+        )
+            .prop_map(|(code, data)| SaslFrame::Outcome {
+                code,
+                additional_data: data.map(Bytes::from),
+            }),
     ]
     .boxed()
 }

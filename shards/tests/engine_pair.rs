@@ -36,7 +36,7 @@ fn config(sasl: Sasl, max_frame_size: u32, idle_timeout: Option<Duration>) -> Co
 fn server_sasl(require: bool) -> Sasl {
     Sasl::Server {
         mechanisms: vec!["PLAIN".into(), "ANONYMOUS".into()],
-        authenticator: Box::new(|mech, resp| match mech {
+        authenticator: Box::new(|mech: &str, resp: &[u8]| match mech {
             "ANONYMOUS" => Some("anonymous".into()),
             "PLAIN" if resp == b"\0alice\0secret" => Some("alice".into()),
             _ => None,

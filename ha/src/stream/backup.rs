@@ -116,6 +116,8 @@ pub(super) struct BackupState {
     /// The last stream could not be applied: the next link says we hold
     /// nothing, so it starts from a full reset.
     distrust_holdings: bool,
+    /// The last refusal of our link that was logged.
+    last_refusal: Option<String>,
     /// Shards whose store cannot write, and why: no replication link (and
     /// so no acknowledgement) until none is left.
     store_failing: HashMap<usize, String>,
@@ -192,6 +194,9 @@ impl Replication {
         };
         let mut engine = Connection::client(cfg, shard.now());
         engine.set_heartbeat(s.heartbeat);
+        if let Some(mechanism) = &s.mechanism {
+            engine.use_mechanism(mechanism);
+        }
         tracing::info!("HA: replication link connecting to {address}");
         Some(engine)
     }
@@ -299,7 +304,16 @@ impl Replication {
             } => self.apply_delivery(shard, link.channel, delivery_id, &payload),
             EngineEvent::Detached { ref error, .. } | EngineEvent::Closed { ref error, .. } => {
                 if let Some(e) = error {
-                    tracing::debug!("HA: replication link closed: {e}");
+                    // A refused login is the operator's to fix: said once
+                    // (not at every retry), the rest at debug.
+                    let refused = e.condition == condition::UNAUTHORIZED_ACCESS;
+                    let said = e.to_string();
+                    if refused && self.backup.last_refusal.as_deref() != Some(said.as_str()) {
+                        tracing::warn!("HA: the replication link was refused: {said}");
+                        self.backup.last_refusal = Some(said);
+                    } else {
+                        tracing::debug!("HA: replication link closed: {e}");
+                    }
                 }
                 if let (EngineEvent::Detached { .. }, Some(e)) = (&event, error) {
                     self.outbound_refused(e);

@@ -58,6 +58,9 @@ pub struct StreamSettings {
     /// `ha-username` / `ha-password` of the backup's link.
     pub username: Option<String>,
     pub password: Option<String>,
+    /// `ha-mechanism`: the SASL mechanism the link logs in with (PLAIN,
+    /// ANONYMOUS or EXTERNAL); `None` picks from what the primary offers.
+    pub mechanism: Option<String>,
     /// `link-heartbeat-interval`.
     pub heartbeat: Duration,
     /// Where shard 0 keeps the epoch the role knows (`data-dir/ha-epoch`),

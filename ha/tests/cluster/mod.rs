@@ -525,6 +525,7 @@ impl Cluster {
             replicate: "all".into(),
             username: None,
             password: None,
+            mechanism: None,
             heartbeat: HEARTBEAT,
             epoch_file: epoch_file.clone(),
         };
@@ -1381,7 +1382,7 @@ fn peer_config() -> ConnectionConfig {
         hostname: None,
         sasl: Sasl::Server {
             mechanisms: vec!["ANONYMOUS".into()],
-            authenticator: Box::new(|_, _| Some("anonymous".into())),
+            authenticator: Box::new(|_: &str, _: &[u8]| Some("anonymous".into())),
             require: false,
         },
     }

@@ -36,8 +36,46 @@ pub struct LinkKey {
 pub const EXTERNAL: &str = "EXTERNAL";
 
 /// Decides SASL logins on the server side: mechanism and initial response in,
-/// authenticated user name out (`None` refuses).
-pub type Authenticator = Box<dyn Fn(&str, &[u8]) -> Option<String> + Send>;
+/// authenticated user name out (`None` refuses). A one-step mechanism (PLAIN,
+/// ANONYMOUS) is a closure of this shape; [`SaslServer`] takes more steps.
+pub type Authenticator = Box<dyn SaslServer>;
+
+/// What a mechanism says after each message of the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SaslStep {
+    /// Send this challenge and wait for the client's response.
+    Challenge(Bytes),
+    /// Logged in as `user`; `additional` goes with the outcome.
+    Done {
+        user: String,
+        additional: Option<Bytes>,
+    },
+    /// Refused, and why (for the log; the client sees outcome `auth`).
+    Refused(String),
+}
+
+/// The server side of SASL mechanisms that may take several steps (SCRAM).
+pub trait SaslServer: Send {
+    /// The client chose `mechanism` (one offered) with `initial` response.
+    fn start(&mut self, mechanism: &str, initial: &[u8]) -> SaslStep;
+    /// The client's response to the last challenge.
+    fn respond(&mut self, response: &[u8]) -> SaslStep {
+        let _ = response;
+        SaslStep::Refused("no challenge was sent".into())
+    }
+}
+
+impl<F: Fn(&str, &[u8]) -> Option<String> + Send> SaslServer for F {
+    fn start(&mut self, mechanism: &str, initial: &[u8]) -> SaslStep {
+        match self(mechanism, initial) {
+            Some(user) => SaslStep::Done {
+                user,
+                additional: None,
+            },
+            None => SaslStep::Refused("authentication failed".into()),
+        }
+    }
+}
 
 /// How this end authenticates.
 pub enum Sasl {
@@ -212,6 +250,10 @@ pub struct Connection {
     /// Server: who the transport says the client is (a TLS client
     /// certificate's `CN@realm`), for SASL EXTERNAL.
     external: Option<String>,
+    /// Server: a SASL challenge went out; a response is due.
+    sasl_challenged: bool,
+    /// Client: the only mechanism to use (`ha-mechanism`), if set.
+    mechanism: Option<String>,
     /// Frames read and written, for management.
     frames_in: u64,
     frames_out: u64,
@@ -253,9 +295,17 @@ impl Connection {
             sent_open: false,
             user: None,
             external: None,
+            sasl_challenged: false,
+            mechanism: None,
             frames_in: 0,
             frames_out: 0,
         }
+    }
+
+    /// Client: log in with `mechanism` only (PLAIN, ANONYMOUS or EXTERNAL),
+    /// failing clearly if the server does not offer it.
+    pub fn use_mechanism(&mut self, mechanism: &str) {
+        self.mechanism = Some(mechanism.to_ascii_uppercase());
     }
 
     /// Server: the transport vouches for the client as `identity` (a verified
@@ -483,45 +533,68 @@ impl Connection {
             mechanisms,
             authenticator,
             ..
-        } = &self.cfg.sasl
+        } = &mut self.cfg.sasl
         else {
             return false;
         };
-        let SaslFrame::Init {
-            mechanism,
-            initial_response,
-            ..
-        } = frame
-        else {
-            self.sasl_failed(2, "expected sasl-init");
-            return false;
-        };
-        if mechanism == EXTERNAL {
-            return match self.external.clone() {
-                Some(user) => self.sasl_succeeded(user),
-                None => {
-                    self.sasl_failed(1, "EXTERNAL needs a TLS client certificate");
-                    false
+        let step = match (frame, self.sasl_challenged) {
+            (
+                SaslFrame::Init {
+                    mechanism,
+                    initial_response,
+                    ..
+                },
+                false,
+            ) => {
+                if mechanism == EXTERNAL {
+                    return match self.external.clone() {
+                        Some(user) => self.sasl_succeeded(user, None),
+                        None => {
+                            self.sasl_failed(1, "EXTERNAL needs a TLS client certificate");
+                            false
+                        }
+                    };
                 }
-            };
-        }
-        if !mechanisms.contains(&mechanism) {
-            let shown = crate::shown::shown(&mechanism);
-            self.sasl_failed(1, &format!("mechanism {shown} not offered"));
-            return false;
-        }
-        let response = initial_response.unwrap_or_default();
-        match authenticator(&mechanism, &response) {
-            Some(user) => self.sasl_succeeded(user),
-            None => {
-                self.sasl_failed(1, "authentication failed");
+                if !mechanisms.contains(&mechanism) {
+                    let shown = crate::shown::shown(&mechanism);
+                    self.sasl_failed(1, &format!("mechanism {shown} not offered"));
+                    return false;
+                }
+                authenticator.start(&mechanism, &initial_response.unwrap_or_default())
+            }
+            (SaslFrame::Response(response), true) => authenticator.respond(&response),
+            (_, challenged) => {
+                let expected = if challenged {
+                    "expected sasl-response"
+                } else {
+                    "expected sasl-init"
+                };
+                self.sasl_failed(2, expected);
+                return false;
+            }
+        };
+        match step {
+            SaslStep::Challenge(challenge) => {
+                self.sasl_challenged = true;
+                write_sasl_frame(&mut self.out, &SaslFrame::Challenge(challenge));
+                true
+            }
+            SaslStep::Done { user, additional } => self.sasl_succeeded(user, additional),
+            SaslStep::Refused(why) => {
+                self.sasl_failed(1, &why);
                 false
             }
         }
     }
 
-    fn sasl_succeeded(&mut self, user: String) -> bool {
-        write_sasl_frame(&mut self.out, &SaslFrame::Outcome(0));
+    fn sasl_succeeded(&mut self, user: String, additional: Option<Bytes>) -> bool {
+        write_sasl_frame(
+            &mut self.out,
+            &SaslFrame::Outcome {
+                code: 0,
+                additional_data: additional,
+            },
+        );
         self.user = Some(user.clone());
         self.events
             .push_back(Event::Authenticated { user: Some(user) });
@@ -530,7 +603,13 @@ impl Connection {
     }
 
     fn sasl_failed(&mut self, code: u8, why: &str) {
-        write_sasl_frame(&mut self.out, &SaslFrame::Outcome(code));
+        write_sasl_frame(
+            &mut self.out,
+            &SaslFrame::Outcome {
+                code,
+                additional_data: None,
+            },
+        );
         self.phase = Phase::Closed;
         self.events.push_back(Event::Closed {
             error: Some(ErrorCondition::new(condition::UNAUTHORIZED_ACCESS, why)),
@@ -544,32 +623,67 @@ impl Connection {
         };
         match frame {
             SaslFrame::Mechanisms(offered) => {
-                let (mechanism, response) = match credentials {
-                    Some((user, pass)) if offered.iter().any(|m| m == "PLAIN") => {
-                        let mut r = Vec::with_capacity(user.len() + pass.len() + 2);
-                        r.push(0);
-                        r.extend_from_slice(user.as_bytes());
-                        r.push(0);
-                        r.extend_from_slice(pass.as_bytes());
-                        ("PLAIN", Bytes::from(r))
+                let plain = |user: &str, pass: &str| {
+                    let mut r = Vec::with_capacity(user.len() + pass.len() + 2);
+                    r.push(0);
+                    r.extend_from_slice(user.as_bytes());
+                    r.push(0);
+                    r.extend_from_slice(pass.as_bytes());
+                    Bytes::from(r)
+                };
+                let chosen = match (&self.mechanism, credentials) {
+                    (Some(m), _) if !offered.contains(m) => Err(format!(
+                        "the peer does not offer {m} (it offers {offered:?})"
+                    )),
+                    (Some(m), Some((user, pass))) if m == "PLAIN" => {
+                        Ok(("PLAIN", plain(user, pass)))
                     }
-                    // Without a password, the identity of our TLS client
-                    // certificate, when the server offers to take it.
-                    None if offered.iter().any(|m| m == EXTERNAL) => (EXTERNAL, Bytes::new()),
-                    None if offered.iter().any(|m| m == "ANONYMOUS") => {
-                        ("ANONYMOUS", Bytes::from_static(b"anonymous"))
+                    (Some(m), None) if m == "PLAIN" => {
+                        Err("PLAIN needs a user name and password".to_string())
                     }
-                    _ => {
+                    (Some(m), _) if m == "ANONYMOUS" => {
+                        Ok(("ANONYMOUS", Bytes::from_static(b"anonymous")))
+                    }
+                    (Some(m), _) if m == EXTERNAL => Ok((EXTERNAL, Bytes::new())),
+                    (Some(m), _) => Err(format!("{m} is not a mechanism this client speaks")),
+                    (None, _) => Ok(("", Bytes::new())),
+                };
+                let preferred = match chosen {
+                    Ok(("", _)) => None,
+                    Ok(pair) => Some(pair),
+                    Err(why) => {
                         self.phase = Phase::Closed;
                         self.events.push_back(Event::Closed {
-                            error: Some(ErrorCondition::new(
-                                condition::UNAUTHORIZED_ACCESS,
-                                format!("no usable SASL mechanism among {offered:?}"),
-                            )),
+                            error: Some(ErrorCondition::new(condition::UNAUTHORIZED_ACCESS, why)),
                             by_peer: false,
                         });
                         return false;
                     }
+                };
+                let (mechanism, response) = match (preferred, credentials) {
+                    (Some(pair), _) => pair,
+                    (None, credentials) => match credentials {
+                        Some((user, pass)) if offered.iter().any(|m| m == "PLAIN") => {
+                            ("PLAIN", plain(user, pass))
+                        }
+                        // Without a password, the identity of our TLS client
+                        // certificate, when the server offers to take it.
+                        None if offered.iter().any(|m| m == EXTERNAL) => (EXTERNAL, Bytes::new()),
+                        None if offered.iter().any(|m| m == "ANONYMOUS") => {
+                            ("ANONYMOUS", Bytes::from_static(b"anonymous"))
+                        }
+                        _ => {
+                            self.phase = Phase::Closed;
+                            self.events.push_back(Event::Closed {
+                                error: Some(ErrorCondition::new(
+                                    condition::UNAUTHORIZED_ACCESS,
+                                    format!("no usable SASL mechanism among {offered:?}"),
+                                )),
+                                by_peer: false,
+                            });
+                            return false;
+                        }
+                    },
                 };
                 write_sasl_frame(
                     &mut self.out,
@@ -581,13 +695,13 @@ impl Connection {
                 );
                 true
             }
-            SaslFrame::Outcome(0) => {
+            SaslFrame::Outcome { code: 0, .. } => {
                 self.out.put_slice(&AMQP_HEADER);
                 self.send_open();
                 self.phase = Phase::AmqpHeader;
                 true
             }
-            SaslFrame::Outcome(code) => {
+            SaslFrame::Outcome { code, .. } => {
                 self.phase = Phase::Closed;
                 self.events.push_back(Event::Closed {
                     error: Some(ErrorCondition::new(

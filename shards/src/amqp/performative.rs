@@ -787,8 +787,12 @@ pub enum SaslFrame {
     },
     Challenge(Bytes),
     Response(Bytes),
-    /// 0 ok, 1 auth, 2 sys, 3 sys-perm, 4 sys-temp.
-    Outcome(u8),
+    /// `code`: 0 ok, 1 auth, 2 sys, 3 sys-perm, 4 sys-temp; `additional_data`:
+    /// what the mechanism sends with success (SCRAM's server signature).
+    Outcome {
+        code: u8,
+        additional_data: Option<Bytes>,
+    },
 }
 
 impl SaslFrame {
@@ -829,10 +833,12 @@ impl SaslFrame {
             code::SASL_RESPONSE => {
                 SaslFrame::Response(f.binary("sasl-response.response")?.unwrap_or_default())
             }
-            code::SASL_OUTCOME => SaslFrame::Outcome(
-                f.ubyte("sasl-outcome.code")?
+            code::SASL_OUTCOME => SaslFrame::Outcome {
+                code: f
+                    .ubyte("sasl-outcome.code")?
                     .ok_or(CodecError::Missing("sasl-outcome.code"))?,
-            ),
+                additional_data: f.binary("sasl-outcome.additional-data")?,
+            },
             _ => {
                 return Err(CodecError::WrongType {
                     field: "sasl frame",
@@ -865,7 +871,17 @@ impl SaslFrame {
                 .binary(c)
                 .finish(),
             SaslFrame::Response(r) => ListWriter::new(out, code::SASL_RESPONSE).binary(r).finish(),
-            SaslFrame::Outcome(c) => ListWriter::new(out, code::SASL_OUTCOME).ubyte(*c).finish(),
+            SaslFrame::Outcome {
+                code,
+                additional_data,
+            } => {
+                let mut w = ListWriter::new(out, code::SASL_OUTCOME);
+                w.ubyte(*code);
+                if let Some(data) = additional_data {
+                    w.binary(data);
+                }
+                w.finish()
+            }
         }
     }
 }
@@ -1110,7 +1126,10 @@ mod tests {
                 initial_response: Some(Bytes::from_static(b"\0u\0p")),
                 hostname: None,
             },
-            SaslFrame::Outcome(1),
+            SaslFrame::Outcome {
+                code: 1,
+                additional_data: None,
+            },
         ] {
             let mut out = BytesMut::new();
             f.encode(&mut out);

@@ -99,28 +99,12 @@ impl Shard {
 
 /// The engine settings of an accepted connection on shard `shard`.
 fn server_config(settings: &BrokerSettings, shard: usize) -> ConnectionConfig {
-    let users = settings.users.clone();
-    let auth = settings.auth;
-    let authenticator = Box::new(move |mechanism: &str, response: &[u8]| -> Option<String> {
-        match mechanism {
-            "ANONYMOUS" if !auth => Some("anonymous".into()),
-            "PLAIN" => {
-                // authzid NUL authcid NUL password
-                let mut parts = response.split(|b| *b == 0);
-                let _authzid = parts.next()?;
-                let user = std::str::from_utf8(parts.next()?).ok()?;
-                let pass = std::str::from_utf8(parts.next()?).ok()?;
-                if !auth || users.get(user).is_some_and(|p| p == pass) {
-                    Some(user.to_owned())
-                } else {
-                    None
-                }
-            }
-            _ => None,
-        }
-    });
-    let mechanisms = if auth {
-        vec!["PLAIN".to_owned()]
+    let authenticator = Box::new(crate::users::Logins::new(
+        settings.users.clone(),
+        settings.auth,
+    ));
+    let mechanisms = if settings.auth {
+        vec![crate::users::SCRAM_SHA_256.to_owned(), "PLAIN".to_owned()]
     } else {
         vec!["ANONYMOUS".to_owned(), "PLAIN".to_owned()]
     };
@@ -152,7 +136,7 @@ fn server_config(settings: &BrokerSettings, shard: usize) -> ConnectionConfig {
         sasl: Sasl::Server {
             mechanisms,
             authenticator,
-            require: auth,
+            require: settings.auth,
         },
     }
 }

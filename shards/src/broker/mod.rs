@@ -30,7 +30,7 @@ mod mgmt;
 mod policy;
 mod publish;
 
-use std::collections::{HashMap as StdHashMap, VecDeque};
+use std::collections::VecDeque;
 
 use hashbrown::{HashMap, HashSet};
 use std::sync::Arc;
@@ -57,7 +57,7 @@ pub struct BrokerSettings {
     pub shards: usize,
     /// SASL: require authentication (PLAIN against `users`); otherwise ANONYMOUS too.
     pub auth: bool,
-    pub users: StdHashMap<String, String>,
+    pub users: Arc<crate::users::Users>,
     pub max_connections: usize,
     pub max_frame_size: u32,
     pub idle_timeout: Option<Duration>,
@@ -124,7 +124,7 @@ impl Default for BrokerSettings {
         BrokerSettings {
             shards: 1,
             auth: false,
-            users: StdHashMap::new(),
+            users: Arc::default(),
             max_connections: 500,
             max_frame_size: 65536,
             idle_timeout: None,
