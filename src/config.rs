@@ -241,25 +241,7 @@ impl Config {
             },
             auth_given: src.get("auth", value::boolean)?.is_some(),
             users_file: src.get("users-file", value::text)?.map(|s| s.value.into()),
-            tls: match src.get("ssl-cert-file", value::text)? {
-                None => None,
-                Some(cert) => Some(TlsConfig {
-                    port: src.value("ssl-port", |r| value::number(r, 0, u16::MAX.into()))?,
-                    cert: cert.value.into(),
-                    key: match src.get("ssl-key-file", value::text)? {
-                        Some(k) => k.value.into(),
-                        None => return Err(ConfigError::Conflict {
-                            origin: cert.origin,
-                            problem:
-                                "ssl-cert-file needs ssl-key-file (the certificate's private key)"
-                                    .into(),
-                        }),
-                    },
-                    ca: src.get("ssl-ca-file", value::text)?.map(|c| c.value.into()),
-                    require_client_auth: src
-                        .value("ssl-require-client-authentication", value::boolean)?,
-                }),
-            },
+            tls: tls_config(src)?,
             require_encryption: src.value("require-encryption", value::boolean)?,
             realm: src.value("realm", value::text)?,
             data_dir: src.value("data-dir", value::text)?.into(),
@@ -446,6 +428,34 @@ macro_rules! named_choices {
 
 named_choices!(LimitPolicy { Flow => "flow", Reject => "reject", Ring => "ring" });
 named_choices!(ReplicateLevel { None => "none", Configuration => "configuration", All => "all" });
+
+/// The TLS port's settings, if `ssl-cert-file` is set (every `ssl-*` option
+/// is checked either way).
+fn tls_config(src: &Sources) -> Result<Option<TlsConfig>, ConfigError> {
+    let port = src.value("ssl-port", |r| value::number(r, 0, u16::MAX.into()))?;
+    let cert = src.get("ssl-cert-file", value::text)?;
+    let key = src.get("ssl-key-file", value::text)?;
+    let ca = src.get("ssl-ca-file", value::text)?;
+    let require_client_auth = src.value("ssl-require-client-authentication", value::boolean)?;
+    match (cert, key) {
+        (None, None) => Ok(None),
+        (Some(cert), Some(key)) => Ok(Some(TlsConfig {
+            port,
+            cert: cert.value.into(),
+            key: key.value.into(),
+            ca: ca.map(|c| c.value.into()),
+            require_client_auth,
+        })),
+        (Some(cert), None) => Err(ConfigError::Conflict {
+            origin: cert.origin,
+            problem: "ssl-cert-file needs ssl-key-file (the certificate's private key)".into(),
+        }),
+        (None, Some(key)) => Err(ConfigError::Conflict {
+            origin: key.origin,
+            problem: "ssl-key-file needs ssl-cert-file (the certificate it is the key of)".into(),
+        }),
+    }
+}
 
 /// Whether `interface` only reaches this host (where `auth = no` is a sane
 /// default): a loopback address, or `localhost`.

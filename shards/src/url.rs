@@ -160,10 +160,13 @@ impl Address {
 }
 
 impl fmt::Display for Address {
-    /// `host:port`, prefixed with `ssl:` for TLS (`tcp:` is the default and left out).
+    /// `host:port`, prefixed with `ssl:` for TLS (`tcp:` is the default and left
+    /// out, except before a host named like a transport, which would read as one).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.transport == Transport::Ssl {
             f.write_str("ssl:")?;
+        } else if self.host == "tcp" || self.host == "ssl" {
+            f.write_str("tcp:")?;
         }
         f.write_str(&self.socket_string())
     }
@@ -461,6 +464,14 @@ mod tests {
             url("127.0.0.1:5673").addrs,
             vec![addr(Transport::Tcp, "127.0.0.1", 5673)]
         );
+    }
+
+    #[test]
+    fn a_host_named_like_a_transport_prints_so_that_it_reads_back() {
+        for text in ["tcp", "ssl:5671", "tcp:ssl"] {
+            let u = url(text);
+            assert_eq!(url(&u.to_string()), u, "{text} printed as {u}");
+        }
     }
 
     #[test]

@@ -393,19 +393,30 @@ impl SaslServer for Logins {
                 additional: None,
             },
             "PLAIN" => {
-                // authzid NUL authcid NUL password
-                let mut parts = initial.split(|b| *b == 0);
-                let _authzid = parts.next();
-                let user = parts.next().and_then(|u| std::str::from_utf8(u).ok());
-                let pass = parts.next().and_then(|p| std::str::from_utf8(p).ok());
-                match (user, pass) {
-                    (Some(user), Some(pass)) if !self.auth || self.users.check(user, pass) => {
-                        SaslStep::Done {
-                            user: user.to_owned(),
-                            additional: None,
-                        }
+                // [authzid] NUL authcid NUL password, exactly; an authzid other
+                // than the user would be acting as someone else.
+                let parts: Vec<&[u8]> = initial.split(|b| *b == 0).collect();
+                let [authzid, user, pass] = parts[..] else {
+                    return SaslStep::Refused(
+                        "PLAIN: expected authzid NUL user NUL password".into(),
+                    );
+                };
+                let (Ok(user), Ok(pass)) = (std::str::from_utf8(user), std::str::from_utf8(pass))
+                else {
+                    return SaslStep::Refused("PLAIN: user and password must be UTF-8".into());
+                };
+                if !authzid.is_empty() && authzid != user.as_bytes() {
+                    return SaslStep::Refused(
+                        "PLAIN: acting as another user is not supported".into(),
+                    );
+                }
+                if !self.auth || self.users.check(user, pass) {
+                    SaslStep::Done {
+                        user: user.to_owned(),
+                        additional: None,
                     }
-                    _ => SaslStep::Refused("authentication failed".into()),
+                } else {
+                    SaslStep::Refused("authentication failed".into())
                 }
             }
             SCRAM_SHA_256 => self.scram_first(initial),
