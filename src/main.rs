@@ -73,6 +73,31 @@ fn run(cfg: &Config) -> Result<(), String> {
         );
     }
     let bind = resolve(&cfg.interface, cfg.port)?;
+    // TLS: the server side (and the handle that reloads its certificate on
+    // SIGHUP), and for ssl: replication links the client side, verifying the
+    // peer against ssl-ca-file and showing this broker's certificate.
+    let tls_server = match &cfg.tls {
+        None => None,
+        Some(t) => Some(tandem_shards::tls::server_config(
+            &tandem_shards::tls::ServerFiles {
+                cert: t.cert.clone(),
+                key: t.key.clone(),
+                ca: t.ca.clone(),
+                require_client_auth: t.require_client_auth,
+            },
+        )?),
+    };
+    let tls_client = match &cfg.tls {
+        Some(t) if t.ca.is_some() => Some(tandem_shards::tls::client_config(
+            &tandem_shards::tls::ClientFiles {
+                ca: t.ca.clone(),
+                cert: Some(t.cert.clone()),
+                key: Some(t.key.clone()),
+            },
+        )?),
+        _ => None,
+    };
+    let reload = tls_server.as_ref().map(|(_, r)| r.clone());
     let settings = BrokerSettings {
         shards: cfg.worker_threads,
         auth: cfg.auth,
@@ -81,29 +106,18 @@ fn run(cfg: &Config) -> Result<(), String> {
         max_frame_size: cfg.max_frame_size,
         idle_timeout: (!cfg.idle_timeout.is_zero()).then_some(cfg.idle_timeout),
         handshake_timeout: cfg.handshake_timeout,
-        tls: match &cfg.tls {
+        tls: match &tls_server {
             None => None,
-            Some(t) => Some(tandem_shards::broker::TlsSettings {
-                port: t.port,
-                server: tandem_shards::tls::server_config(&tandem_shards::tls::ServerFiles {
-                    cert: t.cert.clone(),
-                    key: t.key.clone(),
-                    ca: t.ca.clone(),
-                    require_client_auth: t.require_client_auth,
-                })?,
-                // A backup's link to an ssl: address verifies the primary
-                // against ssl-ca-file and shows this broker's certificate.
-                client: match &t.ca {
-                    Some(ca) => Some(tandem_shards::tls::client_config(
-                        &tandem_shards::tls::ClientFiles {
-                            ca: Some(ca.clone()),
-                            cert: Some(t.cert.clone()),
-                            key: Some(t.key.clone()),
-                        },
-                    )?),
-                    None => None,
-                },
-            }),
+            Some((server, _)) => cfg
+                .tls
+                .as_ref()
+                .map(|t| tandem_shards::broker::TlsSettings {
+                    port: t.port,
+                    server: server.clone(),
+                    // A backup's link to an ssl: address verifies the primary
+                    // against ssl-ca-file and shows this broker's certificate.
+                    client: tls_client.clone(),
+                }),
         },
         require_encryption: cfg.require_encryption,
         realm: cfg.realm.clone(),
@@ -185,8 +199,30 @@ fn run(cfg: &Config) -> Result<(), String> {
     let _ = std::io::stdout().flush();
 
     let mut sig: libc::c_int = 0;
-    // SAFETY: sigwait on the blocked set.
-    unsafe { libc::sigwait(&signals, &mut sig) };
+    loop {
+        // SAFETY: sigwait on the blocked set.
+        unsafe { libc::sigwait(&signals, &mut sig) };
+        if sig != libc::SIGHUP {
+            break;
+        }
+        // SIGHUP: read the TLS certificate and key again.
+        match &reload {
+            None => tracing::info!("SIGHUP: no TLS certificate to reload"),
+            Some(r) => {
+                let (cert, key) = r.files();
+                match r.reload() {
+                    Ok(()) => tracing::info!(
+                        "SIGHUP: TLS certificate reloaded from {} and {} (new connections use it)",
+                        cert.display(),
+                        key.display()
+                    ),
+                    Err(e) => tracing::error!(
+                        "SIGHUP: TLS certificate not reloaded, the old one stays: {e}"
+                    ),
+                }
+            }
+        }
+    }
     tracing::info!("signal {sig}: shutting down");
     running.shutdown();
     tracing::info!("stopped");
@@ -314,6 +350,8 @@ fn stop_signals() -> libc::sigset_t {
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGTERM);
         libc::sigaddset(&mut set, libc::SIGINT);
+        // Not a stop: reloads the TLS certificate.
+        libc::sigaddset(&mut set, libc::SIGHUP);
         set
     }
 }

@@ -443,3 +443,34 @@ fn rhea_sends_and_receives_over_tls_with_plain() {
     let refused = common::clients::run_node("send.js", &wrong);
     assert!(!refused.success(), "a wrong password got in over TLS");
 }
+
+#[test]
+fn sighup_reloads_the_certificate_without_a_restart() {
+    let old = Certs::new("tls-reload-old");
+    let new = Certs::new("tls-reload-new");
+    let dir = common::TempDir::new("tls-reload-files");
+    let (cert, key) = (dir.join("broker.pem"), dir.join("broker.key"));
+    std::fs::copy(&old.broker_cert, &cert).expect("copy");
+    std::fs::copy(&old.broker_key, &key).expect("copy");
+    let (broker, tls_port) = tls_broker(&old, (&cert, &key), &[]);
+    let url = format!("amqps://localhost:{tls_port}");
+    let try_with = |certs: &Certs| {
+        proton("send.py", &url, certs, &["--count", "1", "--timeout", "10"]).success()
+    };
+    assert!(
+        try_with(&old) && !try_with(&new),
+        "before: only the old CA's clients"
+    );
+    std::fs::copy(&new.broker_cert, &cert).expect("copy");
+    std::fs::copy(&new.broker_key, &key).expect("copy");
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(broker.pid() as i32, libc::SIGHUP) };
+    let reloaded = wait_until(Duration::from_secs(10), || {
+        broker.stderr().contains("TLS certificate reloaded")
+    });
+    assert!(reloaded, "{}", broker.stderr());
+    assert!(
+        try_with(&new) && !try_with(&old),
+        "after: only the new CA's clients"
+    );
+}

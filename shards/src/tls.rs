@@ -55,8 +55,64 @@ fn roots(path: &Path) -> Result<RootCertStore, String> {
     Ok(roots)
 }
 
-/// The broker's TLS server configuration.
-pub fn server_config(files: &ServerFiles) -> Result<Arc<ServerConfig>, String> {
+/// The broker's certificate and key, swapped whole when the files are read
+/// again ([`ReloadableCert::reload`], on SIGHUP): connections from then on
+/// get the new one, open ones keep theirs.
+#[derive(Debug)]
+pub struct ReloadableCert {
+    cert: PathBuf,
+    key: PathBuf,
+    current: std::sync::RwLock<Arc<rustls::sign::CertifiedKey>>,
+}
+
+impl ReloadableCert {
+    fn load(cert: &Path, key_file: &Path) -> Result<Arc<rustls::sign::CertifiedKey>, String> {
+        let certified =
+            rustls::sign::CertifiedKey::from_der(certs(cert)?, key(key_file)?, &provider())
+                .map_err(|e| {
+                    format!(
+                        "{} and {}: certificate and key do not make a usable pair: {e}",
+                        cert.display(),
+                        key_file.display()
+                    )
+                })?;
+        Ok(Arc::new(certified))
+    }
+
+    /// Reads the certificate and key files again; on an error the one in use
+    /// stays.
+    pub fn reload(&self) -> Result<(), String> {
+        let fresh = ReloadableCert::load(&self.cert, &self.key)?;
+        match self.current.write() {
+            Ok(mut current) => *current = fresh,
+            Err(poisoned) => *poisoned.into_inner() = fresh,
+        }
+        Ok(())
+    }
+
+    /// The files it reads.
+    pub fn files(&self) -> (&Path, &Path) {
+        (&self.cert, &self.key)
+    }
+}
+
+impl rustls::server::ResolvesServerCert for ReloadableCert {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        match self.current.read() {
+            Ok(current) => Some(current.clone()),
+            Err(poisoned) => Some(poisoned.into_inner().clone()),
+        }
+    }
+}
+
+/// The broker's TLS server configuration, and the handle that reloads its
+/// certificate.
+pub fn server_config(
+    files: &ServerFiles,
+) -> Result<(Arc<ServerConfig>, Arc<ReloadableCert>), String> {
     let builder = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS: {e}"))?;
@@ -82,16 +138,13 @@ pub fn server_config(files: &ServerFiles) -> Result<Arc<ServerConfig>, String> {
         }
         None => builder.with_no_client_auth(),
     };
-    let config = builder
-        .with_single_cert(certs(&files.cert)?, key(&files.key)?)
-        .map_err(|e| {
-            format!(
-                "{} and {}: certificate and key do not make a usable pair: {e}",
-                files.cert.display(),
-                files.key.display()
-            )
-        })?;
-    Ok(Arc::new(config))
+    let resolver = Arc::new(ReloadableCert {
+        cert: files.cert.clone(),
+        key: files.key.clone(),
+        current: std::sync::RwLock::new(ReloadableCert::load(&files.cert, &files.key)?),
+    });
+    let config = builder.with_cert_resolver(resolver.clone());
+    Ok((Arc::new(config), resolver))
 }
 
 /// What a TLS client uses: the CA that signed the broker's certificate, and

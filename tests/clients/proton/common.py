@@ -166,14 +166,16 @@ class Client(MessagingHandler):
     def _connect(self):
         self.attempts += 1
         options = {}
-        if self.args.ssl_ca:
+        # Clients with a parser of their own (mgmt_raw.py) may lack these flags.
+        ssl_ca = getattr(self.args, "ssl_ca", None)
+        if ssl_ca:
             domain = SSLDomain(SSLDomain.MODE_CLIENT)
-            domain.set_trusted_ca_db(self.args.ssl_ca)
+            domain.set_trusted_ca_db(ssl_ca)
             domain.set_peer_authentication(SSLDomain.VERIFY_PEER_NAME)
-            if self.args.ssl_cert:
+            if getattr(self.args, "ssl_cert", None):
                 domain.set_credentials(self.args.ssl_cert, self.args.ssl_key, None)
             options["ssl_domain"] = domain
-        if self.args.sasl_mechs:
+        if getattr(self.args, "sasl_mechs", None):
             options["allowed_mechs"] = self.args.sasl_mechs
         self.connection = self.container.connect(self.args.url, reconnect=False, **options)
 
