@@ -80,6 +80,8 @@ pub struct Config {
     pub require_encryption: bool,
     /// Realm of EXTERNAL identities (`CN@realm`).
     pub realm: String,
+    /// The ACL file, if any.
+    pub acl_file: Option<PathBuf>,
     /// Where durable state lives.
     pub data_dir: PathBuf,
     /// A `tracing` level filter (`trace`, `debug`, `info`, `warn`, `error`) made from
@@ -244,6 +246,7 @@ impl Config {
             tls: tls_config(src)?,
             require_encryption: src.value("require-encryption", value::boolean)?,
             realm: src.value("realm", value::text)?,
+            acl_file: src.get("acl-file", value::text)?.map(|s| s.value.into()),
             data_dir: src.value("data-dir", value::text)?.into(),
             log_enable: src.value("log-enable", value::log_level)?,
             log_to_stderr: src.value("log-to-stderr", value::boolean)?,

@@ -98,6 +98,14 @@ fn run(cfg: &Config) -> Result<(), String> {
         _ => None,
     };
     let reload = tls_server.as_ref().map(|(_, r)| r.clone());
+    let acl = match &cfg.acl_file {
+        None => None,
+        Some(path) => {
+            let acl = std::sync::Arc::new(tandem_shards::acl::Acl::load(path)?);
+            tracing::info!("ACL: {} loaded", path.display());
+            Some(acl)
+        }
+    };
     let settings = BrokerSettings {
         shards: cfg.worker_threads,
         auth: cfg.auth,
@@ -120,6 +128,10 @@ fn run(cfg: &Config) -> Result<(), String> {
                 }),
         },
         require_encryption: cfg.require_encryption,
+        access: match &acl {
+            Some(acl) => acl.clone(),
+            None => std::sync::Arc::new(tandem_shards::access::AllowAll),
+        },
         realm: cfg.realm.clone(),
         max_handshaking: cfg.max_handshaking,
         link_credit: cfg.link_credit,
@@ -205,9 +217,18 @@ fn run(cfg: &Config) -> Result<(), String> {
         if sig != libc::SIGHUP {
             break;
         }
-        // SIGHUP: read the TLS certificate and key again.
+        // SIGHUP: read the ACL, the TLS certificate and key again.
+        if let Some(acl) = &acl {
+            match acl.reload() {
+                Ok(n) => tracing::info!(
+                    "SIGHUP: ACL reloaded from {} ({n} rules)",
+                    acl.path().display()
+                ),
+                Err(e) => tracing::error!("SIGHUP: ACL not reloaded, the rules in use stay: {e}"),
+            }
+        }
         match &reload {
-            None => tracing::info!("SIGHUP: no TLS certificate to reload"),
+            None => {}
             Some(r) => {
                 let (cert, key) = r.files();
                 match r.reload() {

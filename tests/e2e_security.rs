@@ -249,3 +249,179 @@ fn ha_mechanism_is_what_the_replication_link_logs_in_with() {
     assert!(said, "{}", backup.stderr());
     assert!(status_is(&format!("ha/secret@{}", backup.url()), "joining"));
 }
+
+/// The ACL of `acl_broker`: alice may do anything; everyone may connect,
+/// publish to and consume from `allowed`, and publish to `amq.topic` except
+/// with routing keys under `secret.` (denied and logged); nothing else.
+const ACL: &str = "\
+# test ACL
+group admins alice@QPID
+acl allow admins all all
+acl allow all access connection
+acl allow all publish exchange name=allowed
+acl allow all consume queue name=allowed
+acl deny-log all publish exchange name=amq.topic routingkey=secret.#
+acl allow all publish exchange name=amq.topic
+acl deny all all
+";
+
+fn acl_broker(dir: &TempDir, acl: &str, extra: &[&str]) -> Broker {
+    let users = dir.join("users");
+    std::fs::write(&users, "alice:pw\neve:pw\n").expect("users file");
+    let acl_file = dir.join("broker.acl");
+    std::fs::write(&acl_file, acl).expect("acl file");
+    let mut args = vec![
+        "--auth",
+        "yes",
+        "--users-file",
+        users.to_str().expect("path"),
+        "--acl-file",
+        acl_file.to_str().expect("path"),
+    ];
+    args.extend_from_slice(extra);
+    Broker::start(&args)
+}
+
+#[test]
+fn the_acl_refuses_what_it_does_not_allow_and_the_broker_serves_on() {
+    let dir = TempDir::new("acl");
+    let broker = acl_broker(&dir, ACL, &[]);
+    let eve = format!("eve:pw@127.0.0.1:{}", broker.port());
+    let proton = |script: &str, address: &str, extra: &[&str]| {
+        let mut args = vec![
+            "--url",
+            eve.as_str(),
+            "--address",
+            address,
+            "--timeout",
+            "10",
+        ];
+        args.extend_from_slice(extra);
+        run_python(script, &args)
+    };
+    // Allowed: publish to and consume from `allowed`.
+    proton("send.py", "allowed", &["--count", "3"]).assert_success();
+    proton("recv.py", "allowed", &["--count", "3"]).assert_success();
+    // A denied consume and a denied publish are refused at attach, saying why.
+    let consume = proton("recv.py", "private", &["--count", "1"]);
+    assert!(!consume.success(), "eve consumed from private");
+    let said = format!("{}{}", consume.stdout(), consume.stderr());
+    assert!(
+        said.contains("amqp:unauthorized-access")
+            && said.contains("may not consume queue 'private'"),
+        "{said}"
+    );
+    let publish = proton("send.py", "private", &["--count", "1"]);
+    assert!(!publish.success(), "eve published to private");
+    // A routing key the ACL denies: that delivery is rejected, the link stays.
+    let keyed = proton(
+        "send.py",
+        "amq.topic",
+        &["--count", "2", "--subject", "secret.plans"],
+    );
+    let summary = keyed.summary();
+    assert_eq!(summary["rejected"].as_u64(), Some(2), "{summary}");
+    let why = summary["first_rejection"]["description"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(why.contains("routing key 'secret.plans'"), "{why}");
+    proton(
+        "send.py",
+        "amq.topic",
+        &["--count", "1", "--subject", "news"],
+    )
+    .assert_success();
+    assert!(broker
+        .stderr()
+        .contains("ACL: denied user 'eve' publish exchange"));
+    // A denied management create is 403; alice (an admin) may.
+    let create = tool(
+        "tandem-config",
+        &[
+            "-b",
+            &format!("eve/pw@{}", broker.url()),
+            "add",
+            "queue",
+            "mine",
+        ],
+    );
+    assert!(!create.status.success(), "eve created a queue");
+    assert!(
+        stderr(&create).contains("403") && stderr(&create).contains("may not create queue"),
+        "{}",
+        stderr(&create)
+    );
+    let admin = tool(
+        "tandem-config",
+        &[
+            "-b",
+            &format!("alice/pw@{}", broker.url()),
+            "add",
+            "queue",
+            "mine",
+        ],
+    );
+    assert!(admin.status.success(), "{}", stderr(&admin));
+    // SIGHUP reloads the file: now eve may create queues too.
+    std::fs::write(
+        dir.join("broker.acl"),
+        ACL.replace(
+            "acl deny all all",
+            "acl allow all create queue\nacl deny all all",
+        ),
+    )
+    .expect("rewrite");
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(broker.pid() as i32, libc::SIGHUP) };
+    assert!(wait_until(Duration::from_secs(10), || broker
+        .stderr()
+        .contains("ACL reloaded")));
+    let create = tool(
+        "tandem-config",
+        &[
+            "-b",
+            &format!("eve/pw@{}", broker.url()),
+            "add",
+            "queue",
+            "eves",
+        ],
+    );
+    assert!(create.status.success(), "{}", stderr(&create));
+}
+
+#[test]
+fn with_an_acl_the_cluster_privileges_come_from_its_rules() {
+    let dir = TempDir::new("acl-cluster");
+    // A one-broker cluster: its admin connections are the cluster's.
+    let port = free_port();
+    let (port_arg, own) = (port.to_string(), format!("127.0.0.1:{port}"));
+    let broker = acl_broker(
+        &dir,
+        ACL,
+        &[
+            "--port",
+            &port_arg,
+            "--ha-cluster",
+            "yes",
+            "--ha-brokers-url",
+            &own,
+        ],
+    );
+    // eve may connect, but not act as the cluster: no rule names her for it.
+    let as_eve = tool(
+        "tandem-ha",
+        &["-b", &format!("eve/pw@{}", broker.url()), "status"],
+    );
+    assert!(!as_eve.status.success(), "eve acted as the cluster");
+    assert!(
+        stderr(&as_eve).contains("may not act as the cluster"),
+        "{}",
+        stderr(&as_eve)
+    );
+    // alice is in a group with `all all`: she may.
+    let as_alice = tool(
+        "tandem-ha",
+        &["-b", &format!("alice/pw@{}", broker.url()), "status"],
+    );
+    assert!(as_alice.status.success(), "{}", stderr(&as_alice));
+}

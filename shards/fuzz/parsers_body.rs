@@ -70,3 +70,17 @@ fn sasl_login_body(data: &[u8]) {
         assert!(first == b"\0u\0pw" || first == b"u\0u\0pw", "{data:?}");
     }
 }
+
+/// An ACL file: parsing never panics, and what parses answers questions
+/// without panicking.
+fn acl_file_body(data: &[u8]) {
+    use tandem_shards::acl::Rules;
+    let text = String::from_utf8_lossy(data);
+    if let Ok(rules) = Rules::parse(&text) {
+        let _ = rules.checks_messages();
+        let _ = rules.cluster_subjects();
+        for user in [Some("alice"), Some("ha@QPID"), None] {
+            let _ = rules.acts_as_cluster(user);
+        }
+    }
+}

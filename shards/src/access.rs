@@ -1,8 +1,8 @@
 //! The access-policy seam: one check the shards call when a connection opens,
 //! at every attach, for every management operation, and (only when the policy
 //! asks for it) for every published message. `tandem-shards` ships
-//! [`AllowAll`]; an ACL in qpidd's file syntax implements [`AccessPolicy`]
-//! outside it. A refusal names the reason and reaches the client with the
+//! [`AllowAll`]; [`crate::acl::Acl`], qpidd's file syntax, implements
+//! [`AccessPolicy`] too. A refusal names the reason and reaches the client with the
 //! AMQP condition `amqp:unauthorized-access` (management: status 403).
 
 use std::fmt;
@@ -59,6 +59,14 @@ pub trait AccessPolicy: Send + Sync + fmt::Debug {
     /// per message.
     fn checks_messages(&self) -> bool {
         false
+    }
+
+    /// Whether `user` holds the cluster's privileges (`qpid.ha-admin`,
+    /// `qpid.ha-backup`, replication, promote), if the policy decides that
+    /// (an ACL does); `None` leaves it to the broker's settings.
+    fn acts_as_cluster(&self, user: Option<&str>) -> Option<bool> {
+        let _ = user;
+        None
     }
 }
 

@@ -14,6 +14,7 @@
 //! - [`url`], [`duration`]: parsing of broker URLs and durations.
 
 pub mod access;
+pub mod acl;
 pub mod amqp;
 pub mod attributes;
 pub mod broker;

@@ -233,16 +233,27 @@ impl BrokerUrl {
 }
 
 impl fmt::Display for BrokerUrl {
-    /// `[user[/password]@]addr,addr…` (without `amqp:`, which the grammar makes optional).
+    /// `[user[/password]@]addr,addr…` (without `amqp:`, which the grammar makes
+    /// optional, unless what follows would read as a scheme: a user or host
+    /// named `amqp`...).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut text = String::new();
         if let Some(user) = &self.user {
-            f.write_str(user)?;
+            text.push_str(user);
             if let Some(password) = &self.password {
-                write!(f, "/{password}")?;
+                text.push('/');
+                text.push_str(password);
             }
-            f.write_str("@")?;
+            text.push('@');
         }
-        f.write_str(&self.addr_list())
+        text.push_str(&self.addr_list());
+        if text.starts_with("amqp:")
+            || text.starts_with("amqps:")
+            || text.starts_with(char::is_whitespace)
+        {
+            f.write_str("amqp:")?;
+        }
+        f.write_str(&text)
     }
 }
 
@@ -468,7 +479,14 @@ mod tests {
 
     #[test]
     fn a_host_named_like_a_transport_prints_so_that_it_reads_back() {
-        for text in ["tcp", "ssl:5671", "tcp:ssl"] {
+        for text in [
+            "tcp",
+            "ssl:5671",
+            "tcp:ssl",
+            "amqp",
+            "amqp:amqps:x@h",
+            "amqp:amqps",
+        ] {
             let u = url(text);
             assert_eq!(url(&u.to_string()), u, "{text} printed as {u}");
         }

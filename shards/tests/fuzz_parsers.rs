@@ -85,3 +85,14 @@ fn sasl_logins() {
         ],
     );
 }
+
+#[test]
+fn acl_files() {
+    run(
+        acl_file_body,
+        &[
+            b"group g a@QPID \\\n b\nacl allow g all all\nacl deny-log all publish exchange name=x* routingkey=a.#\nacl deny all all\n",
+            b"acl allow all consume queue durable=true\n",
+        ],
+    );
+}

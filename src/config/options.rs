@@ -104,6 +104,8 @@ pub(super) const OPTIONS: &[OptionSpec] = &[
         "Refuse TLS clients without a certificate ssl-ca-file signed"),
     opt(SECURITY, "require-encryption", "yes|no", Some("no"), Bool,
         "Refuse clients that did not connect over TLS (the plain port still answers, to say so)"),
+    opt(SECURITY, "acl-file", "PATH", None, Plain,
+        "Access-control list in qpidd's syntax (docs/security.md); applies even with auth = no (user anonymous); SIGHUP reloads it"),
     opt(SECURITY, "realm", "NAME", Some("QPID"), Plain,
         "Realm of the identities SASL EXTERNAL takes from TLS client certificates (CN@realm)"),
     opt(SECURITY, "users-file", "PATH", None, Plain,

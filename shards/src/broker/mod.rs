@@ -155,6 +155,9 @@ impl Default for BrokerSettings {
 impl BrokerSettings {
     /// Whether `user` (as it logged in) may act as the cluster.
     pub fn acts_as_cluster(&self, user: Option<&str>) -> bool {
+        if let Some(decided) = self.access.acts_as_cluster(user) {
+            return decided;
+        }
         let Some(allowed) = &self.cluster_users else {
             return true;
         };
