@@ -1,7 +1,7 @@
 //! The access-policy seam: one check the shards call when a connection opens,
 //! at every attach, for every management operation, and (only when the policy
 //! asks for it) for every published message. `tandem-shards` ships
-//! [`AllowAll`]; [`crate::acl::Acl`], qpidd's file syntax, implements
+//! [`AllowAll`]; the ACL (module `acl`, qpidd's file syntax) implements
 //! [`AccessPolicy`] too. A refusal names the reason and reaches the client with the
 //! AMQP condition `amqp:unauthorized-access` (management: status 403).
 
