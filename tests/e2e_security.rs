@@ -69,6 +69,32 @@ fn a_socket_silent_for_the_handshake_timeout_is_closed() {
     );
 }
 
+/// A member of an authenticated two-broker cluster on `port` (`url`: both
+/// members) whose replication link logs in as `ha`, with `extra` options.
+fn auth_member(port: u16, users: &str, url: &str, extra: &[&str]) -> Broker {
+    let port = port.to_string();
+    let mut args = vec![
+        "--port",
+        port.as_str(),
+        "--auth",
+        "yes",
+        "--users-file",
+        users,
+        "--ha-cluster",
+        "yes",
+        "--ha-brokers-url",
+        url,
+        "--ha-username",
+        "ha",
+        "--ha-password",
+        "secret",
+        "--link-maintenance-interval",
+        "0.2",
+    ];
+    args.extend_from_slice(extra);
+    Broker::start(&args)
+}
+
 /// A two-broker cluster with authentication: `ha` is the cluster's user,
 /// `alice` an ordinary one. Broker 0 is promoted, broker 1 becomes ready.
 struct AuthCluster {
@@ -86,27 +112,7 @@ impl AuthCluster {
         let url = format!("127.0.0.1:{},127.0.0.1:{}", ports[0], ports[1]);
         let brokers: Vec<Broker> = ports
             .iter()
-            .map(|port| {
-                let port = port.to_string();
-                Broker::start(&[
-                    "--port",
-                    &port,
-                    "--auth",
-                    "yes",
-                    "--users-file",
-                    &users,
-                    "--ha-cluster",
-                    "yes",
-                    "--ha-brokers-url",
-                    &url,
-                    "--ha-username",
-                    "ha",
-                    "--ha-password",
-                    "secret",
-                    "--link-maintenance-interval",
-                    "0.2",
-                ])
-            })
+            .map(|port| auth_member(*port, &users, &url, &[]))
             .collect();
         let cluster = AuthCluster { brokers, _dir: dir };
         let promoted = tool(
@@ -207,27 +213,7 @@ fn ha_mechanism_is_what_the_replication_link_logs_in_with() {
     let ports = [free_port(), free_port()];
     let url = format!("127.0.0.1:{},127.0.0.1:{}", ports[0], ports[1]);
     let start = |port: u16, mechanism: &str| {
-        let port = port.to_string();
-        Broker::start(&[
-            "--port",
-            &port,
-            "--auth",
-            "yes",
-            "--users-file",
-            &users,
-            "--ha-cluster",
-            "yes",
-            "--ha-brokers-url",
-            &url,
-            "--ha-username",
-            "ha",
-            "--ha-password",
-            "secret",
-            "--ha-mechanism",
-            mechanism,
-            "--link-maintenance-interval",
-            "0.2",
-        ])
+        auth_member(port, &users, &url, &["--ha-mechanism", mechanism])
     };
     let primary = start(ports[0], "PLAIN");
     let promoted = tool(
@@ -424,4 +410,104 @@ fn with_an_acl_the_cluster_privileges_come_from_its_rules() {
         &["-b", &format!("alice/pw@{}", broker.url()), "status"],
     );
     assert!(as_alice.status.success(), "{}", stderr(&as_alice));
+}
+
+/// Reads SASL frames from `s` until `done` says so (or 10 s pass).
+fn sasl_frames(
+    s: &mut TcpStream,
+    done: impl Fn(&tandem_shards::amqp::performative::SaslFrame) -> bool,
+) -> Vec<tandem_shards::amqp::performative::SaslFrame> {
+    use tandem_shards::amqp::frame::{decode_sasl, split_frame};
+    let mut buf = bytes::BytesMut::new();
+    let mut frames = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        while let Ok(Some(raw)) = split_frame(&mut buf, 65536) {
+            if let Ok(frame) = decode_sasl(raw) {
+                let over = done(&frame);
+                frames.push(frame);
+                if over {
+                    return frames;
+                }
+            }
+        }
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                buf.extend_from_slice(&chunk[..n]);
+                if buf.starts_with(b"AMQP") {
+                    let _ = buf.split_to(8);
+                }
+            }
+        }
+    }
+    frames
+}
+
+#[test]
+fn an_unknown_mechanism_is_refused_and_cannot_forge_a_log_line() {
+    use std::io::Write;
+    use tandem_shards::amqp::frame::{write_sasl_frame, SASL_HEADER};
+    use tandem_shards::amqp::performative::SaslFrame;
+    let dir = TempDir::new("sasl-unknown");
+    let users = dir.join("users");
+    std::fs::write(&users, "alice:pw\n").expect("users file");
+    let broker = Broker::start(&[
+        "--auth",
+        "yes",
+        "--users-file",
+        users.to_str().expect("path"),
+    ]);
+    let mut s = TcpStream::connect(("127.0.0.1", broker.port())).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    s.write_all(&SASL_HEADER).expect("header");
+    let offered = sasl_frames(&mut s, |f| matches!(f, SaslFrame::Mechanisms(_)));
+    assert!(
+        offered.iter().any(
+            |f| matches!(f, SaslFrame::Mechanisms(m) if m.iter().any(|m| m == "SCRAM-SHA-256"))
+        ),
+        "{offered:?}"
+    );
+    let mut out = bytes::BytesMut::new();
+    write_sasl_frame(
+        &mut out,
+        &SaslFrame::Init {
+            mechanism: "FOO\n2026-01-01T00:00:00Z  INFO forged".into(),
+            initial_response: None,
+            hostname: None,
+        },
+    );
+    s.write_all(&out).expect("init");
+    let answered = sasl_frames(&mut s, |f| matches!(f, SaslFrame::Outcome { .. }));
+    assert!(
+        answered
+            .iter()
+            .any(|f| matches!(f, SaslFrame::Outcome { code: 1, .. })),
+        "{answered:?}"
+    );
+    let logged = wait_until(Duration::from_secs(5), || {
+        broker.stderr().contains("not offered")
+    });
+    let log = broker.stderr();
+    assert!(logged, "{log}");
+    assert!(
+        !log.lines().any(|l| l.starts_with("2026-01-01")),
+        "a forged line: {log}"
+    );
+    assert!(log.contains("FOO\\n2026"), "{log}");
+    // The broker serves the next client.
+    run_python(
+        "send.py",
+        &[
+            "--url",
+            &format!("alice:pw@127.0.0.1:{}", broker.port()),
+            "--address",
+            "q",
+            "--count",
+            "1",
+        ],
+    )
+    .assert_success();
 }

@@ -60,11 +60,7 @@ fn broker_holding(queue: &str, count: usize) -> Broker {
 
 /// Sequence numbers the publisher saw settled.
 fn settled(sender: &ClientProcess) -> BTreeSet<u64> {
-    sender
-        .json_lines()
-        .iter()
-        .filter_map(|j| j["settled"].as_u64())
-        .collect()
+    common::settled_seqs(&sender.json_lines())
 }
 
 /// Receives until every one of 0..`expect` arrived (or 20 s passed); those
@@ -100,28 +96,8 @@ fn settled_durable_messages_survive_a_kill_9_under_a_proton_publisher() {
     const COUNT: usize = 3000;
     let broker = Broker::start(&["--worker-threads", "2"]);
     durable_queue(&broker, "orders");
-    let mut sender = spawn_python(
-        "ha_send.py",
-        &[
-            "--urls",
-            &broker.url(),
-            "--address",
-            "orders",
-            "--count",
-            &COUNT.to_string(),
-            "--interval-ms",
-            "1",
-            "--timeout",
-            CLIENT_TIMEOUT,
-        ],
-    );
-    sender.wait_for(Duration::from_secs(30), "500 settlements", |lines| {
-        lines
-            .iter()
-            .filter(|l| l["settled"].as_u64().is_some())
-            .count()
-            >= 500
-    });
+    let mut sender = common::spawn_ha_send(&broker.url(), "orders", COUNT, CLIENT_TIMEOUT);
+    sender.wait_for_settlements(500, Duration::from_secs(30));
     let before_kill = settled(&sender);
     let broker = broker.restart();
     assert!(

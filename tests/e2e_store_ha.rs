@@ -6,10 +6,9 @@
 mod common;
 mod ha_cluster;
 
-use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::{run_python, spawn_python};
+use common::run_python;
 use ha_cluster::{serial, HaCluster};
 
 /// `tandem-ha store-status --all` asked of member `i`: every broker answered.
@@ -228,35 +227,11 @@ fn a_whole_cluster_killed_under_proton_load_keeps_every_settled_durable_message(
     cluster.wait_depth(2, "orders", 0);
     cluster.kill(2);
     let urls = format!("{},{}", cluster.url(0), cluster.url(1));
-    let mut sender = spawn_python(
-        "ha_send.py",
-        &[
-            "--urls",
-            &urls,
-            "--address",
-            "orders",
-            "--count",
-            &COUNT.to_string(),
-            "--interval-ms",
-            "1",
-            "--timeout",
-            "60",
-        ],
-    );
-    sender.wait_for(Duration::from_secs(30), "300 settlements", |lines| {
-        lines
-            .iter()
-            .filter(|l| l["settled"].as_u64().is_some())
-            .count()
-            >= 300
-    });
+    let mut sender = common::spawn_ha_send(&urls, "orders", COUNT, "60");
+    sender.wait_for_settlements(300, Duration::from_secs(30));
     cluster.kill(0);
     cluster.kill(1);
-    let settled: BTreeSet<u64> = sender
-        .json_lines()
-        .iter()
-        .filter_map(|j| j["settled"].as_u64())
-        .collect();
+    let settled = common::settled_seqs(&sender.json_lines());
     sender.kill();
     for i in [0, 1, 2] {
         cluster.restart_member(i);

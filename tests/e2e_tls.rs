@@ -352,28 +352,8 @@ fn a_cluster_replicating_over_tls_survives_a_primary_kill_without_losing_a_settl
         .map(|i| cluster.client_url(i))
         .collect::<Vec<_>>()
         .join(",");
-    let mut sender = common::clients::spawn_python(
-        "ha_send.py",
-        &[
-            "--urls",
-            &urls,
-            "--address",
-            "orders",
-            "--count",
-            &COUNT.to_string(),
-            "--interval-ms",
-            "1",
-            "--timeout",
-            "60",
-        ],
-    );
-    sender.wait_for(Duration::from_secs(30), "300 settlements", |lines| {
-        lines
-            .iter()
-            .filter(|l| l["settled"].as_u64().is_some())
-            .count()
-            >= 300
-    });
+    let mut sender = common::spawn_ha_send(&urls, "orders", COUNT, "60");
+    sender.wait_for_settlements(300, Duration::from_secs(30));
     if let Some(mut primary) = cluster.brokers[0].take() {
         primary.kill();
     }
@@ -385,11 +365,7 @@ fn a_cluster_replicating_over_tls_survives_a_primary_kill_without_losing_a_settl
     );
     let out = sender.wait();
     out.assert_success();
-    let settled: std::collections::BTreeSet<u64> = out
-        .json_lines()
-        .iter()
-        .filter_map(|j| j["settled"].as_u64())
-        .collect();
+    let settled = common::settled_seqs(&out.json_lines());
     assert_eq!(settled.len(), COUNT, "every message settled in the end");
     let missing = common::ha_recv_missing(&cluster.client_url(1), "orders", COUNT as u64, 20);
     let lost: Vec<u64> = settled.intersection(&missing).copied().collect();

@@ -527,3 +527,39 @@ pub fn assert_none_lost(lost: &[u64], settled: usize, when: &str) {
         &lost[..lost.len().min(20)]
     );
 }
+
+/// `ha_send.py` publishing `count` sequence-numbered durable messages to
+/// `address` along `urls` (comma-separated), one new message per ms, giving
+/// up after `timeout` seconds.
+pub fn spawn_ha_send(urls: &str, address: &str, count: usize, timeout: &str) -> ClientProcess {
+    spawn_python(
+        "ha_send.py",
+        &[
+            "--urls",
+            urls,
+            "--address",
+            address,
+            "--count",
+            &count.to_string(),
+            "--interval-ms",
+            "1",
+            "--timeout",
+            timeout,
+        ],
+    )
+}
+
+/// The sequence numbers an `ha_send.py` run printed as settled.
+pub fn settled_seqs(lines: &[Json]) -> std::collections::BTreeSet<u64> {
+    lines.iter().filter_map(|j| j["settled"].as_u64()).collect()
+}
+
+impl ClientProcess {
+    /// Waits (up to `deadline`) until an `ha_send.py` run saw `n` messages
+    /// settled: the moment to break something under load.
+    pub fn wait_for_settlements(&mut self, n: usize, deadline: Duration) {
+        self.wait_for(deadline, &format!("{n} settlements"), |lines| {
+            settled_seqs(lines).len() >= n
+        });
+    }
+}

@@ -556,8 +556,10 @@ impl Connection {
                     };
                 }
                 if !mechanisms.contains(&mechanism) {
-                    let shown = crate::shown::shown(&mechanism);
-                    self.sasl_failed(1, &format!("mechanism {shown} not offered"));
+                    // Logged through the error's display, which escapes it;
+                    // cut here so the client is not sent back a flood.
+                    let name: String = mechanism.chars().take(crate::shown::LIMIT).collect();
+                    self.sasl_failed(1, &format!("mechanism {name} not offered"));
                     return false;
                 }
                 authenticator.start(&mechanism, &initial_response.unwrap_or_default())
