@@ -38,6 +38,8 @@ pub enum Access<'a> {
         operation: &'a str,
         entity_type: &'a str,
         name: Option<&'a str>,
+        /// The request's `durable` attribute, if it has one (a CREATE).
+        durable: Option<bool>,
     },
     /// One message published on a link to `node` with routing key `subject`;
     /// asked only of a policy whose [`AccessPolicy::checks_messages`] is true.

@@ -407,6 +407,7 @@ fn request<'a>(what: &Access<'a>) -> Request<'a> {
             operation,
             entity_type,
             name,
+            durable,
         } => {
             let object = match entity_type {
                 "queue" => Object::Queue,
@@ -425,7 +426,10 @@ fn request<'a>(what: &Access<'a>) -> Request<'a> {
                 ("READ" | "QUERY", _) => Action::Access,
                 _ => Action::Update,
             };
-            plain(action, object, name)
+            Request {
+                durable,
+                ..plain(action, object, name)
+            }
         }
     }
 }
@@ -568,12 +572,22 @@ acl deny all all
         assert!(!check(&r, "eve", send("secret.plans")));
         assert!(check(&r, "eve", send("public.plans")));
         assert!(check(&r, "eve", Access::Connect { properties: None }));
-        let create = Access::Manage {
+        let create = |durable| Access::Manage {
             operation: "CREATE",
             entity_type: "queue",
             name: Some("q"),
+            durable,
         };
-        assert!(!check(&r, "eve", create));
+        assert!(!check(&r, "eve", create(None)));
+        let durable_only = Rules::parse(
+            "acl allow all create queue durable=true
+acl deny all all
+",
+        )
+        .expect("parses");
+        assert!(check(&durable_only, "eve", create(Some(true))));
+        assert!(!check(&durable_only, "eve", create(Some(false))));
+        assert!(!check(&durable_only, "eve", create(None)));
         assert!(r.checks_messages());
     }
 

@@ -86,6 +86,10 @@ impl Shard {
             operation: &request.operation,
             entity_type: &request.entity_type,
             name: request.name.as_deref(),
+            durable: match request.body.map_get("durable") {
+                Some(Value::Bool(b)) => Some(*b),
+                _ => None,
+            },
         };
         if let Err(e) = self.allowed(id, &access) {
             let why = e.description.unwrap_or(e.condition);
