@@ -625,34 +625,10 @@ impl Connection {
         };
         match frame {
             SaslFrame::Mechanisms(offered) => {
-                let plain = |user: &str, pass: &str| {
-                    let mut r = Vec::with_capacity(user.len() + pass.len() + 2);
-                    r.push(0);
-                    r.extend_from_slice(user.as_bytes());
-                    r.push(0);
-                    r.extend_from_slice(pass.as_bytes());
-                    Bytes::from(r)
-                };
-                let chosen = match (&self.mechanism, credentials) {
-                    (Some(m), _) if !offered.contains(m) => Err(format!(
-                        "the peer does not offer {m} (it offers {offered:?})"
-                    )),
-                    (Some(m), Some((user, pass))) if m == "PLAIN" => {
-                        Ok(("PLAIN", plain(user, pass)))
-                    }
-                    (Some(m), None) if m == "PLAIN" => {
-                        Err("PLAIN needs a user name and password".to_string())
-                    }
-                    (Some(m), _) if m == "ANONYMOUS" => {
-                        Ok(("ANONYMOUS", Bytes::from_static(b"anonymous")))
-                    }
-                    (Some(m), _) if m == EXTERNAL => Ok((EXTERNAL, Bytes::new())),
-                    (Some(m), _) => Err(format!("{m} is not a mechanism this client speaks")),
-                    (None, _) => Ok(("", Bytes::new())),
-                };
-                let preferred = match chosen {
-                    Ok(("", _)) => None,
-                    Ok(pair) => Some(pair),
+                let chosen =
+                    choose_mechanism(self.mechanism.as_deref(), credentials.as_ref(), &offered);
+                let (mechanism, response) = match chosen {
+                    Ok(pair) => pair,
                     Err(why) => {
                         self.phase = Phase::Closed;
                         self.events.push_back(Event::Closed {
@@ -661,31 +637,6 @@ impl Connection {
                         });
                         return false;
                     }
-                };
-                let (mechanism, response) = match (preferred, credentials) {
-                    (Some(pair), _) => pair,
-                    (None, credentials) => match credentials {
-                        Some((user, pass)) if offered.iter().any(|m| m == "PLAIN") => {
-                            ("PLAIN", plain(user, pass))
-                        }
-                        // Without a password, the identity of our TLS client
-                        // certificate, when the server offers to take it.
-                        None if offered.iter().any(|m| m == EXTERNAL) => (EXTERNAL, Bytes::new()),
-                        None if offered.iter().any(|m| m == "ANONYMOUS") => {
-                            ("ANONYMOUS", Bytes::from_static(b"anonymous"))
-                        }
-                        _ => {
-                            self.phase = Phase::Closed;
-                            self.events.push_back(Event::Closed {
-                                error: Some(ErrorCondition::new(
-                                    condition::UNAUTHORIZED_ACCESS,
-                                    format!("no usable SASL mechanism among {offered:?}"),
-                                )),
-                                by_peer: false,
-                            });
-                            return false;
-                        }
-                    },
                 };
                 write_sasl_frame(
                     &mut self.out,
@@ -1700,5 +1651,44 @@ fn put_range(out: &mut BytesMut, parts: &[&[u8]], mut offset: usize, mut len: us
         out.put_slice(&part[offset..offset + take]);
         offset = 0;
         len -= take;
+    }
+}
+
+/// The client's SASL mechanism and initial response: `preferred` (from
+/// `ha-mechanism`) if the server offers it, else PLAIN with credentials,
+/// EXTERNAL (a TLS client certificate) or ANONYMOUS without; or why none.
+fn choose_mechanism(
+    preferred: Option<&str>,
+    credentials: Option<&(String, String)>,
+    offered: &[String],
+) -> Result<(&'static str, Bytes), String> {
+    let plain = |(user, pass): &(String, String)| {
+        let mut r = Vec::with_capacity(user.len() + pass.len() + 2);
+        r.push(0);
+        r.extend_from_slice(user.as_bytes());
+        r.push(0);
+        r.extend_from_slice(pass.as_bytes());
+        Bytes::from(r)
+    };
+    let offers = |m: &str| offered.iter().any(|o| o == m);
+    let anonymous = || ("ANONYMOUS", Bytes::from_static(b"anonymous"));
+    match preferred {
+        Some(m) if !offers(m) => Err(format!(
+            "the peer does not offer {m} (it offers {offered:?})"
+        )),
+        Some("PLAIN") => credentials
+            .map(|c| ("PLAIN", plain(c)))
+            .ok_or_else(|| "PLAIN needs a user name and password".to_string()),
+        Some("ANONYMOUS") => Ok(anonymous()),
+        Some(m) if m == EXTERNAL => Ok((EXTERNAL, Bytes::new())),
+        Some(m) => Err(format!("{m} is not a mechanism this client speaks")),
+        None => match credentials {
+            Some(c) if offers("PLAIN") => Ok(("PLAIN", plain(c))),
+            // Without a password, the identity of our TLS client certificate,
+            // when the server offers to take it.
+            None if offers(EXTERNAL) => Ok((EXTERNAL, Bytes::new())),
+            None if offers("ANONYMOUS") => Ok(anonymous()),
+            _ => Err(format!("no usable SASL mechanism among {offered:?}")),
+        },
     }
 }
