@@ -53,8 +53,8 @@ fn init_logging(cfg: &Config) {
 fn run(cfg: &Config) -> Result<(), String> {
     // Held until the broker exits: one broker per data-dir.
     let data_dir = tandem::data_dir::DataDir::open(&cfg.data_dir)?;
-    let users = match &cfg.users_file {
-        Some(path) => load_users(path)?,
+    let users = std::sync::Arc::new(match &cfg.users_file {
+        Some(path) => tandem_shards::users::UserDb::load(path)?,
         None if cfg.auth && !cfg.auth_given => {
             return Err(format!(
                 "interface {} is not loopback, so auth is yes by default and needs users-file (a file of user:password lines); give one, or set auth = no explicitly",
@@ -65,7 +65,7 @@ fn run(cfg: &Config) -> Result<(), String> {
             return Err("auth = yes needs users-file (a file of user:password lines) so PLAIN logins can succeed".into())
         }
         None => Default::default(),
-    };
+    });
     if !cfg.auth && !config::is_loopback(&cfg.interface) {
         tracing::warn!(
             "SECURITY: auth = no on interface {}: ANY client that can reach this port may read, publish and manage everything (set auth = yes with a users-file)",
@@ -106,10 +106,15 @@ fn run(cfg: &Config) -> Result<(), String> {
             Some(acl)
         }
     };
+    let reloadable = std::sync::Arc::new(tandem_shards::reload::Reloadable {
+        acl: acl.clone(),
+        users: cfg.users_file.is_some().then(|| users.clone()),
+        cert: reload,
+    });
     let settings = BrokerSettings {
         shards: cfg.worker_threads,
         auth: cfg.auth,
-        users: std::sync::Arc::new(users),
+        users: users.clone(),
         max_connections: cfg.max_connections,
         max_frame_size: cfg.max_frame_size,
         idle_timeout: (!cfg.idle_timeout.is_zero()).then_some(cfg.idle_timeout),
@@ -133,6 +138,7 @@ fn run(cfg: &Config) -> Result<(), String> {
             None => std::sync::Arc::new(tandem_shards::access::AllowAll),
         },
         realm: cfg.realm.clone(),
+        reload: reloadable.clone(),
         max_handshaking: cfg.max_handshaking,
         link_credit: cfg.link_credit,
         default_queue: QueueSettings {
@@ -217,31 +223,9 @@ fn run(cfg: &Config) -> Result<(), String> {
         if sig != libc::SIGHUP {
             break;
         }
-        // SIGHUP: read the ACL, the TLS certificate and key again.
-        if let Some(acl) = &acl {
-            match acl.reload() {
-                Ok(n) => tracing::info!(
-                    "SIGHUP: ACL reloaded from {} ({n} rules)",
-                    acl.path().display()
-                ),
-                Err(e) => tracing::error!("SIGHUP: ACL not reloaded, the rules in use stay: {e}"),
-            }
-        }
-        match &reload {
-            None => {}
-            Some(r) => {
-                let (cert, key) = r.files();
-                match r.reload() {
-                    Ok(()) => tracing::info!(
-                        "SIGHUP: TLS certificate reloaded from {} and {} (new connections use it)",
-                        cert.display(),
-                        key.display()
-                    ),
-                    Err(e) => tracing::error!(
-                        "SIGHUP: TLS certificate not reloaded, the old one stays: {e}"
-                    ),
-                }
-            }
+        // SIGHUP: read the ACL, the users file, the TLS certificate and key again.
+        for part in reloadable.everything() {
+            part.log("SIGHUP");
         }
     }
     tracing::info!("signal {sig}: shutting down");
@@ -386,21 +370,4 @@ fn resolve(interface: &str, port: u16) -> Result<SocketAddr, String> {
         .map_err(|e| format!("interface '{interface}': cannot resolve: {e}"))?
         .next()
         .ok_or_else(|| format!("interface '{interface}': no address"))
-}
-
-/// Reads `user:password` lines (blank lines and `#` comments allowed).
-fn load_users(path: &Path) -> Result<tandem_shards::users::Users, String> {
-    let text =
-        std::fs::read_to_string(path).map_err(|e| format!("users-file {}: {e}", path.display()))?;
-    let users = tandem_shards::users::Users::parse(&text)
-        .map_err(|e| format!("users-file {}: {e}", path.display()))?;
-    let plain = users.plain_count();
-    if plain > 0 {
-        tracing::warn!(
-            "users-file {}: {plain} user(s) with a password in clear (user:password); store salted hashes instead with tandem-passwd -f {} USER",
-            path.display(),
-            path.display()
-        );
-    }
-    Ok(users)
 }

@@ -425,3 +425,58 @@ fn ha_status(url: &str) -> String {
         String::new()
     }
 }
+
+#[test]
+fn the_ocf_agent_checks_and_promotes_an_auth_broker_that_requires_encryption() {
+    require("ocf-tester", "resource-agents");
+    // The agent is given nothing but the config: the address (amqps:, the
+    // TLS port, the cluster's user), the password and the TLS files all come
+    // from the broker's own options.
+    let certs = common::certs::Certs::new("ocf-tls");
+    let users = certs.dir.join("users");
+    fs::write(&users, "ha:secret\nalice:pw\n").expect("users file");
+    let ssl_port = common::free_port();
+    let brokers = OcfBrokers::with_config(1, |_| {
+        format!(
+            "auth = true\nusers-file = \"{}\"\nha-username = \"ha\"\nha-password = \"secret\"\n\
+             require-encryption = true\nssl-port = {ssl_port}\nssl-cert-file = \"{}\"\n\
+             ssl-key-file = \"{}\"\nssl-ca-file = \"{}\"\n",
+            users.display(),
+            certs.broker_cert.display(),
+            certs.broker_key.display(),
+            certs.ca.display()
+        )
+    });
+    // Its replication address is its TLS port too (plain ones are refused).
+    let config = brokers.path("tandemd-0.toml");
+    let text = fs::read_to_string(&config).expect("config");
+    let plain = format!("ha-brokers-url = \"127.0.0.1:{}\"", brokers.ports[0]);
+    assert!(text.contains(&plain), "{text}");
+    let text = text.replace(
+        &plain,
+        &format!("ha-brokers-url = \"ssl:127.0.0.1:{ssl_port}\""),
+    );
+    fs::write(&config, text).expect("config");
+
+    brokers.expect("start", 0, OCF_SUCCESS);
+    brokers.expect("monitor", 0, OCF_SUCCESS);
+    brokers.expect("promote", 0, OCF_SUCCESS);
+    brokers.expect("monitor", 0, OCF_RUNNING_PROMOTED);
+    // What the agent had to get right: on the plain port nobody is let in,
+    // and on the TLS port an ordinary user may not act as the cluster.
+    let refused = tool("tandem-ha", &["-b", &brokers.url(0), "status"], 10);
+    assert!(!refused.status.success(), "plain status answered");
+    let ca = certs.ca.display().to_string();
+    let alice = format!("amqps:alice/pw@127.0.0.1:{ssl_port}");
+    let ordinary = tool(
+        "tandem-ha",
+        &["--ssl-trustfile", &ca, "-b", &alice, "status"],
+        10,
+    );
+    assert!(
+        String::from_utf8_lossy(&ordinary.stderr).contains("unauthorized-access"),
+        "{ordinary:?}"
+    );
+    brokers.expect("stop", 0, OCF_SUCCESS);
+    brokers.expect("monitor", 0, OCF_NOT_RUNNING);
+}

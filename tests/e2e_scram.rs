@@ -6,35 +6,12 @@
 
 mod common;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
-
 use common::certs::Certs;
+use common::tools::passwd;
 use common::{free_port, Broker, TempDir};
 use fe2o3_amqp::sasl_profile::SaslScramSha256;
 use fe2o3_amqp::types::messaging::Outcome;
 use fe2o3_amqp::{Connection, Receiver, Sender, Session};
-
-/// `tandem-passwd -f FILE USER` with the password on stdin.
-fn passwd(file: &std::path::Path, user: &str, password: &str) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tandem-passwd"))
-        .args(["-f", file.to_str().expect("path"), user])
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("tandem-passwd");
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(format!("{password}\n").as_bytes())
-            .expect("password");
-    }
-    let out = child.wait_with_output().expect("tandem-passwd");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// Logs in with SCRAM-SHA-256, sends one message to `queue` and receives it.
 async fn round_trip(

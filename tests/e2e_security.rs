@@ -376,6 +376,83 @@ fn the_acl_refuses_what_it_does_not_allow_and_the_broker_serves_on() {
 }
 
 #[test]
+fn a_management_operation_reloads_the_acl_and_the_users_file_without_a_restart() {
+    let dir = TempDir::new("acl-reload");
+    let broker = acl_broker(&dir, ACL, &[]);
+    let as_user = |user: &str, args: &[&str]| {
+        let url = format!("{user}/pw@{}", broker.url());
+        let mut all = vec!["-b", url.as_str()];
+        all.extend_from_slice(args);
+        tool("tandem-config", &all)
+    };
+    // The reload is itself checked (`access method name=reloadACLFile`).
+    let denied = as_user("eve", &["reload-acl"]);
+    assert!(
+        !denied.status.success()
+            && stderr(&denied).contains("403")
+            && stderr(&denied).contains("may not access method 'reloadACLFile'"),
+        "{denied:?}"
+    );
+    let acl_file = dir.join("broker.acl");
+    let more = ACL.replace(
+        "acl deny all all",
+        "acl allow all create queue\nacl deny all all",
+    );
+    std::fs::write(&acl_file, &more).expect("rewrite");
+    let reload = as_user("alice", &["reload-acl"]);
+    assert!(
+        reload.status.success() && stdout(&reload).contains("ACL reloaded from"),
+        "{reload:?}"
+    );
+    assert!(as_user("eve", &["add", "queue", "eves"]).status.success());
+    // A file with a mistake: the reload says where, and the rules in use stay.
+    std::fs::write(&acl_file, "acl allow eve fly queue\nacl deny all all\n").expect("rewrite");
+    let bad = as_user("alice", &["reload-acl"]);
+    assert!(!bad.status.success(), "a broken ACL reloaded");
+    assert!(
+        stderr(&bad).contains("line 1") && stderr(&bad).contains("the rules in use stay"),
+        "{}",
+        stderr(&bad)
+    );
+    assert!(as_user("eve", &["add", "queue", "eves2"]).status.success());
+    assert!(broker.stderr().contains("ACL not reloaded"));
+
+    // A user added to the users file logs in after `reload` (which reads the
+    // ACL again too), with no restart.
+    std::fs::write(&acl_file, &more).expect("rewrite");
+    let send_as_bob = || {
+        run_python(
+            "send.py",
+            &[
+                "--url",
+                &format!("bob:pw@127.0.0.1:{}", broker.port()),
+                "--address",
+                "allowed",
+                "--count",
+                "1",
+                "--timeout",
+                "10",
+            ],
+        )
+    };
+    assert!(
+        !send_as_bob().success(),
+        "bob logged in before he was added"
+    );
+    common::tools::passwd(&dir.join("users"), "bob", "pw");
+    let reload = as_user("alice", &["reload"]);
+    assert!(
+        reload.status.success()
+            && stdout(&reload).contains("ACL reloaded")
+            && stdout(&reload).contains("users reloaded"),
+        "{reload:?}"
+    );
+    send_as_bob().assert_success();
+    // Open connections are not touched; the old users still log in.
+    assert!(as_user("eve", &["add", "queue", "eves3"]).status.success());
+}
+
+#[test]
 fn with_an_acl_the_cluster_privileges_come_from_its_rules() {
     let dir = TempDir::new("acl-cluster");
     // A one-broker cluster: its admin connections are the cluster's.

@@ -16,7 +16,14 @@
 #   TANDEMD_LOG             where the broker's stderr (its log) goes
 #   TANDEMD_USER            run the broker as this user (only when started as root)
 #   TANDEM_HA_BROKER        address tandem-ha uses for the local broker
-#                           ([user[/password]@]host:port; default from the config file)
+#                           ([amqps:][user[/password]@]host:port; default from the
+#                           config file: see tandem_local_address)
+#   TANDEM_PASSWORD         the password of a user@ TANDEM_HA_BROKER (default: the
+#                           config file's ha-password when the user is its ha-username)
+#   TANDEM_SSL_TRUSTFILE    CA tandem-ha verifies an amqps: broker against (default:
+#                           the config file's ssl-ca-file)
+#   TANDEM_SSL_CERTIFICATE  certificate and key tandem-ha shows an amqps: broker
+#   TANDEM_SSL_KEY          (default: the config file's ssl-cert-file and ssl-key-file)
 #   TANDEM_HA_TIMEOUT       seconds a status check may take
 #   TANDEMD_START_TIMEOUT   seconds the broker may take to answer after start
 #   TANDEMD_STOP_TIMEOUT    seconds the broker may take to exit after SIGTERM
@@ -41,8 +48,27 @@ tandem_settle_defaults() {
     : "${TANDEMD_STOP_TIMEOUT:=30}"
     : "${TANDEM_HA_BROKER:=$(tandem_local_address)}"
     # tandem-ha reads the password of a `user@host` TANDEM_HA_BROKER from here,
-    # which keeps it out of the process list.
+    # which keeps it out of the process list. The cluster's own user, named in
+    # the config, is the one status checks and promote need on an auth cluster.
+    local ha_user
+    ha_user=$(tandem_config_value ha-username)
+    if [ -z "${TANDEM_PASSWORD:-}" ] && [ -n "$ha_user" ]; then
+        case "$TANDEM_HA_BROKER" in
+            "$ha_user"@* | amqps:"$ha_user"@* | amqp:"$ha_user"@*)
+                TANDEM_PASSWORD=$(tandem_config_value ha-password)
+                ;;
+        esac
+    fi
     if [ -n "${TANDEM_PASSWORD:-}" ]; then export TANDEM_PASSWORD; fi
+    # TLS for an amqps: TANDEM_HA_BROKER: the broker's own files (its CA and
+    # certificate) unless given.
+    : "${TANDEM_SSL_TRUSTFILE:=$(tandem_config_value ssl-ca-file)}"
+    : "${TANDEM_SSL_CERTIFICATE:=$(tandem_config_value ssl-cert-file)}"
+    : "${TANDEM_SSL_KEY:=$(tandem_config_value ssl-key-file)}"
+    # (An empty one is unset: the tools would read it as a file name.)
+    if [ -n "$TANDEM_SSL_TRUSTFILE" ]; then export TANDEM_SSL_TRUSTFILE; else unset TANDEM_SSL_TRUSTFILE; fi
+    if [ -n "$TANDEM_SSL_CERTIFICATE" ]; then export TANDEM_SSL_CERTIFICATE; else unset TANDEM_SSL_CERTIFICATE; fi
+    if [ -n "$TANDEM_SSL_KEY" ]; then export TANDEM_SSL_KEY; else unset TANDEM_SSL_KEY; fi
 }
 
 # The value of a top-level `key = value` line of the TOML config, unquoted
@@ -54,16 +80,30 @@ tandem_config_value() {
         head -n 1
 }
 
-# host:port of the local broker, from interface and port of the config file
-# (127.0.0.1 when it listens on every address, 5672 by default).
+# The local broker's address, from the config file: interface and port
+# (127.0.0.1 when it listens on every address, 5672 by default); with
+# require-encryption, amqps: and its ssl-port (5671 by default); with an
+# ha-username, unless auth is off, that user@ (the cluster's user: on an auth
+# cluster only it may check and promote).
 tandem_local_address() {
-    local host port
+    local host port user scheme=""
     host=$(tandem_config_value interface)
     port=$(tandem_config_value port)
+    port=${port:-5672}
     case "$host" in
         "" | 0.0.0.0 | "::" | "[::]") host=127.0.0.1 ;;
     esac
-    echo "$host:${port:-5672}"
+    if [ "$(tandem_config_value require-encryption)" = true ]; then
+        scheme=amqps:
+        port=$(tandem_config_value ssl-port)
+        port=${port:-5671}
+    fi
+    user=$(tandem_config_value ha-username)
+    case "$(tandem_config_value auth)" in
+        false | no) user="" ;;
+        *) [ -z "$user" ] || user="$user@" ;;
+    esac
+    echo "$scheme$user$host:$port"
 }
 
 # The pid of the broker this script started, if it is still running: the pid

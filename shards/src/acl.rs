@@ -25,7 +25,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::RwLock;
 
 use crate::access::{Access, AccessPolicy, Principal};
 
@@ -333,11 +332,15 @@ fn parse_rule(words: &[&str], line: usize) -> Result<Rule, String> {
     })
 }
 
+/// The management method that reads the ACL file again (entity type `acl`),
+/// as qpidd names it.
+pub const RELOAD_ACL_FILE: &str = "reloadACLFile";
+
 /// An ACL file loaded as the broker's access policy, reloadable in place.
 #[derive(Debug)]
 pub struct Acl {
     path: PathBuf,
-    rules: RwLock<Rules>,
+    rules: crate::swapped::Swapped<Rules>,
     /// Set at load: whether routing keys are ever looked at.
     checks_messages: bool,
 }
@@ -349,7 +352,7 @@ impl Acl {
         Ok(Acl {
             path: path.to_owned(),
             checks_messages: rules.checks_messages(),
-            rules: RwLock::new(rules),
+            rules: crate::swapped::Swapped::new(rules),
         })
     }
 
@@ -358,10 +361,7 @@ impl Acl {
     pub fn reload(&self) -> Result<usize, String> {
         let fresh = read(&self.path)?;
         let n = fresh.rules.len();
-        match self.rules.write() {
-            Ok(mut rules) => *rules = fresh,
-            Err(poisoned) => *poisoned.into_inner() = fresh,
-        }
+        self.rules.set(fresh);
         Ok(n)
     }
 
@@ -370,10 +370,7 @@ impl Acl {
     }
 
     fn with<T>(&self, f: impl FnOnce(&Rules) -> T) -> T {
-        match self.rules.read() {
-            Ok(rules) => f(&rules),
-            Err(poisoned) => f(&poisoned.into_inner()),
-        }
+        f(&self.rules.get())
     }
 }
 
@@ -403,6 +400,20 @@ fn request<'a>(what: &Access<'a>) -> Request<'a> {
             durable: None,
             routing_key: Some(subject.unwrap_or("")),
         },
+        // qpidd checks a method call as `access method name=METHOD`, with
+        // the method's own spelling (requests arrive upper-cased).
+        Access::Manage {
+            operation,
+            entity_type: "acl",
+            ..
+        } => {
+            let method = if operation.eq_ignore_ascii_case(RELOAD_ACL_FILE) {
+                RELOAD_ACL_FILE
+            } else {
+                operation
+            };
+            plain(Action::Access, Object::Method, Some(method))
+        }
         Access::Manage {
             operation,
             entity_type,

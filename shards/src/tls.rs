@@ -62,7 +62,7 @@ fn roots(path: &Path) -> Result<RootCertStore, String> {
 pub struct ReloadableCert {
     cert: PathBuf,
     key: PathBuf,
-    current: std::sync::RwLock<Arc<rustls::sign::CertifiedKey>>,
+    current: crate::swapped::Swapped<rustls::sign::CertifiedKey>,
 }
 
 impl ReloadableCert {
@@ -82,11 +82,8 @@ impl ReloadableCert {
     /// Reads the certificate and key files again; on an error the one in use
     /// stays.
     pub fn reload(&self) -> Result<(), String> {
-        let fresh = ReloadableCert::load(&self.cert, &self.key)?;
-        match self.current.write() {
-            Ok(mut current) => *current = fresh,
-            Err(poisoned) => *poisoned.into_inner() = fresh,
-        }
+        self.current
+            .set_arc(ReloadableCert::load(&self.cert, &self.key)?);
         Ok(())
     }
 
@@ -101,10 +98,7 @@ impl rustls::server::ResolvesServerCert for ReloadableCert {
         &self,
         _hello: rustls::server::ClientHello<'_>,
     ) -> Option<Arc<rustls::sign::CertifiedKey>> {
-        match self.current.read() {
-            Ok(current) => Some(current.clone()),
-            Err(poisoned) => Some(poisoned.into_inner().clone()),
-        }
+        Some(self.current.get())
     }
 }
 
@@ -141,7 +135,7 @@ pub fn server_config(
     let resolver = Arc::new(ReloadableCert {
         cert: files.cert.clone(),
         key: files.key.clone(),
-        current: std::sync::RwLock::new(ReloadableCert::load(&files.cert, &files.key)?),
+        current: crate::swapped::Swapped::from_arc(ReloadableCert::load(&files.cert, &files.key)?),
     });
     let config = builder.with_cert_resolver(resolver.clone());
     Ok((Arc::new(config), resolver))

@@ -8,6 +8,7 @@
 //! comparisons of secrets take constant time.
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use base64::engine::general_purpose::STANDARD as B64;
@@ -16,6 +17,7 @@ use bytes::Bytes;
 use ring::{digest, hmac, pbkdf2, rand::SecureRandom};
 
 use crate::amqp::connection::{SaslServer, SaslStep};
+use crate::swapped::Swapped;
 
 /// The SCRAM mechanism offered.
 pub const SCRAM_SHA_256: &str = "SCRAM-SHA-256";
@@ -228,6 +230,72 @@ impl Users {
     pub fn check(&self, user: &str, password: &str) -> bool {
         self.users.get(user).is_some_and(|c| c.check(password))
     }
+}
+
+/// The users the broker checks logins against: a users file, read again by
+/// [`UserDb::reload`] without a restart (logins from then on use the new
+/// users; connections already open stay open), or a fixed set.
+#[derive(Debug, Default)]
+pub struct UserDb {
+    path: Option<PathBuf>,
+    current: Swapped<Users>,
+}
+
+impl From<Users> for UserDb {
+    fn from(users: Users) -> UserDb {
+        UserDb {
+            path: None,
+            current: Swapped::new(users),
+        }
+    }
+}
+
+impl UserDb {
+    /// Reads `path`; an error names the file and the line.
+    pub fn load(path: &Path) -> Result<UserDb, String> {
+        Ok(UserDb {
+            current: Swapped::new(read_users(path)?),
+            path: Some(path.to_owned()),
+        })
+    }
+
+    /// The users now.
+    pub fn current(&self) -> Arc<Users> {
+        self.current.get()
+    }
+
+    /// The file it reads, if any.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// Reads the file again and says how many users it has; on an error the
+    /// users in use stay.
+    pub fn reload(&self) -> Result<usize, String> {
+        let Some(path) = &self.path else {
+            return Ok(self.current().users.len());
+        };
+        let fresh = read_users(path)?;
+        let n = fresh.users.len();
+        self.current.set(fresh);
+        Ok(n)
+    }
+}
+
+/// Parses a users file, warning when passwords are kept in clear.
+fn read_users(path: &Path) -> Result<Users, String> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("users-file {}: {e}", path.display()))?;
+    let users = Users::parse(&text).map_err(|e| format!("users-file {}: {e}", path.display()))?;
+    let plain = users.plain_count();
+    if plain > 0 {
+        tracing::warn!(
+            "users-file {}: {plain} user(s) with a password in clear (user:password); store salted hashes instead with tandem-passwd -f {} USER",
+            path.display(),
+            path.display()
+        );
+    }
+    Ok(users)
 }
 
 fn parse_scram(fields: &str) -> Result<Credential, String> {

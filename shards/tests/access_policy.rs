@@ -84,7 +84,8 @@ impl Pair {
                         .map(|(u, p)| format!("{u}:{p}\n"))
                         .collect::<String>(),
                 )
-                .expect("users"),
+                .expect("users")
+                .into(),
             ),
             access: policy,
             ..Default::default()

@@ -39,7 +39,8 @@ fn settings(max_handshaking: usize) -> BrokerSettings {
                     .map(|(u, p)| format!("{u}:{p}\n"))
                     .collect::<String>(),
             )
-            .expect("users"),
+            .expect("users")
+            .into(),
         ),
         cluster_users: Some(vec!["ha@QPID".into()]),
         handshake_timeout: Duration::from_secs(10),

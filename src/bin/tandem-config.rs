@@ -46,6 +46,10 @@ enum Command {
     Bind(BindArgs),
     /// Remove a binding (same arguments as bind).
     Unbind(BindArgs),
+    /// Read the broker's ACL file again (qpidd's reloadACLFile).
+    ReloadAcl,
+    /// Read the ACL, the users file and the TLS certificate again (what SIGHUP does).
+    Reload,
 }
 
 #[derive(Subcommand)]
@@ -130,9 +134,31 @@ fn run(cli: &Cli) -> ToolResult<String> {
         Some(Command::Del { what }) => del(&mut mc, what),
         Some(Command::Bind(b)) => bind(&mut mc, "CREATE", b),
         Some(Command::Unbind(b)) => bind(&mut mc, "DELETE", b),
+        Some(Command::ReloadAcl) => reload(&mut mc, "reloadACLFile", "acl"),
+        Some(Command::Reload) => reload(&mut mc, "RELOAD", "broker"),
     };
     mc.close();
     out
+}
+
+/// A reload: one line per part read again.
+fn reload(mc: &mut ManagementClient, operation: &str, entity: &str) -> ToolResult<String> {
+    let resp = call(
+        mc,
+        Request::new(operation, entity, None, Value::Map(Vec::new())),
+    )?;
+    let Value::Map(parts) = &resp.body else {
+        return Ok(String::new());
+    };
+    let lines: String = parts
+        .iter()
+        .map(|(_, text)| format!("{}\n", cell(Some(text))))
+        .collect();
+    Ok(if lines.is_empty() {
+        "nothing to reload (no acl-file, users-file or TLS certificate)\n".into()
+    } else {
+        lines
+    })
 }
 
 fn summary(mc: &mut ManagementClient) -> ToolResult<String> {

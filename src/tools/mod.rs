@@ -36,17 +36,34 @@ pub struct BrokerArgs {
 }
 
 /// TLS options every tool takes, as qpid-config names them: for `ssl:`
-/// addresses and `amqps:` URLs.
+/// addresses and `amqps:` URLs. Each can come from the environment instead
+/// (`TANDEM_SSL_TRUSTFILE`, `TANDEM_SSL_CERTIFICATE`, `TANDEM_SSL_KEY`), which
+/// is how the resource-manager scripts pass them.
 #[derive(Args, Debug, Clone, Default)]
 pub struct TlsArgs {
     /// PEM CA file the broker's certificate must be signed by (needed for ssl:/amqps:)
-    #[arg(long = "ssl-trustfile", value_name = "FILE", global = true)]
+    #[arg(
+        long = "ssl-trustfile",
+        value_name = "FILE",
+        global = true,
+        env = "TANDEM_SSL_TRUSTFILE"
+    )]
     pub trustfile: Option<std::path::PathBuf>,
     /// PEM client certificate (for SASL EXTERNAL)
-    #[arg(long = "ssl-certificate", value_name = "FILE", global = true)]
+    #[arg(
+        long = "ssl-certificate",
+        value_name = "FILE",
+        global = true,
+        env = "TANDEM_SSL_CERTIFICATE"
+    )]
     pub certificate: Option<std::path::PathBuf>,
     /// PEM private key of --ssl-certificate
-    #[arg(long = "ssl-key", value_name = "FILE", global = true)]
+    #[arg(
+        long = "ssl-key",
+        value_name = "FILE",
+        global = true,
+        env = "TANDEM_SSL_KEY"
+    )]
     pub key: Option<std::path::PathBuf>,
 }
 

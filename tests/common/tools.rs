@@ -73,3 +73,25 @@ pub fn ha_member_args(n: usize, extra: &[&str]) -> Vec<Vec<String>> {
         })
         .collect()
 }
+
+/// `tandem-passwd -f FILE USER` with the password on stdin.
+pub fn passwd(file: &std::path::Path, user: &str, password: &str) {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tandem-passwd"))
+        .args(["-f", file.to_str().expect("path"), user])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("tandem-passwd");
+    if let Some(mut stdin) = child.stdin.take() {
+        use std::io::Write;
+        stdin
+            .write_all(format!("{password}\n").as_bytes())
+            .expect("password");
+    }
+    let out = child.wait_with_output().expect("tandem-passwd");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

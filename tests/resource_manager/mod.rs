@@ -425,6 +425,12 @@ pub struct OcfBrokers {
 impl OcfBrokers {
     /// Writes `count` members' configs (fresh ports, short HA intervals).
     pub fn new(count: usize) -> OcfBrokers {
+        OcfBrokers::with_config(count, |_| String::new())
+    }
+
+    /// Like [`OcfBrokers::new`], with `more(i)` appended to instance `i`'s
+    /// config.
+    pub fn with_config(count: usize, more: impl Fn(usize) -> String) -> OcfBrokers {
         let dir = TempDir::new("ocf");
         let ports: Vec<u16> = (0..count).map(|_| crate::common::free_port()).collect();
         let url = ports
@@ -437,8 +443,9 @@ impl OcfBrokers {
                 "port = {port}\ninterface = \"127.0.0.1\"\ndata-dir = \"{}\"\n\
                  worker-threads = 2\nha-cluster = true\nha-brokers-url = \"{url}\"\n\
                  ha-replicate = \"all\"\nlink-heartbeat-interval = 1\n\
-                 link-maintenance-interval = 0.2\nha-backup-timeout = 3\n",
-                dir.join(&format!("data-{i}")).display()
+                 link-maintenance-interval = 0.2\nha-backup-timeout = 3\n{}",
+                dir.join(&format!("data-{i}")).display(),
+                more(i)
             );
             fs::write(dir.join(&format!("tandemd-{i}.toml")), config).expect("writing a config");
         }

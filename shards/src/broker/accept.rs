@@ -100,7 +100,7 @@ impl Shard {
 /// The engine settings of an accepted connection on shard `shard`.
 fn server_config(settings: &BrokerSettings, shard: usize) -> ConnectionConfig {
     let authenticator = Box::new(crate::users::Logins::new(
-        settings.users.clone(),
+        settings.users.current(),
         settings.auth,
     ));
     let mechanisms = if settings.auth {

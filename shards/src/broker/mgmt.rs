@@ -46,6 +46,34 @@ fn replicate_attr(body: &Value) -> Result<Option<String>, Response> {
     attributes::replicate_attr(body).map_err(bad)
 }
 
+/// The answer to a reload (sent through the error path, which only replies):
+/// 200 with each part's outcome when all of them took, otherwise 500 naming
+/// what did not (the parts that did took).
+fn reload_response(parts: &[crate::reload::Reloaded]) -> Response {
+    for part in parts {
+        part.log("management reload");
+    }
+    let failed: Vec<&str> = parts
+        .iter()
+        .filter_map(|p| p.outcome.as_ref().err().map(String::as_str))
+        .collect();
+    if !failed.is_empty() {
+        return Response::error(status::INTERNAL, failed.join("; "));
+    }
+    Response::ok(Value::Map(
+        parts
+            .iter()
+            .map(|p| {
+                let text = p
+                    .outcome
+                    .as_ref()
+                    .map_or_else(String::as_str, String::as_str);
+                (Value::string(p.what), Value::string(text))
+            })
+            .collect(),
+    ))
+}
+
 fn status_of(e: &ErrorCondition) -> u16 {
     match e.condition.as_str() {
         condition::NOT_FOUND => status::NOT_FOUND,
@@ -199,6 +227,18 @@ impl Shard {
                         reply,
                     },
                 );
+            }
+            (op, "acl") if op.eq_ignore_ascii_case(crate::acl::RELOAD_ACL_FILE) => {
+                let Some(part) = self.settings.reload.acl() else {
+                    return Err(Response::error(
+                        status::NOT_FOUND,
+                        "no acl-file is configured on this broker, so there is nothing to reload",
+                    ));
+                };
+                return Err(reload_response(&[part]));
+            }
+            ("RELOAD", "broker") => {
+                return Err(reload_response(&self.settings.reload.everything()));
             }
             ("CREATE" | "READ" | "UPDATE" | "DELETE" | "QUERY", t) => {
                 return Err(Response::error(

@@ -57,7 +57,7 @@ pub struct BrokerSettings {
     pub shards: usize,
     /// SASL: require authentication (PLAIN against `users`); otherwise ANONYMOUS too.
     pub auth: bool,
-    pub users: Arc<crate::users::Users>,
+    pub users: Arc<crate::users::UserDb>,
     pub max_connections: usize,
     pub max_frame_size: u32,
     pub idle_timeout: Option<Duration>,
@@ -99,6 +99,9 @@ pub struct BrokerSettings {
     pub require_encryption: bool,
     /// The realm of identities from client certificates (`CN@realm`).
     pub realm: String,
+    /// What the management operations `reloadACLFile` and `RELOAD` read
+    /// again (SIGHUP does the same from outside).
+    pub reload: Arc<crate::reload::Reloadable>,
 }
 
 /// The TLS port (`ssl-port`) and its configuration.
@@ -148,6 +151,7 @@ impl Default for BrokerSettings {
             tls: None,
             require_encryption: false,
             realm: "QPID".into(),
+            reload: Arc::default(),
         }
     }
 }
