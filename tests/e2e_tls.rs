@@ -102,6 +102,27 @@ fn plaintext_on_the_tls_port_is_refused_with_a_clear_log_line() {
 }
 
 #[test]
+fn tls_on_the_plain_port_is_refused_with_a_clear_log_line() {
+    let certs = Certs::new("tls-on-plain");
+    let (broker, _) = tls_broker(&certs, (&certs.broker_cert, &certs.broker_key), &[]);
+    // Proton speaking TLS to the plain port fails, and the broker says why.
+    let url = format!("amqps://localhost:{}", broker.port());
+    let out = proton("send.py", &url, &certs, &["--count", "1", "--timeout", "5"]);
+    assert!(!out.success(), "a TLS client was served on the plain port");
+    let said = wait_until(Duration::from_secs(10), || {
+        broker
+            .stderr()
+            .contains("a TLS handshake on a plain AMQP port")
+    });
+    assert!(said, "{}", broker.stderr());
+    run_python(
+        "send.py",
+        &["--url", &broker.url(), "--address", "plain", "--count", "1"],
+    )
+    .assert_success();
+}
+
+#[test]
 fn a_client_refuses_an_untrusted_or_expired_broker_certificate() {
     let certs = Certs::new("tls-untrusted");
     for (what, cert) in [

@@ -368,3 +368,33 @@ fn closing_peer_gets_close_back_and_links_report_detached() {
         .iter()
         .any(|e| matches!(e, Event::Detached { link, .. } if *link == server_link)));
 }
+
+#[test]
+fn a_refused_protocol_header_says_what_the_peer_seems_to_have_meant() {
+    let cases: [(&[u8], &str); 5] = [
+        // A TLS ClientHello's record header.
+        (
+            &[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01],
+            "a TLS handshake",
+        ),
+        (b"AMQP\x02\x01\x00\x00", "TLS upgrade (protocol id 2)"),
+        (b"AMQP\x00\x00\x09\x01", "before 1.0"),
+        (b"AMQP\x00\x01\x00\x00", "requires a SASL login"),
+        (b"GET / HTTP/1.1\r\n", "not AMQP"),
+    ];
+    for (bytes, says) in cases {
+        let now = Instant::now();
+        let mut server = Connection::server(config(server_sasl(true), 65536, None), now);
+        server.input(&mut BytesMut::from(bytes), now);
+        let why = std::iter::from_fn(|| server.poll_event())
+            .find_map(|e| match e {
+                Event::Closed { error, .. } => error,
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("{bytes:?}: not refused"));
+        let text = why.description.unwrap_or_default();
+        assert!(text.contains(says), "{bytes:?}: {text}");
+        // The answer is the header the broker does speak (spec 2.2).
+        assert_eq!(&server.output()[..], b"AMQP\x03\x01\x00\x00", "{bytes:?}");
+    }
+}

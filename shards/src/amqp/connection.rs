@@ -411,7 +411,8 @@ impl Connection {
         if buf.len() < 8 {
             // A peer that sends something that can never be a header is dropped early.
             if !SASL_HEADER.starts_with(&buf[..]) && !AMQP_HEADER.starts_with(&buf[..]) {
-                self.fail_header();
+                let got = buf[..].to_vec();
+                self.fail_header(&got);
             }
             return false;
         }
@@ -423,8 +424,9 @@ impl Connection {
         }
     }
 
-    /// Spec 2.2: on an unsupported header, answer with the one we support, then close.
-    fn fail_header(&mut self) {
+    /// Spec 2.2: on an unsupported header, answer with the one we support, then
+    /// close, saying what the peer seems to have meant.
+    fn fail_header(&mut self, got: &[u8]) {
         let ours = if self.server_requires_sasl() {
             SASL_HEADER
         } else {
@@ -435,7 +437,7 @@ impl Connection {
         self.events.push_back(Event::Closed {
             error: Some(ErrorCondition::new(
                 condition::DECODE_ERROR,
-                "bad protocol header",
+                bad_header(got),
             )),
             by_peer: false,
         });
@@ -469,7 +471,7 @@ impl Connection {
             self.phase = Phase::Open;
             true
         } else {
-            self.fail_header();
+            self.fail_header(&header);
             false
         }
     }
@@ -1638,6 +1640,29 @@ impl Session {
 }
 
 /// Appends bytes `offset..offset + len` of the concatenation of `parts`.
+/// Why a protocol header was refused, in words an operator can act on.
+fn bad_header(got: &[u8]) -> &'static str {
+    match got {
+        // A TLS record: a handshake (0x16) of TLS 1.x (0x03).
+        [0x16, 0x03, ..] | [0x16] => {
+            "bad protocol header: a TLS handshake on a plain AMQP port (use the TLS port, ssl-port, or connect without TLS)"
+        }
+        h if h == AMQP_HEADER => {
+            "bad protocol header: AMQP without a SASL layer, and this broker requires a SASL login"
+        }
+        h if h == SASL_HEADER => "bad protocol header: a SASL layer this broker does not offer here",
+        [b'A', b'M', b'Q', b'P', 2, ..] => {
+            "bad protocol header: AMQP's TLS upgrade (protocol id 2) is not supported (connect with TLS to the TLS port, ssl-port)"
+        }
+        // 0-9-1 sends AMQP 0 0 9 1, 0-10 sends AMQP 1 1 0 10.
+        [b'A', b'M', b'Q', b'P', 0 | 1, ..] => {
+            "bad protocol header: an AMQP version before 1.0 (this broker speaks AMQP 1.0 only)"
+        }
+        [b'A', b'M', b'Q', b'P', ..] => "bad protocol header: an AMQP header this broker does not know",
+        _ => "bad protocol header: not AMQP",
+    }
+}
+
 fn put_range(out: &mut BytesMut, parts: &[&[u8]], mut offset: usize, mut len: usize) {
     for part in parts {
         if len == 0 {
