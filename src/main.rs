@@ -288,7 +288,8 @@ fn with_ha(
         .map(|a| {
             Value::Map(vec![
                 (Value::symbol("network-host"), Value::string(&a.host)),
-                (Value::symbol("port"), Value::string(&a.port.to_string())),
+                // An AMQP int, which Qpid JMS reads as an Integer.
+                (Value::symbol("port"), Value::Int(i32::from(a.port))),
             ])
         })
         .collect();

@@ -496,7 +496,7 @@ fn promoting_a_catching_up_backup_is_refused() {
         if statuses.last() != Some(&status) {
             statuses.push(status.clone());
         }
-        if status == "catch-up" && refusal.is_none() {
+        if status == "catchup" && refusal.is_none() {
             let out = cluster.promote(1);
             let after = cluster.status(1);
             refusal = Some((out, after));
@@ -520,7 +520,7 @@ fn promoting_a_catching_up_backup_is_refused() {
     );
     assert!(text.contains("catching up"), "{text}");
     assert!(
-        after == "catch-up" || after == "ready",
+        after == "catchup" || after == "ready",
         "after the refusal: {after}"
     );
     cluster.wait_depth(1, "deep", COUNT as u64);

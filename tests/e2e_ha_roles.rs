@@ -152,7 +152,18 @@ fn a_backup_refuses_clients_with_connection_forced_and_advertises_the_cluster() 
         .and_then(|p| p.map_get("failover-server-list"))
         .cloned();
     match list {
-        Some(Value::List(servers)) => assert_eq!(servers.len(), 2),
+        Some(Value::List(servers)) => {
+            assert_eq!(servers.len(), 2);
+            let port = servers[1].map_get("port");
+            assert_eq!(
+                port,
+                Some(&Value::Int(i32::from(cluster.brokers[1].port())))
+            );
+            assert_eq!(
+                servers[1].map_get("network-host").and_then(Value::as_str),
+                Some("127.0.0.1")
+            );
+        }
         other => panic!("no failover-server-list: {other:?}"),
     }
 }
@@ -487,4 +498,33 @@ fn a_backup_catches_up_with_deletes_and_recreates_made_while_it_was_away() {
         rows.contains("\"name\":\"changed\"") && rows.contains("\"max-queue-count\":9"),
         "the backup keeps the old settings of a queue re-created while it was away: {rows}"
     );
+}
+
+#[test]
+fn a_backup_with_another_ha_replicate_says_so_and_does_not_join() {
+    let mut args = ha_member_args(2, &["--worker-threads", "1"]);
+    args[0].extend(["--ha-replicate".to_owned(), "all".to_owned()]);
+    args[1].extend(["--ha-replicate".to_owned(), "configuration".to_owned()]);
+    let primary = Broker::start(&as_strs(&args[0]));
+    let backup = Broker::start(&as_strs(&args[1]));
+    let promoted = tool(
+        "tandem-ha",
+        &["-b", &primary.url(), "--cluster-manager", "promote"],
+    );
+    assert!(promoted.status.success(), "{}", stderr(&promoted));
+    let said = wait_until(Duration::from_secs(10), || {
+        backup.stderr().contains("ha-replicate differs")
+    });
+    assert!(said, "{}", backup.stderr());
+    let why = backup.stderr();
+    assert!(
+        why.contains("this primary replicates 'all' by default") && why.contains("'configuration'"),
+        "{why}"
+    );
+    // It stays joining while it tries again, and says it once.
+    for _ in 0..3 {
+        assert!(status_is(&backup.url(), "joining"), "{}", backup.stderr());
+    }
+    let why = backup.stderr();
+    assert_eq!(why.matches("ha-replicate differs").count(), 1, "{why}");
 }

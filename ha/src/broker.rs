@@ -272,6 +272,7 @@ impl HaHandler for HaBroker {
             broker_id: self.node.broker_id().to_owned(),
             address: self.info.self_address.clone(),
             epoch: self.node.epoch(),
+            replicate: Some(self.info.replicate.clone()),
         }
     }
 

@@ -85,6 +85,9 @@ pub struct BackupIdentity {
     pub broker_id: String,
     pub address: String,
     pub epoch: u64,
+    /// Its `ha-replicate`, which must be the primary's (`None`: it did not
+    /// say).
+    pub replicate: Option<String>,
 }
 
 /// A management reply from the HA handler: status code and body, or an error.

@@ -78,7 +78,7 @@ fn promotion_is_refused_without_cluster_manager_and_while_catching_up() {
     c.restart(1);
     c.restart(2);
     assert!(
-        c.run_until(Duration::from_secs(5), |c| c.status(1) == "catch-up"),
+        c.run_until(Duration::from_secs(5), |c| c.status(1) == "catchup"),
         "{:?}",
         c.statuses()
     );
@@ -549,4 +549,58 @@ fn faults_of_every_kind_under_a_seeded_random_schedule_lose_no_settled_message()
     for seed in seeds() {
         faults_under_load(seed);
     }
+}
+
+#[test]
+fn a_backup_whose_ha_replicate_differs_from_the_primarys_does_not_join() {
+    let mut c = running_cluster(1, SEED);
+    c.set_replicate(2, "configuration");
+    c.restart(2);
+    c.run_for(Duration::from_secs(5));
+    assert_eq!(c.status(2), "joining", "{:?}", c.members(0));
+    let id = c.brokers[2].broker_id.clone();
+    assert!(
+        c.members(0).iter().all(|(m, _)| *m != id),
+        "{:?}",
+        c.members(0)
+    );
+    // The same level again: it joins.
+    c.set_replicate(2, "all");
+    c.restart(2);
+    assert!(
+        c.run_until(Duration::from_secs(10), |c| ready_at(c, 0, 2)),
+        "{:?} {:?}",
+        c.statuses(),
+        c.members(0)
+    );
+}
+
+/// The primary's `awaiting-settlement` of `queue`: stored messages whose
+/// publishers wait for the backups.
+fn awaiting_settlement(c: &Cluster, b: usize, queue: &str) -> u64 {
+    c.brokers[b]
+        .shards
+        .iter()
+        .flat_map(|s| s.report().queues)
+        .filter(|(n, _)| &**n == queue)
+        .map(|(_, s)| s.awaiting_settlement)
+        .sum()
+}
+
+#[test]
+fn a_queue_counts_the_settlements_waiting_for_a_backup() {
+    let mut c = running_cluster(1, SEED);
+    c.stall(2);
+    let p = c.add_client(Kind::Publisher, "q", 10);
+    assert!(
+        c.run_until(Duration::from_secs(1), |c| awaiting_settlement(c, 0, "q")
+            == 10),
+        "{} waiting: {}",
+        awaiting_settlement(&c, 0, "q"),
+        c.clients[p].describe()
+    );
+    assert_eq!(c.clients[p].outstanding(), 10);
+    c.resume(2);
+    assert!(all_settled(&mut c, p, Duration::from_secs(10)));
+    assert_eq!(awaiting_settlement(&c, 0, "q"), 0);
 }

@@ -23,7 +23,7 @@ fn every_status_change_is_reported() {
     });
     let text = String::from_utf8_lossy(&log.lock().unwrap_or_else(|e| e.into_inner())).to_string();
     let count = |s: &str| text.matches(s).count();
-    // 0: joining -> recovering -> active; 1 and 2: joining -> catch-up -> ready.
+    // 0: joining -> recovering -> active; 1 and 2: joining -> catchup -> ready.
     assert_eq!(
         count("status changed from joining to recovering"),
         1,
@@ -34,12 +34,8 @@ fn every_status_change_is_reported() {
         1,
         "{text}"
     );
-    assert_eq!(
-        count("status changed from joining to catch-up"),
-        2,
-        "{text}"
-    );
-    assert_eq!(count("status changed from catch-up to ready"), 2, "{text}");
+    assert_eq!(count("status changed from joining to catchup"), 2, "{text}");
+    assert_eq!(count("status changed from catchup to ready"), 2, "{text}");
     assert_eq!(count("status changed"), 6, "{text}");
 }
 

@@ -128,7 +128,7 @@ impl FakePrimary {
         );
         let status = self.c.status(1);
         assert!(
-            status == "joining" || status == "catch-up",
+            status == "joining" || status == "catchup",
             "{what}: the backup still says {status}"
         );
     }

@@ -133,7 +133,7 @@ tandem_ha() {
     "$TANDEM_HA" -b "$TANDEM_HA_BROKER" --timeout "$TANDEM_HA_TIMEOUT" "$@"
 }
 
-# Prints the local broker's HA status (joining, catch-up, ready, recovering,
+# Prints the local broker's HA status (joining, catchup, ready, recovering,
 # active, standalone); fails when the broker does not answer.
 tandem_ha_status() {
     tandem_ha status 2>/dev/null

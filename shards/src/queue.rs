@@ -138,6 +138,9 @@ pub struct QueueStats {
     pub consumers: u64,
     pub redeliveries: u64,
     pub held: u64,
+    /// Stored messages whose publisher's settlement waits for the settlement
+    /// holders (backups not yet acknowledged, the disk); set by the shard.
+    pub awaiting_settlement: u64,
     pub ring_dropped: u64,
     pub lvq_replaced: u64,
     /// The position of the newest message it ever stored (0: none).

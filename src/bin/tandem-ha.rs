@@ -48,8 +48,8 @@ enum Command {
     Ping,
     /// Print the broker's HA status.
     Status {
-        /// Exit 0 only if the status is this (standalone, joining, catch-up, ready,
-        /// recovering, active; or primary = recovering|active, backup = joining|catch-up|ready).
+        /// Exit 0 only if the status is this (standalone, joining, catchup, ready,
+        /// recovering, active; or primary = recovering|active, backup = joining|catchup|ready).
         #[arg(long, value_name = "STATE")]
         expect: Option<String>,
         /// Exit 0 only if the broker is a primary (recovering or active).

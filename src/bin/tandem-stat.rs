@@ -68,6 +68,7 @@ const QUEUES: View = View {
         ("acq", "acquired"),
         ("cons", "consumers"),
         ("redeliv", "redeliveries"),
+        ("unsettled", "awaiting-settlement"),
         ("shard", "shard"),
     ],
 };

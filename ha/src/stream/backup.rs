@@ -304,9 +304,11 @@ impl Replication {
             } => self.apply_delivery(shard, link.channel, delivery_id, &payload),
             EngineEvent::Detached { ref error, .. } | EngineEvent::Closed { ref error, .. } => {
                 if let Some(e) = error {
-                    // A refused login is the operator's to fix: said once
-                    // (not at every retry), the rest at debug.
-                    let refused = e.condition == condition::UNAUTHORIZED_ACCESS;
+                    // A refused login or a configuration that differs from the
+                    // primary's is the operator's to fix: said once (not at
+                    // every retry), the rest at debug.
+                    let refused = e.condition == condition::UNAUTHORIZED_ACCESS
+                        || e.condition == condition::PRECONDITION_FAILED;
                     let said = e.to_string();
                     if refused && self.backup.last_refusal.as_deref() != Some(said.as_str()) {
                         tracing::warn!("HA: the replication link was refused: {said}");
@@ -406,7 +408,7 @@ impl Replication {
             }
             said.push((Value::String(queue.to_string()), ranges_value(&ranges)));
         }
-        let properties = Value::Map(vec![
+        let mut properties = vec![
             (Value::symbol("tandem.ha-holdings"), Value::Map(said)),
             (
                 Value::symbol("tandem.ha-broker-id"),
@@ -417,7 +419,14 @@ impl Replication {
                 Value::String(who.address),
             ),
             (Value::symbol("tandem.ha-epoch"), Value::Ulong(who.epoch)),
-        ]);
+        ];
+        if let Some(replicate) = who.replicate {
+            properties.push((
+                Value::symbol("tandem.ha-replicate"),
+                Value::String(replicate),
+            ));
+        }
+        let properties = Value::Map(properties);
         let attach = Attach::receiver(format!("ha-replication-{}", who.broker_id), source)
             .with_properties(properties);
         out.link = engine.attach(channel, attach);

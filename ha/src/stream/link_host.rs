@@ -15,7 +15,9 @@ use tandem_shards::amqp::performative::{condition, Attach, ErrorCondition, Role}
 use tandem_shards::broker::Shard;
 
 use super::codec::ranges_from_value;
-use super::{msg, push_for, Acks, Backlog, Holdings, Msg, ReplicaSink, Replication, Unsettled};
+use super::{
+    msg, push_for, Acks, Backlog, Holdings, Msg, Refusal, ReplicaSink, Replication, Unsettled,
+};
 use crate::guard::MemberId;
 use crate::role::BackupIdentity;
 
@@ -227,19 +229,18 @@ impl Replication {
 
     /// Shard 0 refused a backup: refuse its attach with the reason (and our
     /// status, which a joining broker takes into account before promotion).
-    pub(super) fn refused(
-        &mut self,
-        shard: &mut Shard,
-        sink: ReplicaSink,
-        reason: String,
-        status: Option<String>,
-    ) {
+    pub(super) fn refused(&mut self, shard: &mut Shard, sink: ReplicaSink, refusal: Refusal) {
         let Some(hl) = self.host.links.remove(&(sink.conn, sink.link)) else {
             return;
         };
         shard.release_link(sink.conn, sink.link);
+        let Refusal {
+            condition,
+            reason,
+            status,
+        } = refusal;
         if let (Some(attach), Some(engine)) = (hl.pending_attach, shard.engine(sink.conn)) {
-            let mut error = ErrorCondition::new(condition::NOT_ALLOWED, reason);
+            let mut error = ErrorCondition::new(condition, reason);
             error.info = status
                 .map(|s| Value::Map(vec![(Value::symbol("tandem.ha-status"), Value::String(s))]));
             engine.refuse_attach(sink.link, &attach, error);
@@ -320,6 +321,10 @@ fn identity_from(props: Option<&Value>) -> Option<BackupIdentity> {
             .map_get("tandem.ha-epoch")
             .and_then(Value::as_u64)
             .unwrap_or(0),
+        replicate: p
+            .map_get("tandem.ha-replicate")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
     })
 }
 

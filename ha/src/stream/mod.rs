@@ -103,6 +103,15 @@ pub(crate) fn epoch_floor(epoch: u64) -> u64 {
 /// What an `enq` delivery acknowledges when the backup settles it.
 pub(crate) type EnqueueMeta = Option<(Arc<str>, u64)>;
 
+/// Why a backup's replication link is refused: the AMQP condition, the
+/// description, and our status (a joining broker weighs it before promotion).
+#[derive(Debug, Clone)]
+pub(crate) struct Refusal {
+    pub condition: &'static str,
+    pub reason: String,
+    pub status: Option<String>,
+}
+
 /// What one shard's stream tells another's.
 #[derive(Debug)]
 pub(crate) enum Msg {
@@ -147,8 +156,7 @@ pub(crate) enum Msg {
     /// Shard 0 -> link host: the HA role refused the backup.
     Refused {
         sink: ReplicaSink,
-        reason: String,
-        status: Option<String>,
+        refusal: Refusal,
     },
     /// Shard 0 -> link host: the HA role accepted the backup (our epoch and
     /// cluster id).
@@ -483,11 +491,7 @@ impl Extension for Replication {
                 who,
                 holdings,
             } => self.backup_attached(shard, sink, who, holdings),
-            Msg::Refused {
-                sink,
-                reason,
-                status,
-            } => self.refused(shard, sink, reason, status),
+            Msg::Refused { sink, refusal } => self.refused(shard, sink, refusal),
             Msg::Accepted {
                 sink,
                 epoch,

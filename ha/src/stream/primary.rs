@@ -7,13 +7,15 @@ use hashbrown::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
+use tandem_shards::amqp::performative::condition;
 use tandem_shards::broker::admission::Admission;
 use tandem_shards::broker::{ConfigEvent, ConfigOp, Shard};
+use tandem_shards::shown::shown;
 
 use super::codec::Event;
-use super::{msg, Level, Msg, Names, ReplicaSink, Replication};
+use super::{msg, Level, Msg, Names, Refusal, ReplicaSink, Replication};
 use crate::guard::MemberId;
-use crate::role::{BackupIdentity, HaCommand, LinkEvent};
+use crate::role::{BackupIdentity, HaCommand, HaHandler, LinkEvent};
 
 #[derive(Default)]
 pub(super) struct PrimaryState {
@@ -34,36 +36,43 @@ impl Replication {
         holdings: super::Holdings,
     ) {
         let now = shard.now();
-        let member = match self.role.as_mut().map(|ha| ha.backup_attached(who, now)) {
-            Some(Ok(m)) => m,
-            Some(Err(reason)) => {
-                let status = self.role.as_ref().and_then(|ha| {
-                    ha.attributes()
-                        .into_iter()
-                        .find(|(k, _)| *k == "status")
-                        .and_then(|(_, v)| v.as_str().map(str::to_owned))
-                });
-                shard.send_ext(
-                    sink.shard,
-                    msg(Msg::Refused {
-                        sink,
-                        reason,
-                        status,
-                    }),
-                );
+        let refuse = |shard: &mut Shard, condition, reason, status| {
+            let refusal = Refusal {
+                condition,
+                reason,
+                status,
+            };
+            shard.send_ext(sink.shard, msg(Msg::Refused { sink, refusal }));
+        };
+        let Some(role) = self.role.as_mut() else {
+            let reason = "this broker is not in an HA cluster".to_string();
+            return refuse(shard, condition::NOT_ALLOWED, reason, None);
+        };
+        let status = |role: &dyn HaHandler| {
+            role.attributes()
+                .into_iter()
+                .find(|(k, _)| *k == "status")
+                .and_then(|(_, v)| v.as_str().map(str::to_owned))
+        };
+        // Brokers that disagree on what is replicated by default would each
+        // keep a different set of queues: not one cluster.
+        let ours = role.replicate_default().to_owned();
+        if let Some(theirs) = who.replicate.as_ref().filter(|r| **r != ours) {
+            let reason = format!(
+                "ha-replicate differs: this primary replicates '{ours}' by default, backup {} ({}) '{theirs}'; give every broker of the cluster the same ha-replicate",
+                shown(&who.address),
+                shown(&who.broker_id)
+            );
+            tracing::debug!("HA: refusing a backup: {reason}");
+            let status = status(&**role);
+            return refuse(shard, condition::PRECONDITION_FAILED, reason, status);
+        }
+        let member = match role.backup_attached(who, now) {
+            Ok(m) => m,
+            Err(reason) => {
+                let status = status(&**role);
+                refuse(shard, condition::NOT_ALLOWED, reason, status);
                 self.poll_role(shard, now);
-                return;
-            }
-            None => {
-                let reason = "this broker is not in an HA cluster".to_string();
-                shard.send_ext(
-                    sink.shard,
-                    msg(Msg::Refused {
-                        sink,
-                        reason,
-                        status: None,
-                    }),
-                );
                 return;
             }
         };

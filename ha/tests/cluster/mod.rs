@@ -418,6 +418,8 @@ pub struct Cluster {
     restarts: usize,
     /// With a store: each broker's disk (it outlives the broker's process).
     disks: Option<Vec<MemDisk>>,
+    /// `ha-replicate` of brokers started from now on, where not `all`.
+    replicate: std::collections::HashMap<usize, String>,
 }
 
 /// Where a simulated broker with a store keeps its epoch file.
@@ -457,6 +459,7 @@ impl Cluster {
             bandwidth: BANDWIDTH,
             restarts: 0,
             disks: store.then(|| (0..n).map(|_| MemDisk::new()).collect()),
+            replicate: Default::default(),
         };
         for i in 0..n {
             let b = c.start_broker(i);
@@ -501,6 +504,11 @@ impl Cluster {
         // With a store the epoch and cluster id are kept too (data-dir/ha-epoch).
         let epoch_file = store.as_ref().map(|_| std::path::PathBuf::from(EPOCH_FILE));
         let known = self.known_epoch(i);
+        let replicate = self
+            .replicate
+            .get(&i)
+            .cloned()
+            .unwrap_or_else(|| "all".into());
         let role = HaBroker::new(
             HaSettings {
                 broker_id: broker_id.clone(),
@@ -515,14 +523,14 @@ impl Cluster {
             ClusterInfo {
                 brokers_url: self.addresses.join(","),
                 public_url: self.addresses.join(","),
-                replicate: "all".into(),
+                replicate: replicate.clone(),
                 self_address: own,
             },
             self.now,
         );
         // Built as tandemd builds it: one stream per shard, the role on shard 0.
         let stream = StreamSettings {
-            replicate: "all".into(),
+            replicate,
             username: None,
             password: None,
             mechanism: None,
@@ -695,6 +703,11 @@ impl Cluster {
     pub fn resume(&mut self, b: usize) {
         self.brokers[b].health = Health::Up;
         self.settle();
+    }
+
+    /// Broker `b`'s `ha-replicate` from its next start.
+    pub fn set_replicate(&mut self, b: usize, level: &str) {
+        self.replicate.insert(b, level.to_owned());
     }
 
     /// Starts broker `b` again as a new process (a new broker id), joining.

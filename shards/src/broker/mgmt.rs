@@ -381,7 +381,11 @@ impl Shard {
             queues: self
                 .queues
                 .iter()
-                .map(|(n, q)| (n.clone(), q.stats()))
+                .map(|(n, q)| {
+                    let mut stats = q.stats();
+                    stats.awaiting_settlement = self.holds.held(n) as u64;
+                    (n.clone(), stats)
+                })
                 .collect(),
             exchanges: self
                 .exchange_stats
@@ -556,6 +560,7 @@ impl Shard {
                     ("consumers", Value::Ulong(s.consumers)),
                     ("redeliveries", Value::Ulong(s.redeliveries)),
                     ("held", Value::Ulong(s.held)),
+                    ("awaiting-settlement", Value::Ulong(s.awaiting_settlement)),
                     ("ring-dropped", Value::Ulong(s.ring_dropped)),
                     ("lvq-replaced", Value::Ulong(s.lvq_replaced)),
                     ("last-position", Value::Ulong(s.last_position)),
