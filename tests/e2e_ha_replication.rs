@@ -168,3 +168,71 @@ fn nothing_replicates_by_default_except_what_asks_for_it() {
     }
     assert_eq!(cluster.depth(PRIMARY, "plain"), Some(3));
 }
+
+#[test]
+fn lvq_and_ring_queues_replicate_identically_through_a_fail_over() {
+    let _serial = serial();
+    let mut cluster = HaCluster::start_with_primary(Some("all"), PRIMARY);
+    cluster.config(PRIMARY, &["add", "queue", "prices", "--lvq-key", "sym"]);
+    cluster.config(
+        PRIMARY,
+        &[
+            "add",
+            "queue",
+            "recent",
+            "--max-queue-count",
+            "5",
+            "--limit-policy",
+            "ring",
+        ],
+    );
+    let send_with = |queue: &str, prefix: &str, count: &str, properties: Option<&str>| {
+        let url = cluster.url(PRIMARY);
+        let mut args = vec![
+            "--url",
+            &url,
+            "--address",
+            queue,
+            "--count",
+            count,
+            "--prefix",
+            prefix,
+        ];
+        if let Some(p) = properties {
+            args.extend(["--properties", p]);
+        }
+        run_python("send.py", &args).assert_success();
+    };
+    // Last values: a-2 for `a`, b-1 for `b`; the ring keeps r-7..r-11.
+    send_with("prices", "a-", "3", Some(r#"{"sym": "a"}"#));
+    send_with("prices", "b-", "2", Some(r#"{"sym": "b"}"#));
+    send_with("recent", "r-", "12", None);
+    for backup in cluster.others(PRIMARY) {
+        cluster.wait_depth(backup, "prices", 2);
+        cluster.wait_depth(backup, "recent", 5);
+    }
+    cluster.kill(PRIMARY);
+    let next = cluster.others(PRIMARY)[0];
+    cluster.promote_ok(next);
+    cluster.wait_status(next, "active");
+    let receive_from = |queue: &str, count: usize| {
+        let out = run_python(
+            "recv.py",
+            &[
+                "--url",
+                &cluster.url(next),
+                "--address",
+                queue,
+                "--count",
+                &count.to_string(),
+            ],
+        );
+        out.assert_success();
+        out.bodies()
+    };
+    assert_eq!(receive_from("prices", 2), ["a-2", "b-1"]);
+    assert_eq!(
+        receive_from("recent", 5),
+        ["r-7", "r-8", "r-9", "r-10", "r-11"]
+    );
+}
