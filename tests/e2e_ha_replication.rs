@@ -14,21 +14,27 @@ use ha_cluster::{serial, HaCluster, Member};
 
 const PRIMARY: Member = 0;
 
-/// Runs a Proton client `script` for `count` messages on `queue` of the primary.
-fn proton(script: &str, cluster: &HaCluster, queue: &str, count: usize) -> ClientOutput {
-    let out = run_python(
-        script,
-        &[
-            "--url",
-            &cluster.url(PRIMARY),
-            "--address",
-            queue,
-            "--count",
-            &count.to_string(),
-        ],
-    );
+/// Runs a Proton client `script` for `count` messages on `queue` of member
+/// `at`, with `extra` arguments.
+fn proton_at(
+    script: &str,
+    cluster: &HaCluster,
+    at: Member,
+    queue: &str,
+    count: usize,
+    extra: &[&str],
+) -> ClientOutput {
+    let (url, count) = (cluster.url(at), count.to_string());
+    let mut args = vec!["--url", &url, "--address", queue, "--count", &count];
+    args.extend_from_slice(extra);
+    let out = run_python(script, &args);
     out.assert_success();
     out
+}
+
+/// Runs a Proton client `script` for `count` messages on `queue` of the primary.
+fn proton(script: &str, cluster: &HaCluster, queue: &str, count: usize) -> ClientOutput {
+    proton_at(script, cluster, PRIMARY, queue, count, &[])
 }
 
 fn send(cluster: &HaCluster, queue: &str, count: usize) {
@@ -186,27 +192,16 @@ fn lvq_and_ring_queues_replicate_identically_through_a_fail_over() {
             "ring",
         ],
     );
-    let send_with = |queue: &str, prefix: &str, count: &str, properties: Option<&str>| {
-        let url = cluster.url(PRIMARY);
-        let mut args = vec![
-            "--url",
-            &url,
-            "--address",
-            queue,
-            "--count",
-            count,
-            "--prefix",
-            prefix,
-        ];
-        if let Some(p) = properties {
-            args.extend(["--properties", p]);
-        }
-        run_python("send.py", &args).assert_success();
-    };
     // Last values: a-2 for `a`, b-1 for `b`; the ring keeps r-7..r-11.
-    send_with("prices", "a-", "3", Some(r#"{"sym": "a"}"#));
-    send_with("prices", "b-", "2", Some(r#"{"sym": "b"}"#));
-    send_with("recent", "r-", "12", None);
+    let (a, b) = (r#"{"sym": "a"}"#, r#"{"sym": "b"}"#);
+    let send_as = |queue, prefix, count, more: &[&str]| {
+        let mut extra = vec!["--prefix", prefix];
+        extra.extend_from_slice(more);
+        proton_at("send.py", &cluster, PRIMARY, queue, count, &extra);
+    };
+    send_as("prices", "a-", 3, &["--properties", a]);
+    send_as("prices", "b-", 2, &["--properties", b]);
+    send_as("recent", "r-", 12, &[]);
     for backup in cluster.others(PRIMARY) {
         cluster.wait_depth(backup, "prices", 2);
         cluster.wait_depth(backup, "recent", 5);
@@ -215,21 +210,8 @@ fn lvq_and_ring_queues_replicate_identically_through_a_fail_over() {
     let next = cluster.others(PRIMARY)[0];
     cluster.promote_ok(next);
     cluster.wait_status(next, "active");
-    let receive_from = |queue: &str, count: usize| {
-        let out = run_python(
-            "recv.py",
-            &[
-                "--url",
-                &cluster.url(next),
-                "--address",
-                queue,
-                "--count",
-                &count.to_string(),
-            ],
-        );
-        out.assert_success();
-        out.bodies()
-    };
+    let receive_from =
+        |queue, count| proton_at("recv.py", &cluster, next, queue, count, &[]).bodies();
     assert_eq!(receive_from("prices", 2), ["a-2", "b-1"]);
     assert_eq!(
         receive_from("recent", 5),
