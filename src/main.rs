@@ -108,7 +108,7 @@ fn run(cfg: &Config) -> Result<(), String> {
     };
     let reloadable = std::sync::Arc::new(tandem_shards::reload::Reloadable {
         acl: acl.clone(),
-        users: cfg.users_file.is_some().then(|| users.clone()),
+        users: Some(users.clone()),
         cert: reload,
     });
     let settings = BrokerSettings {

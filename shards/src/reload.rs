@@ -14,6 +14,7 @@ use crate::users::UserDb;
 #[derive(Debug, Default)]
 pub struct Reloadable {
     pub acl: Option<Arc<Acl>>,
+    /// Reread only when they came from a users file.
     pub users: Option<Arc<UserDb>>,
     pub cert: Option<Arc<ReloadableCert>>,
 }

@@ -46,8 +46,7 @@ fn replicate_attr(body: &Value) -> Result<Option<String>, Response> {
     attributes::replicate_attr(body).map_err(bad)
 }
 
-/// The answer to a reload (sent through the error path, which only replies):
-/// 200 with each part's outcome when all of them took, otherwise 500 naming
+/// The answer to a reload: 200 with each part's outcome when all of them took, otherwise 500 naming
 /// what did not (the parts that did took).
 fn reload_response(parts: &[crate::reload::Reloaded]) -> Response {
     for part in parts {
@@ -235,10 +234,11 @@ impl Shard {
                         "no acl-file is configured on this broker, so there is nothing to reload",
                     ));
                 };
-                return Err(reload_response(&[part]));
+                self.mgmt_reply(&reply, reload_response(&[part]));
             }
             ("RELOAD", "broker") => {
-                return Err(reload_response(&self.settings.reload.everything()));
+                let parts = self.settings.reload.everything();
+                self.mgmt_reply(&reply, reload_response(&parts));
             }
             ("CREATE" | "READ" | "UPDATE" | "DELETE" | "QUERY", t) => {
                 return Err(Response::error(
