@@ -151,6 +151,12 @@ pub struct HaConfig {
     pub mechanism: Option<String>,
     /// `ha-backup-timeout`: how long a recovering primary waits for expected backups.
     pub backup_timeout: Duration,
+    /// `ha-min-backups`: a primary settles publishes to replicated queues only
+    /// while at least this many backups are ready (0: with none).
+    pub min_backups: usize,
+    /// `ha-min-backups-timeout`: how long such a publish waits before it is
+    /// rejected.
+    pub min_backups_timeout: Duration,
     /// `link-maintenance-interval`: how often a backup checks its link to the primary.
     pub link_maintenance_interval: Duration,
     /// `link-heartbeat-interval`: heartbeat on broker-to-broker links; two silent
@@ -308,6 +314,8 @@ impl HaConfig {
         let password = src.get("ha-password", value::secret)?;
         let mechanism = src.get("ha-mechanism", value::mechanism)?;
         let backup_timeout = src.value("ha-backup-timeout", value::duration)?;
+        let min_backups = src.value("ha-min-backups", |r| value::number(r, 0, 1000))?;
+        let min_backups_timeout = src.value("ha-min-backups-timeout", value::duration)?;
         let link_maintenance_interval = src.value("link-maintenance-interval", value::duration)?;
         let link_heartbeat_interval = src.value("link-heartbeat-interval", value::duration)?;
         let queue_replication = src.value("ha-queue-replication", value::boolean)?;
@@ -343,6 +351,23 @@ impl HaConfig {
                 }
             }
         }
+        if let (Some(set), Some(url)) = (
+            src.get("ha-min-backups", |r| value::number::<usize>(r, 0, 1000))?,
+            &brokers_url,
+        ) {
+            // The primary is one of the brokers: at most the others back it up.
+            let others = url.addrs.len().saturating_sub(1);
+            if set.value > others {
+                return Err(ConfigError::InvalidValue {
+                    origin: set.origin,
+                    value: Some(set.value.to_string()),
+                    reason: format!(
+                        "ha-brokers-url names {} brokers, so a primary has at most {others} backups: it would never settle",
+                        url.addrs.len()
+                    ),
+                });
+            }
+        }
         if let (Some(password), None) = (&password, &username) {
             return Err(ConfigError::Conflict {
                 origin: password.origin.clone(),
@@ -373,6 +398,8 @@ impl HaConfig {
             password: password.map(|s| s.value),
             mechanism: Some(mechanism),
             backup_timeout,
+            min_backups,
+            min_backups_timeout,
             link_maintenance_interval,
             link_heartbeat_interval,
             queue_replication,
@@ -393,6 +420,8 @@ impl fmt::Debug for HaConfig {
             .field("password", &self.password.as_ref().map(|_| "***"))
             .field("mechanism", &self.mechanism)
             .field("backup_timeout", &self.backup_timeout)
+            .field("min_backups", &self.min_backups)
+            .field("min_backups_timeout", &self.min_backups_timeout)
             .field("link_maintenance_interval", &self.link_maintenance_interval)
             .field("link_heartbeat_interval", &self.link_heartbeat_interval)
             .field("queue_replication", &self.queue_replication)

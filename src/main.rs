@@ -322,6 +322,7 @@ fn with_ha(
         broker_id: broker_id.to_owned(),
         brokers,
         backup_timeout: cfg.ha.backup_timeout,
+        min_backups: cfg.ha.min_backups,
         heartbeat: cfg.ha.link_heartbeat_interval,
         maintenance: cfg.ha.link_maintenance_interval,
         own_address: Some(own_address),
@@ -340,6 +341,7 @@ fn with_ha(
         mechanism: cfg.ha.mechanism.clone(),
         password: cfg.ha.password.clone(),
         heartbeat: cfg.ha.link_heartbeat_interval,
+        min_backups_timeout: cfg.ha.min_backups_timeout,
         epoch_file: Some(epoch_file),
     };
     let started = std::time::Instant::now();

@@ -68,9 +68,23 @@ impl HaBroker {
                     }
                 }
                 Action::StepDown { newer_epoch } => {
-                    tracing::warn!(
-                        "HA: a newer primary exists (epoch {newer_epoch} > ours): stepping down, dropping clients"
+                    tracing::error!(
+                        "HA: a newer primary exists (epoch {newer_epoch} > ours): stepping down, dropping clients; publishes not yet settled stay unsettled"
                     );
+                    self.commands.push(HaCommand::StepDown);
+                }
+                Action::Withhold { ready, needed } => {
+                    tracing::warn!(
+                        "HA: {ready} of ha-min-backups {needed} backups ready: settlements of publishes to replicated queues wait until {needed} are"
+                    );
+                    self.commands.push(HaCommand::Withhold);
+                }
+                Action::Release { ready } => {
+                    tracing::info!(
+                        "HA: {ready} backups ready (ha-min-backups {}): settling publishes again",
+                        self.node.min_backups()
+                    );
+                    self.commands.push(HaCommand::Release);
                 }
                 Action::Connect { index, address } => {
                     self.commands.push(HaCommand::Connect { index, address })
@@ -155,6 +169,18 @@ impl HaHandler for HaBroker {
             ("brokers-url", Value::string(&self.info.brokers_url)),
             ("public-url", Value::string(&self.info.public_url)),
             ("replicate", Value::string(&self.info.replicate)),
+            ("min-backups", Value::Ulong(self.node.min_backups() as u64)),
+            (
+                "ready-backups",
+                Value::Ulong(self.node.ready_backups() as u64),
+            ),
+            (
+                "withholding",
+                self.node
+                    .withheld()
+                    .map(Value::String)
+                    .unwrap_or(Value::Null),
+            ),
             ("members", Value::List(members)),
         ]
     }

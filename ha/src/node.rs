@@ -18,6 +18,9 @@ pub struct HaSettings {
     pub brokers: Vec<String>,
     /// `ha-backup-timeout`: how long a new primary waits for an expected backup.
     pub backup_timeout: Duration,
+    /// `ha-min-backups`: a primary with fewer ready backups withholds the
+    /// settlement of publishes to replicated queues (0: never).
+    pub min_backups: usize,
     /// `link-heartbeat-interval`: silence for twice this drops a peer.
     pub heartbeat: Duration,
     /// `link-maintenance-interval`: how often a backup retries the next address.
@@ -104,7 +107,15 @@ pub enum Action {
     },
     /// Primary: tell the backups the new membership.
     BroadcastMembers,
-    /// Primary: a newer primary exists; stop serving clients.
+    /// Primary: fewer than `needed` backups are ready (`ready`): settlements
+    /// of publishes to replicated queues wait, and what waits now keeps
+    /// waiting. Comes before anything that drops a backup.
+    Withhold { ready: usize, needed: usize },
+    /// Primary: `ha-min-backups` backups are ready again; what waited only
+    /// for them settles. Comes after what made them ready.
+    Release { ready: usize },
+    /// Primary: a newer primary exists; stop serving clients. Settlements
+    /// still held are forgotten, not given.
     StepDown { newer_epoch: u64 },
     /// Primary: the backup `member` is accepted; this is its id.
     Accepted { member: MemberId },
@@ -173,6 +184,8 @@ pub struct HaNode {
     // -- primary side
     members: BTreeMap<MemberId, Member>,
     next_member: MemberId,
+    /// Settlements are withheld for want of `ha-min-backups` ready backups.
+    withholding: bool,
 }
 
 impl HaNode {
@@ -194,6 +207,7 @@ impl HaNode {
             probed: std::collections::HashSet::new(),
             members: BTreeMap::new(),
             next_member: 1,
+            withholding: false,
         }
     }
 
@@ -235,6 +249,47 @@ impl HaNode {
 
     pub fn broker_id(&self) -> &str {
         &self.settings.broker_id
+    }
+
+    /// `ha-min-backups`.
+    pub fn min_backups(&self) -> usize {
+        self.settings.min_backups
+    }
+
+    /// Connected backups that caught up on every replicated queue.
+    pub fn ready_backups(&self) -> usize {
+        self.members
+            .values()
+            .filter(|m| m.connected && m.status == BrokerStatus::Ready)
+            .count()
+    }
+
+    /// Primary: why settlements wait (fewer ready backups than
+    /// `ha-min-backups`), if they do.
+    pub fn withheld(&self) -> Option<String> {
+        self.withholding.then(|| {
+            format!(
+                "{} of ha-min-backups {} backups ready: publishes to replicated queues wait",
+                self.ready_backups(),
+                self.settings.min_backups
+            )
+        })
+    }
+
+    /// Withholds or releases settlements as the ready backups now number:
+    /// withholding goes first in `out` (before any drop), release last.
+    fn mind_min_backups(&mut self, out: &mut Vec<Action>) {
+        let needed = self.settings.min_backups;
+        let serving = matches!(self.status, BrokerStatus::Recovering | BrokerStatus::Active);
+        let ready = self.ready_backups();
+        let short = serving && needed > 0 && ready < needed;
+        if short && !self.withholding {
+            self.withholding = true;
+            out.insert(0, Action::Withhold { ready, needed });
+        } else if !short && self.withholding && serving {
+            self.withholding = false;
+            out.push(Action::Release { ready });
+        }
     }
 
     /// The membership as this broker knows it (primary: its own table).
@@ -329,6 +384,7 @@ impl HaNode {
             out.push(Action::Guard { member: id });
         }
         self.maybe_active(&mut out);
+        self.mind_min_backups(&mut out);
         Ok(out)
     }
 
@@ -468,6 +524,7 @@ impl HaNode {
             }
             Input::Tick => self.tick(now, &mut out),
         }
+        self.mind_min_backups(&mut out);
         out
     }
 
@@ -499,6 +556,7 @@ impl HaNode {
             // A backup that followed a newer primary: we are stale.
             out.push(Action::StepDown { newer_epoch: epoch });
             self.members.clear();
+            self.withholding = false;
             self.epoch = epoch;
             self.become_(BrokerStatus::Joining, out);
             self.next_attempt = now;
@@ -673,6 +731,7 @@ mod tests {
                 broker_id: "b1".into(),
                 brokers: vec!["a:1".into(), "b:1".into()],
                 backup_timeout: Duration::from_secs(1),
+                min_backups: 0,
                 heartbeat: Duration::from_secs(1),
                 maintenance: Duration::from_millis(100),
                 own_address: Some("b:1".into()),
@@ -832,6 +891,60 @@ mod tests {
         assert!(
             !out.iter().any(|a| matches!(a, Action::Guard { .. })),
             "already guarded: {out:?}"
+        );
+    }
+
+    #[test]
+    fn min_backups_withholds_before_a_drop_and_releases_after_readiness() {
+        let now = Instant::now();
+        let mut n = HaNode::new(
+            HaSettings {
+                min_backups: 1,
+                ..node(now).settings
+            },
+            now,
+        );
+        n.handle(Input::LinkFailed { index: 0 }, now);
+        let out = n.promote(true, now).expect("first primary");
+        assert_eq!(
+            out.first(),
+            Some(&Action::Withhold {
+                ready: 0,
+                needed: 1
+            }),
+            "{out:?}"
+        );
+        assert!(n.withheld().is_some());
+        let out = n.handle(
+            Input::BackupConnected {
+                broker_id: "b2".into(),
+                address: "c:1".into(),
+                epoch: 1,
+            },
+            now,
+        );
+        let member = out
+            .iter()
+            .find_map(|a| match a {
+                Action::Accepted { member } => Some(*member),
+                _ => None,
+            })
+            .expect("accepted");
+        assert!(!out.iter().any(|a| matches!(a, Action::Release { .. })));
+        let out = n.handle(Input::BackupReady { member }, now);
+        assert_eq!(out.last(), Some(&Action::Release { ready: 1 }), "{out:?}");
+        assert_eq!(n.withheld(), None);
+        // Losing it: withholding comes before the drop releases its holds.
+        let out = n.handle(Input::BackupLost { member }, now);
+        let withhold = out
+            .iter()
+            .position(|a| matches!(a, Action::Withhold { .. }));
+        let drop = out
+            .iter()
+            .position(|a| matches!(a, Action::DropBackup { .. }));
+        assert!(
+            matches!((withhold, drop), (Some(w), Some(d)) if w < d),
+            "{out:?}"
         );
     }
 }

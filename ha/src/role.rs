@@ -22,6 +22,14 @@ pub enum HaCommand {
     /// Primary: nothing waits for `member` any more; with `disconnect`, close
     /// its link too.
     Drop { member: MemberId, disconnect: bool },
+    /// Primary: too few backups are ready (`ha-min-backups`): settlements of
+    /// publishes to replicated queues wait, what waits now included.
+    Withhold,
+    /// Primary: enough backups are ready again.
+    Release,
+    /// Primary: a newer primary exists; held settlements are forgotten and
+    /// the backups' links closed.
+    StepDown,
     /// Just promoted at `epoch`: give new messages positions no earlier
     /// primary gave (clients wait until every shard did).
     Promoted { epoch: u64 },

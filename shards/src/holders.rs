@@ -133,6 +133,21 @@ impl<T> Holds<T> {
         }
     }
 
+    /// Positions of `queue` whose settlements are held.
+    pub fn held_positions(&self, queue: &str) -> Vec<u64> {
+        self.queues
+            .get(queue)
+            .map(|q| q.held.keys().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// Whether `holder` holds `queue`.
+    pub fn holds(&self, holder: HolderId, queue: &str) -> bool {
+        self.queues
+            .get(queue)
+            .is_some_and(|q| q.guards.contains_key(&holder))
+    }
+
     /// Settlements held for `queue`.
     pub fn held(&self, queue: &str) -> usize {
         self.queues.get(queue).map_or(0, |q| q.held.len())
@@ -183,6 +198,27 @@ mod tests {
         out.clear();
         g.release("orders", 2, 3, &mut out);
         assert_eq!(out, vec![30]);
+    }
+
+    #[test]
+    fn a_holder_from_position_zero_keeps_what_others_held() {
+        let mut g = Holds::new();
+        g.hold(&q(), 1, 5);
+        assert_eq!(g.enqueued(&q(), 5, "a"), None);
+        assert_eq!(g.enqueued(&q(), 6, "b"), None);
+        let mut out = Vec::new();
+        g.release("orders", 1, 5, &mut out);
+        assert_eq!(out, vec!["a"]);
+        out.clear();
+        // A gate closing while a backup is lost: what waited still waits.
+        g.hold(&q(), 9, 0);
+        assert!(g.holds(9, "orders") && !g.holds(2, "orders"));
+        g.drop_holder(1, &mut out);
+        assert!(out.is_empty());
+        assert_eq!(g.held_positions("orders"), vec![6]);
+        assert_eq!(g.enqueued(&q(), 7, "c"), None);
+        g.drop_holder(9, &mut out);
+        assert_eq!(out, vec!["b", "c"]);
     }
 
     #[test]

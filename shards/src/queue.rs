@@ -433,6 +433,22 @@ impl Queue {
         }
     }
 
+    /// Whether the message at `position` is available (stored, not with a
+    /// consumer).
+    pub fn is_available(&self, position: u64) -> bool {
+        self.available.contains_key(&position)
+    }
+
+    /// Removes the message at `position` if it is available (not with a
+    /// consumer); whether it was.
+    pub fn remove_available(&mut self, position: u64) -> bool {
+        if !self.is_available(position) {
+            return false;
+        }
+        self.remove_at(position);
+        true
+    }
+
     /// Drops every message (a backup about to receive a fresh snapshot).
     pub fn purge(&mut self) {
         if self.track_dequeues {

@@ -140,15 +140,25 @@ fn run(cli: &Cli) -> ToolResult<ExitCode> {
             };
             let mut ok = true;
             for url in &brokers {
-                let status = ha_status(url, cli.timeout);
+                let read = ha_read(url, cli.timeout);
+                let status = read.as_ref().map(|r| r.0).map_err(Clone::clone);
+                let withholding = read.as_ref().ok().and_then(|r| r.1.clone());
                 let shown = match &status {
                     Ok(s) => s.to_string(),
                     Err(e) => format!("unreachable ({e})"),
                 };
+                // Scripts read the status word; why settlements wait goes
+                // beside it (--all) or to stderr.
                 if *all {
-                    println!("{} {shown}", without_credentials(url));
+                    match &withholding {
+                        Some(why) => println!("{} {shown} ({why})", without_credentials(url)),
+                        None => println!("{} {shown}", without_credentials(url)),
+                    }
                 } else if status.is_ok() {
                     println!("{shown}");
+                    if let Some(why) = &withholding {
+                        eprintln!("tandem-ha: {why}");
+                    }
                 }
                 ok &= match (&status, expectation) {
                     (Ok(s), Some(e)) => e.matches(*s),
@@ -192,8 +202,13 @@ fn run(cli: &Cli) -> ToolResult<ExitCode> {
                     "brokers-url",
                     "public-url",
                     "replicate",
+                    "min-backups",
+                    "ready-backups",
                 ] {
                     println!("{:<12} {}", format!("{key}:"), cell(get(&attrs, key)));
+                }
+                if let Some(Value::String(why)) = get(&attrs, "withholding") {
+                    println!("withholding: {why}");
                 }
                 if let Some(Value::List(members)) = get(&attrs, "members") {
                     for m in members {
@@ -324,17 +339,28 @@ fn without_credentials(url: &str) -> &str {
 
 /// The broker's HA status.
 fn ha_status(url: &str, timeout: f64) -> Result<BrokerStatus, String> {
+    ha_read(url, timeout).map(|(status, _)| status)
+}
+
+/// The broker's HA status, and why it withholds settlements if it does
+/// (`ha-min-backups`).
+fn ha_read(url: &str, timeout: f64) -> Result<(BrokerStatus, Option<String>), String> {
     let mut mc = tools::connect(url, true, timeout)?;
     let attrs = tools::read(&mut mc, "ha-broker", None);
     mc.close();
     let attrs = match attrs {
         Ok(a) => a,
         // A broker outside a cluster has no ha-broker entity.
-        Err(e) if e.contains("status 404") => return Ok(BrokerStatus::Standalone),
+        Err(e) if e.contains("status 404") => return Ok((BrokerStatus::Standalone, None)),
         Err(e) => return Err(e),
     };
     let text = cell(get(&attrs, "status"));
-    text.parse().map_err(|e| format!("{e}"))
+    let status = text.parse().map_err(|e| format!("{e}"))?;
+    let withholding = match get(&attrs, "withholding") {
+        Some(Value::String(why)) => Some(why.clone()),
+        _ => None,
+    };
+    Ok((status, withholding))
 }
 
 /// After a total failure every broker restarts joining with its store: the

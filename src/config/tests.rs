@@ -122,6 +122,8 @@ fn defaults_without_file_or_flags() {
     assert_eq!(ha.password, None);
     assert_eq!(ha.mechanism.as_deref(), Some("ANONYMOUS"));
     assert_eq!(ha.backup_timeout, Duration::from_secs(10));
+    assert_eq!(ha.min_backups, 0);
+    assert_eq!(ha.min_backups_timeout, Duration::from_secs(30));
     assert_eq!(ha.link_maintenance_interval, Duration::from_secs(2));
     assert_eq!(ha.link_heartbeat_interval, Duration::from_secs(120));
     assert!(!ha.queue_replication);
@@ -670,6 +672,31 @@ fn a_cluster_refuses_heartbeat_and_maintenance_intervals_below_10ms() {
 }
 
 #[test]
+fn min_backups_cannot_exceed_the_other_brokers() {
+    let cluster = ["--ha-cluster", "yes", "--ha-brokers-url", "a,b,c"];
+    let with = |n: &'static str| -> Vec<&'static str> {
+        cluster
+            .iter()
+            .copied()
+            .chain(["--ha-min-backups", n])
+            .collect()
+    };
+    let c = loaded(&with("2"));
+    assert_eq!(c.ha.min_backups, 2);
+    assert_eq!(
+        error(&with("3")).to_string(),
+        "--ha-min-backups: 3 is not allowed: ha-brokers-url names 3 brokers, so a primary \
+         has at most 2 backups: it would never settle"
+    );
+    assert!(matches!(
+        error(&["--ha-min-backups", "-1"]),
+        ConfigError::InvalidValue { .. }
+    ));
+    let c = loaded(&["--ha-min-backups-timeout", "2s"]);
+    assert_eq!(c.ha.min_backups_timeout, Duration::from_secs(2));
+}
+
+#[test]
 fn the_replication_shards_cpu_is_a_cpu_number() {
     let c = loaded(&["--ha-replication-cpu", "3"]);
     assert_eq!(c.ha.replication_cpu, Some(3));
@@ -734,4 +761,13 @@ fn handshake_limits_have_defaults_and_are_checked() {
     assert_eq!(c.max_handshaking, 7);
     let e = error(&["--max-handshaking", "0"]).to_string();
     assert!(e.contains("max-handshaking"), "{e}");
+}
+
+#[test]
+fn the_example_config_file_loads() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/tandemd.toml");
+    let arg = format!("--config={path}");
+    let c = loaded(&[&arg]);
+    assert!(c.ha.cluster);
+    assert_eq!(c.ha.min_backups, 1);
 }

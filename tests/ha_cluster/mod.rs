@@ -88,6 +88,8 @@ pub struct HaCluster {
     /// `--ha-brokers-url`: every member's address.
     pub urls: String,
     replicate: Option<String>,
+    /// More `tandemd` arguments for every member.
+    extra: Vec<String>,
     brokers: Vec<Option<Broker>>,
     /// Killed brokers, kept so a failing test still prints their stderr.
     dead: Vec<Broker>,
@@ -97,6 +99,11 @@ impl HaCluster {
     /// Starts three brokers (all `joining`); `replicate` is `--ha-replicate`
     /// (`None`: the broker's default).
     pub fn start(replicate: Option<&str>) -> HaCluster {
+        HaCluster::start_with_args(replicate, &[])
+    }
+
+    /// Like [`HaCluster::start`], every member with `extra` arguments too.
+    pub fn start_with_args(replicate: Option<&str>, extra: &[&str]) -> HaCluster {
         let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
         let urls = ports
             .iter()
@@ -107,6 +114,7 @@ impl HaCluster {
             ports,
             urls,
             replicate: replicate.map(str::to_owned),
+            extra: extra.iter().map(|a| a.to_string()).collect(),
             brokers: vec![None, None, None],
             dead: Vec::new(),
         };
@@ -157,6 +165,7 @@ impl HaCluster {
         if let Some(level) = &self.replicate {
             args.extend(["--ha-replicate", level.as_str()]);
         }
+        args.extend(self.extra.iter().map(String::as_str));
         self.brokers[i] = Some(Broker::start(&args));
     }
 

@@ -63,6 +63,9 @@ pub struct StreamSettings {
     pub mechanism: Option<String>,
     /// `link-heartbeat-interval`.
     pub heartbeat: Duration,
+    /// `ha-min-backups-timeout`: how long a publish waits for `ha-min-backups`
+    /// ready backups before it is rejected.
+    pub min_backups_timeout: Duration,
     /// Where shard 0 keeps the epoch the role knows (`data-dir/ha-epoch`),
     /// rewritten whenever it changes.
     pub epoch_file: Option<std::path::PathBuf>,
@@ -146,6 +149,14 @@ pub(crate) enum Msg {
     DropMember {
         member: MemberId,
     },
+    /// Shard 0 -> all: too few backups are ready; settlements wait (see
+    /// [`crate::guard::MIN_BACKUPS`]).
+    Withhold,
+    /// Shard 0 -> all: enough backups are ready again.
+    Release,
+    /// Shard 0 -> all: a newer primary exists; what settlements wait for no
+    /// longer counts here and is forgotten.
+    SteppedDown,
     /// Link host -> shard 0: a backup attached its link, saying what it
     /// holds.
     BackupAttached {
@@ -486,6 +497,9 @@ impl Extension for Replication {
             }
             Msg::GuardMember { member } => self.guard_member(shard, member),
             Msg::DropMember { member } => self.drop_member(shard, member),
+            Msg::Withhold => self.withhold(shard),
+            Msg::Release => self.release(shard),
+            Msg::SteppedDown => self.stepped_down(shard),
             Msg::BackupAttached {
                 sink,
                 who,
@@ -616,7 +630,7 @@ impl Extension for Replication {
                 queue,
                 position,
                 message,
-            } => self.stream_enqueue(&queue, position, message),
+            } => self.owned_stored(shard, &queue, position, message),
             Tap::Dequeued { queue, positions } => self.stream_dequeues(&queue, positions),
             // Backups do not keep delivery counts yet.
             Tap::Redelivered { .. } => {}
@@ -627,6 +641,7 @@ impl Extension for Replication {
 
     fn poll(&mut self, shard: &mut Shard, now: Instant) {
         self.poll_role(shard, now);
+        self.reject_overdue(shard, now);
     }
 
     fn end_of_step(&mut self, shard: &mut Shard) {

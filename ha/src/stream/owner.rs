@@ -12,15 +12,19 @@
 //! equal positions are equal messages.
 
 use hashbrown::{HashMap, HashSet};
+use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
+use tandem_shards::amqp::performative::{condition, ErrorCondition};
 use tandem_shards::broker::{ConfigEvent, Shard};
+use tandem_shards::duration::format_duration;
 use tandem_shards::ranges;
 
 use super::codec::{Encoded, Event};
 use super::{msg, EnqueueMeta, Level, Msg, ReplicaSink, Replication};
-use crate::guard::MemberId;
+use crate::guard::{MemberId, MIN_BACKUPS};
 
 #[derive(Default)]
 pub(super) struct OwnerState {
@@ -34,6 +38,9 @@ pub(super) struct OwnerState {
     guarded: HashSet<MemberId>,
     /// What snapshots sent and what backups already held.
     pub(super) catch_up_sent: CatchUpCounters,
+    /// While too few backups are ready: the settlements withheld, oldest
+    /// first, each with when it began to wait (see [`MIN_BACKUPS`]).
+    withheld: Option<VecDeque<(Instant, Arc<str>, u64)>>,
 }
 
 /// Messages (and their bytes) snapshots sent to backups, and messages the
@@ -46,8 +53,25 @@ pub(super) struct CatchUpCounters {
 }
 
 impl Replication {
+    /// A message stored on an owned queue: streamed to its backups, and
+    /// timed if its settlement is withheld for want of ready backups.
+    pub(super) fn owned_stored(
+        &mut self,
+        shard: &Shard,
+        queue: &Arc<str>,
+        position: u64,
+        message: Bytes,
+    ) {
+        if let Some(withheld) = self.owner.withheld.as_mut() {
+            if shard.holds(MIN_BACKUPS, queue) {
+                withheld.push_back((shard.now(), queue.clone(), position));
+            }
+        }
+        self.stream_enqueue(queue, position, message);
+    }
+
     /// Sends a new message to the backups streaming `queue`.
-    pub(super) fn stream_enqueue(&mut self, queue: &Arc<str>, position: u64, message: Bytes) {
+    fn stream_enqueue(&mut self, queue: &Arc<str>, position: u64, message: Bytes) {
         if self.owner.sinks.contains_key(queue) {
             let event = Encoded::enqueue(queue, position, message);
             self.stream_to_backups(queue, event, Some((queue.clone(), position)));
@@ -188,6 +212,81 @@ impl Replication {
         }
     }
 
+    /// Too few backups are ready: every replicated queue's settlements wait,
+    /// those waiting now included, and so do those of queues declared later.
+    pub(super) fn withhold(&mut self, shard: &mut Shard) {
+        let now = shard.now();
+        let mut withheld = VecDeque::new();
+        for name in shard.queue_names() {
+            let all = shard
+                .queue(&name)
+                .is_some_and(|q| self.queue_level(&q.settings) == Level::All);
+            // Tapped, so that each new publish is timed.
+            if all && shard.hold_held(&name, MIN_BACKUPS) {
+                shard.tap_queue(&name);
+                for position in shard.held_positions(&name) {
+                    withheld.push_back((now, name.clone(), position));
+                }
+            }
+        }
+        self.owner.guarded.insert(MIN_BACKUPS);
+        self.owner.withheld = Some(withheld);
+    }
+
+    /// Enough backups are ready: what waited only for them settles.
+    pub(super) fn release(&mut self, shard: &mut Shard) {
+        self.owner.withheld = None;
+        self.owner.guarded.remove(&MIN_BACKUPS);
+        shard.drop_holder(MIN_BACKUPS);
+    }
+
+    /// Rejects the publishes withheld for longer than
+    /// `ha-min-backups-timeout` that are still waiting on their queue.
+    pub(super) fn reject_overdue(&mut self, shard: &mut Shard, now: Instant) {
+        let timeout = self.settings.min_backups_timeout;
+        let Some(withheld) = self.owner.withheld.as_mut() else {
+            return;
+        };
+        let mut rejected = 0u64;
+        while let Some((since, _, _)) = withheld.front() {
+            if now.saturating_duration_since(*since) < timeout {
+                break;
+            }
+            let Some((_, queue, position)) = withheld.pop_front() else {
+                break;
+            };
+            let error = ErrorCondition::new(
+                condition::RESOURCE_LIMIT_EXCEEDED,
+                format!(
+                    "not settled: fewer than ha-min-backups backups were ready for {} (ha-min-backups-timeout); the message was not kept",
+                    format_duration(timeout)
+                ),
+            );
+            if shard.reject_held(&queue, position, error) {
+                rejected += 1;
+            }
+        }
+        if rejected > 0 {
+            tracing::warn!(
+                "HA: rejected {rejected} publishes that waited ha-min-backups-timeout for ready backups"
+            );
+        }
+    }
+
+    /// Every shard: a newer primary exists. What settlements waited for no
+    /// longer counts here: forgotten, never given (the publishers are being
+    /// disconnected and send again to the new primary).
+    pub(super) fn stepped_down(&mut self, shard: &mut Shard) {
+        self.owner.withheld = None;
+        for holder in std::mem::take(&mut self.owner.guarded) {
+            shard.abandon_holder(holder);
+        }
+        for sink in self.owner.sinks.drain().flat_map(|(_, s)| s) {
+            shard.abandon_holder(sink.member);
+        }
+        self.owner.catch_up.clear();
+    }
+
     /// Every shard: `member` is gone; release what waited for it.
     pub(super) fn drop_member(&mut self, shard: &mut Shard, member: MemberId) {
         self.owner.guarded.remove(&member);
@@ -213,6 +312,9 @@ impl Replication {
             {
                 for &member in &self.owner.guarded {
                     shard.hold(name, member);
+                }
+                if self.owner.withheld.is_some() {
+                    shard.tap_queue(name);
                 }
             }
             ConfigEvent::QueueDeleted { name } => {

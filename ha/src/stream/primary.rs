@@ -366,6 +366,24 @@ impl Replication {
                         shard.send_ext(to, msg(Msg::DropMember { member }));
                     }
                 }
+                HaCommand::Withhold | HaCommand::Release => {
+                    for to in 0..shard.shards() {
+                        let m = match c {
+                            HaCommand::Withhold => Msg::Withhold,
+                            _ => Msg::Release,
+                        };
+                        shard.send_ext(to, msg(m));
+                    }
+                }
+                HaCommand::StepDown => {
+                    for sink in std::mem::take(&mut self.primary.members) {
+                        shard.send_ext(sink.shard, msg(Msg::CloseLink { sink }));
+                    }
+                    self.primary.pending_ready.clear();
+                    for to in 0..shard.shards() {
+                        shard.send_ext(to, msg(Msg::SteppedDown));
+                    }
+                }
                 HaCommand::Promoted { epoch } => {
                     let floor = super::epoch_floor(epoch);
                     tracing::info!(

@@ -151,6 +151,9 @@ pub struct Client {
     unsettled: HashMap<u32, u64>,
     /// Publisher: numbers the broker accepted (settled).
     pub settled: BTreeSet<u64>,
+    /// Publisher: the conditions of the rejections it was sent (each
+    /// rejected number is sent again).
+    pub rejected: Vec<String>,
     /// Consumer: numbers received, in order, duplicates included.
     pub received: Vec<u64>,
     /// Connections made.
@@ -178,6 +181,7 @@ impl Client {
             sent_this_step: 0,
             unsettled: HashMap::new(),
             settled: BTreeSet::new(),
+            rejected: Vec::new(),
             received: Vec::new(),
             connects: 0,
             backoff: 0,
@@ -305,6 +309,15 @@ impl Client {
                             Some(DeliveryState::Accepted) => {
                                 self.settled.insert(n);
                             }
+                            Some(DeliveryState::Rejected(ref error)) => {
+                                self.rejected.push(
+                                    error
+                                        .as_ref()
+                                        .map(|e| e.condition.to_string())
+                                        .unwrap_or_default(),
+                                );
+                                self.unsent.push_back(n);
+                            }
                             _ => self.unsent.push_back(n),
                         }
                     }
@@ -420,6 +433,9 @@ pub struct Cluster {
     disks: Option<Vec<MemDisk>>,
     /// `ha-replicate` of brokers started from now on, where not `all`.
     replicate: std::collections::HashMap<usize, String>,
+    /// `ha-min-backups` and `ha-min-backups-timeout` of every broker.
+    min_backups: usize,
+    min_backups_timeout: Duration,
 }
 
 /// Where a simulated broker with a store keeps its epoch file.
@@ -460,6 +476,8 @@ impl Cluster {
             restarts: 0,
             disks: store.then(|| (0..n).map(|_| MemDisk::new()).collect()),
             replicate: Default::default(),
+            min_backups: 0,
+            min_backups_timeout: Duration::from_secs(30),
         };
         for i in 0..n {
             let b = c.start_broker(i);
@@ -473,6 +491,26 @@ impl Cluster {
     pub fn with_addresses(n: usize, addresses: Vec<String>, seed: u64) -> Cluster {
         let mut c = Cluster::new(0, 1, seed);
         c.addresses = addresses;
+        for i in 0..n {
+            let b = c.start_broker(i);
+            c.brokers.push(b);
+        }
+        c
+    }
+
+    /// Like [`Cluster::new`], every broker with `ha-min-backups = min` and
+    /// `ha-min-backups-timeout = timeout`.
+    pub fn with_min_backups(
+        n: usize,
+        shards: usize,
+        seed: u64,
+        min: usize,
+        timeout: Duration,
+    ) -> Cluster {
+        let mut c = Cluster::new(0, shards, seed);
+        c.addresses = (0..n).map(address).collect();
+        c.min_backups = min;
+        c.min_backups_timeout = timeout;
         for i in 0..n {
             let b = c.start_broker(i);
             c.brokers.push(b);
@@ -514,6 +552,7 @@ impl Cluster {
                 broker_id: broker_id.clone(),
                 brokers: self.addresses.clone(),
                 backup_timeout: BACKUP_TIMEOUT,
+                min_backups: self.min_backups,
                 heartbeat: HEARTBEAT,
                 maintenance: MAINTENANCE,
                 own_address: Some(own.clone()),
@@ -535,6 +574,7 @@ impl Cluster {
             password: None,
             mechanism: None,
             heartbeat: HEARTBEAT,
+            min_backups_timeout: self.min_backups_timeout,
             epoch_file: epoch_file.clone(),
         };
         let roles = std::sync::Mutex::new(Some(role));
@@ -735,14 +775,15 @@ impl Cluster {
         resp
     }
 
-    fn attribute(&mut self, b: usize, name: &str) -> Value {
+    /// Attribute `name` of broker `b`'s `ha-broker` entity.
+    pub fn attribute_of(&mut self, b: usize, name: &str) -> Value {
         let resp = self.ha_request(b, "READ", Value::Map(Vec::new()));
         resp.body.map_get(name).cloned().unwrap_or(Value::Null)
     }
 
     /// `tandem-ha status` of broker `b`.
     pub fn status(&mut self, b: usize) -> String {
-        self.attribute(b, "status")
+        self.attribute_of(b, "status")
             .as_str()
             .unwrap_or("?")
             .to_owned()
@@ -753,13 +794,13 @@ impl Cluster {
     }
 
     pub fn epoch(&mut self, b: usize) -> u64 {
-        self.attribute(b, "epoch").as_u64().unwrap_or(0)
+        self.attribute_of(b, "epoch").as_u64().unwrap_or(0)
     }
 
     /// Broker `b`'s members as `(broker id, status)` (a backup: as the
     /// primary last told it).
     pub fn members(&mut self, b: usize) -> Vec<(String, String)> {
-        match self.attribute(b, "members") {
+        match self.attribute_of(b, "members") {
             Value::List(list) => list
                 .iter()
                 .map(|m| {

@@ -31,7 +31,7 @@ use super::config::ConfigEvent;
 use super::{Shard, ShardMsg};
 use crate::amqp::codec::Value;
 use crate::amqp::connection::{Connection, Event, LinkKey};
-use crate::amqp::performative::Attach;
+use crate::amqp::performative::{Attach, ErrorCondition};
 use crate::management::{Request, Response};
 
 /// A message between two shards' extensions (downcast by the extension).
@@ -380,6 +380,65 @@ impl Shard {
         })?;
         self.holds.hold(name, holder, next);
         Some(next)
+    }
+
+    /// Every publish to owned queue `name` whose settlement is held now, and
+    /// every one from now on, waits for `holder` too (a hold that keeps what
+    /// other holders held when they go). Whether the queue is owned here.
+    pub fn hold_held(&mut self, name: &Arc<str>, holder: u64) -> bool {
+        let Some(q) = self.queues.get_mut(&**name) else {
+            return false;
+        };
+        q.track_dequeues(true);
+        self.holds.hold(name, holder, 0);
+        true
+    }
+
+    /// Positions of owned queue `queue` whose publishers' settlements are held.
+    pub fn held_positions(&self, queue: &str) -> Vec<u64> {
+        self.holds.held_positions(queue)
+    }
+
+    /// Whether `holder` holds owned queue `queue`.
+    pub fn holds(&self, holder: u64, queue: &str) -> bool {
+        self.holds.holds(holder, queue)
+    }
+
+    /// Refuses the held publish at `position` of `queue` with `error`: the
+    /// message leaves the queue (the tap is told) and its publisher hears
+    /// the rejection. Only a message still waiting on the queue: one with a
+    /// consumer stays, and settles as consumption decides. Whether it was
+    /// refused.
+    pub fn reject_held(&mut self, queue: &str, position: u64, error: ErrorCondition) -> bool {
+        let Some((name, q)) = self.queues.get_key_value_mut(queue) else {
+            return false;
+        };
+        let name = name.clone();
+        if !q.is_available(position) {
+            return false;
+        }
+        let Some(ack) = self.holds.dequeued(&name, position) else {
+            return false;
+        };
+        q.remove_available(position);
+        self.messages_left(&name);
+        self.refuse_publish(Some(ack), error);
+        true
+    }
+
+    /// `holder` holds nothing any more, and what waited only for it is
+    /// forgotten, not settled: this broker stopped being the one whose
+    /// settlements count (its publishers are being disconnected, and send
+    /// again elsewhere).
+    pub fn abandon_holder(&mut self, holder: u64) {
+        let mut forgotten = Vec::new();
+        self.holds.drop_holder(holder, &mut forgotten);
+        if !forgotten.is_empty() {
+            tracing::warn!(
+                "{} publishes are left unsettled: their settlement no longer counts here",
+                forgotten.len()
+            );
+        }
     }
 
     /// Stores a replica of another broker's message at `position` of owned
