@@ -13,7 +13,7 @@ use crate::guard::MemberId;
 use crate::role::{BackupIdentity, HaCommand, HaHandler, HaOutcome, HaReply, LinkEvent};
 use tandem_shards::management::status;
 
-use crate::node::{Action, HaNode, HaSettings, Input, MemberInfo};
+use crate::node::{Action, HaNode, HaSettings, Input, MemberInfo, PeerEpoch};
 use crate::status::BrokerStatus;
 
 /// What `query` reports besides the node's own state.
@@ -112,6 +112,9 @@ impl HaBroker {
                     });
                 }
                 Action::Accepted { member } => self.accepted = Some(member),
+                Action::Probe { index, address } => {
+                    self.commands.push(HaCommand::Probe { index, address })
+                }
                 Action::ForeignCluster {
                     address,
                     ours,
@@ -242,9 +245,14 @@ impl HaHandler for HaBroker {
             LinkEvent::Lost => Input::LinkLost,
             LinkEvent::Diverged => Input::Diverged,
             LinkEvent::PrimaryHeard => Input::PrimaryHeard,
-            LinkEvent::PeerStatus { index, status } => Input::PeerStatus {
+            LinkEvent::PeerStatus {
+                index,
+                status,
+                epoch,
+            } => Input::PeerStatus {
                 address: self.node.broker_address(index).unwrap_or_default(),
                 status: status.parse().ok(),
+                epoch,
             },
             LinkEvent::Members { members, .. } => Input::Members(
                 members
@@ -261,6 +269,7 @@ impl HaHandler for HaBroker {
             LinkEvent::BackupReady { member } => Input::BackupReady { member },
             LinkEvent::BackupHeard { member } => Input::BackupHeard { member },
             LinkEvent::BackupLost { member } => Input::BackupLost { member },
+            LinkEvent::ProbeAnswer { index, answer } => Input::ProbeAnswer { index, answer },
         };
         let actions = self.node.handle(input, now);
         self.carry_out(actions);
@@ -299,7 +308,22 @@ impl HaHandler for HaBroker {
             address: self.info.self_address.clone(),
             epoch: self.node.epoch(),
             replicate: Some(self.info.replicate.clone()),
+            probing: None,
         }
+    }
+
+    fn probed(&mut self, by: PeerEpoch, now: Instant) -> PeerEpoch {
+        let actions = self.node.handle(Input::ProbedBy(by), now);
+        self.carry_out(actions);
+        PeerEpoch {
+            broker_id: self.node.broker_id().to_owned(),
+            epoch: self.node.epoch(),
+            status: self.node.status(),
+        }
+    }
+
+    fn status(&self) -> BrokerStatus {
+        self.node.status()
     }
 
     fn replicate_default(&self) -> &str {

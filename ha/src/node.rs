@@ -42,6 +42,14 @@ pub struct MemberInfo {
     pub status: BrokerStatus,
 }
 
+/// What a broker says of itself to an epoch probe, or when it probes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerEpoch {
+    pub broker_id: String,
+    pub epoch: u64,
+    pub status: BrokerStatus,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Input {
     /// `tandem-ha promote`; `cluster_manager` is the `--cluster-manager` flag.
@@ -68,7 +76,17 @@ pub enum Input {
     PeerStatus {
         address: String,
         status: Option<BrokerStatus>,
+        /// The epoch it knows (0: it did not say).
+        epoch: u64,
     },
+    /// Primary: what the peer at `brokers[index]` answered to our epoch
+    /// probe (`None`: no answer).
+    ProbeAnswer {
+        index: usize,
+        answer: Option<PeerEpoch>,
+    },
+    /// Another broker probed us, saying who it is.
+    ProbedBy(PeerEpoch),
     /// Primary: a backup's replication link arrived.
     BackupConnected {
         broker_id: String,
@@ -117,6 +135,10 @@ pub enum Action {
     /// Primary: a newer primary exists; stop serving clients. Settlements
     /// still held are forgotten, not given.
     StepDown { newer_epoch: u64 },
+    /// Primary: ask the broker at `brokers[index]` its epoch and status
+    /// (fencing: a primary keeps asking its peers whether a newer primary
+    /// exists).
+    Probe { index: usize, address: String },
     /// Primary: the backup `member` is accepted; this is its id.
     Accepted { member: MemberId },
     /// Backup: the primary at `address` belongs to another cluster than our
@@ -186,6 +208,23 @@ pub struct HaNode {
     next_member: MemberId,
     /// Settlements are withheld for want of `ha-min-backups` ready backups.
     withholding: bool,
+    // -- primary side: fencing
+    /// Peers probed and not answered yet (index into `brokers`), since when.
+    probes: HashMap<usize, Instant>,
+    next_probe: Instant,
+    /// Lost backups whose holds are released only once every peer was
+    /// probed since (a newer primary may exist, and then nothing settles).
+    pending_drops: Vec<PendingDrop>,
+}
+
+/// A lost backup's drop, waiting for the peers' answers.
+#[derive(Debug, Clone)]
+struct PendingDrop {
+    member: MemberId,
+    reason: String,
+    disconnect: bool,
+    /// Peers (indexes into `brokers`) still to answer a probe.
+    waiting: std::collections::HashSet<usize>,
 }
 
 impl HaNode {
@@ -208,6 +247,9 @@ impl HaNode {
             members: BTreeMap::new(),
             next_member: 1,
             withholding: false,
+            probes: HashMap::new(),
+            next_probe: now,
+            pending_drops: Vec::new(),
         }
     }
 
@@ -469,9 +511,17 @@ impl HaNode {
                 }
                 self.known = list;
             }
-            Input::PeerStatus { address, status } => {
+            Input::PeerStatus {
+                address,
+                status,
+                epoch,
+            } => {
                 // A peer that refused our link because it is not primary: a
-                // failed attempt that told us the peer's status.
+                // failed attempt that told us the peer's status. The epoch it
+                // knows is one we know now: a promotion goes past it.
+                if !self.status.is_primary() {
+                    self.epoch = self.epoch.max(epoch);
+                }
                 if let Some(index) = self.settings.brokers.iter().position(|b| *b == address) {
                     self.probed.insert(index);
                     if self.connecting == Some(index) {
@@ -512,16 +562,18 @@ impl HaNode {
                     m.connected = false;
                     if m.expected_until.is_none() {
                         // Not one we wait for at promotion: forget it.
-                        self.members.remove(&member);
-                        out.push(Action::DropBackup {
-                            member,
-                            reason: "link closed".into(),
-                            disconnect: false,
-                        });
+                        if let Some(m) = self.members.remove(&member) {
+                            let lost = (member, m);
+                            self.lose_backup(lost, "link closed".into(), false, now, &mut out);
+                        }
                         out.push(Action::BroadcastMembers);
                     }
                 }
             }
+            Input::ProbeAnswer { index, answer } => {
+                self.probe_answered(index, answer, now, &mut out)
+            }
+            Input::ProbedBy(peer) => self.heed(&peer, now, &mut out),
             Input::Tick => self.tick(now, &mut out),
         }
         self.mind_min_backups(&mut out);
@@ -554,13 +606,7 @@ impl HaNode {
         }
         if epoch > self.epoch {
             // A backup that followed a newer primary: we are stale.
-            out.push(Action::StepDown { newer_epoch: epoch });
-            self.members.clear();
-            self.withholding = false;
-            self.epoch = epoch;
-            self.become_(BrokerStatus::Joining, out);
-            self.next_attempt = now;
-            return;
+            return self.step_down(epoch, now, out);
         }
         // One member per link: a member lives as long as the link that made it,
         // so closing a stale or duplicate link never unguards a live backup. The
@@ -593,6 +639,146 @@ impl HaNode {
         );
         out.push(Action::Accepted { member: id });
         out.push(Action::BroadcastMembers);
+    }
+
+    /// A newer primary exists: stop being primary, forget the backups (what
+    /// they held is forgotten, not settled), look for it.
+    fn step_down(&mut self, newer_epoch: u64, now: Instant, out: &mut Vec<Action>) {
+        out.push(Action::StepDown { newer_epoch });
+        self.members.clear();
+        self.withholding = false;
+        self.probes.clear();
+        self.pending_drops.clear();
+        self.epoch = self.epoch.max(newer_epoch);
+        self.become_(BrokerStatus::Joining, out);
+        self.next_attempt = now;
+    }
+
+    /// Whether `peer` says a primary newer than us exists. Epochs order
+    /// primaries, and of two promoted at the same epoch (each cut off from
+    /// the other's promotion) the greater broker id wins. A backup with a
+    /// newer epoch followed a newer primary.
+    fn outranked_by(&self, peer: &PeerEpoch) -> bool {
+        if peer.broker_id == self.settings.broker_id {
+            return false;
+        }
+        peer.epoch > self.epoch
+            || (peer.epoch == self.epoch
+                && peer.status.is_primary()
+                && peer.status != BrokerStatus::Standalone
+                && peer.broker_id.as_str() > self.settings.broker_id.as_str())
+    }
+
+    /// A primary that hears of a newer one steps down at once.
+    fn heed(&mut self, peer: &PeerEpoch, now: Instant, out: &mut Vec<Action>) {
+        let serving = matches!(self.status, BrokerStatus::Recovering | BrokerStatus::Active);
+        if serving && self.outranked_by(peer) {
+            tracing::error!(
+                "HA: broker {} is {} at epoch {} (ours {}): it outranks us",
+                peer.broker_id,
+                peer.status,
+                peer.epoch,
+                self.epoch
+            );
+            self.step_down(peer.epoch, now, out);
+        } else if !serving {
+            self.epoch = self.epoch.max(peer.epoch);
+        }
+    }
+
+    /// Indexes of the other brokers of `ha-brokers-url`.
+    fn peer_indexes(&self) -> Vec<usize> {
+        let own = self.settings.own_address.as_deref();
+        (0..self.settings.brokers.len())
+            .filter(|&i| own != Some(self.settings.brokers[i].as_str()))
+            .collect()
+    }
+
+    /// How often a primary asks its peers for their epoch, and how long it
+    /// waits for an answer.
+    fn probe_interval(&self) -> Duration {
+        self.settings.maintenance.min(self.settings.heartbeat)
+    }
+
+    fn probe_timeout(&self) -> Duration {
+        self.settings.heartbeat.max(Duration::from_secs(1))
+    }
+
+    /// Probes every peer not already being probed.
+    fn probe_peers(&mut self, now: Instant, out: &mut Vec<Action>) {
+        for index in self.peer_indexes() {
+            if self.probes.contains_key(&index) {
+                continue;
+            }
+            self.probes.insert(index, now);
+            out.push(Action::Probe {
+                index,
+                address: self.settings.brokers[index].clone(),
+            });
+        }
+        self.next_probe = now + self.probe_interval();
+    }
+
+    /// A backup is gone. Its holds are released once every peer has been
+    /// probed since: if a newer primary exists we step down instead, and
+    /// nothing that waited for this backup settles.
+    fn lose_backup(
+        &mut self,
+        lost: (MemberId, Member),
+        reason: String,
+        disconnect: bool,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        let (member, m) = lost;
+        // Not the lost backup itself: silent, it would not answer either.
+        let waiting: std::collections::HashSet<usize> = self
+            .peer_indexes()
+            .into_iter()
+            .filter(|&i| self.settings.brokers[i] != m.address)
+            .collect();
+        self.pending_drops.push(PendingDrop {
+            member,
+            reason,
+            disconnect,
+            waiting,
+        });
+        // Probe now, not at the next round (those in flight count too).
+        self.probe_peers(now, out);
+        self.release_probed_drops(out);
+    }
+
+    /// Drops the lost backups every peer has answered for since.
+    fn release_probed_drops(&mut self, out: &mut Vec<Action>) {
+        let (done, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending_drops)
+            .into_iter()
+            .partition(|d| d.waiting.is_empty());
+        self.pending_drops = waiting;
+        for d in done {
+            out.push(Action::DropBackup {
+                member: d.member,
+                reason: d.reason,
+                disconnect: d.disconnect,
+            });
+        }
+    }
+
+    /// An answer to a probe, or none.
+    fn probe_answered(
+        &mut self,
+        index: usize,
+        answer: Option<PeerEpoch>,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        self.probes.remove(&index);
+        for d in &mut self.pending_drops {
+            d.waiting.remove(&index);
+        }
+        if let Some(peer) = answer {
+            self.heed(&peer, now, out);
+        }
+        self.release_probed_drops(out);
     }
 
     fn maybe_active(&mut self, out: &mut Vec<Action>) {
@@ -650,6 +836,23 @@ impl HaNode {
         if !matches!(self.status, BrokerStatus::Recovering | BrokerStatus::Active) {
             return;
         }
+        // Fencing: a probe unanswered for too long is no answer.
+        let timeout = self.probe_timeout();
+        let overdue: Vec<usize> = self
+            .probes
+            .iter()
+            .filter(|(_, since)| now.saturating_duration_since(**since) >= timeout)
+            .map(|(i, _)| *i)
+            .collect();
+        for index in overdue {
+            self.probe_answered(index, None, now, out);
+            if !self.status.is_primary() {
+                return;
+            }
+        }
+        if now >= self.next_probe {
+            self.probe_peers(now, out);
+        }
         let mut dropped = Vec::new();
         for (id, m) in &mut self.members {
             if let Some(until) = m.expected_until {
@@ -679,17 +882,29 @@ impl HaNode {
         }
         for (member, reason, disconnect) in dropped {
             let still_connected = self.members.get(&member).is_some_and(|m| m.connected);
-            out.push(Action::DropBackup {
-                member,
-                reason,
-                disconnect,
-            });
             if still_connected {
                 // Timed out while catching up: it guards messages from now on, and
                 // becomes ready again once it has caught up.
+                out.push(Action::DropBackup {
+                    member,
+                    reason,
+                    disconnect,
+                });
                 out.push(Action::Guard { member });
+            } else if disconnect {
+                // Silent: lost, released once the peers were probed.
+                if let Some(m) = self.members.remove(&member) {
+                    self.lose_backup((member, m), reason, disconnect, now, out);
+                }
             } else {
+                // An expected backup that never came: ha-backup-timeout is
+                // how long it is waited for.
                 self.members.remove(&member);
+                out.push(Action::DropBackup {
+                    member,
+                    reason,
+                    disconnect,
+                });
             }
             out.push(Action::BroadcastMembers);
         }
@@ -709,6 +924,11 @@ impl HaNode {
                 next.push(self.connecting_since + silence.max(Duration::from_secs(1)));
             }
         } else {
+            if matches!(self.status, BrokerStatus::Recovering | BrokerStatus::Active) {
+                next.push(self.next_probe);
+                let timeout = self.probe_timeout();
+                next.extend(self.probes.values().map(|since| *since + timeout));
+            }
             for m in self.members.values() {
                 match m.expected_until {
                     Some(t) => next.push(t),
@@ -759,6 +979,7 @@ mod tests {
             Input::PeerStatus {
                 address: "a:1".into(),
                 status: None,
+                epoch: 0,
             },
             now,
         );
@@ -934,17 +1155,96 @@ mod tests {
         let out = n.handle(Input::BackupReady { member }, now);
         assert_eq!(out.last(), Some(&Action::Release { ready: 1 }), "{out:?}");
         assert_eq!(n.withheld(), None);
-        // Losing it: withholding comes before the drop releases its holds.
+        // Losing it: settlements are withheld at once; its holds are released
+        // only once the other broker was probed (here: it did not answer).
         let out = n.handle(Input::BackupLost { member }, now);
-        let withhold = out
-            .iter()
-            .position(|a| matches!(a, Action::Withhold { .. }));
-        let drop = out
-            .iter()
-            .position(|a| matches!(a, Action::DropBackup { .. }));
-        assert!(
-            matches!((withhold, drop), (Some(w), Some(d)) if w < d),
+        assert_eq!(
+            out.first(),
+            Some(&Action::Withhold {
+                ready: 0,
+                needed: 1
+            }),
             "{out:?}"
         );
+        assert!(out.contains(&Action::Probe {
+            index: 0,
+            address: "a:1".into()
+        }));
+        assert!(!out.iter().any(|a| matches!(a, Action::DropBackup { .. })));
+        let out = n.handle(
+            Input::ProbeAnswer {
+                index: 0,
+                answer: None,
+            },
+            now,
+        );
+        assert!(
+            out.iter()
+                .any(|a| matches!(a, Action::DropBackup { member: m, .. } if *m == member)),
+            "{out:?}"
+        );
+    }
+
+    #[test]
+    fn a_primary_steps_down_when_a_probe_finds_a_newer_primary() {
+        let now = Instant::now();
+        let mut n = node(now);
+        n.handle(Input::LinkFailed { index: 0 }, now);
+        n.promote(true, now).expect("first primary");
+        assert_eq!(n.epoch(), 1);
+        let out = n.handle(Input::Tick, now + Duration::from_millis(150));
+        assert!(
+            out.iter()
+                .any(|a| matches!(a, Action::Probe { index: 0, .. })),
+            "a primary probes its peers: {out:?}"
+        );
+        let peer = |epoch, status, id: &str| PeerEpoch {
+            broker_id: id.into(),
+            epoch,
+            status,
+        };
+        // An older primary, or one of the same epoch with a lesser id, does not
+        // outrank us; a backup of our own epoch neither.
+        for answer in [
+            peer(0, BrokerStatus::Active, "z"),
+            peer(1, BrokerStatus::Active, "a"),
+            peer(1, BrokerStatus::Ready, "z"),
+        ] {
+            let out = n.handle(
+                Input::ProbeAnswer {
+                    index: 0,
+                    answer: Some(answer.clone()),
+                },
+                now,
+            );
+            assert!(
+                !out.iter().any(|a| matches!(a, Action::StepDown { .. })),
+                "{answer:?}"
+            );
+            assert_eq!(n.status(), BrokerStatus::Active);
+        }
+        // The same epoch, a greater id: two promotions cut off from each other.
+        let out = n.handle(Input::ProbedBy(peer(1, BrokerStatus::Active, "b2")), now);
+        assert!(
+            out.contains(&Action::StepDown { newer_epoch: 1 }),
+            "{out:?}"
+        );
+        assert_eq!(n.status(), BrokerStatus::Joining);
+    }
+
+    #[test]
+    fn a_promotion_goes_past_the_highest_epoch_the_peers_said() {
+        let now = Instant::now();
+        let mut n = node(now);
+        n.handle(
+            Input::PeerStatus {
+                address: "a:1".into(),
+                status: Some(BrokerStatus::Joining),
+                epoch: 5,
+            },
+            now,
+        );
+        n.promote(true, now).expect("promoted");
+        assert_eq!(n.epoch(), 6);
     }
 }

@@ -22,6 +22,8 @@ pub enum HaCommand {
     /// Primary: nothing waits for `member` any more; with `disconnect`, close
     /// its link too.
     Drop { member: MemberId, disconnect: bool },
+    /// Primary: ask the broker at `brokers[index]` its epoch and status.
+    Probe { index: usize, address: String },
     /// Primary: too few backups are ready (`ha-min-backups`): settlements of
     /// publishes to replicated queues wait, what waits now included.
     Withhold,
@@ -71,7 +73,11 @@ pub enum LinkEvent {
     /// Backup: the broker at `brokers[index]` refused our link because it is
     /// not a primary; its status (a joining broker uses this to know whether a
     /// ready backup exists, and so whether it may be promoted).
-    PeerStatus { index: usize, status: String },
+    PeerStatus {
+        index: usize,
+        status: String,
+        epoch: u64,
+    },
     /// Backup: traffic from the primary.
     PrimaryHeard,
     /// Backup: the primary's membership.
@@ -85,6 +91,12 @@ pub enum LinkEvent {
     BackupHeard { member: MemberId },
     /// Primary: a backup's link closed.
     BackupLost { member: MemberId },
+    /// Primary: the answer of `brokers[index]` to our epoch probe (`None`:
+    /// none came).
+    ProbeAnswer {
+        index: usize,
+        answer: Option<crate::node::PeerEpoch>,
+    },
 }
 
 /// Who a backup says it is when it attaches its replication link.
@@ -96,6 +108,9 @@ pub struct BackupIdentity {
     /// Its `ha-replicate`, which must be the primary's (`None`: it did not
     /// say).
     pub replicate: Option<String>,
+    /// Set when the link is an epoch probe, not a backup's: the prober's
+    /// status. A probe is always refused, with our status and epoch.
+    pub probing: Option<String>,
 }
 
 /// A management reply from the HA handler: status code and body, or an error.
@@ -116,6 +131,11 @@ pub trait HaHandler {
     fn backup_attached(&mut self, who: BackupIdentity, now: Instant) -> Result<MemberId, String>;
     /// Backup: who we say we are on our replication link.
     fn identity(&self) -> BackupIdentity;
+    /// Another broker probed us saying who it is (a primary that is
+    /// outranked steps down); what we answer of ourselves.
+    fn probed(&mut self, by: crate::node::PeerEpoch, now: Instant) -> crate::node::PeerEpoch;
+    /// Our status now.
+    fn status(&self) -> crate::status::BrokerStatus;
     /// `ha-replicate`: the default replication level (none, configuration, all).
     fn replicate_default(&self) -> &str;
     /// The epoch this broker knows now.

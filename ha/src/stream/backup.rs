@@ -46,7 +46,8 @@ struct Outbound {
     index: usize,
     link: Option<LinkKey>,
     /// The peer refused our link and said its status.
-    refused_status: Option<String>,
+    /// The status (and epoch) the peer said when it refused our link.
+    refused_status: Option<(String, u64)>,
     /// The peer accepted our link (so losing it means losing the primary).
     up: bool,
 }
@@ -164,6 +165,20 @@ impl Replication {
         address: &str,
     ) -> Option<Connection> {
         let who = self.backup.who.clone()?;
+        let engine = self.broker_link_engine(shard, address, who);
+        tracing::info!("HA: replication link connecting to {address}");
+        Some(engine)
+    }
+
+    /// The engine of a connection to another broker of the cluster (our
+    /// replication link, or an epoch probe): the cluster's credentials, our
+    /// identity in `qpid.ha-backup`, heartbeats.
+    pub(super) fn broker_link_engine(
+        &self,
+        shard: &Shard,
+        address: &str,
+        who: BackupIdentity,
+    ) -> Connection {
         let s = &self.settings;
         let broker = &shard.settings;
         let backup_info = Value::Map(vec![
@@ -197,8 +212,7 @@ impl Replication {
         if let Some(mechanism) = &s.mechanism {
             engine.use_mechanism(mechanism);
         }
-        tracing::info!("HA: replication link connecting to {address}");
-        Some(engine)
+        engine
     }
 
     /// Our replication connection to `brokers[token]` runs as `conn`.
@@ -463,12 +477,15 @@ impl Replication {
 
     /// Our link was refused; note the peer's status if it said.
     fn outbound_refused(&mut self, error: &ErrorCondition) {
-        let status = error
-            .info
-            .as_ref()
+        let info = error.info.as_ref();
+        let epoch = info
+            .and_then(|i| i.map_get("tandem.ha-epoch"))
+            .and_then(Value::as_u64)
+            .unwrap_or(0);
+        let status = info
             .and_then(|i| i.map_get("tandem.ha-status"))
             .and_then(Value::as_str)
-            .map(str::to_owned);
+            .map(|s| (s.to_owned(), epoch));
         if let Some(out) = self.backup.outbound.as_mut() {
             out.refused_status = status;
         }
@@ -490,9 +507,10 @@ impl Replication {
                 tracing::warn!("HA: lost the replication link to the primary");
                 LinkEvent::Lost
             }
-            (false, Some(status)) => LinkEvent::PeerStatus {
+            (false, Some((status, epoch))) => LinkEvent::PeerStatus {
                 index: out.index,
                 status,
+                epoch,
             },
             (false, None) => LinkEvent::Failed { index: out.index },
         };

@@ -238,11 +238,22 @@ impl Replication {
             condition,
             reason,
             status,
+            epoch,
         } = refusal;
         if let (Some(attach), Some(engine)) = (hl.pending_attach, shard.engine(sink.conn)) {
             let mut error = ErrorCondition::new(condition, reason);
-            error.info = status
-                .map(|s| Value::Map(vec![(Value::symbol("tandem.ha-status"), Value::String(s))]));
+            let mut info = Vec::new();
+            if let Some(s) = status {
+                info.push((Value::symbol("tandem.ha-status"), Value::String(s)));
+            }
+            if let Some((epoch, broker_id)) = epoch {
+                info.push((Value::symbol("tandem.ha-epoch"), Value::Ulong(epoch)));
+                info.push((
+                    Value::symbol("tandem.ha-broker-id"),
+                    Value::String(broker_id),
+                ));
+            }
+            error.info = (!info.is_empty()).then_some(Value::Map(info));
             engine.refuse_attach(sink.link, &attach, error);
             shard.wrote_to(sink.conn);
         }
@@ -323,6 +334,10 @@ fn identity_from(props: Option<&Value>) -> Option<BackupIdentity> {
             .unwrap_or(0),
         replicate: p
             .map_get("tandem.ha-replicate")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+        probing: p
+            .map_get("tandem.ha-probe")
             .and_then(Value::as_str)
             .map(str::to_owned),
     })

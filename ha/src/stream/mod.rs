@@ -27,6 +27,7 @@ pub mod codec;
 mod link_host;
 mod owner;
 mod primary;
+mod probe;
 
 use std::collections::VecDeque;
 
@@ -113,6 +114,8 @@ pub(crate) struct Refusal {
     pub condition: &'static str,
     pub reason: String,
     pub status: Option<String>,
+    /// Who refuses: our epoch and broker id (an epoch probe's answer).
+    pub epoch: Option<(u64, String)>,
 }
 
 /// What one shard's stream tells another's.
@@ -144,6 +147,17 @@ pub(crate) enum Msg {
     /// Shard 0 -> all: settlements wait for this backup from now on.
     GuardMember {
         member: MemberId,
+    },
+    /// Shard 0 (the HA role) -> the service shard: probe `brokers[index]`.
+    Probe {
+        index: usize,
+        address: String,
+        who: BackupIdentity,
+    },
+    /// The service shard -> shard 0: what the probed broker answered.
+    ProbeAnswer {
+        index: usize,
+        answer: Option<crate::node::PeerEpoch>,
     },
     /// Shard 0 -> all: the backup is gone.
     DropMember {
@@ -318,6 +332,7 @@ pub struct Replication {
     primary: primary::PrimaryState,
     host: link_host::HostState,
     backup: backup::BackupState,
+    probes: probe::ProbeState,
 }
 
 impl Replication {
@@ -334,6 +349,7 @@ impl Replication {
             primary: Default::default(),
             host: Default::default(),
             backup: Default::default(),
+            probes: Default::default(),
         }
     }
 
@@ -444,6 +460,9 @@ impl Extension for Replication {
     }
 
     fn owned_event(&mut self, shard: &mut Shard, conn: u64, event: EngineEvent) {
+        if self.is_probe(conn) {
+            return self.probe_event(shard, conn, event);
+        }
         self.outbound_event(shard, conn, event);
     }
 
@@ -456,15 +475,24 @@ impl Extension for Replication {
     }
 
     fn connected(&mut self, shard: &mut Shard, token: u64, address: &str) -> Option<Connection> {
-        let _ = token; // one outbound link at a time: the token is its index
+        if Self::is_probe_token(token) {
+            return self.probe_engine(shard, token, address);
+        }
+        // One outbound link at a time: the token is its index.
         self.outbound_engine(shard, address)
     }
 
     fn opened(&mut self, shard: &mut Shard, token: u64, conn: u64) {
+        if Self::is_probe_token(token) {
+            return self.probe_opened(token, conn);
+        }
         self.outbound_opened_as(shard, token, conn);
     }
 
-    fn connect_failed(&mut self, _shard: &mut Shard, token: u64) {
+    fn connect_failed(&mut self, shard: &mut Shard, token: u64) {
+        if Self::is_probe_token(token) {
+            return self.probe_failed(shard, token);
+        }
         self.outbound_failed(token);
     }
 
@@ -497,6 +525,12 @@ impl Extension for Replication {
             }
             Msg::GuardMember { member } => self.guard_member(shard, member),
             Msg::DropMember { member } => self.drop_member(shard, member),
+            Msg::Probe {
+                index,
+                address,
+                who,
+            } => self.probe(shard, index, address, who),
+            Msg::ProbeAnswer { index, answer } => self.probe_answer(shard, index, answer),
             Msg::Withhold => self.withhold(shard),
             Msg::Release => self.release(shard),
             Msg::SteppedDown => self.stepped_down(shard),

@@ -15,6 +15,7 @@ use tandem_shards::shown::shown;
 use super::codec::Event;
 use super::{msg, Level, Msg, Names, Refusal, ReplicaSink, Replication};
 use crate::guard::MemberId;
+use crate::node::PeerEpoch;
 use crate::role::{BackupIdentity, HaCommand, HaHandler, LinkEvent};
 
 #[derive(Default)]
@@ -36,11 +37,12 @@ impl Replication {
         holdings: super::Holdings,
     ) {
         let now = shard.now();
-        let refuse = |shard: &mut Shard, condition, reason, status| {
+        let refuse = |shard: &mut Shard, condition, reason, us: Option<PeerEpoch>| {
             let refusal = Refusal {
                 condition,
                 reason,
-                status,
+                status: us.as_ref().map(|u| u.status.as_str().to_owned()),
+                epoch: us.map(|u| (u.epoch, u.broker_id)),
             };
             shard.send_ext(sink.shard, msg(Msg::Refused { sink, refusal }));
         };
@@ -48,12 +50,33 @@ impl Replication {
             let reason = "this broker is not in an HA cluster".to_string();
             return refuse(shard, condition::NOT_ALLOWED, reason, None);
         };
+        // What a refusal says of us: a joining broker weighs our status
+        // before promotion, a primary's epoch probe our epoch.
         let status = |role: &dyn HaHandler| {
-            role.attributes()
-                .into_iter()
-                .find(|(k, _)| *k == "status")
-                .and_then(|(_, v)| v.as_str().map(str::to_owned))
+            Some(PeerEpoch {
+                broker_id: role.identity().broker_id,
+                epoch: role.epoch(),
+                status: role.status(),
+            })
         };
+        if let Some(theirs) = who.probing.as_deref() {
+            // An epoch probe: answered (always by a refusal) after the role
+            // heard who asks (a primary it outranks steps down).
+            let us = match theirs.parse() {
+                Ok(status) => Some(role.probed(
+                    PeerEpoch {
+                        broker_id: who.broker_id.clone(),
+                        epoch: who.epoch,
+                        status,
+                    },
+                    now,
+                )),
+                Err(_) => status(&**role),
+            };
+            refuse(shard, condition::NOT_ALLOWED, "an epoch probe".into(), us);
+            self.poll_role(shard, now);
+            return;
+        }
         // Brokers that disagree on what is replicated by default would each
         // keep a different set of queues: not one cluster.
         let ours = role.replicate_default().to_owned();
@@ -365,6 +388,22 @@ impl Replication {
                     for to in 0..shard.shards() {
                         shard.send_ext(to, msg(Msg::DropMember { member }));
                     }
+                }
+                HaCommand::Probe { index, address } => {
+                    let Some(role) = self.role.as_ref() else {
+                        continue;
+                    };
+                    let mut who = role.identity();
+                    who.probing = Some(role.status().as_str().to_owned());
+                    let home = shard.service_shard().unwrap_or(shard.id);
+                    shard.send_ext(
+                        home,
+                        msg(Msg::Probe {
+                            index,
+                            address,
+                            who,
+                        }),
+                    );
                 }
                 HaCommand::Withhold | HaCommand::Release => {
                     for to in 0..shard.shards() {

@@ -436,6 +436,8 @@ pub struct Cluster {
     /// `ha-min-backups` and `ha-min-backups-timeout` of every broker.
     min_backups: usize,
     min_backups_timeout: Duration,
+    /// Brokers cut off from the others by a network partition ([`Cluster::cut_off`]).
+    cut: BTreeSet<usize>,
 }
 
 /// Where a simulated broker with a store keeps its epoch file.
@@ -478,6 +480,7 @@ impl Cluster {
             replicate: Default::default(),
             min_backups: 0,
             min_backups_timeout: Duration::from_secs(30),
+            cut: BTreeSet::new(),
         };
         for i in 0..n {
             let b = c.start_broker(i);
@@ -745,6 +748,29 @@ impl Cluster {
         self.settle();
     }
 
+    /// A network partition: broker `b` can no longer reach the other brokers
+    /// nor they it (bytes between them wait, as unacknowledged TCP segments
+    /// do; new connections between them fail). Clients still reach every
+    /// broker.
+    pub fn cut_off(&mut self, b: usize) {
+        self.cut.insert(b);
+    }
+
+    /// The partition heals: what waited between the brokers moves again.
+    pub fn heal(&mut self) {
+        self.cut.clear();
+    }
+
+    /// Whether a partition separates the two ends.
+    fn severed(&self, a: End, b: End) -> bool {
+        match (a, b) {
+            (End::Shard { broker: x, .. }, End::Shard { broker: y, .. }) => {
+                x != y && self.cut.contains(&x) != self.cut.contains(&y)
+            }
+            _ => false,
+        }
+    }
+
     /// Broker `b`'s `ha-replicate` from its next start.
     pub fn set_replicate(&mut self, b: usize, level: &str) {
         self.replicate.insert(b, level.to_owned());
@@ -1003,6 +1029,7 @@ impl Cluster {
             (_, Some(_)) => true,
             (Some(t), None) => {
                 t != b
+                    && self.cut.contains(&t) == self.cut.contains(&b)
                     && self
                         .brokers
                         .get(t)
@@ -1206,6 +1233,15 @@ impl Cluster {
         for i in 0..self.pipes.len() {
             for side in 0..2 {
                 let (from, to) = (self.pipes[i].ends[side], self.pipes[i].ends[1 - side]);
+                if self.severed(from, to) {
+                    // Written, never delivered (until the partition heals).
+                    if self.runs(from) {
+                        if let Some(bytes) = self.output(from) {
+                            self.pipes[i].held[side].push(bytes);
+                        }
+                    }
+                    continue;
+                }
                 if self.runs(from) {
                     if let Some(bytes) = self.output(from) {
                         self.pipes[i].held[side].push(bytes);
@@ -1326,6 +1362,8 @@ impl Cluster {
                 // A stopped peer reads the last bytes and the end of file when
                 // it runs again (the kernel keeps them meanwhile).
                 Some(side) if !self.runs(self.pipes[i].ends[1 - side]) => i += 1,
+                // Across a partition the end of file does not arrive either.
+                Some(_) if self.severed(self.pipes[i].ends[0], self.pipes[i].ends[1]) => i += 1,
                 Some(side) => {
                     let (end, other) = (self.pipes[i].ends[side], self.pipes[i].ends[1 - side]);
                     // What it wrote reaches the other side before the end of file.
