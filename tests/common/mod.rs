@@ -150,6 +150,8 @@ pub struct Broker {
     status: Option<ExitStatus>,
     /// The extra arguments it was started with (a restart reuses them).
     args: Vec<String>,
+    /// The network namespace it runs in (`None`: the test's own).
+    netns: Option<String>,
     /// Holds the data directory and the stderr file; dropped last.
     dir: TempDir,
 }
@@ -161,7 +163,15 @@ impl Broker {
     pub fn start(args: &[&str]) -> Broker {
         let dir = TempDir::new("broker");
         let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-        Broker::launch(dir, 0, args)
+        Broker::launch(dir, 0, args, None)
+    }
+
+    /// Like [`Broker::start`], in the network namespace `netns` (made with
+    /// `ip netns add`; the test's addresses are then the namespace's).
+    pub fn start_in(netns: &str, args: &[&str]) -> Broker {
+        let dir = TempDir::new("broker");
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        Broker::launch(dir, 0, args, Some(netns.to_owned()))
     }
 
     /// Kills the broker (SIGKILL, as a crash) if it runs, and starts it again
@@ -171,10 +181,11 @@ impl Broker {
         old.kill();
         let port = old.port;
         let args = std::mem::take(&mut old.args);
+        let netns = old.netns.take();
         // The directory must outlive the old broker's drop: take it over.
         let dir = std::mem::replace(&mut old.dir, TempDir::new("replaced"));
         drop(old);
-        Broker::launch(dir, port, args)
+        Broker::launch(dir, port, args, netns)
     }
 
     /// The data directory (`--data-dir`).
@@ -182,7 +193,7 @@ impl Broker {
         self.dir.join("data")
     }
 
-    fn launch(dir: TempDir, port: u16, args: Vec<String>) -> Broker {
+    fn launch(dir: TempDir, port: u16, args: Vec<String>, netns: Option<String>) -> Broker {
         let data_dir = dir.join("data");
         fs::create_dir_all(&data_dir).expect("creating the data dir");
         let stderr_path = dir.join("tandemd.stderr");
@@ -208,9 +219,17 @@ impl Broker {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(stderr));
+        let namespace = netns.as_ref().map(|ns| {
+            let path = format!("/run/netns/{ns}");
+            fs::File::open(&path).unwrap_or_else(|e| panic!("opening {path}: {e}"))
+        });
+        if let Some(file) = &namespace {
+            enter_netns(&mut command, file);
+        }
         let mut child = command
             .spawn()
             .unwrap_or_else(|e| panic!("starting {}: {e}", tandemd_path()));
+        drop(namespace);
         let (first_lines, stdout) = read_stdout_lines(child.stdout.take().expect("piped stdout"));
 
         let deadline = Instant::now() + STARTUP_DEADLINE;
@@ -241,6 +260,7 @@ impl Broker {
                 stderr_path,
                 status: None,
                 args,
+                netns,
                 dir,
             },
             Err(why) => {
@@ -375,6 +395,22 @@ fn send_signal(pid: u32, signal: libc::c_int) {
 /// so an aborted test run (Ctrl-C, a crashed test binary) leaves no process
 /// behind. Children are spawned from the test's own thread, which lives as long
 /// as the test.
+/// Makes `command` run in the network namespace `file` is open on.
+fn enter_netns(command: &mut Command, file: &fs::File) {
+    use std::os::fd::AsRawFd;
+    let fd = file.as_raw_fd();
+    // SAFETY: the closure runs between fork and exec and only calls setns(2)
+    // on a descriptor the parent keeps open until the child is spawned.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 fn die_with_parent(command: &mut Command) {
     // SAFETY: the closure runs between fork and exec and only calls prctl(2),
     // which is async-signal-safe.

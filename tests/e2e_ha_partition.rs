@@ -1,0 +1,271 @@
+//! A network partition with real brokers on three hosts: network namespaces
+//! made by the test, each broker with a client network (reached from the root
+//! namespace, where the clients and tools run) and a cluster network (the
+//! brokers' links to each other). The primary's cluster link goes down, the
+//! test promotes another broker as a resource manager would, and the link
+//! comes back. With `ha-min-backups 1` the cut-off primary settles nothing
+//! after twice the heartbeat; after the heal one primary remains within
+//! 2 x `link-maintenance-interval` + heartbeat; a Qpid Proton publisher in the
+//! root namespace loses no settled message.
+
+mod common;
+mod ha_cluster;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{assert_none_lost, ha_recv_missing, settled_seqs, spawn_ha_send, wait_until, Broker};
+use ha_cluster::{now, number, serial, stdout, tool, HEARTBEAT, STATUS_DEADLINE};
+
+/// `--link-maintenance-interval`.
+const MAINTENANCE: Duration = Duration::from_millis(200);
+
+/// Runs `ip ARGS`; the error names the command and what it said.
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("ip {args:?}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+fn ip_ok(args: &[&str]) {
+    if let Err(e) = ip(args) {
+        panic!("{e}");
+    }
+}
+
+/// Three hosts: namespace `tdm-h{i}` with `client` (10.77.1.i+1, bridged to
+/// the root namespace's 10.77.1.254) and `cluster` (10.77.2.i+1, on a bridge
+/// of their own). Everything is removed on drop.
+struct Hosts;
+
+impl Hosts {
+    fn ns(i: usize) -> String {
+        format!("tdm-h{i}")
+    }
+
+    fn client_address(i: usize) -> String {
+        format!("10.77.1.{}", i + 1)
+    }
+
+    fn cluster_address(i: usize) -> String {
+        format!("10.77.2.{}", i + 1)
+    }
+
+    fn make() -> Hosts {
+        Hosts::remove();
+        for bridge in ["tdm-bc", "tdm-bk"] {
+            ip_ok(&["link", "add", bridge, "type", "bridge"]);
+            ip_ok(&["link", "set", bridge, "up"]);
+        }
+        ip_ok(&["addr", "add", "10.77.1.254/24", "dev", "tdm-bc"]);
+        for i in 0..3 {
+            let ns = Hosts::ns(i);
+            ip_ok(&["netns", "add", &ns]);
+            ip_ok(&["-n", &ns, "link", "set", "lo", "up"]);
+            for (net, bridge, inside, address) in [
+                ("c", "tdm-bc", "client", Hosts::client_address(i)),
+                ("k", "tdm-bk", "cluster", Hosts::cluster_address(i)),
+            ] {
+                let outside = format!("tdm-{net}{i}");
+                ip_ok(&[
+                    "link", "add", &outside, "type", "veth", "peer", "name", inside, "netns", &ns,
+                ]);
+                ip_ok(&["link", "set", &outside, "master", bridge, "up"]);
+                ip_ok(&[
+                    "-n",
+                    &ns,
+                    "addr",
+                    "add",
+                    &format!("{address}/24"),
+                    "dev",
+                    inside,
+                ]);
+                ip_ok(&["-n", &ns, "link", "set", inside, "up"]);
+            }
+        }
+        Hosts
+    }
+
+    /// Host `i`'s cluster link goes down (up again with `heal`).
+    fn cut(&self, i: usize) {
+        ip_ok(&["-n", &Hosts::ns(i), "link", "set", "cluster", "down"]);
+    }
+
+    fn heal(&self, i: usize) {
+        ip_ok(&["-n", &Hosts::ns(i), "link", "set", "cluster", "up"]);
+    }
+
+    fn remove() {
+        for i in 0..3 {
+            let _ = ip(&["netns", "del", &Hosts::ns(i)]);
+        }
+        for bridge in ["tdm-bc", "tdm-bk"] {
+            let _ = ip(&["link", "del", bridge]);
+        }
+    }
+}
+
+impl Drop for Hosts {
+    fn drop(&mut self) {
+        Hosts::remove();
+    }
+}
+
+fn client_url(i: usize) -> String {
+    format!("{}:5672", Hosts::client_address(i))
+}
+
+fn status(i: usize) -> String {
+    let out = tool("tandem-ha", &["-b", &client_url(i), "status"], 2);
+    stdout(&out).trim().to_owned()
+}
+
+fn wait_status(i: usize, want: &str) {
+    let mut last = String::new();
+    let reached = wait_until(STATUS_DEADLINE, || {
+        last = status(i);
+        last == want
+    });
+    assert!(reached, "host {i} is '{last}', not {want}");
+}
+
+fn promote(i: usize) -> bool {
+    tool(
+        "tandem-ha",
+        &["-b", &client_url(i), "--cluster-manager", "promote"],
+        5,
+    )
+    .status
+    .success()
+}
+
+#[test]
+fn a_cut_off_primary_settles_nothing_and_one_primary_remains_after_the_heal() {
+    let _serial = serial();
+    // SAFETY: geteuid(2) has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: network namespaces need root");
+        return;
+    }
+    let hosts = Hosts::make();
+    let brokers_url = (0..3)
+        .map(|i| format!("{}:5672", Hosts::cluster_address(i)))
+        .collect::<Vec<_>>()
+        .join(",");
+    let public_url = (0..3).map(client_url).collect::<Vec<_>>().join(",");
+    let heartbeat = HEARTBEAT.as_secs().to_string();
+    let maintenance = MAINTENANCE.as_secs_f64().to_string();
+    let _brokers: Vec<Broker> = (0..3)
+        .map(|i| {
+            Broker::start_in(
+                &Hosts::ns(i),
+                &[
+                    "--interface",
+                    "0.0.0.0",
+                    "--port",
+                    "5672",
+                    "--ha-cluster",
+                    "yes",
+                    "--ha-brokers-url",
+                    &brokers_url,
+                    "--ha-public-url",
+                    &public_url,
+                    "--ha-replicate",
+                    "all",
+                    "--ha-min-backups",
+                    "1",
+                    "--link-heartbeat-interval",
+                    &heartbeat,
+                    "--link-maintenance-interval",
+                    &maintenance,
+                    "--worker-threads",
+                    "1",
+                ],
+            )
+        })
+        .collect();
+    assert!(
+        wait_until(STATUS_DEADLINE, || promote(0)),
+        "host 0 never promotable"
+    );
+    wait_status(1, "ready");
+    wait_status(2, "ready");
+
+    let count = 4000;
+    let mut sender = spawn_ha_send(&public_url, "parted", count, "120");
+    sender.wait_for_settlements(200, STATUS_DEADLINE);
+
+    hosts.cut(0);
+    let cut_at = now();
+    let cut = Instant::now();
+    // The resource manager promotes host 1 once it is sure host 0 is gone
+    // (here: once host 1 stopped hearing it, twice the heartbeat).
+    assert!(
+        wait_until(STATUS_DEADLINE, || promote(1)),
+        "host 1 never promotable: {}",
+        status(1)
+    );
+    wait_status(1, "active");
+    // Both say active now; the cut-off one withholds every settlement.
+    assert_eq!(status(0), "active");
+    let withholding = wait_until(STATUS_DEADLINE, || {
+        let out = tool("tandem-ha", &["-b", &client_url(0), "status"], 2);
+        String::from_utf8_lossy(&out.stderr).contains("0 of ha-min-backups 1")
+    });
+    assert!(withholding, "host 0 never said it withholds");
+    let cut_for = cut.elapsed();
+
+    hosts.heal(0);
+    let healed_at = now();
+    let healed = Instant::now();
+    let bound = MAINTENANCE * 2 + HEARTBEAT;
+    let one_primary = wait_until(bound * 4, || status(0) != "active");
+    let took = healed.elapsed();
+    assert!(
+        one_primary,
+        "host 0 still active {:?} after the heal",
+        bound * 4
+    );
+    assert!(
+        took <= bound,
+        "two primaries {took:?} after the heal, more than {bound:?}"
+    );
+    assert_eq!(status(1), "active");
+    eprintln!("cut {cut_for:?}; one primary {took:?} after the heal");
+
+    // Nothing settled by the cut-off primary after 2 x heartbeat, until the heal.
+    let out = sender.wait();
+    let lines = out.json_lines();
+    let window = cut_at + 2.0 * HEARTBEAT.as_secs_f64();
+    let settled_in_window: Vec<u64> = lines
+        .iter()
+        .filter(|l| l["settled"].as_u64().is_some())
+        .filter(|l| number(&l["t"]).is_some_and(|t| t > window && t < healed_at))
+        .filter_map(|l| l["settled"].as_u64())
+        .collect();
+    assert!(
+        settled_in_window.is_empty(),
+        "the cut-off primary settled {} messages, e.g. {:?}",
+        settled_in_window.len(),
+        &settled_in_window[..settled_in_window.len().min(10)]
+    );
+    let settled = settled_seqs(&lines);
+    assert_eq!(settled.len(), count, "{}", out.stdout());
+    let missing = ha_recv_missing(&public_url, "parted", count as u64, 60);
+    let lost: Vec<u64> = settled
+        .iter()
+        .copied()
+        .filter(|s| missing.contains(s))
+        .collect();
+    assert_none_lost(&lost, settled.len(), "after the partition healed");
+}
