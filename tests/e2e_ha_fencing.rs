@@ -82,3 +82,37 @@ fn a_stopped_primary_steps_down_within_two_heartbeats_of_waking_and_loses_nothin
         .collect();
     assert_none_lost(&lost, settled.len(), "after the stale primary stepped down");
 }
+
+#[test]
+fn a_restarted_ex_primary_comes_back_as_a_backup_of_the_newer_epoch() {
+    let _serial = serial();
+    let mut cluster = HaCluster::start_with_args(Some("all"), &[]);
+    cluster.promote_ok(0);
+    for i in [1, 2] {
+        cluster.wait_status(i, "ready");
+    }
+    cluster.kill(0);
+    cluster.promote_ok(1);
+    cluster.wait_status(1, "active");
+    // It restarts with its data-dir (epoch 1 in ha-epoch) and the resource
+    // manager, which still thinks of it as the primary, promotes it: refused
+    // while it sees the newer primary; it becomes that primary's backup.
+    cluster.restart_member(0);
+    let mut refusals = 0;
+    let joined = wait_until(STATUS_DEADLINE, || {
+        let out = cluster.promote(0);
+        assert!(
+            !out.status.success(),
+            "the ex-primary of epoch 1 was promoted beside the epoch-2 primary: {}",
+            cluster.describe()
+        );
+        refusals += 1;
+        cluster.has_status(0, "ready")
+    });
+    assert!(joined, "it never became a backup: {}", cluster.describe());
+    assert!(refusals > 0);
+    assert!(cluster.log(0).contains("epoch 1"), "{}", cluster.log(0));
+    let query = ha_cluster::tool_ok("tandem-ha", &["-b", &cluster.url(0), "query"]);
+    assert!(query.contains("epoch:       2"), "{query}");
+    assert_eq!(cluster.status(1), "active");
+}
