@@ -157,6 +157,9 @@ pub struct HaConfig {
     /// `ha-min-backups-timeout`: how long such a publish waits before it is
     /// rejected.
     pub min_backups_timeout: Duration,
+    /// `ha-sync-config`: `tandem-config` waits for the backups after each
+    /// change unless told otherwise.
+    pub sync_config: bool,
     /// `link-maintenance-interval`: how often a backup checks its link to the primary.
     pub link_maintenance_interval: Duration,
     /// `link-heartbeat-interval`: heartbeat on broker-to-broker links; two silent
@@ -316,6 +319,7 @@ impl HaConfig {
         let backup_timeout = src.value("ha-backup-timeout", value::duration)?;
         let min_backups = src.value("ha-min-backups", |r| value::number(r, 0, 1000))?;
         let min_backups_timeout = src.value("ha-min-backups-timeout", value::duration)?;
+        let sync_config = src.value("ha-sync-config", value::boolean)?;
         let link_maintenance_interval = src.value("link-maintenance-interval", value::duration)?;
         let link_heartbeat_interval = src.value("link-heartbeat-interval", value::duration)?;
         let queue_replication = src.value("ha-queue-replication", value::boolean)?;
@@ -400,6 +404,7 @@ impl HaConfig {
             backup_timeout,
             min_backups,
             min_backups_timeout,
+            sync_config,
             link_maintenance_interval,
             link_heartbeat_interval,
             queue_replication,
@@ -422,6 +427,7 @@ impl fmt::Debug for HaConfig {
             .field("backup_timeout", &self.backup_timeout)
             .field("min_backups", &self.min_backups)
             .field("min_backups_timeout", &self.min_backups_timeout)
+            .field("sync_config", &self.sync_config)
             .field("link_maintenance_interval", &self.link_maintenance_interval)
             .field("link_heartbeat_interval", &self.link_heartbeat_interval)
             .field("queue_replication", &self.queue_replication)

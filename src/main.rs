@@ -333,6 +333,7 @@ fn with_ha(
         brokers_url: brokers_url.redacted(),
         public_url: public.redacted(),
         replicate: cfg.ha.replicate.to_string(),
+        sync_config: cfg.ha.sync_config,
         self_address: format!("{}:{}", cfg.interface, cfg.port),
     };
     let stream = StreamSettings {

@@ -218,3 +218,51 @@ fn lvq_and_ring_queues_replicate_identically_through_a_fail_over() {
         ["r-7", "r-8", "r-9", "r-10", "r-11"]
     );
 }
+
+#[test]
+fn a_synchronous_change_waits_for_every_ready_backup_and_names_a_stalled_one() {
+    let _serial = serial();
+    // ha-sync-config makes --sync the tools' default.
+    let cluster = HaCluster::start_with_args(Some("all"), &["--ha-sync-config", "yes"]);
+    cluster.promote_ok(PRIMARY);
+    for i in cluster.others(PRIMARY) {
+        cluster.wait_status(i, "ready");
+    }
+    let url = cluster.url(PRIMARY);
+    let config = |args: &[&str]| {
+        let mut all = vec!["-b", url.as_str(), "--sync-timeout", "0.8"];
+        all.extend_from_slice(args);
+        ha_cluster::tool("tandem-config", &all, 10)
+    };
+    let done = config(&["add", "queue", "synced"]);
+    assert!(done.status.success(), "{}", ha_cluster::stderr(&done));
+    // Both backups have it the moment the tool returns.
+    for i in cluster.others(PRIMARY) {
+        assert!(cluster.names(i, "queues").contains(&"synced".to_owned()));
+    }
+
+    // A stopped backup: the change is made, the tool fails naming the backup
+    // (within 0.8 s, less than twice the 1 s heartbeat: it is still a member).
+    ha_cluster::signal(cluster.pid(2), libc::SIGSTOP);
+    let failed = config(&["add", "queue", "stalled"]);
+    let no_sync = config(&["--no-sync", "add", "queue", "unsynced"]);
+    ha_cluster::signal(cluster.pid(2), libc::SIGCONT);
+    assert!(
+        !failed.status.success(),
+        "--sync returned with a backup stopped"
+    );
+    let said = ha_cluster::stderr(&failed);
+    assert!(said.contains(&cluster.url(2)), "{said}");
+    assert!(said.contains("did not confirm"), "{said}");
+    assert!(no_sync.status.success(), "{}", ha_cluster::stderr(&no_sync));
+    assert!(cluster
+        .names(PRIMARY, "queues")
+        .contains(&"stalled".to_owned()));
+    // Resumed, it confirms the next change, having applied the earlier ones.
+    let resumed = config(&["--sync", "add", "queue", "resumed"]);
+    assert!(resumed.status.success(), "{}", ha_cluster::stderr(&resumed));
+    let on_backup = cluster.names(2, "queues");
+    for q in ["stalled", "unsynced", "resumed"] {
+        assert!(on_backup.contains(&q.to_owned()), "{q}: {on_backup:?}");
+    }
+}

@@ -22,6 +22,8 @@ pub struct ClusterInfo {
     pub brokers_url: String,
     pub public_url: String,
     pub replicate: String,
+    /// `ha-sync-config`: tools wait for the backups after each change.
+    pub sync_config: bool,
     /// This broker's own address, as the others reach it.
     pub self_address: String,
 }
@@ -172,6 +174,7 @@ impl HaHandler for HaBroker {
             ("brokers-url", Value::string(&self.info.brokers_url)),
             ("public-url", Value::string(&self.info.public_url)),
             ("replicate", Value::string(&self.info.replicate)),
+            ("sync-config", Value::Bool(self.info.sync_config)),
             ("min-backups", Value::Ulong(self.node.min_backups() as u64)),
             (
                 "ready-backups",
@@ -324,6 +327,10 @@ impl HaHandler for HaBroker {
 
     fn status(&self) -> BrokerStatus {
         self.node.status()
+    }
+
+    fn ready_members(&self) -> Vec<(MemberId, String)> {
+        self.node.ready_member_list()
     }
 
     fn replicate_default(&self) -> &str {

@@ -300,10 +300,16 @@ impl HaNode {
 
     /// Connected backups that caught up on every replicated queue.
     pub fn ready_backups(&self) -> usize {
+        self.ready_member_list().len()
+    }
+
+    /// The connected ready backups: member id and address.
+    pub fn ready_member_list(&self) -> Vec<(MemberId, String)> {
         self.members
-            .values()
-            .filter(|m| m.connected && m.status == BrokerStatus::Ready)
-            .count()
+            .iter()
+            .filter(|(_, m)| m.connected && m.status == BrokerStatus::Ready)
+            .map(|(id, m)| (*id, m.address.clone()))
+            .collect()
     }
 
     /// Primary: why settlements wait (fewer ready backups than

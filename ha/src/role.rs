@@ -136,6 +136,8 @@ pub trait HaHandler {
     fn probed(&mut self, by: crate::node::PeerEpoch, now: Instant) -> crate::node::PeerEpoch;
     /// Our status now.
     fn status(&self) -> crate::status::BrokerStatus;
+    /// Primary: the connected ready backups, with their addresses.
+    fn ready_members(&self) -> Vec<(MemberId, String)>;
     /// `ha-replicate`: the default replication level (none, configuration, all).
     fn replicate_default(&self) -> &str;
     /// The epoch this broker knows now.

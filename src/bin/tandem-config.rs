@@ -20,6 +20,16 @@ struct Cli {
     /// Print lists as JSON.
     #[arg(long, global = true)]
     json: bool,
+    /// After a change, wait until every backup that was ready has applied it
+    /// (default: the primary's ha-sync-config).
+    #[arg(long, global = true, conflicts_with = "no_sync")]
+    sync: bool,
+    /// Do not wait for the backups, whatever ha-sync-config says.
+    #[arg(long, global = true)]
+    no_sync: bool,
+    /// Seconds --sync waits for the backups before it fails naming them.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10.0, global = true)]
+    sync_timeout: f64,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -130,15 +140,77 @@ fn run(cli: &Cli) -> ToolResult<String> {
         Some(Command::Queues) => list(&mut mc, "queue", cli.json),
         Some(Command::Exchanges) => list(&mut mc, "exchange", cli.json),
         Some(Command::Bindings) => list(&mut mc, "binding", cli.json),
-        Some(Command::Add { what }) => add(&mut mc, what),
-        Some(Command::Del { what }) => del(&mut mc, what),
-        Some(Command::Bind(b)) => bind(&mut mc, "CREATE", b),
-        Some(Command::Unbind(b)) => bind(&mut mc, "DELETE", b),
+        Some(Command::Add { what }) => add(&mut mc, what).and_then(|_| synced(cli, &mut mc)),
+        Some(Command::Del { what }) => del(&mut mc, what).and_then(|_| synced(cli, &mut mc)),
+        Some(Command::Bind(b)) => bind(&mut mc, "CREATE", b).and_then(|_| synced(cli, &mut mc)),
+        Some(Command::Unbind(b)) => bind(&mut mc, "DELETE", b).and_then(|_| synced(cli, &mut mc)),
         Some(Command::ReloadAcl) => reload(&mut mc, "reloadACLFile", "acl"),
         Some(Command::Reload) => reload(&mut mc, "RELOAD", "broker"),
     };
     mc.close();
     out
+}
+
+/// After a change: with `--sync` (or the primary's `ha-sync-config`), waits
+/// until every backup that is ready now has applied it, or fails naming the
+/// ones that did not within `--sync-timeout`.
+fn synced(cli: &Cli, mc: &mut ManagementClient) -> ToolResult<String> {
+    let wanted = if cli.no_sync {
+        false
+    } else if cli.sync {
+        true
+    } else {
+        match tools::read(mc, "ha-broker", None) {
+            Ok(attrs) => matches!(get(&attrs, "sync-config"), Some(Value::Bool(true))),
+            // Not in a cluster: nothing to wait for.
+            Err(_) => false,
+        }
+    };
+    if !wanted {
+        return Ok(String::new());
+    }
+    let empty = || Value::Map(Vec::new());
+    let resp = mc
+        .call(&Request::new("SYNC", "ha-broker", None, empty()))
+        .map_err(|e| e.to_string())?;
+    match resp.status {
+        s if (200..300).contains(&s) => {}
+        404 => return Ok(String::new()), // a stand-alone broker has no backups
+        _ => {
+            return Err(format!(
+                "--sync: {} (status {})",
+                resp.description, resp.status
+            ))
+        }
+    }
+    let Some(id) = resp.body.map_get("id").and_then(Value::as_u64) else {
+        return Err("--sync: the broker did not say which sync to wait for".into());
+    };
+    let deadline =
+        std::time::Instant::now() + std::time::Duration::from_secs_f64(cli.sync_timeout.max(0.0));
+    let body = Value::Map(vec![(Value::string("id"), Value::Ulong(id))]);
+    loop {
+        let status = call(
+            mc,
+            Request::new("SYNC-STATUS", "ha-broker", None, body.clone()),
+        )?;
+        if matches!(status.body.map_get("done"), Some(Value::Bool(true))) {
+            return Ok(String::new());
+        }
+        if std::time::Instant::now() >= deadline {
+            let missing: Vec<String> = match status.body.map_get("missing") {
+                Some(Value::List(l)) => l.iter().map(|v| cell(Some(v))).collect(),
+                _ => Vec::new(),
+            };
+            return Err(format!(
+                "--sync: the change is made on the primary, but backup {} did not confirm it within {}s",
+                missing.join(", "),
+                cli.sync_timeout
+            ));
+        }
+        // Ask again; the loop ends at the deadline above.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
 
 /// A reload: one line per part read again.

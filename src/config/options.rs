@@ -154,6 +154,8 @@ pub(super) const OPTIONS: &[OptionSpec] = &[
         "The primary settles publishes to replicated queues only while at least N backups are ready; 0 settles with none"),
     opt(HA, "ha-min-backups-timeout", "DURATION", Some("30s"), Plain,
         "How long a publish waits for ha-min-backups ready backups before it is rejected (amqp:resource-limit-exceeded)"),
+    opt(HA, "ha-sync-config", "yes|no", Some("no"), Bool,
+        "tandem-config waits after each change until every ready backup has applied it (its --sync default)"),
     opt(HA, "link-maintenance-interval", "DURATION", Some("2s"), Plain,
         "How often a backup checks and re-opens its link to the primary"),
     opt(HA, "link-heartbeat-interval", "DURATION", Some("120s"), Plain,

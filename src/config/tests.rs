@@ -124,6 +124,7 @@ fn defaults_without_file_or_flags() {
     assert_eq!(ha.backup_timeout, Duration::from_secs(10));
     assert_eq!(ha.min_backups, 0);
     assert_eq!(ha.min_backups_timeout, Duration::from_secs(30));
+    assert!(!ha.sync_config);
     assert_eq!(ha.link_maintenance_interval, Duration::from_secs(2));
     assert_eq!(ha.link_heartbeat_interval, Duration::from_secs(120));
     assert!(!ha.queue_replication);
@@ -692,8 +693,9 @@ fn min_backups_cannot_exceed_the_other_brokers() {
         error(&["--ha-min-backups", "-1"]),
         ConfigError::InvalidValue { .. }
     ));
-    let c = loaded(&["--ha-min-backups-timeout", "2s"]);
+    let c = loaded(&["--ha-min-backups-timeout", "2s", "--ha-sync-config", "yes"]);
     assert_eq!(c.ha.min_backups_timeout, Duration::from_secs(2));
+    assert!(c.ha.sync_config);
 }
 
 #[test]

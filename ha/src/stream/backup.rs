@@ -849,6 +849,8 @@ impl Replication {
             Event::Members { epoch, members } => {
                 self.tell_role(LinkEvent::Members { epoch, members });
             }
+            // Nothing to apply: settled once what came before is.
+            Event::Sync { .. } => {}
             Event::Inventory { queues, exchanges } => {
                 // What the primary no longer has is deleted here, in order,
                 // before the rest of the stream.

@@ -10,7 +10,7 @@
 //! `["bind", exchange, queue, key]`, `["unbind", exchange, queue, key]`,
 //! `["enq", queue, position, message]`, `["deq", queue, [positions]]`,
 //! `["members", epoch, [{broker-id, address, status}]]`,
-//! `["inventory", [queue names], [exchange names]]`.
+//! `["inventory", [queue names], [exchange names]]`, `["sync", id]`.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -67,6 +67,11 @@ pub enum Event {
     Inventory {
         queues: Vec<String>,
         exchanges: Vec<String>,
+    },
+    /// A marker: once the backup settles it, it has applied every event
+    /// before it (`tandem-config --sync` waits for it).
+    Sync {
+        id: u64,
     },
 }
 
@@ -216,6 +221,7 @@ impl Event {
                 Value::List(queues.iter().map(|q| s(q)).collect()),
                 Value::List(exchanges.iter().map(|e| s(e)).collect()),
             ],
+            Event::Sync { id } => vec![s("sync"), Value::Ulong(*id)],
             Event::Members { epoch, members } => vec![
                 s("members"),
                 Value::Ulong(*epoch),
@@ -394,6 +400,12 @@ impl Event {
                     exchanges: names(2),
                 }
             }
+            "sync" => Event::Sync {
+                id: items
+                    .get(1)
+                    .and_then(Value::as_u64)
+                    .ok_or("sync without an id")?,
+            },
             other => return Err(format!("unknown replication event '{other}'")),
         })
     }
@@ -571,6 +583,7 @@ mod tests {
                 queues: vec!["a".into(), "b".into()],
                 exchanges: vec!["x".into()],
             },
+            Event::Sync { id: 42 },
         ];
         for e in events {
             assert_eq!(Event::decode(&e.encode()).expect("decodes"), e);

@@ -219,6 +219,11 @@ impl Replication {
         }
         let mut per_owner: Vec<(usize, Acks)> = Vec::new();
         for ((queue, member), position) in self.host.acks.drain() {
+            if &*queue == super::sync::SYNC_MARK {
+                let upto = position;
+                shard.send_ext(0, msg(Msg::SyncAcked { member, upto }));
+                continue;
+            }
             let owner = shard.owner_of(&queue);
             push_for(&mut per_owner, owner, (queue, member, position));
         }

@@ -28,6 +28,7 @@ mod link_host;
 mod owner;
 mod primary;
 mod probe;
+mod sync;
 
 use std::collections::VecDeque;
 
@@ -158,6 +159,12 @@ pub(crate) enum Msg {
     ProbeAnswer {
         index: usize,
         answer: Option<crate::node::PeerEpoch>,
+    },
+    /// A link host -> shard 0: the backup settled every sync marker up to
+    /// `upto`.
+    SyncAcked {
+        member: MemberId,
+        upto: u64,
     },
     /// Shard 0 -> all: the backup is gone.
     DropMember {
@@ -333,6 +340,7 @@ pub struct Replication {
     host: link_host::HostState,
     backup: backup::BackupState,
     probes: probe::ProbeState,
+    sync: sync::SyncState,
 }
 
 impl Replication {
@@ -350,6 +358,7 @@ impl Replication {
             host: Default::default(),
             backup: Default::default(),
             probes: Default::default(),
+            sync: Default::default(),
         }
     }
 
@@ -402,6 +411,9 @@ impl Extension for Replication {
                 status::NOT_FOUND,
                 "this broker is not in an HA cluster (ha-cluster = no)",
             ),
+            // What `tandem-config --sync` asks after a change it could make.
+            Some(_) if req.operation == "SYNC" => self.sync_request(shard),
+            Some(_) if req.operation == "SYNC-STATUS" => self.sync_status(&req.body),
             Some(ha) if req.operation == "READ" || req.operation == "QUERY" => {
                 Response::ok(Value::Map(
                     ha.attributes()
@@ -531,6 +543,7 @@ impl Extension for Replication {
                 who,
             } => self.probe(shard, index, address, who),
             Msg::ProbeAnswer { index, answer } => self.probe_answer(shard, index, answer),
+            Msg::SyncAcked { member, upto } => self.sync_acked(member, upto),
             Msg::Withhold => self.withhold(shard),
             Msg::Release => self.release(shard),
             Msg::SteppedDown => self.stepped_down(shard),

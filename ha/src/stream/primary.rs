@@ -206,6 +206,11 @@ impl Replication {
     }
 
     /// Forgets a dropped member's link (shard 0).
+    /// The link of backup `member`.
+    pub(super) fn primary_sink(&self, member: MemberId) -> Option<&ReplicaSink> {
+        self.primary.members.iter().find(|s| s.member == member)
+    }
+
     pub(super) fn primary_forget(&mut self, member: MemberId) {
         self.primary.members.retain(|s| s.member != member);
         self.primary.pending_ready.remove(&member);

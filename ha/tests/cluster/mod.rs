@@ -566,6 +566,7 @@ impl Cluster {
                 brokers_url: self.addresses.join(","),
                 public_url: self.addresses.join(","),
                 replicate: replicate.clone(),
+                sync_config: false,
                 self_address: own,
             },
             self.now,
@@ -788,7 +789,7 @@ impl Cluster {
     // -----------------------------------------------------------------------
     // The HA role, as the tools see it
 
-    fn ha_request(&mut self, b: usize, operation: &str, body: Value) -> Response {
+    pub fn ha_request(&mut self, b: usize, operation: &str, body: Value) -> Response {
         let resp = self.brokers[b].shards[0].manage(Request {
             operation: operation.into(),
             entity_type: "ha-broker".into(),
