@@ -216,6 +216,10 @@ pub(super) fn suggest(unknown: &str) -> Option<&'static str> {
         .trim_start_matches('-')
         .to_ascii_lowercase()
         .replace('_', "-");
+    if normalized == CONFIG_KEY {
+        // Not a near miss of another key: the one the file cannot hold.
+        return None;
+    }
     let file_keys = || OPTIONS.iter().map(|s| s.key).filter(|k| *k != CONFIG_KEY);
     let (distance, key) = file_keys()
         .map(|key| (edit_distance(&normalized, key), key))
