@@ -5,7 +5,7 @@
 //! [`BATCH_BYTES`]), and turns the backup's settlements into acknowledgements
 //! for the queue owners.
 
-use hashbrown::HashMap;
+use hashbrown::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -14,9 +14,10 @@ use tandem_shards::amqp::connection::LinkKey;
 use tandem_shards::amqp::performative::{condition, Attach, ErrorCondition, Role};
 use tandem_shards::broker::Shard;
 
-use super::codec::ranges_from_value;
+use super::codec::{ranges_from_value, Event};
 use super::{
-    msg, push_for, Acks, Backlog, Holdings, Msg, Refusal, ReplicaSink, Replication, Unsettled,
+    msg, push_for, Acks, Backlog, EnqueueMeta, Holdings, Msg, Refusal, ReplicaSink, Replication,
+    Unsettled,
 };
 use crate::guard::MemberId;
 use crate::role::BackupIdentity;
@@ -25,6 +26,11 @@ use crate::role::BackupIdentity;
 /// replication delivery.
 const BATCH_EVENTS: usize = 256;
 const BATCH_BYTES: usize = 64 * 1024;
+
+/// Most bytes of replication deliveries a backup may have unsettled: beyond
+/// it events wait here, where what a consumer takes meanwhile is cancelled
+/// (and memory is bounded by this, not by the backup's credit).
+const WINDOW_BYTES: usize = 8 * 1024 * 1024;
 
 /// One backup's link hosted here.
 struct HostedLink {
@@ -37,6 +43,13 @@ struct HostedLink {
     /// events acknowledge.
     unsettled: Unsettled,
     last_heard: Option<Instant>,
+    /// Bytes of the unsettled deliveries.
+    unsettled_bytes: usize,
+    /// The `enq` events in the backlog, and those of them whose message was
+    /// consumed on the primary meanwhile (a `deq` behind them in the
+    /// backlog): those are not sent, only acknowledged with the next delivery.
+    pending: HashSet<(Arc<str>, u64)>,
+    cancelled: HashSet<(Arc<str>, u64)>,
 }
 
 #[derive(Default)]
@@ -47,6 +60,9 @@ pub(super) struct HostState {
     /// Acknowledgements gathered this step: the highest position each backup
     /// settled per queue, sent to the owners in one message each at its end.
     acks: HashMap<(Arc<str>, MemberId), u64>,
+    /// Messages (and their bytes) consumed before they were sent to a backup,
+    /// and so never sent.
+    pub(super) skipped: (u64, u64),
 }
 
 impl Replication {
@@ -96,6 +112,9 @@ impl Replication {
                 backlog: Backlog::new(),
                 unsettled: Unsettled::new(),
                 last_heard: None,
+                unsettled_bytes: 0,
+                pending: HashSet::new(),
+                cancelled: HashSet::new(),
             },
         );
         let sink = ReplicaSink {
@@ -121,6 +140,26 @@ impl Replication {
             return;
         };
         hl.member.get_or_insert(sink.member);
+        for (event, meta) in &events {
+            match meta {
+                Some(at) => {
+                    hl.pending.insert(at.clone());
+                }
+                None if !hl.pending.is_empty() && event.tail.is_empty() => {
+                    // A dequeue of messages still waiting here: they need not go.
+                    if let Ok(Event::Dequeue { queue, positions }) = Event::decode(&event.head) {
+                        let queue: Arc<str> = queue.into();
+                        for p in positions {
+                            let at = (queue.clone(), p);
+                            if hl.pending.remove(&at) {
+                                hl.cancelled.insert(at);
+                            }
+                        }
+                    }
+                }
+                None => {}
+            }
+        }
         if hl.backlog.is_empty() {
             hl.backlog = events;
         } else {
@@ -150,32 +189,53 @@ impl Replication {
             return;
         };
         let mut sent = false;
-        while engine.credit(link) > 0 && !hl.backlog.is_empty() {
-            // As many waiting events as fit one batch go in one delivery.
-            let mut count = 0;
-            let mut bytes = 0;
-            for (event, _) in &hl.backlog {
+        let skipped = &mut self.host.skipped;
+        while engine.credit(link) > 0 && hl.unsettled_bytes < WINDOW_BYTES && !hl.backlog.is_empty()
+        {
+            // As many waiting events as fit one batch go in one delivery; a
+            // cancelled `enq` goes only as an acknowledgement of that delivery.
+            let cancelled =
+                |meta: &EnqueueMeta| meta.as_ref().is_some_and(|m| hl.cancelled.contains(m));
+            let (mut taken, mut count, mut bytes) = (0, 0, 0);
+            for (event, meta) in &hl.backlog {
+                if cancelled(meta) {
+                    taken += 1;
+                    continue;
+                }
                 if count == BATCH_EVENTS || (count > 0 && bytes + event.len() > BATCH_BYTES) {
                     break;
                 }
                 count += 1;
                 bytes += event.len();
+                taken += 1;
+            }
+            if count == 0 {
+                // Only cancelled ones: the dequeue that cancelled them follows.
+                break;
             }
             let parts: Vec<&[u8]> = hl
                 .backlog
                 .iter()
-                .take(count)
+                .take(taken)
+                .filter(|(_, meta)| !cancelled(meta))
                 .flat_map(|(event, _)| [&event.head[..], &event.tail[..]])
                 .collect();
+            let size: usize = parts.iter().map(|p| p.len()).sum();
             let Some(id) = engine.send_parts(link, b"r", &parts, false) else {
                 break;
             };
-            let acks = hl
-                .backlog
-                .drain(..count)
-                .filter_map(|(_, meta)| meta)
-                .collect();
-            hl.unsettled.insert(id, acks);
+            let mut acks = Vec::new();
+            for (event, meta) in hl.backlog.drain(..taken) {
+                let Some(at) = meta else { continue };
+                hl.pending.remove(&at);
+                if hl.cancelled.remove(&at) {
+                    skipped.0 += 1;
+                    skipped.1 += event.tail.len() as u64;
+                }
+                acks.push(at);
+            }
+            hl.unsettled.insert(id, (acks, size));
+            hl.unsettled_bytes += size;
             sent = true;
         }
         if sent {
@@ -188,9 +248,13 @@ impl Replication {
         // Acknowledgements are cumulative per queue: one per queue and backup
         // and step, for the highest position settled.
         let acks = &mut self.host.acks;
-        for ((c, _), hl) in self.host.links.iter_mut() {
-            if *c != conn {
+        for (&(c, link), hl) in self.host.links.iter_mut() {
+            if c != conn {
                 continue;
+            }
+            // Room in the window again: what waits goes at the end of the step.
+            if !hl.backlog.is_empty() && !self.host.to_drain.contains(&(c, link)) {
+                self.host.to_drain.push((c, link));
             }
             let Some(member) = hl.member else { continue };
             let span = u64::from(last.wrapping_sub(first)) + 1;
@@ -204,7 +268,11 @@ impl Replication {
                 (0..span as u32).map(|i| first.wrapping_add(i)).collect()
             };
             for id in ids {
-                for (queue, position) in hl.unsettled.remove(&id).unwrap_or_default() {
+                let Some((positions, size)) = hl.unsettled.remove(&id) else {
+                    continue;
+                };
+                hl.unsettled_bytes -= size;
+                for (queue, position) in positions {
                     let highest = acks.entry((queue, member)).or_default();
                     *highest = (*highest).max(position);
                 }

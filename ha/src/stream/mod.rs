@@ -668,6 +668,8 @@ impl Extension for Replication {
             ("ha-catch-up-messages", c.messages),
             ("ha-catch-up-bytes", c.bytes),
             ("ha-catch-up-kept", c.kept),
+            ("ha-consumed-not-sent", self.host.skipped.0),
+            ("ha-consumed-not-sent-bytes", self.host.skipped.1),
         ]
     }
 
@@ -730,7 +732,9 @@ fn retain(shard: &mut Shard, queue: &str, next: u64, keep: &[(u64, u64)]) {
 type Backlog = VecDeque<(Encoded, EnqueueMeta)>;
 
 /// Ids of the unsettled deliveries of a link and the positions they ack.
-type Unsettled = HashMap<u32, Vec<(Arc<str>, u64)>>;
+/// Unsettled replication deliveries: delivery id -> the queue positions
+/// their `enq` events acknowledge, and their bytes.
+type Unsettled = HashMap<u32, (Vec<(Arc<str>, u64)>, usize)>;
 
 /// Queue names.
 type Names = HashSet<Arc<str>>;
