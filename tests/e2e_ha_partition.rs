@@ -101,6 +101,12 @@ impl Hosts {
         ip_ok(&["-n", &Hosts::ns(i), "link", "set", "cluster", "down"]);
     }
 
+    /// Host `i` is unreachable from everywhere: both its links go down.
+    fn isolate(&self, i: usize) {
+        self.cut(i);
+        ip_ok(&["-n", &Hosts::ns(i), "link", "set", "client", "down"]);
+    }
+
     fn heal(&self, i: usize) {
         ip_ok(&["-n", &Hosts::ns(i), "link", "set", "cluster", "up"]);
     }
@@ -108,6 +114,10 @@ impl Hosts {
     fn remove() {
         for i in 0..3 {
             let _ = ip(&["netns", "del", &Hosts::ns(i)]);
+            // The pairs go with their namespace only once nothing runs in it.
+            for net in ["c", "k"] {
+                let _ = ip(&["link", "del", &format!("tdm-{net}{i}")]);
+            }
         }
         for bridge in ["tdm-bc", "tdm-bk"] {
             let _ = ip(&["link", "del", bridge]);
@@ -139,6 +149,56 @@ fn wait_status(i: usize, want: &str) {
     assert!(reached, "host {i} is '{last}', not {want}");
 }
 
+/// Starts a broker on each host (cluster network in `ha-brokers-url`,
+/// client network in `ha-public-url`), with `extra` arguments; and the
+/// public URL.
+fn start_brokers(extra: &[&str]) -> (Vec<Broker>, String) {
+    let brokers_url = (0..3)
+        .map(|i| format!("{}:5672", Hosts::cluster_address(i)))
+        .collect::<Vec<_>>()
+        .join(",");
+    let public_url = (0..3).map(client_url).collect::<Vec<_>>().join(",");
+    let heartbeat = HEARTBEAT.as_secs().to_string();
+    let maintenance = MAINTENANCE.as_secs_f64().to_string();
+    let brokers = (0..3)
+        .map(|i| {
+            let mut args = vec![
+                "--interface",
+                "0.0.0.0",
+                "--port",
+                "5672",
+                "--ha-cluster",
+                "yes",
+                "--ha-brokers-url",
+                &brokers_url,
+                "--ha-public-url",
+                &public_url,
+                "--ha-replicate",
+                "all",
+                "--link-heartbeat-interval",
+                &heartbeat,
+                "--link-maintenance-interval",
+                &maintenance,
+                "--worker-threads",
+                "1",
+            ];
+            args.extend_from_slice(extra);
+            Broker::start_in(&Hosts::ns(i), &args)
+        })
+        .collect();
+    (brokers, public_url)
+}
+
+/// Skips (with a note) where network namespaces cannot be made.
+fn can_make_namespaces() -> bool {
+    // SAFETY: geteuid(2) has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        eprintln!("skipped: network namespaces need root");
+    }
+    root
+}
+
 fn promote(i: usize) -> bool {
     tool(
         "tandem-ha",
@@ -152,48 +212,11 @@ fn promote(i: usize) -> bool {
 #[test]
 fn a_cut_off_primary_settles_nothing_and_one_primary_remains_after_the_heal() {
     let _serial = serial();
-    // SAFETY: geteuid(2) has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: network namespaces need root");
+    if !can_make_namespaces() {
         return;
     }
     let hosts = Hosts::make();
-    let brokers_url = (0..3)
-        .map(|i| format!("{}:5672", Hosts::cluster_address(i)))
-        .collect::<Vec<_>>()
-        .join(",");
-    let public_url = (0..3).map(client_url).collect::<Vec<_>>().join(",");
-    let heartbeat = HEARTBEAT.as_secs().to_string();
-    let maintenance = MAINTENANCE.as_secs_f64().to_string();
-    let _brokers: Vec<Broker> = (0..3)
-        .map(|i| {
-            Broker::start_in(
-                &Hosts::ns(i),
-                &[
-                    "--interface",
-                    "0.0.0.0",
-                    "--port",
-                    "5672",
-                    "--ha-cluster",
-                    "yes",
-                    "--ha-brokers-url",
-                    &brokers_url,
-                    "--ha-public-url",
-                    &public_url,
-                    "--ha-replicate",
-                    "all",
-                    "--ha-min-backups",
-                    "1",
-                    "--link-heartbeat-interval",
-                    &heartbeat,
-                    "--link-maintenance-interval",
-                    &maintenance,
-                    "--worker-threads",
-                    "1",
-                ],
-            )
-        })
-        .collect();
+    let (_brokers, public_url) = start_brokers(&["--ha-min-backups", "1"]);
     assert!(
         wait_until(STATUS_DEADLINE, || promote(0)),
         "host 0 never promotable"
@@ -268,4 +291,88 @@ fn a_cut_off_primary_settles_nothing_and_one_primary_remains_after_the_heal() {
         .filter(|s| missing.contains(s))
         .collect();
     assert_none_lost(&lost, settled.len(), "after the partition healed");
+}
+
+#[test]
+fn a_client_fails_over_from_an_unreachable_primary() {
+    let _serial = serial();
+    if !can_make_namespaces() {
+        return;
+    }
+    let hosts = Hosts::make();
+    let (_brokers, public_url) = start_brokers(&[]);
+    assert!(
+        wait_until(STATUS_DEADLINE, || promote(0)),
+        "host 0 never promotable"
+    );
+    wait_status(1, "ready");
+    wait_status(2, "ready");
+    // A Proton publisher with a 1 s AMQP heartbeat (idle timeout) and a 1 s
+    // connect timeout (its own timer: Proton has none).
+    let count = 4000;
+    let mut sender = common::spawn_python(
+        "ha_send.py",
+        &[
+            "--urls",
+            &public_url,
+            "--address",
+            "unreachable",
+            "--count",
+            &count.to_string(),
+            "--interval-ms",
+            "1",
+            "--heartbeat",
+            "1",
+            "--connect-timeout",
+            "1",
+            "--timeout",
+            "60",
+        ],
+    );
+    sender.wait_for_settlements(200, STATUS_DEADLINE);
+    // The primary's host drops off both networks: no reset, no close; the
+    // client's connection and connects to it just go unanswered.
+    hosts.isolate(0);
+    let cut_at = now();
+    // The resource manager promotes host 1 once host 1 stopped hearing it.
+    assert!(
+        wait_until(STATUS_DEADLINE, || promote(1)),
+        "host 1 never promotable"
+    );
+    let promoted_at = now();
+    let out = sender.wait();
+    out.assert_success();
+    let lines = out.json_lines();
+    let first_after = lines
+        .iter()
+        .filter(|l| l["settled"].as_u64().is_some())
+        .filter_map(|l| number(&l["t"]))
+        .find(|&t| t > promoted_at)
+        .expect("a settlement after the promotion");
+    let reconnected = lines
+        .iter()
+        .filter(|l| {
+            l["connected"]
+                .as_str()
+                .is_some_and(|u| u.ends_with(&client_url(1)))
+        })
+        .filter_map(|l| number(&l["t"]))
+        .find(|&t| t > cut_at);
+    let gave_up = lines.iter().filter(|l| l.has("connect_timeout")).count();
+    eprintln!(
+        "unreachable primary: promoted {:.3} s after the cut; the client connected to it {:?} after the cut ({gave_up} attempts given up at the connect timeout) and had its first settlement there {:.3} s after the cut",
+        promoted_at - cut_at,
+        reconnected.map(|t| format!("{:.3} s", t - cut_at)),
+        first_after - cut_at,
+    );
+    let settled = settled_seqs(&lines);
+    assert_eq!(settled.len(), count, "{}", out.stdout());
+    // Bounded by the client's heartbeat and connect timeout (and the
+    // promotion), not by TCP's own timeouts towards the dead host.
+    let bound = (2.0 * HEARTBEAT.as_secs_f64() + 1.0).max(promoted_at - cut_at + 2.0);
+    assert!(
+        first_after - cut_at < bound,
+        "the client took {:.3} s after the cut",
+        first_after - cut_at
+    );
 }

@@ -75,6 +75,12 @@ def base_parser(description):
     parser.add_argument("--heartbeat", type=float, default=None, help="AMQP idle timeout, seconds")
     parser.add_argument("--forced-reconnect", action="store_true",
                         help="on amqp:connection:forced, close the transport so Proton moves on at once")
+    parser.add_argument("--connect-timeout", type=float, default=None,
+                        help="seconds an attempt may take to reach an open connection before the client "
+                             "gives it up and tries the next URL (Proton has no connect timeout of its own: "
+                             "a TCP connect to an unreachable host waits for the kernel's SYN retries); "
+                             "also ends a transport whose heartbeat expired at once, instead of waiting "
+                             "for TCP to give up on the silent peer")
     return parser
 
 
@@ -91,6 +97,8 @@ class HaClient(MessagingHandler):
         self.connections = 0
         self.disconnects = 0
         self.forced_closes = 0
+        # Transports bound so far (one per connection attempt).
+        self.attempts = 0
         self.finishing = False
         self.deadline = None
 
@@ -128,6 +136,28 @@ class HaClient(MessagingHandler):
 
     def on_deadline(self):
         raise Timeout("timed out after %ss" % self.args.timeout)
+
+    def on_transport_error(self, event):
+        # A peer that is gone (not closed: unreachable, or stopped) never closes
+        # its side, so after the heartbeat expired Proton would wait on the
+        # socket for TCP's own timeout before it reconnects: end it here.
+        if self.args.connect_timeout is not None:
+            event.transport.close_head()
+            event.transport.close_tail()
+        super().on_transport_error(event)
+
+    def on_connection_bound(self, event):
+        # Each attempt binds a new transport: give it --connect-timeout to open.
+        self.attempts += 1
+        if self.args.connect_timeout is not None:
+            attempt, transport = self.attempts, event.transport
+            self.schedule(self.args.connect_timeout, lambda: self.give_up_attempt(attempt, transport))
+
+    def give_up_attempt(self, attempt, transport):
+        if attempt == self.attempts and not self.up:
+            emit({"connect_timeout": self.args.connect_timeout, "t": time.time()})
+            transport.close_head()
+            transport.close_tail()
 
     def on_connection_opened(self, event):
         self.connections += 1
