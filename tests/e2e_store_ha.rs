@@ -191,6 +191,31 @@ fn a_backup_restarted_with_its_store_is_sent_only_what_it_missed() {
     // The summary table names the counters too.
     let table = ha_cluster::tool_ok("tandem-stat", &["-b", &cluster.url(0), "--ha-admin"]);
     assert!(table.contains("catchupMsgs"), "{table}");
+    // Per backup too: the 50 went to broker 2, nothing to broker 1.
+    let row = |url: String| {
+        table
+            .lines()
+            .find(|l| l.starts_with(&url))
+            .map(|l| l.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
+    };
+    assert_eq!(
+        row(cluster.url(2)).and_then(|r| r.get(2).cloned()),
+        Some("50".into()),
+        "{table}"
+    );
+    assert_eq!(
+        row(cluster.url(1)).and_then(|r| r.get(2).cloned()),
+        Some("0".into()),
+        "{table}"
+    );
+    let query = ha_cluster::tool_ok("tandem-ha", &["-b", &cluster.url(0), "query"]);
+    let member = format!("member:      {} ready", cluster.url(2));
+    assert!(
+        query
+            .lines()
+            .any(|l| l.starts_with(&member) && l.contains("catch-up 50 msgs")),
+        "{query}"
+    );
     // And broker 2, promoted alone, has all 250, each once.
     cluster.kill(0);
     cluster.kill(1);

@@ -8,6 +8,7 @@ mod cluster;
 use std::time::Duration;
 
 use cluster::{running_cluster, seeds, Cluster, Kind, BACKUP_TIMEOUT, HEARTBEAT};
+use tandem_shards::amqp::codec::Value;
 
 const SEED: u64 = 1;
 
@@ -292,6 +293,20 @@ fn a_reconnecting_backup_is_sent_only_what_it_missed() {
         "backup 2 missed at most the 100 published while it was away, and was sent {sent} (kept {kept})"
     );
     assert_eq!(kept + sent, 400, "kept {kept}, sent {sent}");
+    // Per backup, in the primary's membership: all of it went to broker 2.
+    let per_backup = |c: &mut Cluster, b: usize| -> Option<u64> {
+        let id = c.brokers[b].broker_id.clone();
+        match c.attribute_of(0, "members") {
+            Value::List(members) => members
+                .iter()
+                .find(|m| m.map_get("broker-id").and_then(Value::as_str) == Some(id.as_str()))
+                .and_then(|m| m.map_get("catch-up-messages"))
+                .and_then(Value::as_u64),
+            _ => None,
+        }
+    };
+    assert_eq!(per_backup(&mut c, 2), Some(sent));
+    assert_eq!(per_backup(&mut c, 1), Some(0));
     // Only broker 2 is left: it holds every settled message, each once.
     c.kill(0);
     c.kill(1);

@@ -212,8 +212,19 @@ fn run(cli: &Cli) -> ToolResult<ExitCode> {
                 }
                 if let Some(Value::List(members)) = get(&attrs, "members") {
                     for m in members {
+                        // What catch-up sent it (and what it already held),
+                        // after the fields scripts read.
+                        let sent = match m.map_get("catch-up-messages") {
+                            Some(n) => format!(
+                                " catch-up {} msgs {} bytes kept {}",
+                                cell(Some(n)),
+                                cell(m.map_get("catch-up-bytes")),
+                                cell(m.map_get("catch-up-kept"))
+                            ),
+                            None => String::new(),
+                        };
                         println!(
-                            "member:      {} {} {}",
+                            "member:      {} {} {}{sent}",
                             cell(m.map_get("address")),
                             cell(m.map_get("status")),
                             cell(m.map_get("broker-id"))

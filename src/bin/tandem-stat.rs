@@ -166,6 +166,27 @@ fn broker_summary(mc: &mut ManagementClient, as_json: bool) -> ToolResult<String
         let row: Vec<String> = catch_up.iter().map(|(_, k)| cell(get(&b, k))).collect();
         out.push('\n');
         out.push_str(&table::render(&headers, &[row]));
+        // A primary: the same per backup.
+        if let Ok(ha) = tools::read(mc, "ha-broker", None) {
+            if let Some(Value::List(members)) = get(&ha, "members") {
+                let columns = [
+                    ("backup", "address"),
+                    ("status", "status"),
+                    ("catchupMsgs", "catch-up-messages"),
+                    ("catchupBytes", "catch-up-bytes"),
+                    ("catchupKept", "catch-up-kept"),
+                ];
+                let headers: Vec<&str> = columns.iter().map(|(h, _)| *h).collect();
+                let rows: Vec<Vec<String>> = members
+                    .iter()
+                    .map(|m| columns.iter().map(|(_, k)| cell(m.map_get(k))).collect())
+                    .collect();
+                if !rows.is_empty() {
+                    out.push('\n');
+                    out.push_str(&table::render(&headers, &rows));
+                }
+            }
+        }
     }
     Ok(out)
 }

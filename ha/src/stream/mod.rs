@@ -166,6 +166,12 @@ pub(crate) enum Msg {
         member: MemberId,
         upto: u64,
     },
+    /// Owner -> shard 0: what a backup's snapshot of one queue sent (and
+    /// what the backup already held), for the per-backup counters.
+    CatchUpSent {
+        member: MemberId,
+        sent: owner::CatchUpCounters,
+    },
     /// Shard 0 -> all: the backup is gone.
     DropMember {
         member: MemberId,
@@ -415,10 +421,16 @@ impl Extension for Replication {
             Some(_) if req.operation == "SYNC" => self.sync_request(shard),
             Some(_) if req.operation == "SYNC-STATUS" => self.sync_status(&req.body),
             Some(ha) if req.operation == "READ" || req.operation == "QUERY" => {
+                let attributes = ha.attributes();
                 Response::ok(Value::Map(
-                    ha.attributes()
+                    attributes
                         .into_iter()
-                        .map(|(k, v)| (Value::string(k), v))
+                        .map(|(k, v)| match (k, v) {
+                            ("members", Value::List(members)) => {
+                                (Value::string(k), Value::List(self.with_catch_up(members)))
+                            }
+                            (k, v) => (Value::string(k), v),
+                        })
                         .collect(),
                 ))
             }
@@ -544,6 +556,7 @@ impl Extension for Replication {
             } => self.probe(shard, index, address, who),
             Msg::ProbeAnswer { index, answer } => self.probe_answer(shard, index, answer),
             Msg::SyncAcked { member, upto } => self.sync_acked(member, upto),
+            Msg::CatchUpSent { member, sent } => self.catch_up_sent(member, sent),
             Msg::Withhold => self.withhold(shard),
             Msg::Release => self.release(shard),
             Msg::SteppedDown => self.stepped_down(shard),

@@ -46,10 +46,10 @@ pub(super) struct OwnerState {
 /// Messages (and their bytes) snapshots sent to backups, and messages the
 /// backups kept because they held them already.
 #[derive(Debug, Default, Clone, Copy)]
-pub(super) struct CatchUpCounters {
-    pub(super) messages: u64,
-    pub(super) bytes: u64,
-    pub(super) kept: u64,
+pub(crate) struct CatchUpCounters {
+    pub(crate) messages: u64,
+    pub(crate) bytes: u64,
+    pub(crate) kept: u64,
 }
 
 impl Replication {
@@ -119,6 +119,7 @@ impl Replication {
         let mut snapshot = q.snapshot();
         shard.tap_queue(&queue);
         shard.hold(&queue, sink.member);
+        let mut kept_now = 0;
         let start = match held {
             Some(held) => {
                 let total = snapshot.len();
@@ -130,7 +131,7 @@ impl Replication {
                 );
                 snapshot.retain(|(p, _)| !ranges::contains(&held, *p));
                 let kept = ranges::count(&keep);
-                self.owner.catch_up_sent.kept += kept;
+                kept_now = kept;
                 tracing::info!(
                     "HA: backup {} holds {kept} of the {total} messages of queue '{queue}' (and {} we no longer have): sending {}",
                     sink.member,
@@ -149,9 +150,18 @@ impl Replication {
                 settings,
             },
         };
+        let sent = CatchUpCounters {
+            messages: snapshot.len() as u64,
+            bytes: snapshot.iter().map(|(_, m)| m.len() as u64).sum::<u64>(),
+            kept: kept_now,
+        };
         let counters = &mut self.owner.catch_up_sent;
-        counters.messages += snapshot.len() as u64;
-        counters.bytes += snapshot.iter().map(|(_, m)| m.len() as u64).sum::<u64>();
+        counters.messages += sent.messages;
+        counters.bytes += sent.bytes;
+        counters.kept += sent.kept;
+        // And per backup, on shard 0.
+        let member = sink.member;
+        shard.send_ext(0, msg(Msg::CatchUpSent { member, sent }));
         let last = snapshot.last().map(|(p, _)| *p);
         let enqueues = snapshot.into_iter().map(|(position, message)| {
             (

@@ -7,6 +7,7 @@ use hashbrown::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
+use tandem_shards::amqp::codec::Value;
 use tandem_shards::amqp::performative::condition;
 use tandem_shards::broker::admission::Admission;
 use tandem_shards::broker::{ConfigEvent, ConfigOp, Shard};
@@ -24,6 +25,10 @@ pub(super) struct PrimaryState {
     members: Vec<ReplicaSink>,
     /// `all` queues each backup has not caught up yet.
     pending_ready: HashMap<MemberId, Names>,
+    /// Each backup link's broker id.
+    broker_ids: HashMap<MemberId, String>,
+    /// What catch-up sent each backup (by broker id), since we became primary.
+    catch_up: HashMap<String, super::owner::CatchUpCounters>,
 }
 
 impl Replication {
@@ -90,6 +95,7 @@ impl Replication {
             let status = status(&**role);
             return refuse(shard, condition::PRECONDITION_FAILED, reason, status);
         }
+        let broker_id = who.broker_id.clone();
         let member = match role.backup_attached(who, now) {
             Ok(m) => m,
             Err(reason) => {
@@ -100,6 +106,7 @@ impl Replication {
             }
         };
         sink.member = member;
+        self.primary.broker_ids.insert(member, broker_id);
         let epoch = self.role.as_ref().map(|h| h.identity().epoch).unwrap_or(0);
         let cluster_id = self.role.as_ref().and_then(|h| h.cluster_id());
         shard.send_ext(
@@ -206,6 +213,44 @@ impl Replication {
     }
 
     /// Forgets a dropped member's link (shard 0).
+    /// An owner's snapshot for backup `member` sent `sent`.
+    pub(super) fn catch_up_sent(&mut self, member: MemberId, sent: super::owner::CatchUpCounters) {
+        let Some(id) = self.primary.broker_ids.get(&member) else {
+            return;
+        };
+        let c = self.primary.catch_up.entry(id.clone()).or_default();
+        c.messages += sent.messages;
+        c.bytes += sent.bytes;
+        c.kept += sent.kept;
+    }
+
+    /// The role's member list, each with what catch-up sent it.
+    pub(super) fn with_catch_up(&self, members: Vec<Value>) -> Vec<Value> {
+        members
+            .into_iter()
+            .map(|m| {
+                let sent = m
+                    .map_get("broker-id")
+                    .and_then(Value::as_str)
+                    .and_then(|id| self.primary.catch_up.get(id))
+                    .copied()
+                    .unwrap_or_default();
+                match m {
+                    Value::Map(mut entries) => {
+                        entries.push((
+                            Value::string("catch-up-messages"),
+                            Value::Ulong(sent.messages),
+                        ));
+                        entries.push((Value::string("catch-up-bytes"), Value::Ulong(sent.bytes)));
+                        entries.push((Value::string("catch-up-kept"), Value::Ulong(sent.kept)));
+                        Value::Map(entries)
+                    }
+                    other => other,
+                }
+            })
+            .collect()
+    }
+
     /// The link of backup `member`.
     pub(super) fn primary_sink(&self, member: MemberId) -> Option<&ReplicaSink> {
         self.primary.members.iter().find(|s| s.member == member)
@@ -214,6 +259,7 @@ impl Replication {
     pub(super) fn primary_forget(&mut self, member: MemberId) {
         self.primary.members.retain(|s| s.member != member);
         self.primary.pending_ready.remove(&member);
+        self.primary.broker_ids.remove(&member);
     }
 
     /// Tells the HA role what happened on a link, and applies what it decides.
