@@ -189,6 +189,21 @@ fn start_brokers(extra: &[&str]) -> (Vec<Broker>, String) {
     (brokers, public_url)
 }
 
+/// The three hosts with a broker each (`extra` arguments), host 0 promoted
+/// and the others ready; the public URL. (Bound in this order, the brokers
+/// go before the hosts.)
+fn running_cluster(extra: &[&str]) -> (Hosts, Vec<Broker>, String) {
+    let hosts = Hosts::make();
+    let (brokers, public_url) = start_brokers(extra);
+    assert!(
+        wait_until(STATUS_DEADLINE, || promote(0)),
+        "host 0 never promotable"
+    );
+    wait_status(1, "ready");
+    wait_status(2, "ready");
+    (hosts, brokers, public_url)
+}
+
 /// Skips (with a note) where network namespaces cannot be made.
 fn can_make_namespaces() -> bool {
     // SAFETY: geteuid(2) has no preconditions.
@@ -215,14 +230,7 @@ fn a_cut_off_primary_settles_nothing_and_one_primary_remains_after_the_heal() {
     if !can_make_namespaces() {
         return;
     }
-    let hosts = Hosts::make();
-    let (_brokers, public_url) = start_brokers(&["--ha-min-backups", "1"]);
-    assert!(
-        wait_until(STATUS_DEADLINE, || promote(0)),
-        "host 0 never promotable"
-    );
-    wait_status(1, "ready");
-    wait_status(2, "ready");
+    let (hosts, _brokers, public_url) = running_cluster(&["--ha-min-backups", "1"]);
 
     let count = 4000;
     let mut sender = spawn_ha_send(&public_url, "parted", count, "120");
@@ -299,14 +307,7 @@ fn a_client_fails_over_from_an_unreachable_primary() {
     if !can_make_namespaces() {
         return;
     }
-    let hosts = Hosts::make();
-    let (_brokers, public_url) = start_brokers(&[]);
-    assert!(
-        wait_until(STATUS_DEADLINE, || promote(0)),
-        "host 0 never promotable"
-    );
-    wait_status(1, "ready");
-    wait_status(2, "ready");
+    let (hosts, _brokers, public_url) = running_cluster(&[]);
     // A Proton publisher with a 1 s AMQP heartbeat (idle timeout) and a 1 s
     // connect timeout (its own timer: Proton has none).
     let count = 4000;

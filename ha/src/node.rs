@@ -1050,24 +1050,8 @@ mod tests {
         let mut n = node(now);
         n.handle(Input::LinkFailed { index: 0 }, now);
         n.promote(true, now).expect("first primary");
-        let connect = |n: &mut HaNode| {
-            let out = n.handle(
-                Input::BackupConnected {
-                    broker_id: "b2".into(),
-                    address: "c:1".into(),
-                    epoch: 1,
-                },
-                now,
-            );
-            out.iter()
-                .find_map(|a| match a {
-                    Action::Accepted { member } => Some(*member),
-                    _ => None,
-                })
-                .expect("accepted")
-        };
-        let real = connect(&mut n);
-        let impostor = connect(&mut n);
+        let real = backup_b2_connects(&mut n, now).0;
+        let impostor = backup_b2_connects(&mut n, now).0;
         assert_ne!(real, impostor, "one member per link");
         let out = n.handle(Input::BackupLost { member: impostor }, now);
         assert!(
@@ -1121,27 +1105,9 @@ mod tests {
         );
     }
 
-    #[test]
-    fn min_backups_withholds_before_a_drop_and_releases_after_readiness() {
-        let now = Instant::now();
-        let mut n = HaNode::new(
-            HaSettings {
-                min_backups: 1,
-                ..node(now).settings
-            },
-            now,
-        );
-        n.handle(Input::LinkFailed { index: 0 }, now);
-        let out = n.promote(true, now).expect("first primary");
-        assert_eq!(
-            out.first(),
-            Some(&Action::Withhold {
-                ready: 0,
-                needed: 1
-            }),
-            "{out:?}"
-        );
-        assert!(n.withheld().is_some());
+    /// Backup b2 (at c:1, epoch 1) connects to primary `n`: its member id,
+    /// and what `n` did.
+    fn backup_b2_connects(n: &mut HaNode, now: Instant) -> (MemberId, Vec<Action>) {
         let out = n.handle(
             Input::BackupConnected {
                 broker_id: "b2".into(),
@@ -1157,6 +1123,30 @@ mod tests {
                 _ => None,
             })
             .expect("accepted");
+        (member, out)
+    }
+
+    /// What a primary needing one ready backup says when it has none.
+    const WITHHOLD: Action = Action::Withhold {
+        ready: 0,
+        needed: 1,
+    };
+
+    #[test]
+    fn min_backups_withholds_before_a_drop_and_releases_after_readiness() {
+        let now = Instant::now();
+        let mut n = HaNode::new(
+            HaSettings {
+                min_backups: 1,
+                ..node(now).settings
+            },
+            now,
+        );
+        n.handle(Input::LinkFailed { index: 0 }, now);
+        let out = n.promote(true, now).expect("first primary");
+        assert_eq!(out.first(), Some(&WITHHOLD), "{out:?}");
+        assert!(n.withheld().is_some());
+        let (member, out) = backup_b2_connects(&mut n, now);
         assert!(!out.iter().any(|a| matches!(a, Action::Release { .. })));
         let out = n.handle(Input::BackupReady { member }, now);
         assert_eq!(out.last(), Some(&Action::Release { ready: 1 }), "{out:?}");
@@ -1164,14 +1154,7 @@ mod tests {
         // Losing it: settlements are withheld at once; its holds are released
         // only once the other broker was probed (here: it did not answer).
         let out = n.handle(Input::BackupLost { member }, now);
-        assert_eq!(
-            out.first(),
-            Some(&Action::Withhold {
-                ready: 0,
-                needed: 1
-            }),
-            "{out:?}"
-        );
+        assert_eq!(out.first(), Some(&WITHHOLD), "{out:?}");
         assert!(out.contains(&Action::Probe {
             index: 0,
             address: "a:1".into()

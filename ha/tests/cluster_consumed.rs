@@ -25,12 +25,7 @@ fn messages_consumed_before_a_backup_got_them_are_not_sent_and_none_is_lost() {
         c.stall(2);
         c.run_for(HEARTBEAT * 3 / 2);
         c.resume(2);
-        assert!(
-            c.run_until(Duration::from_secs(20), |c| c.clients[publisher]
-                .all_settled()),
-            "seed {seed}: {}",
-            c.clients[publisher].describe()
-        );
+        c.assert_all_settled(publisher, Duration::from_secs(20), &format!("seed {seed}"));
         let skipped = c.counter(0, "ha-consumed-not-sent");
         assert!(
             skipped > 0,

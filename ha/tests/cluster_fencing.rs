@@ -8,7 +8,7 @@ mod cluster;
 
 use std::time::Duration;
 
-use cluster::{Cluster, Kind, HEARTBEAT, MAINTENANCE};
+use cluster::{Cluster, HEARTBEAT, MAINTENANCE};
 
 const LONG: Duration = Duration::from_secs(600);
 
@@ -36,12 +36,7 @@ fn primaries(c: &mut Cluster) -> Vec<usize> {
 fn a_cut_off_primary_settles_nothing_and_one_primary_remains_after_the_heal() {
     for seed in cluster::seeds() {
         let mut c = guarded_cluster(seed, 1);
-        let publisher = c.add_client(Kind::Publisher, "q", 3000);
-        c.clients[publisher].per_step = Some(5);
-        assert!(c.run_until(Duration::from_secs(5), |c| c.clients[publisher]
-            .settled
-            .len()
-            > 100));
+        let publisher = c.publishing("q", 3000, 5, 100);
 
         c.cut_off(0);
         // What the backups had acknowledged may still arrive; after twice the
@@ -72,12 +67,7 @@ fn a_cut_off_primary_settles_nothing_and_one_primary_remains_after_the_heal() {
         let took = c.now - healed;
         // The old primary rejoins as a backup; its publisher fails over and
         // sends again what was not settled; nothing settled is lost.
-        assert!(
-            c.run_until(Duration::from_secs(30), |c| c.clients[publisher]
-                .all_settled()),
-            "seed {seed}: {}",
-            c.clients[publisher].describe()
-        );
+        c.assert_all_settled(publisher, Duration::from_secs(30), &format!("seed {seed}"));
         assert!(
             c.run_until(Duration::from_secs(10), |c| c.statuses()
                 == ["ready", "active", "ready"]),
@@ -95,12 +85,7 @@ fn a_stalled_primary_steps_down_when_it_wakes_to_a_newer_one() {
     // closed, and probes before it releases what they held.
     for (seed, min_backups) in cluster::seeds().into_iter().flat_map(|s| [(s, 1), (s, 0)]) {
         let mut c = guarded_cluster(seed, min_backups);
-        let publisher = c.add_client(Kind::Publisher, "q", 3000);
-        c.clients[publisher].per_step = Some(5);
-        assert!(c.run_until(Duration::from_secs(5), |c| c.clients[publisher]
-            .settled
-            .len()
-            > 100));
+        let publisher = c.publishing("q", 3000, 5, 100);
         c.stall(0);
         c.run_for(HEARTBEAT * 2 + MAINTENANCE);
         assert!(
@@ -120,12 +105,7 @@ fn a_stalled_primary_steps_down_when_it_wakes_to_a_newer_one() {
             "seed {seed} min {min_backups}: stepped down {:?} after waking",
             c.now - woke
         );
-        assert!(
-            c.run_until(Duration::from_secs(30), |c| c.clients[publisher]
-                .all_settled()),
-            "seed {seed}: {}",
-            c.clients[publisher].describe()
-        );
+        c.assert_all_settled(publisher, Duration::from_secs(30), &format!("seed {seed}"));
         // Whatever it settled is on the new primary.
         assert_eq!(
             c.drain("q", 1),

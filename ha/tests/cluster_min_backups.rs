@@ -47,12 +47,7 @@ fn a_primary_without_a_ready_backup_settles_nothing_until_one_is() {
     assert!(why.contains("0 of ha-min-backups 1"), "{why}");
     // A backup comes, catches up on the waiting messages, and they settle.
     c.restart(1);
-    assert!(
-        c.run_until(Duration::from_secs(10), |c| c.clients[publisher]
-            .all_settled()),
-        "{}",
-        c.clients[publisher].describe()
-    );
+    c.assert_all_settled(publisher, Duration::from_secs(10), "once a backup is ready");
     assert_eq!(c.status(1), "ready");
     assert_eq!(withholding(&mut c, 0), None);
     // Every settled message is on the backup: the primary dies, none is lost.
@@ -66,12 +61,7 @@ fn what_waited_for_a_lost_backup_keeps_waiting_for_the_next() {
     let mut c = pair(LONG);
     assert!(c.run_until(Duration::from_secs(5), |c| c.statuses()
         == ["active", "ready"]));
-    let publisher = c.add_client(Kind::Publisher, "q", 2000);
-    c.clients[publisher].per_step = Some(20);
-    assert!(c.run_until(Duration::from_secs(5), |c| c.clients[publisher]
-        .settled
-        .len()
-        > 200));
+    let publisher = c.publishing("q", 2000, 20, 200);
     // The backup dies with acknowledgements still on their way: what it had
     // not confirmed must not settle with it gone.
     c.stall(1);
@@ -85,12 +75,7 @@ fn what_waited_for_a_lost_backup_keeps_waiting_for_the_next() {
     );
     assert!(c.clients[publisher].outstanding() > 0);
     c.restart(1);
-    assert!(
-        c.run_until(Duration::from_secs(20), |c| c.clients[publisher]
-            .all_settled()),
-        "{}",
-        c.clients[publisher].describe()
-    );
+    c.assert_all_settled(publisher, Duration::from_secs(20), "once a backup is ready");
     c.kill(0);
     assert!(c.run_until(Duration::from_secs(2), |c| c.promote(1).is_ok()));
     assert_eq!(c.drain("q", 1), Vec::<u64>::new());
@@ -120,12 +105,7 @@ fn a_publish_waiting_past_the_timeout_is_rejected_and_not_kept() {
     // The rejected are gone from the queue; the ones sent again wait. Once a
     // backup is ready each number is there exactly once.
     c.restart(1);
-    assert!(
-        c.run_until(Duration::from_secs(10), |c| c.clients[publisher]
-            .all_settled()),
-        "{}",
-        c.clients[publisher].describe()
-    );
+    c.assert_all_settled(publisher, Duration::from_secs(10), "once a backup is ready");
     let consumer = c.add_client(Kind::Consumer, "q", 0);
     assert!(c.run_until(Duration::from_secs(5), |c| c.lost().is_empty()));
     c.run_for(Duration::from_millis(500));

@@ -403,10 +403,7 @@ impl Replication {
             return;
         };
         let channel = engine.begin();
-        let source = Source {
-            address: Some(NODE.into()),
-            ..Default::default()
-        };
+        let source = replication_source();
         // Most queues first would be arbitrary: by name, so the cut is stable.
         holdings.sort_by(|a, b| a.0.cmp(&b.0));
         let budget = HOLDINGS_BUDGET.min(engine.remote_max_frame_size() as usize / 2);
@@ -422,24 +419,8 @@ impl Replication {
             }
             said.push((Value::String(queue.to_string()), ranges_value(&ranges)));
         }
-        let mut properties = vec![
-            (Value::symbol("tandem.ha-holdings"), Value::Map(said)),
-            (
-                Value::symbol("tandem.ha-broker-id"),
-                Value::String(who.broker_id.clone()),
-            ),
-            (
-                Value::symbol("tandem.ha-address"),
-                Value::String(who.address),
-            ),
-            (Value::symbol("tandem.ha-epoch"), Value::Ulong(who.epoch)),
-        ];
-        if let Some(replicate) = who.replicate {
-            properties.push((
-                Value::symbol("tandem.ha-replicate"),
-                Value::String(replicate),
-            ));
-        }
+        let mut properties = vec![(Value::symbol("tandem.ha-holdings"), Value::Map(said))];
+        properties.extend(identity_properties(&who));
         let properties = Value::Map(properties);
         let attach = Attach::receiver(format!("ha-replication-{}", who.broker_id), source)
             .with_properties(properties);
@@ -993,5 +974,36 @@ fn bound_queue(op: &ConfigOp) -> Option<&str> {
     match op {
         ConfigOp::Bind { queue, .. } => Some(queue),
         _ => None,
+    }
+}
+
+/// Who we are, as the attach of our replication link (or of an epoch probe)
+/// says it: broker id, address, epoch, `ha-replicate`.
+pub(super) fn identity_properties(who: &BackupIdentity) -> Vec<(Value, Value)> {
+    let mut properties = vec![
+        (
+            Value::symbol("tandem.ha-broker-id"),
+            Value::String(who.broker_id.clone()),
+        ),
+        (
+            Value::symbol("tandem.ha-address"),
+            Value::String(who.address.clone()),
+        ),
+        (Value::symbol("tandem.ha-epoch"), Value::Ulong(who.epoch)),
+    ];
+    if let Some(replicate) = &who.replicate {
+        properties.push((
+            Value::symbol("tandem.ha-replicate"),
+            Value::String(replicate.clone()),
+        ));
+    }
+    properties
+}
+
+/// The source of a replication link: the primary's replication node.
+pub(super) fn replication_source() -> Source {
+    Source {
+        address: Some(NODE.into()),
+        ..Default::default()
     }
 }

@@ -10,10 +10,10 @@ use hashbrown::HashMap;
 
 use tandem_shards::amqp::codec::Value;
 use tandem_shards::amqp::connection::{Event as EngineEvent, LinkKey};
-use tandem_shards::amqp::performative::{condition, Attach, ErrorCondition, Source};
+use tandem_shards::amqp::performative::{condition, Attach, ErrorCondition};
 use tandem_shards::broker::Shard;
 
-use super::{msg, Msg, Replication, NODE};
+use super::{msg, Msg, Replication};
 use crate::node::PeerEpoch;
 use crate::role::{BackupIdentity, LinkEvent};
 
@@ -95,27 +95,14 @@ impl Replication {
             return;
         };
         let channel = engine.begin();
-        let source = Source {
-            address: Some(NODE.into()),
-            ..Default::default()
-        };
-        let properties = Value::Map(vec![
-            (
-                Value::symbol("tandem.ha-broker-id"),
-                Value::String(who.broker_id.clone()),
-            ),
-            (
-                Value::symbol("tandem.ha-address"),
-                Value::String(who.address),
-            ),
-            (Value::symbol("tandem.ha-epoch"), Value::Ulong(who.epoch)),
-            (
-                Value::symbol("tandem.ha-probe"),
-                Value::String(who.probing.unwrap_or_default()),
-            ),
-        ]);
-        let attach = Attach::receiver(format!("ha-probe-{}", who.broker_id), source)
-            .with_properties(properties);
+        let mut properties = super::backup::identity_properties(&who);
+        properties.push((
+            Value::symbol("tandem.ha-probe"),
+            Value::String(who.probing.clone().unwrap_or_default()),
+        ));
+        let name = format!("ha-probe-{}", who.broker_id);
+        let attach = Attach::receiver(name, super::backup::replication_source())
+            .with_properties(Value::Map(properties));
         let link = engine.attach(channel, attach);
         shard.wrote_to(conn);
         if let Some(entry) = self.probes.conns.get_mut(&conn) {

@@ -1420,6 +1420,26 @@ impl Cluster {
         lost
     }
 
+    /// A publisher of `limit` numbers to `queue`, at most `per_step` a step,
+    /// once more than `settled` of them are settled (it panics if not within
+    /// 5 s).
+    pub fn publishing(&mut self, queue: &str, limit: u64, per_step: u64, settled: usize) -> usize {
+        let p = self.add_client(Kind::Publisher, queue, limit);
+        self.clients[p].per_step = Some(per_step);
+        let going = self.run_until(Duration::from_secs(5), |c| {
+            c.clients[p].settled.len() > settled
+        });
+        assert!(going, "seed {}: {}", self.seed, self.clients[p].describe());
+        p
+    }
+
+    /// Runs until publisher `p` had everything settled; panics naming `what`
+    /// if not `within`.
+    pub fn assert_all_settled(&mut self, p: usize, within: Duration, what: &str) {
+        let done = self.run_until(within, |c| c.clients[p].all_settled());
+        assert!(done, "{what}: {}", self.clients[p].describe());
+    }
+
     /// Consumes `queue` on broker `b` until every settled message arrived
     /// (or 5 s of virtual time passed); the numbers lost.
     pub fn drain(&mut self, queue: &str, b: usize) -> Vec<u64> {
