@@ -96,23 +96,35 @@ fn a_restarted_ex_primary_comes_back_as_a_backup_of_the_newer_epoch() {
     cluster.wait_status(1, "active");
     // It restarts with its data-dir (epoch 1 in ha-epoch) and the resource
     // manager, which still thinks of it as the primary, promotes it: refused
-    // while it sees the newer primary; it becomes that primary's backup.
+    // until it is a ready backup of the newer primary (promoting that would be
+    // an ordinary fail-over, to a new epoch).
     cluster.restart_member(0);
-    let mut refusals = 0;
-    let joined = wait_until(STATUS_DEADLINE, || {
-        let out = cluster.promote(0);
-        assert!(
-            !out.status.success(),
-            "the ex-primary of epoch 1 was promoted beside the epoch-2 primary: {}",
-            cluster.describe()
-        );
-        refusals += 1;
-        cluster.has_status(0, "ready")
+    let mut promoted = false;
+    let settled = wait_until(STATUS_DEADLINE, || {
+        if cluster.has_status(0, "ready") {
+            return true;
+        }
+        promoted = cluster.promote(0).status.success();
+        promoted
     });
-    assert!(joined, "it never became a backup: {}", cluster.describe());
-    assert!(refusals > 0);
+    assert!(settled, "it never became a backup: {}", cluster.describe());
     assert!(cluster.log(0).contains("epoch 1"), "{}", cluster.log(0));
-    let query = ha_cluster::tool_ok("tandem-ha", &["-b", &cluster.url(0), "query"]);
-    assert!(query.contains("epoch:       2"), "{query}");
-    assert_eq!(cluster.status(1), "active");
+    let epoch = |i| {
+        let query = ha_cluster::tool_ok("tandem-ha", &["-b", &cluster.url(i), "query"]);
+        query
+            .lines()
+            .find_map(|l| l.strip_prefix("epoch:"))
+            .and_then(|e| e.trim().parse::<u64>().ok())
+    };
+    if promoted {
+        // Promoted the moment it had become a ready backup (the race of a
+        // resource manager acting on stale knowledge): never at an older
+        // epoch, and the epoch-2 primary steps down for it.
+        assert_eq!(epoch(0), Some(3), "{}", cluster.describe());
+        let one = wait_until(STATUS_DEADLINE, || !cluster.has_status(1, "active"));
+        assert!(one, "two primaries: {}", cluster.describe());
+    } else {
+        assert_eq!(epoch(0), Some(2), "{}", cluster.describe());
+        assert_eq!(cluster.status(1), "active");
+    }
 }

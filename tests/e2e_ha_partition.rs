@@ -17,6 +17,9 @@ use std::time::{Duration, Instant};
 use common::{assert_none_lost, ha_recv_missing, settled_seqs, spawn_ha_send, wait_until, Broker};
 use ha_cluster::{now, number, serial, stdout, tool, HEARTBEAT, STATUS_DEADLINE};
 
+/// The clients' virtual IP, on the client network.
+const VIP: &str = "10.77.1.100";
+
 /// `--link-maintenance-interval`.
 const MAINTENANCE: Duration = Duration::from_millis(200);
 
@@ -109,6 +112,30 @@ impl Hosts {
 
     fn heal(&self, i: usize) {
         ip_ok(&["-n", &Hosts::ns(i), "link", "set", "cluster", "up"]);
+    }
+
+    /// The clients' virtual IP moves to host `i`, announced with a
+    /// gratuitous ARP (as a resource manager's IP resource does).
+    fn take_vip(&self, i: usize) {
+        let ns = Hosts::ns(i);
+        ip_ok(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{VIP}/24"),
+            "dev",
+            "client",
+        ]);
+        let announced = Command::new("ip")
+            .args(["netns", "exec", &ns, "arping", "-q", "-U", "-c", "1"])
+            .args(["-I", "client", "-s", VIP, VIP])
+            .status();
+        if !announced.is_ok_and(|s| s.success()) {
+            // Without arping the root namespace would keep the old address
+            // until its neighbour entry expires.
+            let _ = ip(&["neigh", "flush", "to", VIP]);
+        }
     }
 
     fn remove() {
@@ -308,28 +335,8 @@ fn a_client_fails_over_from_an_unreachable_primary() {
         return;
     }
     let (hosts, _brokers, public_url) = running_cluster(&[]);
-    // A Proton publisher with a 1 s AMQP heartbeat (idle timeout) and a 1 s
-    // connect timeout (its own timer: Proton has none).
     let count = 4000;
-    let mut sender = common::spawn_python(
-        "ha_send.py",
-        &[
-            "--urls",
-            &public_url,
-            "--address",
-            "unreachable",
-            "--count",
-            &count.to_string(),
-            "--interval-ms",
-            "1",
-            "--heartbeat",
-            "1",
-            "--connect-timeout",
-            "1",
-            "--timeout",
-            "60",
-        ],
-    );
+    let mut sender = spawn_quick_sender(&public_url, "unreachable", count);
     sender.wait_for_settlements(200, STATUS_DEADLINE);
     // The primary's host drops off both networks: no reset, no close; the
     // client's connection and connects to it just go unanswered.
@@ -344,12 +351,11 @@ fn a_client_fails_over_from_an_unreachable_primary() {
     let out = sender.wait();
     out.assert_success();
     let lines = out.json_lines();
-    let first_after = lines
-        .iter()
-        .filter(|l| l["settled"].as_u64().is_some())
-        .filter_map(|l| number(&l["t"]))
-        .find(|&t| t > promoted_at)
-        .expect("a settlement after the promotion");
+    let first_after = cut_at
+        + back_in_service(&lines, promoted_at)
+            .0
+            .map(|t| t + promoted_at - cut_at)
+            .expect("a settlement after the promotion");
     let reconnected = lines
         .iter()
         .filter(|l| {
@@ -375,5 +381,72 @@ fn a_client_fails_over_from_an_unreachable_primary() {
         first_after - cut_at < bound,
         "the client took {:.3} s after the cut",
         first_after - cut_at
+    );
+}
+
+/// A Proton publisher (`ha_send.py`) of `count` messages to `address` along
+/// `urls`, with a 1 s AMQP heartbeat and a 1 s connect timeout (its own
+/// timer: Proton has none), as `docs/ha.md` advises.
+fn spawn_quick_sender(urls: &str, address: &str, count: usize) -> common::ClientProcess {
+    let quick = ["--heartbeat", "1", "--connect-timeout", "1"];
+    common::spawn_ha_send_with(urls, address, count, "60", &quick)
+}
+
+/// Seconds from `after` to a publisher's first settlement, and to its first
+/// connection, after it.
+fn back_in_service(lines: &[common::Json], after: f64) -> (Option<f64>, Option<f64>) {
+    let first = |key: &str| {
+        lines
+            .iter()
+            .filter(|l| l.has(key))
+            .filter_map(|l| number(&l["t"]))
+            .find(|&t| t > after)
+            .map(|t| t - after)
+    };
+    (first("settled"), first("connected"))
+}
+
+#[test]
+fn a_client_of_the_virtual_ip_fails_over_from_an_unreachable_primary() {
+    let _serial = serial();
+    if !can_make_namespaces() {
+        return;
+    }
+    let (hosts, _brokers, _) = running_cluster(&[]);
+    hosts.take_vip(0);
+    let vip_url = format!("{VIP}:5672");
+    let count = 4000;
+    let mut sender = spawn_quick_sender(&vip_url, "vip", count);
+    sender.wait_for_settlements(200, STATUS_DEADLINE);
+    hosts.isolate(0);
+    let cut_at = now();
+    // The resource manager sees the primary's address stop answering (its
+    // monitor times out), promotes host 1 and moves the address to it.
+    let silent = wait_until(STATUS_DEADLINE, || {
+        !tool("tandem-ha", &["-b", &vip_url, "status"], 1)
+            .status
+            .success()
+    });
+    assert!(silent, "the isolated primary still answers");
+    assert!(
+        wait_until(STATUS_DEADLINE, || promote(1)),
+        "host 1 never promotable"
+    );
+    let moved_at = now();
+    hosts.take_vip(1);
+    let out = sender.wait();
+    out.assert_success();
+    let lines = out.json_lines();
+    let (settled, connected) = back_in_service(&lines, moved_at);
+    let gave_up = lines.iter().filter(|l| l.has("connect_timeout")).count();
+    eprintln!(
+        "virtual IP, unreachable primary: the address began to move {:.3} s after the cut; the client connected again {connected:?} s and settled {settled:?} s after that ({gave_up} attempts given up at the connect timeout)",
+        moved_at - cut_at
+    );
+    assert_eq!(settled_seqs(&lines).len(), count, "{}", out.stdout());
+    let connected = connected.expect("a connection after the address moved");
+    assert!(
+        connected < 2.0 * HEARTBEAT.as_secs_f64(),
+        "the client reached the moved address {connected:.3} s after it moved"
     );
 }

@@ -164,3 +164,34 @@ fn a_backup_whose_disk_fails_drops_out_and_the_primary_carries_on() {
     c.promote(2).expect("2 is ready");
     assert_eq!(c.drain("orders", 2), Vec::<u64>::new(), "settled and lost");
 }
+
+#[test]
+fn a_restarted_ex_primary_comes_back_as_a_backup_of_the_newer_epoch() {
+    let mut c = Cluster::with_store(3, 1, 9);
+    assert!(c.run_until(Duration::from_secs(2), |c| c.promote(0).is_ok()));
+    assert!(c.run_until(Duration::from_secs(5), |c| c.statuses()
+        == ["active", "ready", "ready"]));
+    c.kill(0);
+    assert!(c.run_until(Duration::from_secs(2), |c| c.promote(1).is_ok()));
+    assert!(c.run_until(Duration::from_secs(5), |c| c.status(1) == "active"));
+    // Restarted with its store (epoch 1), and promoted by a resource manager
+    // that still takes it for the primary: refused every time until it is a
+    // ready backup of the newer primary (promoting that would be an ordinary
+    // fail-over, to a new epoch).
+    c.restart(0);
+    assert_eq!(c.epoch(0), 1, "the epoch came back with the store");
+    let joined = c.run_until(Duration::from_secs(5), |c| {
+        if c.status(0) == "ready" {
+            return true;
+        }
+        assert!(
+            c.promote(0).is_err(),
+            "promoted at an older epoch beside the epoch-2 primary: {:?}",
+            c.statuses()
+        );
+        false
+    });
+    assert!(joined, "{:?}", c.statuses());
+    assert_eq!(c.epoch(0), 2);
+    assert_eq!(c.statuses(), ["ready", "active", "ready"]);
+}

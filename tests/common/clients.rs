@@ -532,21 +532,32 @@ pub fn assert_none_lost(lost: &[u64], settled: usize, when: &str) {
 /// `address` along `urls` (comma-separated), one new message per ms, giving
 /// up after `timeout` seconds.
 pub fn spawn_ha_send(urls: &str, address: &str, count: usize, timeout: &str) -> ClientProcess {
-    spawn_python(
-        "ha_send.py",
-        &[
-            "--urls",
-            urls,
-            "--address",
-            address,
-            "--count",
-            &count.to_string(),
-            "--interval-ms",
-            "1",
-            "--timeout",
-            timeout,
-        ],
-    )
+    spawn_ha_send_with(urls, address, count, timeout, &[])
+}
+
+/// [`spawn_ha_send`] with more of `ha_send.py`'s flags (`--heartbeat`, ...).
+pub fn spawn_ha_send_with(
+    urls: &str,
+    address: &str,
+    count: usize,
+    timeout: &str,
+    extra: &[&str],
+) -> ClientProcess {
+    let count = count.to_string();
+    let mut args = vec![
+        "--urls",
+        urls,
+        "--address",
+        address,
+        "--count",
+        &count,
+        "--interval-ms",
+        "1",
+        "--timeout",
+        timeout,
+    ];
+    args.extend_from_slice(extra);
+    spawn_python("ha_send.py", &args)
 }
 
 /// The sequence numbers an `ha_send.py` run printed as settled.
