@@ -165,6 +165,13 @@ fn run(cfg: &Config) -> Result<(), String> {
     if cfg.ha.cluster || cfg.ha.queue_replication {
         replication_shard(cfg, &mut settings);
     }
+    if cfg.ha.queue_replication && !cfg.ha.cluster {
+        // Never ignored silently: the option is accepted, its feature is not
+        // there yet (issue 14).
+        tracing::warn!(
+            "ha-queue-replication = yes: the replication shard runs, but replicating single queues between brokers (tandem-ha replicate, --start-replica) is not built yet: no queue is replicated"
+        );
+    }
     let extension = if cfg.store.enabled {
         let opened = tandem::store::open(&cfg.store, settings.shards)?;
         settings.initial_config = opened.initial_config;
