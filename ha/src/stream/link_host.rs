@@ -45,11 +45,15 @@ struct HostedLink {
     last_heard: Option<Instant>,
     /// Bytes of the unsettled deliveries.
     unsettled_bytes: usize,
-    /// The `enq` events in the backlog, and those of them whose message was
-    /// consumed on the primary meanwhile (a `deq` behind them in the
-    /// backlog): those are not sent, only acknowledged with the next delivery.
+    /// The `enq` events that stayed in the backlog after a drain (the first
+    /// `indexed` entries of it are indexed), and those of them whose message
+    /// was consumed on the primary meanwhile (a `deq` behind them in the
+    /// backlog): those are not sent, only acknowledged with the next
+    /// delivery. A backup that keeps up costs nothing here: its events never
+    /// stay.
     pending: HashSet<(Arc<str>, u64)>,
     cancelled: HashSet<(Arc<str>, u64)>,
+    indexed: usize,
 }
 
 #[derive(Default)]
@@ -115,6 +119,7 @@ impl Replication {
                 unsettled_bytes: 0,
                 pending: HashSet::new(),
                 cancelled: HashSet::new(),
+                indexed: 0,
             },
         );
         let sink = ReplicaSink {
@@ -140,24 +145,21 @@ impl Replication {
             return;
         };
         hl.member.get_or_insert(sink.member);
-        for (event, meta) in &events {
-            match meta {
-                Some(at) => {
-                    hl.pending.insert(at.clone());
-                }
-                None if !hl.pending.is_empty() && event.tail.is_empty() => {
-                    // A dequeue of messages still waiting here: they need not go.
-                    if let Ok(Event::Dequeue { queue, positions }) = Event::decode(&event.head) {
-                        let queue: Arc<str> = queue.into();
-                        for p in positions {
-                            let at = (queue.clone(), p);
-                            if hl.pending.remove(&at) {
-                                hl.cancelled.insert(at);
-                            }
+        if !hl.pending.is_empty() {
+            // A dequeue of messages still waiting here: they need not go.
+            for (event, _) in events
+                .iter()
+                .filter(|(e, m)| m.is_none() && e.tail.is_empty())
+            {
+                if let Ok(Event::Dequeue { queue, positions }) = Event::decode(&event.head) {
+                    let queue: Arc<str> = queue.into();
+                    for p in positions {
+                        let at = (queue.clone(), p);
+                        if hl.pending.remove(&at) {
+                            hl.cancelled.insert(at);
                         }
                     }
                 }
-                None => {}
             }
         }
         if hl.backlog.is_empty() {
@@ -194,8 +196,9 @@ impl Replication {
         {
             // As many waiting events as fit one batch go in one delivery; a
             // cancelled `enq` goes only as an acknowledgement of that delivery.
-            let cancelled =
-                |meta: &EnqueueMeta| meta.as_ref().is_some_and(|m| hl.cancelled.contains(m));
+            let cancelled = |meta: &EnqueueMeta| {
+                !hl.cancelled.is_empty() && meta.as_ref().is_some_and(|m| hl.cancelled.contains(m))
+            };
             let (mut taken, mut count, mut bytes) = (0, 0, 0);
             for (event, meta) in &hl.backlog {
                 if cancelled(meta) {
@@ -225,19 +228,31 @@ impl Replication {
                 break;
             };
             let mut acks = Vec::new();
-            for (event, meta) in hl.backlog.drain(..taken) {
+            let indexed = hl.indexed.min(taken);
+            for (i, (event, meta)) in hl.backlog.drain(..taken).enumerate() {
                 let Some(at) = meta else { continue };
-                hl.pending.remove(&at);
-                if hl.cancelled.remove(&at) {
-                    skipped.0 += 1;
-                    skipped.1 += event.tail.len() as u64;
+                if i < indexed {
+                    hl.pending.remove(&at);
+                    if hl.cancelled.remove(&at) {
+                        skipped.0 += 1;
+                        skipped.1 += event.tail.len() as u64;
+                    }
                 }
                 acks.push(at);
             }
+            hl.indexed -= indexed;
             hl.unsettled.insert(id, (acks, size));
             hl.unsettled_bytes += size;
             sent = true;
         }
+        // What stays waits for credit or window: index its `enq`s, so that a
+        // dequeue arriving meanwhile can cancel them.
+        for (_, meta) in hl.backlog.iter().skip(hl.indexed) {
+            if let Some(at) = meta {
+                hl.pending.insert(at.clone());
+            }
+        }
+        hl.indexed = hl.backlog.len();
         if sent {
             shard.wrote_to(conn);
         }
@@ -310,23 +325,23 @@ impl Replication {
         let Refusal {
             condition,
             reason,
-            status,
-            epoch,
+            us,
         } = refusal;
         if let (Some(attach), Some(engine)) = (hl.pending_attach, shard.engine(sink.conn)) {
             let mut error = ErrorCondition::new(condition, reason);
-            let mut info = Vec::new();
-            if let Some(s) = status {
-                info.push((Value::symbol("tandem.ha-status"), Value::String(s)));
-            }
-            if let Some((epoch, broker_id)) = epoch {
-                info.push((Value::symbol("tandem.ha-epoch"), Value::Ulong(epoch)));
-                info.push((
-                    Value::symbol("tandem.ha-broker-id"),
-                    Value::String(broker_id),
-                ));
-            }
-            error.info = (!info.is_empty()).then_some(Value::Map(info));
+            error.info = us.map(|us| {
+                Value::Map(vec![
+                    (
+                        Value::symbol("tandem.ha-status"),
+                        Value::string(us.status.as_str()),
+                    ),
+                    (Value::symbol("tandem.ha-epoch"), Value::Ulong(us.epoch)),
+                    (
+                        Value::symbol("tandem.ha-broker-id"),
+                        Value::String(us.broker_id),
+                    ),
+                ])
+            });
             engine.refuse_attach(sink.link, &attach, error);
             shard.wrote_to(sink.conn);
         }

@@ -109,14 +109,13 @@ pub(crate) fn epoch_floor(epoch: u64) -> u64 {
 pub(crate) type EnqueueMeta = Option<(Arc<str>, u64)>;
 
 /// Why a backup's replication link is refused: the AMQP condition, the
-/// description, and our status (a joining broker weighs it before promotion).
+/// description, and who refuses: our broker id, epoch and status (a joining
+/// broker weighs the status before promotion, an epoch probe the epoch).
 #[derive(Debug, Clone)]
 pub(crate) struct Refusal {
     pub condition: &'static str,
     pub reason: String,
-    pub status: Option<String>,
-    /// Who refuses: our epoch and broker id (an epoch probe's answer).
-    pub epoch: Option<(u64, String)>,
+    pub us: Option<crate::node::PeerEpoch>,
 }
 
 /// What one shard's stream tells another's.

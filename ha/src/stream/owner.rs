@@ -52,6 +52,14 @@ pub(crate) struct CatchUpCounters {
     pub(crate) kept: u64,
 }
 
+impl CatchUpCounters {
+    pub(crate) fn add(&mut self, other: CatchUpCounters) {
+        self.messages += other.messages;
+        self.bytes += other.bytes;
+        self.kept += other.kept;
+    }
+}
+
 impl Replication {
     /// A message stored on an owned queue: streamed to its backups, and
     /// timed if its settlement is withheld for want of ready backups.
@@ -155,10 +163,7 @@ impl Replication {
             bytes: snapshot.iter().map(|(_, m)| m.len() as u64).sum::<u64>(),
             kept: kept_now,
         };
-        let counters = &mut self.owner.catch_up_sent;
-        counters.messages += sent.messages;
-        counters.bytes += sent.bytes;
-        counters.kept += sent.kept;
+        self.owner.catch_up_sent.add(sent);
         // And per backup, on shard 0.
         let member = sink.member;
         shard.send_ext(0, msg(Msg::CatchUpSent { member, sent }));
@@ -258,6 +263,16 @@ impl Replication {
             return;
         };
         let mut rejected = 0u64;
+        let error = || {
+            ErrorCondition::new(
+                condition::RESOURCE_LIMIT_EXCEEDED,
+                format!(
+                    "not settled: fewer than ha-min-backups backups were ready for {} (ha-min-backups-timeout); the message was not kept",
+                    format_duration(timeout)
+                ),
+            )
+        };
+        let mut said = None;
         while let Some((since, _, _)) = withheld.front() {
             if now.saturating_duration_since(*since) < timeout {
                 break;
@@ -265,13 +280,7 @@ impl Replication {
             let Some((_, queue, position)) = withheld.pop_front() else {
                 break;
             };
-            let error = ErrorCondition::new(
-                condition::RESOURCE_LIMIT_EXCEEDED,
-                format!(
-                    "not settled: fewer than ha-min-backups backups were ready for {} (ha-min-backups-timeout); the message was not kept",
-                    format_duration(timeout)
-                ),
-            );
+            let error = said.get_or_insert_with(error).clone();
             if shard.reject_held(&queue, position, error) {
                 rejected += 1;
             }

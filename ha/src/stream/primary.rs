@@ -42,12 +42,11 @@ impl Replication {
         holdings: super::Holdings,
     ) {
         let now = shard.now();
-        let refuse = |shard: &mut Shard, condition, reason, us: Option<PeerEpoch>| {
+        let refuse = |shard: &mut Shard, condition, reason, us| {
             let refusal = Refusal {
                 condition,
                 reason,
-                status: us.as_ref().map(|u| u.status.as_str().to_owned()),
-                epoch: us.map(|u| (u.epoch, u.broker_id)),
+                us,
             };
             shard.send_ext(sink.shard, msg(Msg::Refused { sink, refusal }));
         };
@@ -57,7 +56,7 @@ impl Replication {
         };
         // What a refusal says of us: a joining broker weighs our status
         // before promotion, a primary's epoch probe our epoch.
-        let status = |role: &dyn HaHandler| {
+        let about_us = |role: &dyn HaHandler| {
             Some(PeerEpoch {
                 broker_id: role.identity().broker_id,
                 epoch: role.epoch(),
@@ -76,7 +75,7 @@ impl Replication {
                     },
                     now,
                 )),
-                Err(_) => status(&**role),
+                Err(_) => about_us(&**role),
             };
             refuse(shard, condition::NOT_ALLOWED, "an epoch probe".into(), us);
             self.poll_role(shard, now);
@@ -92,15 +91,15 @@ impl Replication {
                 shown(&who.broker_id)
             );
             tracing::debug!("HA: refusing a backup: {reason}");
-            let status = status(&**role);
-            return refuse(shard, condition::PRECONDITION_FAILED, reason, status);
+            let us = about_us(&**role);
+            return refuse(shard, condition::PRECONDITION_FAILED, reason, us);
         }
         let broker_id = who.broker_id.clone();
         let member = match role.backup_attached(who, now) {
             Ok(m) => m,
             Err(reason) => {
-                let status = status(&**role);
-                refuse(shard, condition::NOT_ALLOWED, reason, status);
+                let us = about_us(&**role);
+                refuse(shard, condition::NOT_ALLOWED, reason, us);
                 self.poll_role(shard, now);
                 return;
             }
@@ -212,16 +211,16 @@ impl Replication {
         }
     }
 
-    /// Forgets a dropped member's link (shard 0).
     /// An owner's snapshot for backup `member` sent `sent`.
     pub(super) fn catch_up_sent(&mut self, member: MemberId, sent: super::owner::CatchUpCounters) {
         let Some(id) = self.primary.broker_ids.get(&member) else {
             return;
         };
-        let c = self.primary.catch_up.entry(id.clone()).or_default();
-        c.messages += sent.messages;
-        c.bytes += sent.bytes;
-        c.kept += sent.kept;
+        self.primary
+            .catch_up
+            .entry(id.clone())
+            .or_default()
+            .add(sent);
     }
 
     /// The role's member list, each with what catch-up sent it.
@@ -256,6 +255,7 @@ impl Replication {
         self.primary.members.iter().find(|s| s.member == member)
     }
 
+    /// Forgets a dropped member's link (shard 0).
     pub(super) fn primary_forget(&mut self, member: MemberId) {
         self.primary.members.retain(|s| s.member != member);
         self.primary.pending_ready.remove(&member);
