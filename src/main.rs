@@ -5,7 +5,7 @@
 use tandem::config;
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use tandem_ha::broker::{ClusterInfo, HaBroker};
@@ -157,6 +157,11 @@ fn run(cfg: &Config) -> Result<(), String> {
     };
     let (mut settings, ha) = if cfg.ha.cluster {
         with_ha(cfg, settings, &data_dir.broker_id)?
+    } else if cfg.ha.queue_replication {
+        // Replicas of single queues, without a cluster.
+        let stream = stream_settings(cfg, None);
+        let factory = tandem_ha::stream::queue_replication_extension(stream);
+        (settings, Some(factory))
     } else {
         (settings, None)
     };
@@ -166,10 +171,8 @@ fn run(cfg: &Config) -> Result<(), String> {
         replication_shard(cfg, &mut settings);
     }
     if cfg.ha.queue_replication && !cfg.ha.cluster {
-        // Never ignored silently: the option is accepted, its feature is not
-        // there yet (issue 14).
-        tracing::warn!(
-            "ha-queue-replication = yes: the replication shard runs, but replicating single queues between brokers (tandem-ha replicate, --start-replica) is not built yet: no queue is replicated"
+        tracing::info!(
+            "ha-queue-replication = yes: this broker serves replicas of its queues to other brokers and keeps replicas of theirs (tandem-ha replicate)"
         );
     }
     let extension = if cfg.store.enabled {
@@ -343,20 +346,28 @@ fn with_ha(
         sync_config: cfg.ha.sync_config,
         self_address: format!("{}:{}", cfg.interface, cfg.port),
     };
-    let stream = StreamSettings {
+    let stream = stream_settings(cfg, Some(epoch_file));
+    let started = std::time::Instant::now();
+    let factory = tandem_ha::stream::extension(stream, move || {
+        Box::new(HaBroker::new(ha_settings.clone(), info.clone(), started)) as Box<dyn HaHandler>
+    });
+    Ok((settings, Some(factory)))
+}
+
+/// How the replication stream runs, from the `ha-*` options (`epoch_file`
+/// for a cluster member).
+fn stream_settings(cfg: &Config, epoch_file: Option<PathBuf>) -> StreamSettings {
+    StreamSettings {
         replicate: cfg.ha.replicate.to_string(),
         username: cfg.ha.username.clone(),
         mechanism: cfg.ha.mechanism.clone(),
         password: cfg.ha.password.clone(),
         heartbeat: cfg.ha.link_heartbeat_interval,
         min_backups_timeout: cfg.ha.min_backups_timeout,
-        epoch_file: Some(epoch_file),
-    };
-    let started = std::time::Instant::now();
-    let factory = tandem_ha::stream::extension(stream, move || {
-        Box::new(HaBroker::new(ha_settings.clone(), info.clone(), started)) as Box<dyn HaHandler>
-    });
-    Ok((settings, Some(factory)))
+        cluster: epoch_file.is_some(),
+        queue_replication: cfg.ha.cluster || cfg.ha.queue_replication,
+        epoch_file,
+    }
 }
 
 fn stop_signals() -> libc::sigset_t {

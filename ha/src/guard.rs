@@ -16,3 +16,13 @@ pub type MemberId = tandem_shards::holders::HolderId;
 /// backups are ready. (Members count up from 1; the store's holder is
 /// `u64::MAX`.)
 pub const MIN_BACKUPS: MemberId = u64::MAX - 1;
+
+/// A queue replica's link (another broker copying one queue, `tandem-ha
+/// replicate`) has an id with this bit: it is never a member, and nothing
+/// waits for it. (Below [`MIN_BACKUPS`], which has the bit too.)
+pub const QUEUE_REPLICA: MemberId = 1 << 62;
+
+/// Whether `member` is a queue replica's link, not a backup.
+pub fn is_queue_replica(member: MemberId) -> bool {
+    member & QUEUE_REPLICA != 0 && member < MIN_BACKUPS
+}

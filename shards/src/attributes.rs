@@ -63,6 +63,18 @@ pub fn replicate_attr(body: &Value) -> Result<Option<String>, String> {
     Ok(None)
 }
 
+/// `replica-of`: a broker URL (the remote a replica queue copies), or empty
+/// for none (an ordinary queue again).
+fn replica_of_attr(remote: &str) -> Result<Option<String>, String> {
+    if remote.trim().is_empty() {
+        return Ok(None);
+    }
+    let url: crate::url::BrokerUrl = remote
+        .parse()
+        .map_err(|e| format!("replica-of: not a broker URL: {e}"))?;
+    Ok(Some(url.to_string()))
+}
+
 impl QueueSettings {
     /// These settings with what `attrs` sets: `max-queue-size`,
     /// `max-queue-count`, `limit-policy`, `durable`, `auto-delete`, `lvq-key`,
@@ -94,6 +106,9 @@ impl QueueSettings {
         if let Some(r) = replicate_attr(attrs)? {
             s.replicate = Some(r);
         }
+        if let Some(remote) = str_attr(attrs, "replica-of")? {
+            s.replica_of = replica_of_attr(remote)?;
+        }
         Ok(s)
     }
 
@@ -116,6 +131,9 @@ impl QueueSettings {
         if let Some(r) = &self.replicate {
             m.push((s("replicate"), s(r)));
         }
+        if let Some(remote) = &self.replica_of {
+            m.push((s("replica-of"), s(remote)));
+        }
         Value::Map(m)
     }
 }
@@ -134,6 +152,7 @@ mod tests {
             auto_delete: true,
             replicate: Some("all".into()),
             lvq_key: Some("k".into()),
+            replica_of: Some("guest/pw@h1:5672,h2:5673".into()),
         };
         let back = QueueSettings::default().with_attributes(&settings.attributes());
         assert_eq!(back, Ok(settings));
@@ -172,5 +191,17 @@ mod tests {
             bad("lvq-key", Value::string("")),
             "lvq-key: must not be empty"
         );
+        assert!(bad("replica-of", Value::string("h:99999"))
+            .starts_with("replica-of: not a broker URL: port '99999'"));
+        let cleared = QueueSettings {
+            replica_of: Some("h:1".into()),
+            ..Default::default()
+        }
+        .with_attributes(&Value::Map(vec![(
+            Value::string("replica-of"),
+            Value::string(""),
+        )]))
+        .expect("valid");
+        assert_eq!(cleared.replica_of, None);
     }
 }

@@ -57,6 +57,10 @@ pub struct QueueSettings {
     /// Last-value queue: a new message replaces the available one with the same
     /// value of this application property.
     pub lvq_key: Option<String>,
+    /// `replica-of`: the broker URL this queue replicates from (queue
+    /// replication between brokers that are not one cluster); its messages
+    /// come only from there, so local sends and consumes are refused.
+    pub replica_of: Option<String>,
 }
 
 impl Default for QueueSettings {
@@ -69,6 +73,7 @@ impl Default for QueueSettings {
             auto_delete: false,
             replicate: None,
             lvq_key: None,
+            replica_of: None,
         }
     }
 }

@@ -208,6 +208,14 @@ impl Address {
     }
 }
 
+/// A broker URL as written, for display: its password replaced by `***`
+/// (text that does not parse is shown as it is, having no password to hide).
+pub fn redacted_text(url: &str) -> String {
+    url.parse::<BrokerUrl>()
+        .map(|u| u.redacted())
+        .unwrap_or_else(|_| url.to_owned())
+}
+
 impl BrokerUrl {
     /// The URL as `Display` writes it, with the password replaced by `***`: for logs and messages.
     pub fn redacted(&self) -> String {

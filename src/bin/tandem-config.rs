@@ -85,6 +85,11 @@ enum Add {
         /// Make a last-value queue keyed on this application property.
         #[arg(long, value_name = "KEY")]
         lvq_key: Option<String>,
+        /// Make it a replica of the queue of the same name on another broker
+        /// (as `tandem-ha replicate` does): waits up to --timeout for the
+        /// first attempt, and deletes the new queue again if it fails.
+        #[arg(long, value_name = "REMOTE")]
+        start_replica: Option<String>,
     },
     /// add exchange TYPE NAME [options]  (TYPE: direct, topic, fanout, headers)
     Exchange {
@@ -140,7 +145,9 @@ fn run(cli: &Cli) -> ToolResult<String> {
         Some(Command::Queues) => list(&mut mc, "queue", cli.json),
         Some(Command::Exchanges) => list(&mut mc, "exchange", cli.json),
         Some(Command::Bindings) => list(&mut mc, "binding", cli.json),
-        Some(Command::Add { what }) => add(&mut mc, what).and_then(|_| synced(cli, &mut mc)),
+        Some(Command::Add { what }) => add(&mut mc, what)
+            .and_then(|_| start_replica(cli, &mut mc, what))
+            .and_then(|out| Ok(out + &synced(cli, &mut mc)?)),
         Some(Command::Del { what }) => del(&mut mc, what).and_then(|_| synced(cli, &mut mc)),
         Some(Command::Bind(b)) => bind(&mut mc, "CREATE", b).and_then(|_| synced(cli, &mut mc)),
         Some(Command::Unbind(b)) => bind(&mut mc, "DELETE", b).and_then(|_| synced(cli, &mut mc)),
@@ -149,6 +156,25 @@ fn run(cli: &Cli) -> ToolResult<String> {
     };
     mc.close();
     out
+}
+
+/// `add queue --start-replica REMOTE`: the queue just created replicates
+/// REMOTE; if the first attempt fails it is deleted again (it is empty: a
+/// replica takes no local messages).
+fn start_replica(cli: &Cli, mc: &mut ManagementClient, what: &Add) -> ToolResult<String> {
+    let Add::Queue {
+        name,
+        start_replica: Some(remote),
+        ..
+    } = what
+    else {
+        return Ok(String::new());
+    };
+    let timeout = std::time::Duration::from_secs_f64(cli.broker.timeout.max(0.0));
+    tools::replica::replicate(mc, name, remote, timeout).inspect_err(|_| {
+        let body = Value::Map(vec![(Value::string("force"), Value::Bool(true))]);
+        let _ = call(mc, Request::new("DELETE", "queue", Some(name), body));
+    })
 }
 
 /// After a change: with `--sync` (or the primary's `ha-sync-config`), waits
@@ -303,7 +329,14 @@ fn add(mc: &mut ManagementClient, what: &Add) -> ToolResult<String> {
             max_queue_count,
             limit_policy,
             lvq_key,
+            start_replica,
         } => {
+            if let Some(remote) = start_replica {
+                // Checked before anything is created.
+                remote
+                    .parse::<tandem_shards::url::BrokerUrl>()
+                    .map_err(|e| format!("--start-replica '{remote}': {e}"))?;
+            }
             let mut attrs = vec![(Value::string("durable"), Value::Bool(*durable))];
             let mut put = |k: &str, v: &Option<String>| {
                 if let Some(v) = v {

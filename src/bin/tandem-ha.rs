@@ -17,7 +17,7 @@ use tandem_shards::management::{status, Request};
 #[command(
     name = "tandem-ha",
     version,
-    about = "Tandem HA administration: status, promotion, membership"
+    about = "Tandem HA administration: status, promotion, membership, queue replicas"
 )]
 struct Cli {
     /// Broker URL: [user[/password]@]host[:port]; with user@ and no password, the
@@ -85,6 +85,19 @@ enum Command {
         #[arg(long, conflicts_with = "all")]
         newest: bool,
     },
+    /// Replicate a queue from another broker (not one of this cluster) into
+    /// the existing queue of that name here: `replicate QUEUE REMOTE` or
+    /// `replicate REMOTE QUEUE` (REMOTE: [user[/password]@]host:port, or a
+    /// list of a cluster's addresses). Waits up to --timeout for the first
+    /// attempt; if it fails, the queue is left as it was.
+    Replicate {
+        #[arg(value_name = "QUEUE|REMOTE")]
+        first: String,
+        #[arg(value_name = "REMOTE|QUEUE")]
+        second: String,
+    },
+    /// Stop replicating a queue: it becomes an ordinary local queue.
+    StopReplicate { queue: String },
     /// Promote this broker to primary (cluster manager only). A joining broker
     /// with a store (after a total failure) is promoted only if no peer has a
     /// newer store and every peer answered, unless --force.
@@ -309,6 +322,22 @@ fn run(cli: &Cli) -> ToolResult<ExitCode> {
                 // Poll the broker again; the loop ends at the deadline above.
                 std::thread::sleep(Duration::from_millis(200));
             }
+        }
+        Command::Replicate { first, second } => {
+            let (queue, remote) = tools::replica::queue_and_remote(first, second)?;
+            let mut mc = tools::connect(&cli.broker, true, cli.timeout)?;
+            let timeout = Duration::from_secs_f64(cli.timeout.max(0.0));
+            let out = tools::replica::replicate(&mut mc, queue, remote, timeout);
+            mc.close();
+            print!("{}", out?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::StopReplicate { queue } => {
+            let mut mc = tools::connect(&cli.broker, true, cli.timeout)?;
+            let out = tools::replica::stop_replicate(&mut mc, queue);
+            mc.close();
+            print!("{}", out?);
+            Ok(ExitCode::SUCCESS)
         }
         Command::Promote { force } => {
             if !cli.cluster_manager {

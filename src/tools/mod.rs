@@ -2,6 +2,7 @@
 //! (`-b/--broker URL`, `--ha-admin`, `--timeout`), management calls that turn
 //! non-success replies into one-line errors, and value formatting for tables.
 
+pub mod replica;
 pub mod table;
 
 use std::time::Duration;

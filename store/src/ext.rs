@@ -468,6 +468,17 @@ impl Extension for Store {
         self.inner.as_ref().is_some_and(|i| i.claims(address))
     }
 
+    fn access_node<'a>(&self, attach: &'a Attach) -> Option<&'a str> {
+        self.inner.as_ref().and_then(|i| i.access_node(attach))
+    }
+
+    fn queue_attributes(&self, shard: &Shard, name: &str) -> Vec<(&'static str, Value)> {
+        self.inner
+            .as_ref()
+            .map(|i| i.queue_attributes(shard, name))
+            .unwrap_or_default()
+    }
+
     fn home(&self, shard: &Shard) -> Option<usize> {
         self.inner.as_ref().and_then(|i| i.home(shard))
     }

@@ -35,6 +35,8 @@ const WINDOW_BYTES: usize = 8 * 1024 * 1024;
 /// One backup's link hosted here.
 struct HostedLink {
     member: Option<MemberId>,
+    /// A queue replica's link: the queue it copies (never a member).
+    replica: Option<Arc<str>>,
     /// The backup's attach, answered when the HA role accepts it.
     pending_attach: Option<Box<Attach>>,
     /// Events waiting for credit.
@@ -67,6 +69,25 @@ pub(super) struct HostState {
     /// Messages (and their bytes) consumed before they were sent to a backup,
     /// and so never sent.
     pub(super) skipped: (u64, u64),
+    /// Queue replica links served here so far (their ids count up).
+    replicas: u64,
+}
+
+impl HostedLink {
+    fn new(member: Option<MemberId>, replica: Option<Arc<str>>) -> HostedLink {
+        HostedLink {
+            member,
+            replica,
+            pending_attach: None,
+            backlog: Backlog::new(),
+            unsettled: Unsettled::new(),
+            last_heard: None,
+            unsettled_bytes: 0,
+            pending: HashSet::new(),
+            cancelled: HashSet::new(),
+            indexed: 0,
+        }
+    }
 }
 
 impl Replication {
@@ -93,6 +114,13 @@ impl Replication {
             );
             return refuse(shard, error);
         }
+        if let Some(queue) = replica_queue(attach.properties.as_ref()) {
+            let queue = queue.to_owned();
+            return match self.replica_refusal(shard, &queue) {
+                Some(error) => refuse(shard, error),
+                None => self.host_replica(shard, conn, link, &attach, queue),
+            };
+        }
         if !shard.is_admin_connection(conn) {
             let error = ErrorCondition::new(
                 condition::UNAUTHORIZED_ACCESS,
@@ -108,20 +136,9 @@ impl Replication {
             return refuse(shard, error);
         };
         let holdings = holdings_from(attach.properties.as_ref());
-        self.host.links.insert(
-            (conn, link),
-            HostedLink {
-                member: None,
-                pending_attach: Some(Box::new(attach)),
-                backlog: Backlog::new(),
-                unsettled: Unsettled::new(),
-                last_heard: None,
-                unsettled_bytes: 0,
-                pending: HashSet::new(),
-                cancelled: HashSet::new(),
-                indexed: 0,
-            },
-        );
+        let mut hosted = HostedLink::new(None, None);
+        hosted.pending_attach = Some(Box::new(attach));
+        self.host.links.insert((conn, link), hosted);
         let sink = ReplicaSink {
             member: 0,
             shard: shard.id,
@@ -136,6 +153,74 @@ impl Replication {
                 holdings,
             }),
         );
+    }
+
+    /// Why a queue replica's attach for `queue` is refused, if it is.
+    fn replica_refusal(&self, shard: &Shard, queue: &str) -> Option<ErrorCondition> {
+        if !self.settings.queue_replication {
+            return Some(ErrorCondition::new(
+                condition::NOT_ALLOWED,
+                "this broker does not serve queue replicas: start it with ha-queue-replication = yes (or ha-cluster = yes)",
+            ));
+        }
+        match shard.catalogue.queues.get(queue) {
+            None => Some(ErrorCondition::new(
+                condition::NOT_FOUND,
+                format!(
+                    "no queue '{}' on this broker to replicate",
+                    tandem_shards::shown::shown(queue)
+                ),
+            )),
+            Some(entry) if entry.settings.auto_delete => Some(ErrorCondition::new(
+                condition::NOT_ALLOWED,
+                format!("queue '{queue}' is temporary (auto-delete): it cannot be replicated"),
+            )),
+            Some(_) => None,
+        }
+    }
+
+    /// Another broker copies `queue` (`tandem-ha replicate`): an ordinary
+    /// client's link, served by the queue's owner like a backup's stream of
+    /// that queue, but nothing waits for it.
+    fn host_replica(
+        &mut self,
+        shard: &mut Shard,
+        conn: u64,
+        link: LinkKey,
+        attach: &Attach,
+        queue: String,
+    ) {
+        self.host.replicas += 1;
+        let member = crate::guard::QUEUE_REPLICA | ((shard.id as u64) << 40) | self.host.replicas;
+        let held = holdings_from(attach.properties.as_ref())
+            .get(&queue)
+            .cloned();
+        let queue: Arc<str> = queue.into();
+        self.host.links.insert(
+            (conn, link),
+            HostedLink::new(Some(member), Some(queue.clone())),
+        );
+        let peer = shard.conn_peer(conn).unwrap_or_default();
+        let Some(engine) = shard.engine(conn) else {
+            return;
+        };
+        engine.accept_attach(
+            link,
+            attach,
+            attach.source.clone(),
+            attach.target.clone(),
+            None,
+        );
+        shard.wrote_to(conn);
+        tracing::info!("HA: serving a replica of queue '{queue}' to {peer}");
+        let sink = ReplicaSink {
+            member,
+            shard: shard.id,
+            conn,
+            link,
+        };
+        let owner = shard.owner_of(&queue);
+        shard.send_ext(owner, msg(Msg::StartReplica { queue, sink, held }));
     }
 
     /// Events for a backup's stream.
@@ -387,7 +472,7 @@ impl Replication {
             let due = hl
                 .last_heard
                 .is_none_or(|t| now.duration_since(t).as_millis() >= 100);
-            if let (Some(member), true) = (hl.member, due) {
+            if let (Some(member), true, None) = (hl.member, due, &hl.replica) {
                 hl.last_heard = Some(now);
                 heard.push(member);
             }
@@ -399,15 +484,24 @@ impl Replication {
 
     /// A backup's link closed (detached, or its connection ended).
     pub(super) fn link_gone(&mut self, shard: &mut Shard, conn: u64, link: LinkKey) {
-        if let Some(member) = self
-            .host
-            .links
-            .remove(&(conn, link))
-            .and_then(|hl| hl.member)
-        {
-            shard.send_ext(0, msg(Msg::BackupGone { member }));
+        let Some(hl) = self.host.links.remove(&(conn, link)) else {
+            return;
+        };
+        match (hl.member, hl.replica) {
+            // A queue replica: only its queue's owner streams to it.
+            (Some(member), Some(queue)) => {
+                let owner = shard.owner_of(&queue);
+                shard.send_ext(owner, msg(Msg::DropMember { member }));
+            }
+            (Some(member), None) => shard.send_ext(0, msg(Msg::BackupGone { member })),
+            (None, _) => {}
         }
     }
+}
+
+/// The queue a queue replica's attach copies (`tandem.ha-queue`), if it is one.
+pub(super) fn replica_queue(props: Option<&Value>) -> Option<&str> {
+    props?.map_get("tandem.ha-queue")?.as_str()
 }
 
 /// Reads a backup's identity from its attach properties.

@@ -24,6 +24,7 @@
 
 mod backup;
 pub mod codec;
+mod feed;
 mod link_host;
 mod owner;
 mod primary;
@@ -71,6 +72,12 @@ pub struct StreamSettings {
     /// Where shard 0 keeps the epoch the role knows (`data-dir/ha-epoch`),
     /// rewritten whenever it changes.
     pub epoch_file: Option<std::path::PathBuf>,
+    /// `ha-cluster`: the broker is a member of a cluster (shard 0 runs the
+    /// role).
+    pub cluster: bool,
+    /// `ha-queue-replication` (or `ha-cluster`): the broker serves replicas
+    /// of its queues to other brokers and keeps replicas of theirs.
+    pub queue_replication: bool,
 }
 
 /// Where a backup's replication stream is written: its link on some shard.
@@ -202,9 +209,32 @@ pub(crate) enum Msg {
         epoch: u64,
         cluster_id: Option<String>,
     },
-    /// Shard 0 -> link host: close a dropped backup's link.
+    /// Shard 0 -> link host: close a dropped backup's link (or an owner: a
+    /// queue replica's, its queue gone).
     CloseLink {
         sink: ReplicaSink,
+    },
+    /// A queue replica's feed -> the queue's owner: which positions of it
+    /// are held here (answered with `FeedHeld`).
+    FeedHoldings {
+        origin: usize,
+        attempt: u64,
+        queue: Arc<str>,
+    },
+    FeedHeld {
+        attempt: u64,
+        ranges: Ranges,
+    },
+    /// The replication shard -> shard 0: what a queue replica's feed is
+    /// doing (`None`: it stopped).
+    FeedStatus {
+        queue: Arc<str>,
+        status: Option<feed::ReplicaStatus>,
+    },
+    /// Shard 0 of a cluster member -> the replication shard: run queue
+    /// replicas' feeds (we are the primary), or stop them.
+    FeedsRun {
+        run: bool,
     },
     /// Link host -> shard 0.
     BackupHeard {
@@ -346,6 +376,10 @@ pub struct Replication {
     backup: backup::BackupState,
     probes: probe::ProbeState,
     sync: sync::SyncState,
+    feeds: feed::FeedState,
+    /// Shard 0 of a cluster member: whether the replication shard was last
+    /// told to run queue replicas' feeds (it does on the primary).
+    feeds_told: Option<bool>,
 }
 
 impl Replication {
@@ -364,6 +398,8 @@ impl Replication {
             backup: Default::default(),
             probes: Default::default(),
             sync: Default::default(),
+            feeds: Default::default(),
+            feeds_told: None,
         }
     }
 
@@ -451,11 +487,20 @@ impl Extension for Replication {
     }
 
     fn is_admin(&self, properties: Option<&Value>) -> bool {
-        crate::role::is_admin_connection(properties)
+        self.settings.cluster && crate::role::is_admin_connection(properties)
     }
 
     fn claims(&self, address: &str) -> bool {
         address == NODE
+    }
+
+    /// A queue replica's link asks to consume the queue it copies.
+    fn access_node<'a>(&self, attach: &'a Attach) -> Option<&'a str> {
+        link_host::replica_queue(attach.properties.as_ref())
+    }
+
+    fn queue_attributes(&self, shard: &Shard, name: &str) -> Vec<(&'static str, Value)> {
+        self.replica_attributes(shard, name)
     }
 
     /// The replication shard serves the backups' links, if the broker has one.
@@ -483,6 +528,9 @@ impl Extension for Replication {
     }
 
     fn owned_event(&mut self, shard: &mut Shard, conn: u64, event: EngineEvent) {
+        if self.is_feed(conn) {
+            return self.feed_event(shard, conn, event);
+        }
         if self.is_probe(conn) {
             return self.probe_event(shard, conn, event);
         }
@@ -492,12 +540,15 @@ impl Extension for Replication {
     fn heard(&mut self, shard: &mut Shard, conn: u64, now: Instant) {
         if self.is_outbound(conn) {
             self.primary_heard();
-        } else {
+        } else if !self.is_feed(conn) {
             self.link_heard(shard, conn, now);
         }
     }
 
     fn connected(&mut self, shard: &mut Shard, token: u64, address: &str) -> Option<Connection> {
+        if Self::is_feed_token(token) {
+            return self.feed_engine(shard, token, address);
+        }
         if Self::is_probe_token(token) {
             return self.probe_engine(shard, token, address);
         }
@@ -506,6 +557,9 @@ impl Extension for Replication {
     }
 
     fn opened(&mut self, shard: &mut Shard, token: u64, conn: u64) {
+        if Self::is_feed_token(token) {
+            return self.feed_opened(token, conn);
+        }
         if Self::is_probe_token(token) {
             return self.probe_opened(token, conn);
         }
@@ -513,6 +567,9 @@ impl Extension for Replication {
     }
 
     fn connect_failed(&mut self, shard: &mut Shard, token: u64) {
+        if Self::is_feed_token(token) {
+            return self.feed_connect_failed(shard, token);
+        }
         if Self::is_probe_token(token) {
             return self.probe_failed(shard, token);
         }
@@ -528,8 +585,10 @@ impl Extension for Replication {
         self.configured(shard, req, result);
     }
 
-    fn acked(&mut self, _shard: &mut Shard, token: u64) {
-        self.stored_later(token);
+    fn acked(&mut self, shard: &mut Shard, token: u64) {
+        if !self.feed_batch_applied(shard, token, 1, false) {
+            self.stored_later(token);
+        }
     }
 
     fn message(&mut self, shard: &mut Shard, message: ExtMsg) {
@@ -570,7 +629,25 @@ impl Extension for Replication {
                 epoch,
                 cluster_id,
             } => self.accepted(shard, sink, epoch, cluster_id),
+            Msg::CloseLink { sink } if crate::guard::is_queue_replica(sink.member) => {
+                let error = ErrorCondition::new(
+                    "amqp:resource-deleted",
+                    "the replicated queue was deleted on this broker",
+                );
+                shard.conn_close(sink.conn, error);
+            }
             Msg::CloseLink { sink } => shard.conn_close(sink.conn, dropped_by_primary()),
+            Msg::FeedHoldings {
+                origin,
+                attempt,
+                queue,
+            } => {
+                let ranges = shard.position_ranges(&queue);
+                shard.send_ext(origin, msg(Msg::FeedHeld { attempt, ranges }));
+            }
+            Msg::FeedHeld { attempt, ranges } => self.feed_held(shard, attempt, ranges),
+            Msg::FeedStatus { queue, status } => self.feed_status(queue, status),
+            Msg::FeedsRun { run } => self.run_feeds(shard, run),
             Msg::BackupHeard { member } => {
                 self.link_event_to_role(shard, crate::role::LinkEvent::BackupHeard { member })
             }
@@ -611,7 +688,11 @@ impl Extension for Replication {
                 batch,
                 stored,
                 missing,
-            } => self.applied(shard, batch, stored, missing),
+            } => {
+                if !self.feed_batch_applied(shard, batch, stored, missing.is_some()) {
+                    self.applied(shard, batch, stored, missing);
+                }
+            }
             Msg::Dequeue { queue, positions } => shard.remove_at(&queue, &positions),
             Msg::Purge { queue } => shard.purge(&queue),
             Msg::Retain { queue, next, keep } => retain(shard, &queue, next, &keep),
@@ -695,7 +776,10 @@ impl Extension for Replication {
             Tap::Dequeued { queue, positions } => self.stream_dequeues(&queue, positions),
             // Backups do not keep delivery counts yet.
             Tap::Redelivered { .. } => {}
-            Tap::Applied(event) => self.config_applied(shard, &event),
+            Tap::Applied(event) => {
+                self.config_applied(shard, &event);
+                self.feed_config(shard, &event);
+            }
             Tap::Ordered(events) => self.stream_config(shard, &events),
         }
     }
@@ -703,6 +787,7 @@ impl Extension for Replication {
     fn poll(&mut self, shard: &mut Shard, now: Instant) {
         self.poll_role(shard, now);
         self.reject_overdue(shard, now);
+        self.poll_feeds(shard, now);
     }
 
     fn end_of_step(&mut self, shard: &mut Shard) {
@@ -711,6 +796,7 @@ impl Extension for Replication {
         self.flush_acks(shard);
         self.flush_settles(shard);
         self.flush_to_role(shard);
+        self.flush_feeds(shard);
     }
 }
 
@@ -789,6 +875,18 @@ pub(crate) fn dropped_by_primary_said(
             .and_then(|i| i.map_get("tandem.ha-dropped")),
         Some(Value::Bool(true))
     )
+}
+
+/// What `runtime::start` runs on every shard of a broker outside a cluster
+/// that replicates queues (`ha-queue-replication`): the stream without an
+/// HA role.
+pub fn queue_replication_extension(
+    settings: StreamSettings,
+) -> tandem_shards::runtime::ExtensionFactory {
+    let settings = Arc::new(settings);
+    Arc::new(move |_shard: usize| -> Box<dyn Extension> {
+        Box::new(Replication::new(settings.clone(), None))
+    })
 }
 
 /// What `runtime::start` runs on every shard: its part of the stream; shard

@@ -116,7 +116,15 @@ impl Replication {
         sink: ReplicaSink,
         held: Option<Vec<(u64, u64)>>,
     ) {
+        // Another broker's copy of one queue: nothing waits for it, and
+        // it hears where its catch-up ends (it has no HA role to tell).
+        let replica = crate::guard::is_queue_replica(sink.member);
         let Some(q) = shard.queue(&queue) else {
+            if replica {
+                // Deleted meanwhile: the replica hears so when it attaches again.
+                shard.send_ext(sink.shard, msg(Msg::CloseLink { sink }));
+                return;
+            }
             // Deleted meanwhile: nothing to catch up.
             let member = sink.member;
             shard.send_ext(0, msg(Msg::QueueCaughtUp { member, queue }));
@@ -126,7 +134,9 @@ impl Replication {
         let next = q.next_position();
         let mut snapshot = q.snapshot();
         shard.tap_queue(&queue);
-        shard.hold(&queue, sink.member);
+        if !replica {
+            shard.hold(&queue, sink.member);
+        }
         let mut kept_now = 0;
         let start = match held {
             Some(held) => {
@@ -163,10 +173,12 @@ impl Replication {
             bytes: snapshot.iter().map(|(_, m)| m.len() as u64).sum::<u64>(),
             kept: kept_now,
         };
-        self.owner.catch_up_sent.add(sent);
-        // And per backup, on shard 0.
-        let member = sink.member;
-        shard.send_ext(0, msg(Msg::CatchUpSent { member, sent }));
+        if !replica {
+            self.owner.catch_up_sent.add(sent);
+            // And per backup, on shard 0.
+            let member = sink.member;
+            shard.send_ext(0, msg(Msg::CatchUpSent { member, sent }));
+        }
         let last = snapshot.last().map(|(p, _)| *p);
         let enqueues = snapshot.into_iter().map(|(position, message)| {
             (
@@ -180,6 +192,11 @@ impl Replication {
         let sinks = self.owner.sinks.entry(queue.clone()).or_default();
         sinks.retain(|s| s.member != sink.member);
         sinks.push(sink);
+        if replica {
+            // A marker that the backups never get: the catch-up ends here.
+            self.out_to(sink, Event::Sync { id: 0 }.encode_parts(), None);
+            return;
+        }
         match last {
             Some(target) => {
                 self.owner.catch_up.insert((sink.member, queue), target);
@@ -337,7 +354,15 @@ impl Replication {
                 }
             }
             ConfigEvent::QueueDeleted { name } => {
-                self.owner.sinks.remove(name);
+                // A queue replica's link ends with its queue (it hears why
+                // when it attaches again); a backup hears of the delete.
+                let replicas = self.owner.sinks.remove(name).unwrap_or_default();
+                for sink in replicas
+                    .into_iter()
+                    .filter(|s| crate::guard::is_queue_replica(s.member))
+                {
+                    shard.send_ext(sink.shard, msg(Msg::CloseLink { sink }));
+                }
                 self.owner.catch_up.retain(|(_, q), _| q != name);
             }
             _ => {}

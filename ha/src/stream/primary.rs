@@ -291,6 +291,27 @@ impl Replication {
         };
         shard.set_admission(admission);
         self.persist_epoch(shard, known);
+        self.tell_feeds(shard);
+    }
+
+    /// Shard 0 of a cluster member: queue replicas' feeds run on the
+    /// primary only (a backup gets the replicas' messages from it).
+    fn tell_feeds(&mut self, shard: &mut Shard) {
+        let Some(ha) = self.role.as_ref() else {
+            return;
+        };
+        if !self.settings.queue_replication {
+            return;
+        }
+        let primary = matches!(
+            ha.status(),
+            crate::status::BrokerStatus::Recovering | crate::status::BrokerStatus::Active
+        );
+        if self.feeds_told != Some(primary) {
+            self.feeds_told = Some(primary);
+            let home = shard.service_shard().unwrap_or(0);
+            shard.send_ext(home, msg(Msg::FeedsRun { run: primary }));
+        }
     }
 
     /// A shard raised its position floor after our promotion; once all did,

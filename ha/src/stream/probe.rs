@@ -59,7 +59,7 @@ impl Replication {
     }
 
     pub(super) fn is_probe_token(token: u64) -> bool {
-        token >= PROBE_TOKEN
+        (PROBE_TOKEN..super::feed::FEED_TOKEN).contains(&token)
     }
 
     pub(super) fn is_probe(&self, conn: u64) -> bool {

@@ -580,6 +580,8 @@ impl Cluster {
             heartbeat: HEARTBEAT,
             min_backups_timeout: self.min_backups_timeout,
             epoch_file: epoch_file.clone(),
+            cluster: true,
+            queue_replication: true,
         };
         let roles = std::sync::Mutex::new(Some(role));
         let factory = tandem_ha::stream::extension(stream, move || {

@@ -160,6 +160,19 @@ pub trait Extension {
     /// by every settlement holder.
     fn acked(&mut self, shard: &mut Shard, token: u64) {}
 
+    /// Attributes of queue `name` for its management row, beyond the
+    /// shard's own (e.g. the state of a queue replica).
+    fn queue_attributes(&self, shard: &Shard, name: &str) -> Vec<(&'static str, Value)> {
+        Vec::new()
+    }
+
+    /// The node an attach to a claimed address is checked against by the
+    /// access policy, if not the address itself (a queue replica's link is
+    /// a consumer of the queue it copies).
+    fn access_node<'a>(&self, attach: &'a Attach) -> Option<&'a str> {
+        None
+    }
+
     /// Counters for the broker's management attributes (summed over the
     /// shards), e.g. `store-journal-writes`.
     fn counters(&self) -> Vec<(&'static str, u64)> {

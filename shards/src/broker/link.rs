@@ -347,7 +347,12 @@ impl Shard {
                 s.is_some_and(|s| s.dynamic),
             )
         };
-        let node = address.as_deref().unwrap_or("");
+        let mut node = address.as_deref().unwrap_or("");
+        if self.claims(node) {
+            if let Some(n) = self.ext.as_ref().and_then(|e| e.access_node(&attach)) {
+                node = n;
+            }
+        }
         let access = if client_sends {
             Access::Publish { node }
         } else {
@@ -394,6 +399,18 @@ impl Shard {
             self.claim_link(id, link);
             return self.with_ext(move |ext, shard| ext.attach(shard, id, link, attach));
         }
+        if address.starts_with('$') && address != crate::management::NODE {
+            // Names of the broker's own nodes are never queues: one that no
+            // module here serves is missing, not created.
+            let error = ErrorCondition::new(
+                condition::NOT_FOUND,
+                format!(
+                    "no node '{}' on this broker (not a queue name: its module does not run here)",
+                    crate::shown::shown(&address)
+                ),
+            );
+            return self.refuse(id, link, &attach, error);
+        }
         if address == crate::management::NODE {
             if client_sends {
                 return self.start_publisher(id, link, &attach, Dest::Management, None);
@@ -439,6 +456,19 @@ impl Shard {
             return self.request_for_attach(id, link, attach, op);
         }
         if let Some((name, entry)) = self.catalogue.queues.get_key_value(address.as_str()) {
+            if let Some(remote) = &entry.settings.replica_of {
+                // A replica changes only as its original does.
+                if client_sends || !is_browser(&attach) {
+                    let error = ErrorCondition::new(
+                        condition::NOT_ALLOWED,
+                        format!(
+                            "queue '{name}' is a replica of {}: it takes messages only from there and may only be browsed here (tandem-ha stop-replicate makes it an ordinary queue)",
+                            crate::url::redacted_text(remote)
+                        ),
+                    );
+                    return self.refuse(id, link, &attach, error);
+                }
+            }
             let (name, owner) = (name.clone(), entry.owner);
             return self.start_queue_link(id, link, &attach, name, owner);
         }

@@ -171,6 +171,39 @@ impl Shard {
                 };
                 self.mgmt_config(op, reply);
             }
+            ("UPDATE", "queue") => {
+                // Only what a queue's messages do not depend on changes in
+                // place: where a replica copies from (`replica-of`; empty
+                // makes it an ordinary queue again).
+                let name = need_name()?;
+                let Some(entry) = self.catalogue.queues.get(name.as_str()) else {
+                    return Err(Response::error(
+                        status::NOT_FOUND,
+                        format!("queue '{name}' not found"),
+                    ));
+                };
+                if let Value::Map(entries) = &req.body {
+                    let other = entries
+                        .iter()
+                        .filter_map(|(k, _)| k.as_str())
+                        .find(|k| !matches!(*k, "name" | "replica-of"));
+                    if let Some(other) = other {
+                        return Err(bad(format!(
+                            "UPDATE of a queue changes only replica-of, not '{other}' (delete and create it again)"
+                        )));
+                    }
+                }
+                if req.body.map_get("replica-of").is_none() {
+                    return Err(bad("UPDATE of a queue needs 'replica-of'"));
+                }
+                if entry.settings.auto_delete {
+                    return Err(bad(format!(
+                        "queue '{name}' is temporary (auto-delete): it cannot be a replica"
+                    )));
+                }
+                let settings = entry.settings.with_attributes(&req.body).map_err(bad)?;
+                self.mgmt_config(ConfigOp::ReplaceQueue { name, settings }, reply);
+            }
             ("DELETE", "queue") => {
                 let name = need_name()?;
                 if bool_attr(&req.body, "force")?.unwrap_or(false) {
@@ -564,7 +597,18 @@ impl Shard {
                     ("ring-dropped", Value::Ulong(s.ring_dropped)),
                     ("lvq-replaced", Value::Ulong(s.lvq_replaced)),
                     ("last-position", Value::Ulong(s.last_position)),
+                    (
+                        "replica-of",
+                        st.replica_of
+                            .as_deref()
+                            .map(|r| Value::String(crate::url::redacted_text(r)))
+                            .unwrap_or(Value::Null),
+                    ),
                 ];
+                let mut row = row;
+                if let Some(ext) = self.ext.as_ref() {
+                    row.extend(ext.queue_attributes(self, name));
+                }
                 (name.to_string(), row)
             })
             .collect()

@@ -1,0 +1,337 @@
+//! Queue replication between brokers that are not one cluster (`tandem-ha
+//! replicate`, `tandem-config add queue --start-replica`), with real
+//! `tandemd` processes and Qpid Proton clients: a stand-alone replica
+//! follows messages and dequeues, catches up after a restart, refuses local
+//! sends and consumes, and becomes an ordinary queue on `stop-replicate`;
+//! bad commands say what is wrong and change nothing. (Replicas of and on a
+//! cluster, through fail-over: `e2e_queue_replication_ha.rs`.)
+
+mod common;
+
+use std::time::Duration;
+
+use common::tools::{passwd, stderr, stdout, tool};
+use common::{run_python, wait_until, Broker, Json, TempDir};
+
+/// How long a replica may take to reach what the test waits for.
+const DEADLINE: Duration = Duration::from_secs(30);
+
+/// A stand-alone broker that replicates queues.
+fn replicating(extra: &[&str]) -> Broker {
+    let mut args = vec!["--ha-queue-replication", "yes", "--worker-threads", "2"];
+    args.extend_from_slice(extra);
+    Broker::start(&args)
+}
+
+/// Runs a tool that must succeed; its stdout.
+fn ok(name: &str, args: &[&str]) -> String {
+    let out = tool(name, args);
+    assert!(
+        out.status.success(),
+        "{name} {args:?} failed: {}\n{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    stdout(&out)
+}
+
+/// Runs a tool that must fail; what it said on stderr.
+fn fails(name: &str, args: &[&str]) -> String {
+    let out = tool(name, args);
+    assert!(
+        !out.status.success(),
+        "{name} {args:?} succeeded: {}",
+        stdout(&out)
+    );
+    stderr(&out)
+}
+
+/// `queue`'s row in `tandem-config queues --json` on `url`.
+fn queue_row(url: &str, queue: &str) -> Json {
+    let text = ok("tandem-config", &["-b", url, "queues", "--json"]);
+    Json::parse(&text)
+        .ok()
+        .and_then(|j| j.as_array().map(<[Json]>::to_vec))
+        .unwrap_or_default()
+        .into_iter()
+        .find(|q| q["name"].as_str() == Some(queue))
+        .unwrap_or_else(|| panic!("no queue {queue} on {url}: {text}"))
+}
+
+fn depth(url: &str, queue: &str) -> Option<u64> {
+    queue_row(url, queue)["depth"].as_u64()
+}
+
+/// Waits until `queue` on `url` holds `n` messages.
+fn wait_depth(url: &str, queue: &str, n: u64) {
+    let mut last = None;
+    let reached = wait_until(DEADLINE, || {
+        last = depth(url, queue);
+        last == Some(n)
+    });
+    assert!(reached, "{queue} on {url} holds {last:?}, expected {n}");
+}
+
+/// Proton: sends `count` durable messages `{prefix}{i}` to `queue` at
+/// `url`, all of them settled.
+fn send(url: &str, queue: &str, count: usize, prefix: &str) {
+    let count = count.to_string();
+    let out = run_python(
+        "send.py",
+        &[
+            "--url",
+            url,
+            "--address",
+            queue,
+            "--count",
+            &count,
+            "--prefix",
+            prefix,
+            "--durable",
+            "--timeout",
+            "20",
+        ],
+    );
+    out.assert_success();
+    assert_eq!(
+        out.summary()["accepted"].as_u64(),
+        Some(count.parse().unwrap_or(0))
+    );
+}
+
+/// Proton: consumes (accepts) `count` messages of `queue` at `url`.
+fn consume(url: &str, queue: &str, count: usize) {
+    let count = count.to_string();
+    run_python(
+        "recv.py",
+        &[
+            "--url",
+            url,
+            "--address",
+            queue,
+            "--count",
+            &count,
+            "--timeout",
+            "20",
+        ],
+    )
+    .assert_success();
+}
+
+/// Proton: the bodies of every message of `queue` at `url`, in order
+/// (browsed: nothing leaves the queue).
+fn browse(url: &str, queue: &str) -> Vec<String> {
+    let n = depth(url, queue).unwrap_or(0);
+    if n == 0 {
+        return Vec::new();
+    }
+    let n = n.to_string();
+    run_python(
+        "recv.py",
+        &[
+            "--url",
+            url,
+            "--address",
+            queue,
+            "--count",
+            &n,
+            "--browse",
+            "--timeout",
+            "20",
+        ],
+    )
+    .assert_success()
+    .bodies()
+}
+
+/// What a Proton client attaching to `queue` at `url` was told (it must fail).
+fn refused(script: &str, url: &str, queue: &str, extra: &[&str]) -> String {
+    let mut args = vec![
+        "--url",
+        url,
+        "--address",
+        queue,
+        "--count",
+        "1",
+        "--timeout",
+        "10",
+    ];
+    args.extend_from_slice(extra);
+    let out = run_python(script, &args);
+    assert!(
+        !out.success(),
+        "{script} on replica {queue} succeeded: {}",
+        out.stdout()
+    );
+    format!("{}{}", out.stdout(), out.stderr())
+}
+
+#[test]
+fn a_stand_alone_replica_follows_its_queue_and_catches_up_after_a_restart() {
+    let original = replicating(&[]);
+    let replica = replicating(&[]);
+    let (o, r) = (original.url(), replica.url());
+    ok(
+        "tandem-config",
+        &["-b", &o, "add", "queue", "orders", "--durable"],
+    );
+    ok(
+        "tandem-config",
+        &["-b", &r, "add", "queue", "orders", "--durable"],
+    );
+    // 003's spelling: REMOTE first.
+    let said = ok("tandem-ha", &["-b", &r, "replicate", &o, "orders"]);
+    assert!(said.contains("replicates"), "{said}");
+
+    // Messages and dequeues follow, at the original's positions.
+    send(&o, "orders", 400, "a");
+    wait_depth(&r, "orders", 400);
+    consume(&o, "orders", 150);
+    wait_depth(&r, "orders", 250);
+    assert_eq!(browse(&r, "orders"), browse(&o, "orders"));
+    let row = queue_row(&r, "orders");
+    assert_eq!(row["replica-state"].as_str(), Some("ready"), "{row:?}");
+    assert_eq!(row["replica-of"].as_str(), Some(o.as_str()), "{row:?}");
+    assert_eq!(
+        queue_row(&r, "orders")["last-position"],
+        queue_row(&o, "orders")["last-position"]
+    );
+
+    // A replica takes messages only from its original: local sends and
+    // consumes are refused, browsing is not.
+    let send_said = refused("send.py", &r, "orders", &[]);
+    assert!(
+        send_said.contains("amqp:not-allowed") && send_said.contains("is a replica of"),
+        "{send_said}"
+    );
+    let consume_said = refused("recv.py", &r, "orders", &[]);
+    assert!(consume_said.contains("amqp:not-allowed"), "{consume_said}");
+
+    // Stopped (its broker too) while the original changes, restarted: the
+    // replica resumes where it was, its configuration kept.
+    let mut replica = replica;
+    replica.terminate();
+    send(&o, "orders", 300, "b");
+    consume(&o, "orders", 100);
+    let replica = replica.restart();
+    let r = replica.url();
+    wait_depth(&r, "orders", 450);
+    assert_eq!(browse(&r, "orders"), browse(&o, "orders"));
+    let log = replica.stderr();
+    assert!(
+        log.contains("queue 'orders' caught up incrementally: kept"),
+        "the restarted replica resyncs incrementally: {log}"
+    );
+    let row = queue_row(&r, "orders");
+    assert_eq!(row["replica-state"].as_str(), Some("ready"), "{row:?}");
+
+    // Stopping is explicit: an ordinary local queue again, which local
+    // clients may use and the original no longer changes.
+    let said = ok("tandem-ha", &["-b", &r, "stop-replicate", "orders"]);
+    assert!(said.contains("ordinary queue"), "{said}");
+    send(&r, "orders", 5, "local");
+    wait_depth(&r, "orders", 455);
+    consume(&o, "orders", 50);
+    send(&o, "orders", 1, "late");
+    wait_depth(&o, "orders", 401);
+    consume(&r, "orders", 455);
+    assert_eq!(depth(&r, "orders"), Some(0));
+    assert_eq!(queue_row(&r, "orders")["replica-of"], Json::Null);
+}
+
+#[test]
+fn add_queue_start_replica_creates_and_starts_in_one_step() {
+    let original = replicating(&[]);
+    let replica = replicating(&[]);
+    let (o, r) = (original.url(), replica.url());
+    ok("tandem-config", &["-b", &o, "add", "queue", "events"]);
+    send(&o, "events", 50, "e");
+    ok(
+        "tandem-config",
+        &["-b", &r, "add", "queue", "events", "--start-replica", &o],
+    );
+    wait_depth(&r, "events", 50);
+    assert_eq!(browse(&r, "events"), browse(&o, "events"));
+    // A missing remote queue: the new queue is not left behind.
+    let said = fails(
+        "tandem-config",
+        &["-b", &r, "add", "queue", "nothing", "--start-replica", &o],
+    );
+    assert!(said.contains("no queue 'nothing'"), "{said}");
+    let text = ok("tandem-config", &["-b", &r, "queues", "--json"]);
+    assert!(!text.contains("\"nothing\""), "{text}");
+}
+
+#[test]
+fn bad_replicate_commands_say_what_is_wrong_and_change_nothing() {
+    let dir = TempDir::new("replica-bad");
+    let users = dir.join("users");
+    passwd(&users, "rep", "secret");
+    passwd(&users, "adm", "secret");
+    let acl = dir.join("broker.acl");
+    // `rep` may connect and consume `shared`, nothing else: all a replica needs.
+    std::fs::write(
+        &acl,
+        "acl allow rep access connection\nacl allow rep consume queue name=shared\nacl deny rep all\nacl allow adm all\nacl deny all all\n",
+    )
+    .expect("acl file");
+    let users_arg = users.to_str().expect("path");
+    let acl_arg = acl.to_str().expect("path");
+    let original = replicating(&[
+        "--auth",
+        "yes",
+        "--users-file",
+        users_arg,
+        "--acl-file",
+        acl_arg,
+    ]);
+    let plain = Broker::start(&["--worker-threads", "2"]);
+    let replica = replicating(&[]);
+    let o = format!("rep/secret@127.0.0.1:{}", original.port());
+    let admin = format!("adm/secret@127.0.0.1:{}", original.port());
+    let r = replica.url();
+    ok("tandem-config", &["-b", &admin, "add", "queue", "shared"]);
+    ok("tandem-config", &["-b", &admin, "add", "queue", "private"]);
+    ok(
+        "tandem-config",
+        &["-b", &plain.url(), "add", "queue", "shared"],
+    );
+    for q in ["shared", "absent", "solo", "private"] {
+        ok("tandem-config", &["-b", &r, "add", "queue", q]);
+    }
+    let unreachable = format!("127.0.0.1:{}", common::free_port());
+    let wrong = format!("rep/wrong@127.0.0.1:{}", original.port());
+    let cases: [(&str, &str, &str); 5] = [
+        ("absent", admin.as_str(), "no queue 'absent'"),
+        ("private", o.as_str(), "may not consume queue 'private'"),
+        ("shared", unreachable.as_str(), "cannot connect"),
+        ("shared", wrong.as_str(), "amqp:unauthorized-access"),
+        ("solo", &plain.url(), "ha-queue-replication = yes"),
+    ];
+    for (queue, remote, expected) in cases {
+        let said = fails("tandem-ha", &["-b", &r, "replicate", queue, remote]);
+        assert!(said.contains(expected), "{queue} from {remote}: {said}");
+        assert!(said.contains("left as it was"), "{said}");
+        assert_eq!(queue_row(&r, queue)["replica-of"], Json::Null);
+    }
+    // Which argument is the remote must be clear.
+    let said = fails("tandem-ha", &["-b", &r, "replicate", "shared", "solo"]);
+    assert!(said.contains("neither"), "{said}");
+    let said = fails("tandem-ha", &["-b", &r, "replicate", "missing-here", &o]);
+    assert!(said.contains("not found"), "{said}");
+    // The broker is unaffected: its queues serve local clients.
+    send(&r, "solo", 3, "s");
+    consume(&r, "solo", 3);
+    // With the ACL, consuming the one queue is all a replica needs; the
+    // credentials in REMOTE are the ones used.
+    // (Proton spells credentials user:password@.)
+    let proton_admin = format!("adm:secret@127.0.0.1:{}", original.port());
+    send(&proton_admin, "shared", 20, "x");
+    ok("tandem-ha", &["-b", &r, "replicate", "shared", &o]);
+    wait_depth(&r, "shared", 20);
+    assert!(
+        !replica.stderr().contains("panicked") && !original.stderr().contains("panicked"),
+        "{}",
+        replica.stderr()
+    );
+}
