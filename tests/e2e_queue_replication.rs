@@ -3,15 +3,18 @@
 //! `tandemd` processes and Qpid Proton clients: a stand-alone replica
 //! follows messages and dequeues, catches up after a restart, refuses local
 //! sends and consumes, and becomes an ordinary queue on `stop-replicate`;
-//! bad commands say what is wrong and change nothing. (Replicas of and on a
-//! cluster, through fail-over: `e2e_queue_replication_ha.rs`.)
+//! bad commands say what is wrong and change nothing. A replica of a
+//! cluster follows its primary through fail-over, and a replica on a
+//! cluster is re-established by its new primary.
 
 mod common;
+mod ha_cluster;
 
 use std::time::Duration;
 
 use common::tools::{passwd, stderr, stdout, tool};
-use common::{run_python, wait_until, Broker, Json, TempDir};
+use common::{run_python, settled_seqs, spawn_ha_send, wait_until, Broker, Json, TempDir};
+use ha_cluster::{serial, HaCluster};
 
 /// How long a replica may take to reach what the test waits for.
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -334,4 +337,108 @@ fn bad_replicate_commands_say_what_is_wrong_and_change_nothing() {
         "{}",
         replica.stderr()
     );
+}
+
+/// The sequence numbers in `ha_send.py` bodies (`seq-N`), in order.
+fn seqs(bodies: &[String]) -> Vec<u64> {
+    bodies
+        .iter()
+        .filter_map(|b| b.strip_prefix("seq-")?.parse().ok())
+        .collect()
+}
+
+#[test]
+fn a_replica_of_a_cluster_follows_its_primary_through_fail_over() {
+    let _serial = serial();
+    let mut cluster = HaCluster::start_with_primary(Some("all"), 0);
+    cluster.config(0, &["add", "queue", "ledger", "--durable"]);
+    let replica = replicating(&[]);
+    let r = replica.url();
+    ok(
+        "tandem-config",
+        &["-b", &r, "add", "queue", "ledger", "--durable"],
+    );
+    // The whole cluster's address list: the feed finds the primary.
+    ok(
+        "tandem-ha",
+        &["-b", &r, "replicate", "ledger", &cluster.urls],
+    );
+
+    let mut sender = spawn_ha_send(&cluster.urls, "ledger", 3000, "60");
+    sender.wait_for_settlements(800, DEADLINE);
+    cluster.kill(0);
+    cluster.promote_ok(1);
+    let sent = sender.wait();
+    sent.assert_success();
+    let settled = settled_seqs(&sent.json_lines());
+    assert_eq!(settled.len(), 3000, "{}", sent.stdout());
+
+    // The replica holds exactly what the new primary holds, in order: every
+    // settled message, and the duplicates a fail-over may leave (sent again
+    // unsettled), at the same positions.
+    let p = cluster.url(1);
+    let total = depth(&p, "ledger").unwrap_or(0);
+    wait_depth(&r, "ledger", total);
+    let on_primary = browse(&p, "ledger");
+    let on_replica = browse(&r, "ledger");
+    assert_eq!(on_replica.len(), on_primary.len());
+    assert!(
+        on_replica == on_primary,
+        "the replica differs from the new primary"
+    );
+    let held: std::collections::BTreeSet<u64> = seqs(&on_replica).into_iter().collect();
+    let lost: Vec<u64> = settled.difference(&held).copied().collect();
+    common::assert_none_lost(&lost, settled.len(), "on the replica of the cluster");
+    assert_eq!(
+        queue_row(&r, "ledger")["last-position"],
+        queue_row(&p, "ledger")["last-position"]
+    );
+    let row = queue_row(&r, "ledger");
+    assert_eq!(row["replica-state"].as_str(), Some("ready"), "{row:?}");
+    assert_eq!(row["replica-address"].as_str(), Some(p.as_str()), "{row:?}");
+}
+
+#[test]
+fn a_replica_on_a_cluster_is_re_established_by_its_new_primary() {
+    let _serial = serial();
+    let original = replicating(&[]);
+    let o = original.url();
+    ok(
+        "tandem-config",
+        &["-b", &o, "add", "queue", "feed", "--durable"],
+    );
+    send(&o, "feed", 300, "a");
+    let mut cluster = HaCluster::start_with_primary(Some("all"), 0);
+    // Created and started on the cluster's primary in one step; its backups
+    // get the replica's configuration and messages through the cluster.
+    cluster.config(
+        0,
+        &["add", "queue", "feed", "--durable", "--start-replica", &o],
+    );
+    cluster.wait_depth(0, "feed", 300);
+    cluster.wait_depth(1, "feed", 300);
+    consume(&o, "feed", 100);
+    cluster.wait_depth(1, "feed", 200);
+
+    // The primary dies; the new one starts the replica again by itself
+    // (qpidd needs a hook script for this) and catches up incrementally.
+    cluster.kill(0);
+    send(&o, "feed", 250, "b");
+    cluster.promote_ok(1);
+    let p = cluster.url(1);
+    wait_depth(&p, "feed", 450);
+    consume(&o, "feed", 50);
+    wait_depth(&p, "feed", 400);
+    assert_eq!(browse(&p, "feed"), browse(&o, "feed"));
+    let row = queue_row(&p, "feed");
+    assert_eq!(row["replica-state"].as_str(), Some("ready"), "{row:?}");
+    assert_eq!(row["replica-of"].as_str(), Some(o.as_str()), "{row:?}");
+    let log = cluster.log(1);
+    assert!(log.contains("queue 'feed' replicates"), "{log}");
+    assert!(
+        log.contains("queue 'feed' caught up incrementally"),
+        "the new primary resumes from what the cluster replicated: {log}"
+    );
+    // The backup that remains gets it too.
+    cluster.wait_depth(2, "feed", 400);
 }

@@ -139,6 +139,8 @@ pub struct Client {
     next_seq: u64,
     /// Publisher: the first number it sends (then up to `limit`).
     first: u64,
+    /// Publisher: how many to publish; consumer: how many to take, about
+    /// (credit stops once it received that many; 0: no end).
     pub limit: u64,
     /// Publisher: most new messages per step (`None`: as credit allows).
     pub per_step: Option<u64>,
@@ -268,7 +270,7 @@ impl Client {
                 };
                 if refused {
                     engine.close(None);
-                } else if self.kind == Kind::Consumer {
+                } else if self.kind == Kind::Consumer && wants_more(self.limit, &self.received) {
                     engine.grant_credit(link, 100, false);
                 }
             }
@@ -296,7 +298,7 @@ impl Client {
                         Some(&DeliveryState::Accepted),
                     );
                 }
-                if engine.credit(link) < 50 {
+                if engine.credit(link) < 50 && wants_more(self.limit, &self.received) {
                     engine.grant_credit(link, 100, false);
                 }
             }
@@ -438,6 +440,9 @@ pub struct Cluster {
     min_backups_timeout: Duration,
     /// Brokers cut off from the others by a network partition ([`Cluster::cut_off`]).
     cut: BTreeSet<usize>,
+    /// Addresses of the stand-alone brokers after the members
+    /// ([`Cluster::add_standalone`]), in order.
+    standalone: Vec<String>,
 }
 
 /// Where a simulated broker with a store keeps its epoch file.
@@ -481,6 +486,7 @@ impl Cluster {
             min_backups: 0,
             min_backups_timeout: Duration::from_secs(30),
             cut: BTreeSet::new(),
+            standalone: Vec::new(),
         };
         for i in 0..n {
             let b = c.start_broker(i);
@@ -819,7 +825,74 @@ impl Cluster {
     }
 
     pub fn statuses(&mut self) -> Vec<String> {
-        (0..self.brokers.len()).map(|b| self.status(b)).collect()
+        (0..self.member_count()).map(|b| self.status(b)).collect()
+    }
+
+    /// How many brokers are members of the cluster (the first ones).
+    pub fn member_count(&self) -> usize {
+        self.brokers.len() - self.standalone.len()
+    }
+
+    /// A stand-alone broker at `address` that replicates queues
+    /// (`ha-queue-replication`, no HA role), not a member: its index. Its
+    /// queues `replicas` are replicas of `remote` (as its store would
+    /// recover them, `replica-of` set).
+    pub fn add_standalone(&mut self, address: &str, replicas: &[&str], remote: &str) -> usize {
+        let settings = BrokerSettings {
+            shards: self.shards_per_broker,
+            service_shard: Some("repl-0".into()),
+            container_id: format!("standalone-{address}"),
+            initial_config: replicas
+                .iter()
+                .map(|q| tandem_shards::broker::ConfigOp::ReplaceQueue {
+                    name: q.to_string(),
+                    settings: tandem_shards::queue::QueueSettings {
+                        replica_of: Some(remote.to_owned()),
+                        ..Default::default()
+                    },
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let settings = Arc::new(settings);
+        let stream = StreamSettings {
+            replicate: "all".into(),
+            username: None,
+            password: None,
+            mechanism: None,
+            heartbeat: HEARTBEAT,
+            min_backups_timeout: self.min_backups_timeout,
+            epoch_file: None,
+            cluster: false,
+            queue_replication: true,
+        };
+        let factory = tandem_ha::stream::queue_replication_extension(stream);
+        let shards = (0..settings.total_shards())
+            .map(|s| {
+                let mut shard = Shard::new(s, settings.clone(), self.now);
+                shard.set_extension(factory(s));
+                shard
+            })
+            .collect();
+        self.brokers.push(Broker {
+            shards,
+            health: Health::Up,
+            broker_id: format!("standalone-{address}"),
+            disk_ops: VecDeque::new(),
+        });
+        self.standalone.push(address.to_owned());
+        self.brokers.len() - 1
+    }
+
+    /// The messages of `queue` on broker `b`, by position, wherever its
+    /// owner shard is.
+    pub fn queue_contents(&self, b: usize, queue: &str) -> Vec<(u64, Bytes)> {
+        self.brokers[b]
+            .shards
+            .iter()
+            .find_map(|s| s.queue(queue))
+            .map(|q| q.snapshot())
+            .unwrap_or_default()
     }
 
     pub fn epoch(&mut self, b: usize) -> u64 {
@@ -873,7 +946,7 @@ impl Cluster {
     }
 
     fn connect_client(&mut self, c: usize) {
-        let n = self.brokers.len();
+        let n = self.member_count();
         let b = self.clients[c].broker % n;
         if self.brokers[b].health == Health::Dead {
             self.clients[c].broker = (b + 1) % n;
@@ -1026,7 +1099,14 @@ impl Cluster {
     }
 
     fn connect_replica(&mut self, b: usize, s: usize, token: u64, address: String) {
-        let target = self.addresses.iter().position(|a| *a == address);
+        let target = self
+            .addresses
+            .iter()
+            .position(|a| *a == address)
+            .or_else(|| {
+                let i = self.standalone.iter().position(|a| *a == address)?;
+                Some(self.member_count() + i)
+            });
         let peer = self.peers.iter().position(|p| p.address == address);
         let reachable = match (target, peer) {
             (_, Some(_)) => true,
@@ -1465,7 +1545,7 @@ impl Cluster {
 
     /// Which broker is primary and active, if exactly one is.
     pub fn active(&mut self) -> Option<usize> {
-        let up: Vec<usize> = (0..self.brokers.len())
+        let up: Vec<usize> = (0..self.member_count())
             .filter(|&b| self.brokers[b].health == Health::Up)
             .collect();
         let active: Vec<usize> = up
@@ -1474,6 +1554,11 @@ impl Cluster {
             .collect();
         (active.len() == 1).then(|| active[0])
     }
+}
+
+/// A consumer takes more until it received `limit` (if it has one).
+fn wants_more(limit: u64, received: &[u64]) -> bool {
+    limit == 0 || (received.len() as u64) < limit
 }
 
 fn pipe(a: End, b: End) -> Pipe {
