@@ -168,6 +168,9 @@ pub struct HaConfig {
     /// `ha-queue-replication`: allow replicating single queues without a cluster.
     /// As in qpidd, `cluster` implies it; this field is only what was configured.
     pub queue_replication: bool,
+    /// `ha-replica-consumers`: local consumers may take messages from a queue
+    /// replica (sends to one are always refused).
+    pub replica_consumers: bool,
     /// `ha-replication-cpu`: the CPU of the replication shard (default: its
     /// own with 4 or more CPUs and no `worker-threads`, else the last).
     pub replication_cpu: Option<usize>,
@@ -323,6 +326,7 @@ impl HaConfig {
         let link_maintenance_interval = src.value("link-maintenance-interval", value::duration)?;
         let link_heartbeat_interval = src.value("link-heartbeat-interval", value::duration)?;
         let queue_replication = src.value("ha-queue-replication", value::boolean)?;
+        let replica_consumers = src.value("ha-replica-consumers", value::boolean)?;
         let replication_cpu = src
             .get("ha-replication-cpu", |r| value::number(r, 0, 4095))?
             .map(|s| s.value);
@@ -408,6 +412,7 @@ impl HaConfig {
             link_maintenance_interval,
             link_heartbeat_interval,
             queue_replication,
+            replica_consumers,
             replication_cpu,
         })
     }
@@ -431,6 +436,7 @@ impl fmt::Debug for HaConfig {
             .field("link_maintenance_interval", &self.link_maintenance_interval)
             .field("link_heartbeat_interval", &self.link_heartbeat_interval)
             .field("queue_replication", &self.queue_replication)
+            .field("replica_consumers", &self.replica_consumers)
             .field("replication_cpu", &self.replication_cpu)
             .finish()
     }

@@ -13,8 +13,10 @@ mod ha_cluster;
 use std::time::Duration;
 
 use common::tools::{passwd, stderr, stdout, tool};
-use common::{run_python, settled_seqs, spawn_ha_send, wait_until, Broker, Json, TempDir};
-use ha_cluster::{serial, HaCluster};
+use common::{
+    run_python, settled_seqs, spawn_ha_send, wait_until, Broker, ClientOutput, Json, TempDir,
+};
+use ha_cluster::{serial, tool_ok as ok, HaCluster};
 
 /// How long a replica may take to reach what the test waits for.
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -24,18 +26,6 @@ fn replicating(extra: &[&str]) -> Broker {
     let mut args = vec!["--ha-queue-replication", "yes", "--worker-threads", "2"];
     args.extend_from_slice(extra);
     Broker::start(&args)
-}
-
-/// Runs a tool that must succeed; its stdout.
-fn ok(name: &str, args: &[&str]) -> String {
-    let out = tool(name, args);
-    assert!(
-        out.status.success(),
-        "{name} {args:?} failed: {}\n{}",
-        stdout(&out),
-        stderr(&out)
-    );
-    stdout(&out)
 }
 
 /// Runs a tool that must fail; what it said on stderr.
@@ -61,6 +51,13 @@ fn queue_row(url: &str, queue: &str) -> Json {
         .unwrap_or_else(|| panic!("no queue {queue} on {url}: {text}"))
 }
 
+/// `queue` on `url` is a replica of `remote`, caught up and following.
+fn assert_replica_ready(url: &str, queue: &str, remote: &str) {
+    let row = queue_row(url, queue);
+    assert_eq!(row["replica-state"].as_str(), Some("ready"), "{row:?}");
+    assert_eq!(row["replica-of"].as_str(), Some(remote), "{row:?}");
+}
+
 fn depth(url: &str, queue: &str) -> Option<u64> {
     queue_row(url, queue)["depth"].as_u64()
 }
@@ -75,92 +72,67 @@ fn wait_depth(url: &str, queue: &str, n: u64) {
     assert!(reached, "{queue} on {url} holds {last:?}, expected {n}");
 }
 
-/// Proton: sends `count` durable messages `{prefix}{i}` to `queue` at
-/// `url`, all of them settled.
-fn send(url: &str, queue: &str, count: usize, prefix: &str) {
-    let count = count.to_string();
-    let out = run_python(
-        "send.py",
-        &[
-            "--url",
-            url,
-            "--address",
-            queue,
-            "--count",
-            &count,
-            "--prefix",
-            prefix,
-            "--durable",
-            "--timeout",
-            "20",
-        ],
-    );
+/// Runs Proton's `script` for `count` messages of `queue` at `url` (with
+/// `extra` flags), which must succeed.
+fn proton(script: &str, url: &str, queue: &str, count: u64, extra: &[&str]) -> ClientOutput {
+    let out = run_proton(script, url, queue, count, extra);
     out.assert_success();
-    assert_eq!(
-        out.summary()["accepted"].as_u64(),
-        Some(count.parse().unwrap_or(0))
-    );
+    out
 }
 
-/// Proton: consumes (accepts) `count` messages of `queue` at `url`.
-fn consume(url: &str, queue: &str, count: usize) {
+/// Runs Proton's `script` for `count` messages of `queue` at `url`.
+fn run_proton(script: &str, url: &str, queue: &str, count: u64, extra: &[&str]) -> ClientOutput {
     let count = count.to_string();
-    run_python(
-        "recv.py",
-        &[
-            "--url",
-            url,
-            "--address",
-            queue,
-            "--count",
-            &count,
-            "--timeout",
-            "20",
-        ],
-    )
-    .assert_success();
-}
-
-/// Proton: the bodies of every message of `queue` at `url`, in order
-/// (browsed: nothing leaves the queue).
-fn browse(url: &str, queue: &str) -> Vec<String> {
-    let n = depth(url, queue).unwrap_or(0);
-    if n == 0 {
-        return Vec::new();
-    }
-    let n = n.to_string();
-    run_python(
-        "recv.py",
-        &[
-            "--url",
-            url,
-            "--address",
-            queue,
-            "--count",
-            &n,
-            "--browse",
-            "--timeout",
-            "20",
-        ],
-    )
-    .assert_success()
-    .bodies()
-}
-
-/// What a Proton client attaching to `queue` at `url` was told (it must fail).
-fn refused(script: &str, url: &str, queue: &str, extra: &[&str]) -> String {
     let mut args = vec![
         "--url",
         url,
         "--address",
         queue,
         "--count",
-        "1",
+        &count,
         "--timeout",
-        "10",
+        "20",
     ];
     args.extend_from_slice(extra);
-    let out = run_python(script, &args);
+    run_python(script, &args)
+}
+
+/// Proton: sends `count` durable messages `{prefix}{i}` to `queue` at
+/// `url`, all of them settled.
+fn send(url: &str, queue: &str, count: u64, prefix: &str) {
+    let out = proton(
+        "send.py",
+        url,
+        queue,
+        count,
+        &["--prefix", prefix, "--durable"],
+    );
+    assert_eq!(out.summary()["accepted"].as_u64(), Some(count));
+}
+
+/// Proton: receives `count` messages of `queue` at `url` (with `extra`
+/// flags), which must all come.
+fn receive(url: &str, queue: &str, count: u64, extra: &[&str]) -> Vec<String> {
+    proton("recv.py", url, queue, count, extra).bodies()
+}
+
+/// Proton: consumes (accepts) `count` messages of `queue` at `url`.
+fn consume(url: &str, queue: &str, count: u64) {
+    receive(url, queue, count, &[]);
+}
+
+/// Proton: the bodies of every message of `queue` at `url`, in order
+/// (browsed: nothing leaves the queue).
+fn browse(url: &str, queue: &str) -> Vec<String> {
+    match depth(url, queue).unwrap_or(0) {
+        0 => Vec::new(),
+        n => receive(url, queue, n, &["--browse"]),
+    }
+}
+
+/// What a Proton client attaching to `queue` at `url` was told (it must fail).
+fn refused(script: &str, url: &str, queue: &str, extra: &[&str]) -> String {
+    let out = run_proton(script, url, queue, 1, extra);
     assert!(
         !out.success(),
         "{script} on replica {queue} succeeded: {}",
@@ -192,9 +164,7 @@ fn a_stand_alone_replica_follows_its_queue_and_catches_up_after_a_restart() {
     consume(&o, "orders", 150);
     wait_depth(&r, "orders", 250);
     assert_eq!(browse(&r, "orders"), browse(&o, "orders"));
-    let row = queue_row(&r, "orders");
-    assert_eq!(row["replica-state"].as_str(), Some("ready"), "{row:?}");
-    assert_eq!(row["replica-of"].as_str(), Some(o.as_str()), "{row:?}");
+    assert_replica_ready(&r, "orders", &o);
     assert_eq!(
         queue_row(&r, "orders")["last-position"],
         queue_row(&o, "orders")["last-position"]
@@ -209,6 +179,12 @@ fn a_stand_alone_replica_follows_its_queue_and_catches_up_after_a_restart() {
     );
     let consume_said = refused("recv.py", &r, "orders", &[]);
     assert!(consume_said.contains("amqp:not-allowed"), "{consume_said}");
+    // Nor may an exchange route others to it.
+    let said = fails(
+        "tandem-config",
+        &["-b", &r, "bind", "amq.direct", "orders", "k"],
+    );
+    assert!(said.contains("cannot be bound"), "{said}");
 
     // Stopped (its broker too) while the original changes, restarted: the
     // replica resumes where it was, its configuration kept.
@@ -245,7 +221,8 @@ fn a_stand_alone_replica_follows_its_queue_and_catches_up_after_a_restart() {
 #[test]
 fn add_queue_start_replica_creates_and_starts_in_one_step() {
     let original = replicating(&[]);
-    let replica = replicating(&[]);
+    // (And lets local consumers take from replicas, as qpidd does.)
+    let replica = replicating(&["--ha-replica-consumers", "yes"]);
     let (o, r) = (original.url(), replica.url());
     ok("tandem-config", &["-b", &o, "add", "queue", "events"]);
     send(&o, "events", 50, "e");
@@ -255,6 +232,13 @@ fn add_queue_start_replica_creates_and_starts_in_one_step() {
     );
     wait_depth(&r, "events", 50);
     assert_eq!(browse(&r, "events"), browse(&o, "events"));
+    consume(&r, "events", 10);
+    assert_eq!(depth(&r, "events"), Some(40));
+    let said = refused("send.py", &r, "events", &[]);
+    assert!(said.contains("amqp:not-allowed"), "{said}");
+    // The original's next dequeues are no-ops for what is gone here.
+    consume(&o, "events", 20);
+    wait_depth(&r, "events", 30);
     // A missing remote queue: the new queue is not left behind.
     let said = fails(
         "tandem-config",
@@ -430,9 +414,7 @@ fn a_replica_on_a_cluster_is_re_established_by_its_new_primary() {
     consume(&o, "feed", 50);
     wait_depth(&p, "feed", 400);
     assert_eq!(browse(&p, "feed"), browse(&o, "feed"));
-    let row = queue_row(&p, "feed");
-    assert_eq!(row["replica-state"].as_str(), Some("ready"), "{row:?}");
-    assert_eq!(row["replica-of"].as_str(), Some(o.as_str()), "{row:?}");
+    assert_replica_ready(&p, "feed", &o);
     let log = cluster.log(1);
     assert!(log.contains("queue 'feed' replicates"), "{log}");
     assert!(

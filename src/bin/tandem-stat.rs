@@ -225,5 +225,33 @@ fn show(mc: &mut ManagementClient, view: &View, cli: &Cli) -> ToolResult<String>
         .iter()
         .map(|r| view.columns.iter().map(|(_, a)| cell(get(r, a))).collect())
         .collect();
-    Ok(table::render(&headers, &cells))
+    let mut out = table::render(&headers, &cells);
+    if view.entity == "queue" {
+        out.push_str(&replicas(&rows));
+    }
+    Ok(out)
+}
+
+/// Queue replicas (`tandem-ha replicate`): what each feed is doing, after
+/// the queue table; nothing when no queue is one.
+fn replicas(rows: &[Vec<(String, Value)>]) -> String {
+    const COLUMNS: [(&str, &str); 7] = [
+        ("replica", "name"),
+        ("of", "replica-of"),
+        ("state", "replica-state"),
+        ("attached", "replica-address"),
+        ("lag", "replica-lag"),
+        ("received", "replica-received"),
+        ("error", "replica-error"),
+    ];
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .filter(|r| matches!(get(r, "replica-of"), Some(Value::String(_))))
+        .map(|r| COLUMNS.iter().map(|(_, a)| cell(get(r, a))).collect())
+        .collect();
+    if cells.is_empty() {
+        return String::new();
+    }
+    let headers: Vec<&str> = COLUMNS.iter().map(|(t, _)| *t).collect();
+    format!("\nQueue replicas\n{}", table::render(&headers, &cells))
 }

@@ -162,6 +162,8 @@ pub(super) const OPTIONS: &[OptionSpec] = &[
         "Heartbeat on links between brokers; a peer is dead after two silent intervals"),
     opt(HA, "ha-queue-replication", "yes|no", Some("no"), Bool,
         "Allow replicating individual queues without a cluster (runs the replication shard)"),
+    opt(HA, "ha-replica-consumers", "yes|no", Some("no"), Bool,
+        "Local consumers may take messages from a queue replica (as in qpidd); sends to a replica are always refused"),
     opt(HA, "ha-replication-cpu", "CPU", None, Plain,
         "The CPU of the replication shard (repl-0) [default: its own with 4 or more CPUs and no worker-threads, else the last]"),
 ];

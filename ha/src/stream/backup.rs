@@ -180,7 +180,6 @@ impl Replication {
         who: BackupIdentity,
     ) -> Connection {
         let s = &self.settings;
-        let broker = &shard.settings;
         let backup_info = Value::Map(vec![
             (Value::symbol("broker-id"), Value::String(who.broker_id)),
             (Value::symbol("address"), Value::String(who.address)),
@@ -190,16 +189,31 @@ impl Replication {
             .username
             .clone()
             .map(|u| (u, s.password.clone().unwrap_or_default()));
+        let properties = Value::Map(vec![(Value::symbol("qpid.ha-backup"), backup_info)]);
+        let mechanism = s.mechanism.as_deref();
+        self.link_engine(shard, address, Some(properties), credentials, mechanism)
+    }
+
+    /// The engine of a connection this broker opens to another (a backup's
+    /// link, a probe, a queue replica's feed): heartbeats from
+    /// `link-heartbeat-interval`, the peer silent for twice that is gone.
+    pub(super) fn link_engine(
+        &self,
+        shard: &Shard,
+        address: &str,
+        properties: Option<Value>,
+        credentials: Option<(String, String)>,
+        mechanism: Option<&str>,
+    ) -> Connection {
+        let s = &self.settings;
+        let broker = &shard.settings;
         let cfg = ConnectionConfig {
             container_id: broker.container_id.clone(),
             max_frame_size: broker.max_frame_size,
             channel_max: 16,
-            // The primary must be heard at least every heartbeat; twice that is silence.
+            // The peer must be heard at least every heartbeat; twice that is silence.
             idle_timeout: Some(s.heartbeat * 2),
-            properties: Some(Value::Map(vec![(
-                Value::symbol("qpid.ha-backup"),
-                backup_info,
-            )])),
+            properties,
             max_message_size: broker.max_message_size,
             hostname: Some(address.to_owned()),
             sasl: Sasl::Client {
@@ -209,7 +223,7 @@ impl Replication {
         };
         let mut engine = Connection::client(cfg, shard.now());
         engine.set_heartbeat(s.heartbeat);
-        if let Some(mechanism) = &s.mechanism {
+        if let Some(mechanism) = mechanism {
             engine.use_mechanism(mechanism);
         }
         engine
@@ -674,21 +688,13 @@ impl Replication {
 
     /// Hands the owners the messages gathered so far.
     fn send_to_store(&mut self, shard: &mut Shard) {
-        let origin = shard.id;
         let delivery = self.backup.storing;
         let mut to_store = std::mem::take(&mut self.backup.to_store);
         for (owner, items) in to_store.drain(..) {
-            let batch = shard.new_ack_token();
-            self.backup.applying.insert(batch, (delivery, items.len()));
+            let count = items.len();
+            let batch = super::send_to_owner(shard, owner, items);
+            self.backup.applying.insert(batch, (delivery, count));
             *self.backup.unapplied.entry(delivery).or_default() += 1;
-            shard.send_ext(
-                owner,
-                msg(Msg::Enqueue {
-                    items,
-                    origin,
-                    batch,
-                }),
-            );
             self.touch(owner);
         }
         self.backup.to_store = to_store;

@@ -24,9 +24,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tandem_shards::amqp::codec::Value;
-use tandem_shards::amqp::connection::{
-    Connection, ConnectionConfig, Event as EngineEvent, LinkKey, Sasl,
-};
+use tandem_shards::amqp::connection::{Connection, Event as EngineEvent, LinkKey};
 use tandem_shards::amqp::performative::{condition, Attach, ErrorCondition};
 use tandem_shards::broker::{accept_in_ranges, ConfigEvent, Shard};
 use tandem_shards::url::BrokerUrl;
@@ -43,6 +41,9 @@ const FEED_CREDIT: u32 = 500;
 
 /// How long a feed waits before trying the next address after a failure.
 const RETRY: Duration = Duration::from_secs(1);
+
+/// Longest a feed waits for a connection to open.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What a feed is doing, as `replica-state` shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -284,7 +285,12 @@ impl Replication {
         feed.phase = Phase::Connecting;
         feed.status.attempts += 1;
         feed.status.address = Some(address.clone());
-        let timeout = self.settings.heartbeat.max(Duration::from_secs(1));
+        // A remote that does not answer is reported within seconds, whatever
+        // the heartbeat (120 s by default).
+        let timeout = self
+            .settings
+            .heartbeat
+            .clamp(Duration::from_secs(1), CONNECT_TIMEOUT);
         shard.request_connection(FEED_TOKEN + attempt, address, timeout);
         self.feeds.changed.push(name.clone());
     }
@@ -308,10 +314,11 @@ impl Replication {
     ) -> Option<Connection> {
         let s = self.settings.clone();
         let feed = self.feed_of_attempt(token - FEED_TOKEN)?;
+        let remote = feed.remote.clone();
         // `ha-mechanism` goes with the `ha-*` credentials, not with a URL's.
-        let (credentials, mechanism) = match &feed.remote.user {
+        let (credentials, mechanism) = match &remote.user {
             Some(user) => {
-                let password = feed.remote.password.clone().unwrap_or_default();
+                let password = remote.password.clone().unwrap_or_default();
                 (Some((user.clone(), password)), None)
             }
             None => {
@@ -322,26 +329,8 @@ impl Replication {
                 )
             }
         };
-        let broker = &shard.settings;
-        let cfg = ConnectionConfig {
-            container_id: broker.container_id.clone(),
-            max_frame_size: broker.max_frame_size,
-            channel_max: 4,
-            idle_timeout: Some(s.heartbeat * 2),
-            properties: None,
-            max_message_size: broker.max_message_size,
-            hostname: Some(address.to_owned()),
-            sasl: Sasl::Client {
-                credentials,
-                skip: false,
-            },
-        };
-        let mut engine = Connection::client(cfg, shard.now());
-        engine.set_heartbeat(s.heartbeat);
-        if let Some(mechanism) = mechanism {
-            engine.use_mechanism(mechanism);
-        }
-        Some(engine)
+        let mechanism = mechanism.map(String::as_str);
+        Some(self.link_engine(shard, address, None, credentials, mechanism))
     }
 
     /// A feed's connection runs as `conn`.
@@ -520,7 +509,6 @@ impl Replication {
             return self.feed_diverged(shard, name, why);
         }
         let owner = shard.owner_of(name);
-        let origin = shard.id;
         let Some(feed) = self.feeds.feeds.get_mut(name) else {
             return;
         };
@@ -533,20 +521,11 @@ impl Replication {
             if items.is_empty() {
                 return;
             }
-            let batch = shard.new_ack_token();
             let count = items.len();
+            let batch = super::send_to_owner(shard, owner, std::mem::take(items));
             batches.insert(batch, (name.clone(), attempt, delivery, count));
             feed.status.lag += count as u64;
             parts += 1;
-            let items = std::mem::take(items);
-            shard.send_ext(
-                owner,
-                msg(Msg::Enqueue {
-                    items,
-                    origin,
-                    batch,
-                }),
-            );
         };
         for event in events {
             let queue = name.clone();

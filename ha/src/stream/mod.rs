@@ -335,6 +335,22 @@ fn msg(m: Msg) -> ExtMsg {
     Box::new(m)
 }
 
+/// Hands `owner` replicated messages to store at their positions; the batch
+/// token its answers (`Applied`, then acks one by one) carry.
+fn send_to_owner(shard: &mut Shard, owner: usize, items: Vec<ToStore>) -> u64 {
+    let batch = shard.new_ack_token();
+    let origin = shard.id;
+    shard.send_ext(
+        owner,
+        msg(Msg::Enqueue {
+            items,
+            origin,
+            batch,
+        }),
+    );
+    batch
+}
+
 /// How much of an object a backup gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Level {

@@ -150,9 +150,12 @@ impl Replication {
                 snapshot.retain(|(p, _)| !ranges::contains(&held, *p));
                 let kept = ranges::count(&keep);
                 kept_now = kept;
+                let who = match replica {
+                    true => "a replica".to_string(),
+                    false => format!("backup {}", sink.member),
+                };
                 tracing::info!(
-                    "HA: backup {} holds {kept} of the {total} messages of queue '{queue}' (and {} we no longer have): sending {}",
-                    sink.member,
+                    "HA: {who} holds {kept} of the {total} messages of queue '{queue}' (and {} we no longer have): sending {}",
                     ranges::count(&held).saturating_sub(kept),
                     snapshot.len()
                 );

@@ -104,6 +104,11 @@ impl Catalogue {
         }
     }
 
+    /// The remote that queue `name` is a replica of, if it is one.
+    pub fn replica_of(&self, name: &str) -> Option<&str> {
+        self.queues.get(name)?.settings.replica_of.as_deref()
+    }
+
     /// Validates a request against this (authoritative) copy and says what changes.
     pub(super) fn plan(
         &self,
@@ -179,6 +184,23 @@ impl Catalogue {
                     Some(existing) => (existing.owner, existing.settings != settings),
                     None => (shard_of(&name, shards), true),
                 };
+                // A replica's messages come only from its original (at its
+                // positions): nothing may route others to it.
+                if settings.replica_of.is_some() {
+                    if let Some(ex) = self
+                        .exchanges
+                        .values()
+                        .find(|ex| ex.bindings.iter().any(|b| b.queue == name))
+                    {
+                        return Err(ErrorCondition::new(
+                            condition::NOT_ALLOWED,
+                            format!(
+                                "queue '{name}' is bound to exchange '{}': unbind it before it becomes a replica",
+                                ex.name
+                            ),
+                        ));
+                    }
+                }
                 let events = if changed {
                     vec![ConfigEvent::QueueDeclared {
                         name: name.clone(),
@@ -262,6 +284,15 @@ impl Catalogue {
                 queue,
                 key,
             } => {
+                if let Some(remote) = self.replica_of(&queue) {
+                    return Err(ErrorCondition::new(
+                        condition::NOT_ALLOWED,
+                        format!(
+                            "queue '{queue}' is a replica of {}: its messages come only from there, so it cannot be bound",
+                            crate::url::redacted_text(remote)
+                        ),
+                    ));
+                }
                 let (exchange, binding) = self.binding_for(&exchange, &queue, key)?;
                 Ok((
                     vec![ConfigEvent::Bound { exchange, binding }],

@@ -37,6 +37,17 @@ const HEADERS_FILTER: (&str, u64) = (
 );
 
 /// A receiving link that browses (`distribution-mode = copy`).
+/// Why a send (or consume) on a queue replica is refused.
+pub(super) fn replica_refusal(queue: &str, remote: &str) -> ErrorCondition {
+    ErrorCondition::new(
+        condition::NOT_ALLOWED,
+        format!(
+            "queue '{queue}' is a replica of {}: it takes messages only from there and may only be browsed here (tandem-ha stop-replicate makes it an ordinary queue)",
+            crate::url::redacted_text(remote)
+        ),
+    )
+}
+
 fn is_browser(attach: &Attach) -> bool {
     attach
         .source
@@ -457,15 +468,11 @@ impl Shard {
         }
         if let Some((name, entry)) = self.catalogue.queues.get_key_value(address.as_str()) {
             if let Some(remote) = &entry.settings.replica_of {
-                // A replica changes only as its original does.
-                if client_sends || !is_browser(&attach) {
-                    let error = ErrorCondition::new(
-                        condition::NOT_ALLOWED,
-                        format!(
-                            "queue '{name}' is a replica of {}: it takes messages only from there and may only be browsed here (tandem-ha stop-replicate makes it an ordinary queue)",
-                            crate::url::redacted_text(remote)
-                        ),
-                    );
+                // A replica changes only as its original does; consumers
+                // only where the operator allows them.
+                let consumes = !client_sends && !is_browser(&attach);
+                if client_sends || (consumes && !self.settings.replica_consumers) {
+                    let error = replica_refusal(name, remote);
                     return self.refuse(id, link, &attach, error);
                 }
             }

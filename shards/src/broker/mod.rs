@@ -65,6 +65,9 @@ pub struct BrokerSettings {
     pub link_credit: u32,
     pub default_queue: QueueSettings,
     pub auto_create_queues: bool,
+    /// `ha-replica-consumers`: local consumers may take messages from a
+    /// queue replica (qpidd's behaviour); sends to one are always refused.
+    pub replica_consumers: bool,
     pub container_id: String,
     /// Largest message reassembled from frames.
     pub max_message_size: usize,
@@ -137,6 +140,7 @@ impl Default for BrokerSettings {
                 ..Default::default()
             },
             auto_create_queues: true,
+            replica_consumers: false,
             container_id: "tandem".into(),
             max_message_size: 100 * 1024 * 1024,
             initial_admission: admission::Admission::Open,
