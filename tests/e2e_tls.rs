@@ -4,7 +4,7 @@
 //! port, and a client that does not trust the broker's certificate (or finds
 //! it expired), are refused with a clear log line while the broker goes on
 //! serving; with require-encryption the plain port refuses clients and says
-//! why. (Clients connect to `localhost`: Proton checks the broker's name
+//! why; a queue replica's link to an `ssl:` address is TLS. (Clients connect to `localhost`: Proton checks the broker's name
 //! against the certificate's DNS names, not its IP addresses.)
 
 mod common;
@@ -470,4 +470,69 @@ fn sighup_reloads_the_certificate_without_a_restart() {
         try_with(&new) && !try_with(&old),
         "after: only the new CA's clients"
     );
+}
+
+#[test]
+fn a_queue_replica_follows_its_remote_over_tls() {
+    let certs = Certs::new("tls-replica");
+    let cert = (certs.broker_cert.as_path(), certs.broker_key.as_path());
+    let replicating = ["--ha-queue-replication", "yes", "--worker-threads", "2"];
+    let (original, tls_port) = tls_broker(&certs, cert, &replicating);
+    let (replica, _) = tls_broker(&certs, cert, &replicating);
+    // `name -b url args...`, which must succeed; its stdout.
+    let tool = |name: &str, url: &str, args: &[&str]| {
+        let mut all = vec!["-b", url];
+        all.extend_from_slice(args);
+        let out = common::tools::tool(name, &all);
+        let said = common::tools::stdout(&out);
+        assert!(
+            out.status.success(),
+            "{name} {all:?}: {said}{}",
+            common::tools::stderr(&out)
+        );
+        said
+    };
+    tool(
+        "tandem-config",
+        &original.url(),
+        &["add", "queue", "secure"],
+    );
+    tool("tandem-config", &replica.url(), &["add", "queue", "secure"]);
+    // The replica's link is TLS to the original's ssl-port, verified against
+    // the replica broker's ssl-ca-file.
+    let remote = format!("ssl:localhost:{tls_port}");
+    tool(
+        "tandem-ha",
+        &replica.url(),
+        &["replicate", "secure", &remote],
+    );
+    run_python(
+        "send.py",
+        &[
+            "--url",
+            &original.url(),
+            "--address",
+            "secure",
+            "--count",
+            "40",
+        ],
+    )
+    .assert_success();
+    let depth = || {
+        let out = tool("tandem-config", &replica.url(), &["queues", "--json"]);
+        common::Json::parse(&out)
+            .ok()
+            .and_then(|j| j.as_array().map(<[common::Json]>::to_vec))
+            .unwrap_or_default()
+            .into_iter()
+            .find(|q| q["name"].as_str() == Some("secure"))
+            .and_then(|q| q["depth"].as_u64())
+    };
+    assert!(
+        wait_until(Duration::from_secs(20), || depth() == Some(40)),
+        "the replica over TLS holds {:?}",
+        depth()
+    );
+    let log = original.stderr();
+    assert!(log.contains("serving a replica of queue 'secure'"), "{log}");
 }
