@@ -154,9 +154,44 @@ fn a_stand_alone_replica_follows_its_queue_and_catches_up_after_a_restart() {
         "tandem-config",
         &["-b", &r, "add", "queue", "orders", "--durable"],
     );
+    // A queue with messages of its own cannot become a replica (they are
+    // not the original's).
+    send(&r, "orders", 3, "local");
+    let said = fails("tandem-ha", &["-b", &r, "replicate", "orders", &o]);
+    assert!(said.contains("holds 3 messages"), "{said}");
+    consume(&r, "orders", 3);
+    // Nor can one an exchange routes to.
+    ok(
+        "tandem-config",
+        &["-b", &r, "bind", "amq.direct", "orders", "k"],
+    );
+    let said = fails("tandem-ha", &["-b", &r, "replicate", "orders", &o]);
+    assert!(said.contains("bound to exchange 'amq.direct'"), "{said}");
+    ok(
+        "tandem-config",
+        &["-b", &r, "unbind", "amq.direct", "orders", "k"],
+    );
+    // A consumer attached before the queue becomes a replica is ended then.
+    let args = [
+        "--url",
+        r.as_str(),
+        "--address",
+        "orders",
+        "--count",
+        "1",
+        "--timeout",
+        "20",
+    ];
+    let mut early = common::spawn_python("recv.py", &args);
+    early.wait_ready();
     // 003's spelling: REMOTE first.
     let said = ok("tandem-ha", &["-b", &r, "replicate", &o, "orders"]);
     assert!(said.contains("replicates"), "{said}");
+
+    let ended = early.wait();
+    assert!(!ended.success(), "{}", ended.stdout());
+    let told = format!("{}{}", ended.stdout(), ended.stderr());
+    assert!(told.contains("is a replica of"), "{told}");
 
     // Messages and dequeues follow, at the original's positions.
     send(&o, "orders", 400, "a");
@@ -239,6 +274,13 @@ fn add_queue_start_replica_creates_and_starts_in_one_step() {
     // The original's next dequeues are no-ops for what is gone here.
     consume(&o, "events", 20);
     wait_depth(&r, "events", 30);
+    // --start-replica creates: an existing queue is left alone.
+    let said = fails(
+        "tandem-config",
+        &["-b", &r, "add", "queue", "events", "--start-replica", &o],
+    );
+    assert!(said.contains("exists already"), "{said}");
+    assert_eq!(depth(&r, "events"), Some(30));
     // A missing remote queue: the new queue is not left behind.
     let said = fails(
         "tandem-config",

@@ -396,9 +396,10 @@ impl Queue {
 
     /// A backup stores a replicated message at the primary's position (a
     /// duplicate position is ignored: a snapshot may resend what we have).
-    pub fn insert_at(&mut self, position: u64, message: Bytes) {
+    /// Whether it was new.
+    pub fn insert_at(&mut self, position: u64, message: Bytes) -> bool {
         if self.available.contains_key(&position) || self.acquired.contains_key(&position) {
-            return;
+            return false;
         }
         if let Some(key) = self.lvq_value(&message) {
             self.lvq_index.insert(key, position);
@@ -413,6 +414,7 @@ impl Queue {
                 delivery_count: 0,
             },
         );
+        true
     }
 
     /// The message at `position`, available or acquired, and its delivery

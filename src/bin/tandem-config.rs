@@ -159,8 +159,9 @@ fn run(cli: &Cli) -> ToolResult<String> {
 }
 
 /// `add queue --start-replica REMOTE`: the queue just created replicates
-/// REMOTE; if the first attempt fails it is deleted again (it is empty: a
-/// replica takes no local messages).
+/// REMOTE; if the first attempt failed (and was undone) it is deleted again
+/// (this command created it, and a replica takes no local messages). One
+/// that is still trying is left to go on.
 fn start_replica(cli: &Cli, mc: &mut ManagementClient, what: &Add) -> ToolResult<String> {
     let Add::Queue {
         name,
@@ -172,8 +173,12 @@ fn start_replica(cli: &Cli, mc: &mut ManagementClient, what: &Add) -> ToolResult
     };
     let timeout = std::time::Duration::from_secs_f64(cli.broker.timeout.max(0.0));
     tools::replica::replicate(mc, name, remote, timeout).inspect_err(|_| {
-        let body = Value::Map(vec![(Value::string("force"), Value::Bool(true))]);
-        let _ = call(mc, Request::new("DELETE", "queue", Some(name), body));
+        let undone = tools::read(mc, "queue", Some(name))
+            .is_ok_and(|row| matches!(get(&row, "replica-of"), None | Some(Value::Null)));
+        if undone {
+            let body = Value::Map(vec![(Value::string("force"), Value::Bool(true))]);
+            let _ = call(mc, Request::new("DELETE", "queue", Some(name), body));
+        }
     })
 }
 
@@ -336,6 +341,11 @@ fn add(mc: &mut ManagementClient, what: &Add) -> ToolResult<String> {
                 remote
                     .parse::<tandem_shards::url::BrokerUrl>()
                     .map_err(|e| format!("--start-replica '{remote}': {e}"))?;
+                if tools::read(mc, "queue", Some(name)).is_ok() {
+                    return Err(format!(
+                        "queue '{name}' exists already: start its replica with tandem-ha replicate {name} {remote}"
+                    ));
+                }
             }
             let mut attrs = vec![(Value::string("durable"), Value::Bool(*durable))];
             let mut put = |k: &str, v: &Option<String>| {

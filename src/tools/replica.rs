@@ -109,6 +109,14 @@ pub fn replicate(
             cell(get(&row, "replica-of"))
         ));
     }
+    // A replica holds only its original's messages: the broker would drop
+    // these.
+    let depth = get(&row, "depth").and_then(Value::as_u64).unwrap_or(0);
+    if depth > 0 {
+        return Err(format!(
+            "queue '{queue}' holds {depth} messages, and a replica holds only its original's: empty it (or delete it) first"
+        ));
+    }
     set_replica_of(mc, queue, Some(&url.to_string()))?;
     match first_attempt(mc, queue, timeout)? {
         FirstAttempt::Attached { state, address } => Ok(format!(

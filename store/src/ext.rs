@@ -542,9 +542,9 @@ impl Extension for Store {
         }
     }
 
-    fn acked(&mut self, shard: &mut Shard, token: u64) {
+    fn acked(&mut self, shard: &mut Shard, token: u64, rejected: Option<&ErrorCondition>) {
         if let Some(i) = self.inner.as_mut() {
-            i.acked(shard, token);
+            i.acked(shard, token, rejected);
         }
     }
 }

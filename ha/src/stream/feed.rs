@@ -15,8 +15,8 @@
 //! own cluster's stream; a newly promoted primary starts the feeds again
 //! from its catalogue). A feed cycles through the addresses of `replica-of`
 //! as a backup cycles `ha-brokers-url`, so a replica of a cluster follows
-//! its primary. What each feed is doing goes to shard 0, which shows it in
-//! the queue's management row.
+//! its primary. What each feed is doing goes to every worker shard, which
+//! shows it in the queue's management row.
 
 use hashbrown::HashMap;
 use std::sync::Arc;
@@ -158,8 +158,10 @@ impl Replication {
         } else {
             self.feeds.feeds.keys().cloned().collect()
         };
+        // What a queue holds was replicated from the same remote before
+        // (a restart, a promotion): the catch-up keeps it.
         for name in names {
-            self.reconcile_feed(shard, &name);
+            self.reconcile_feed(shard, &name, false);
         }
     }
 
@@ -196,14 +198,18 @@ impl Replication {
         }
         match event {
             ConfigEvent::QueueDeclared { name, .. } | ConfigEvent::QueueDeleted { name } => {
-                self.reconcile_feed(shard, name)
+                self.reconcile_feed(shard, name, true)
             }
             _ => {}
         }
     }
 
-    /// Makes `name`'s feed match its queue's `replica-of`.
-    fn reconcile_feed(&mut self, shard: &mut Shard, name: &Arc<str>) {
+    /// Makes `name`'s feed match its queue's `replica-of`. `changed`: the
+    /// queue just became a replica (of this remote): what it holds is not
+    /// the remote's (positions of two brokers name different messages), so
+    /// its first attach says it holds nothing and the remote sends the
+    /// queue whole (what was here is dropped).
+    fn reconcile_feed(&mut self, shard: &mut Shard, name: &Arc<str>, changed: bool) {
         let wanted = self
             .feeds
             .running
@@ -243,7 +249,7 @@ impl Replication {
                     lag: 0,
                     received: 0,
                 },
-                distrust: false,
+                distrust: changed,
                 unapplied: HashMap::new(),
                 catch_up_ends: None,
                 to_settle: Vec::new(),
@@ -636,6 +642,26 @@ impl Replication {
             }
         }
         true
+    }
+
+    pub(super) fn is_feed_batch(&self, token: u64) -> bool {
+        self.feeds.batches.contains_key(&token)
+    }
+
+    /// A message of a feed's batch was refused after all and removed here
+    /// (`ha-min-backups-timeout` on a cluster's primary): its delivery is
+    /// never settled; the link starts over, and the catch-up sends it again.
+    pub(super) fn feed_batch_rejected(
+        &mut self,
+        shard: &mut Shard,
+        token: u64,
+        why: &ErrorCondition,
+    ) {
+        let Some((name, _, _, _)) = self.feeds.batches.remove(&token) else {
+            return;
+        };
+        let why = format!("a replicated message was not kept ({why}); catching up again");
+        self.feed_lost(shard, &name, Some(why));
     }
 
     fn feed_stored(&mut self, name: &Arc<str>, stored: u64) {

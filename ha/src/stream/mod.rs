@@ -601,7 +601,12 @@ impl Extension for Replication {
         self.configured(shard, req, result);
     }
 
-    fn acked(&mut self, shard: &mut Shard, token: u64) {
+    fn acked(&mut self, shard: &mut Shard, token: u64, rejected: Option<&ErrorCondition>) {
+        if let Some(why) = rejected.filter(|_| self.is_feed_batch(token)) {
+            // Not kept after all: the remote sends it again once we say
+            // (reconnecting) that we lack it.
+            return self.feed_batch_rejected(shard, token, why);
+        }
         if !self.feed_batch_applied(shard, token, 1, false) {
             self.stored_later(token);
         }

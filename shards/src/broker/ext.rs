@@ -157,8 +157,9 @@ pub trait Extension {
     }
 
     /// A message stored with [`Shard::store_at`] under `token` was released
-    /// by every settlement holder.
-    fn acked(&mut self, shard: &mut Shard, token: u64) {}
+    /// by every settlement holder, or (`rejected`) refused after all and
+    /// removed (e.g. `ha-min-backups-timeout`).
+    fn acked(&mut self, shard: &mut Shard, token: u64, rejected: Option<&ErrorCondition>) {}
 
     /// Attributes of queue `name` for its management row, beyond the
     /// shard's own (e.g. the state of a queue replica).
@@ -468,7 +469,12 @@ impl Shard {
     ) -> Option<bool> {
         let (name, q) = self.queues.get_key_value_mut(queue)?;
         let name = name.clone();
-        q.insert_at(position, message.clone());
+        // A position held already is that message (one position names one
+        // message): nothing new to report or wait for, so replicas that
+        // feed each other in a cycle come to rest.
+        if !q.insert_at(position, message.clone()) {
+            return Some(true);
+        }
         if self.tapped.contains(&name) {
             self.raise(Tap::Stored {
                 queue: name.clone(),

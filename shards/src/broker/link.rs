@@ -36,7 +36,6 @@ const HEADERS_FILTER: (&str, u64) = (
     0x0000_468c_0000_0002,
 );
 
-/// A receiving link that browses (`distribution-mode = copy`).
 /// Why a send (or consume) on a queue replica is refused.
 pub(super) fn replica_refusal(queue: &str, remote: &str) -> ErrorCondition {
     ErrorCondition::new(
@@ -48,6 +47,7 @@ pub(super) fn replica_refusal(queue: &str, remote: &str) -> ErrorCondition {
     )
 }
 
+/// A receiving link that browses (`distribution-mode = copy`).
 fn is_browser(attach: &Attach) -> bool {
     attach
         .source
@@ -410,18 +410,6 @@ impl Shard {
             self.claim_link(id, link);
             return self.with_ext(move |ext, shard| ext.attach(shard, id, link, attach));
         }
-        if address.starts_with('$') && address != crate::management::NODE {
-            // Names of the broker's own nodes are never queues: one that no
-            // module here serves is missing, not created.
-            let error = ErrorCondition::new(
-                condition::NOT_FOUND,
-                format!(
-                    "no node '{}' on this broker (not a queue name: its module does not run here)",
-                    crate::shown::shown(&address)
-                ),
-            );
-            return self.refuse(id, link, &attach, error);
-        }
         if address == crate::management::NODE {
             if client_sends {
                 return self.start_publisher(id, link, &attach, Dest::Management, None);
@@ -478,6 +466,18 @@ impl Shard {
             }
             let (name, owner) = (name.clone(), entry.owner);
             return self.start_queue_link(id, link, &attach, name, owner);
+        }
+        if address.starts_with('$') && address != crate::management::NODE {
+            // Names of the broker's own nodes are never queues: one that no
+            // module here serves is missing, not created.
+            let error = ErrorCondition::new(
+                condition::NOT_FOUND,
+                format!(
+                    "no node '{}' on this broker (not a queue name: its module does not run here)",
+                    crate::shown::shown(&address)
+                ),
+            );
+            return self.refuse(id, link, &attach, error);
         }
         if !self.settings.auto_create_queues {
             return self.refuse(id, link, &attach, not_found(&address));
@@ -754,10 +754,16 @@ fn node_settings(
     if durable.unwrap_or(0) > 0 {
         settings.durable = true;
     }
-    match props {
-        Some(props) => settings
-            .with_attributes(props)
-            .map_err(|e| ErrorCondition::new(condition::INVALID_FIELD, e)),
-        None => Ok(settings),
+    let Some(props) = props else {
+        return Ok(settings);
+    };
+    if props.map_get("replica-of").is_some() {
+        return Err(ErrorCondition::new(
+            condition::NOT_ALLOWED,
+            "replica-of is set through management (tandem-ha replicate), not by an attach",
+        ));
     }
+    settings
+        .with_attributes(props)
+        .map_err(|e| ErrorCondition::new(condition::INVALID_FIELD, e))
 }

@@ -163,6 +163,9 @@ impl Shard {
                     .default_queue
                     .with_attributes(&req.body)
                     .map_err(bad)?;
+                if settings.auto_delete && settings.replica_of.is_some() {
+                    return Err(bad("a temporary (auto-delete) queue cannot be a replica"));
+                }
                 let op = ConfigOp::DeclareQueue {
                     name: Some(need_name()?),
                     settings,

@@ -634,11 +634,17 @@ impl Shard {
     // Queue-owner side
 
     fn on_enqueue(&mut self, queue: &Arc<str>, message: Bytes, ack: Option<AckTo>) {
-        if !self.queues.contains_key(queue) {
+        let Some(q) = self.queues.get(queue) else {
             let error = ErrorCondition::new(
                 condition::NOT_FOUND,
                 format!("queue '{queue}' no longer exists"),
             );
+            return self.refuse_publish(ack, error);
+        };
+        // A replica takes messages only from its original, whatever route a
+        // publish took (a link attached before the queue became one too).
+        if let Some(remote) = &q.settings.replica_of {
+            let error = link::replica_refusal(queue, remote);
             return self.refuse_publish(ack, error);
         }
         // The extension may refuse what it cannot keep (the store, with its
@@ -797,8 +803,22 @@ impl Shard {
                 owner,
                 settings,
             } if *owner == self.id => match self.queues.get_mut(name) {
-                // Re-declared with other settings (a backup catching up).
-                Some(q) => q.settings = settings.clone(),
+                // Re-declared with other settings (a backup catching up, a
+                // queue becoming a replica: its consumers go, unless local
+                // consumers of replicas are allowed).
+                Some(q) => {
+                    let becomes_replica =
+                        q.settings.replica_of.is_none() && settings.replica_of.is_some();
+                    q.settings = settings.clone();
+                    if becomes_replica && !self.settings.replica_consumers {
+                        let remote = settings.replica_of.as_deref().unwrap_or_default();
+                        let error = link::replica_refusal(name, remote);
+                        for consumer in q.consumer_refs() {
+                            let error = error.clone();
+                            self.send(consumer.shard, ShardMsg::ConsumerGone { consumer, error });
+                        }
+                    }
+                }
                 None => {
                     let mut q = Queue::new(name.clone(), settings.clone());
                     q.raise_next_position(self.position_floor);

@@ -192,7 +192,7 @@ impl Shard {
     pub(super) fn on_ack(&mut self, token: u64, rejected: Option<ErrorCondition>) {
         let Some(p) = self.acks.get_mut(&token) else {
             // Not a publish of ours: one of the extension's (`Shard::store_at`).
-            return self.with_ext(move |ext, shard| ext.acked(shard, token));
+            return self.with_ext(move |ext, shard| ext.acked(shard, token, rejected.as_ref()));
         };
         p.remaining = p.remaining.saturating_sub(1);
         if rejected.is_some() && p.rejected.is_none() {
