@@ -1,0 +1,56 @@
+//! The real-client load tool (`perf/proton-c/load.c`, built and run by
+//! `scripts/bench/proton-load`): a short run against a real `tandemd`, every
+//! message sent, accepted and received, and a refused connection reported
+//! with exit 1. (Its figures belong in `docs/performance.md`, measured on a
+//! release build; this only keeps the tool working.)
+
+mod common;
+
+use std::process::Command;
+
+use common::{free_port, Broker, Json};
+
+fn proton_load(args: &[&str]) -> std::process::Output {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/bench/proton-load");
+    Command::new("timeout")
+        .arg("60")
+        .arg(script)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running {script}: {e}"))
+}
+
+#[test]
+fn the_proton_c_load_tool_moves_every_message_and_reports_failures() {
+    let broker = Broker::start(&["--worker-threads", "2"]);
+    let url = format!("127.0.0.1:{}", broker.port());
+    let out = proton_load(&[
+        "--url",
+        &url,
+        "--address",
+        "load",
+        "--count",
+        "5000",
+        "--size",
+        "1024",
+        "--window",
+        "200",
+    ]);
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = Json::parse(said.trim()).unwrap_or_else(|e| panic!("{e}: {said}"));
+    for key in ["sent", "accepted", "received"] {
+        assert_eq!(line[key].as_u64(), Some(5000), "{key}: {said}");
+    }
+    assert!(line["msg_per_s"].as_u64().is_some_and(|r| r > 0), "{said}");
+
+    let nobody = format!("127.0.0.1:{}", free_port());
+    let out = proton_load(&["--url", &nobody, "--address", "load", "--count", "10"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("connection lost"), "{err}");
+}
