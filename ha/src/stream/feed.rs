@@ -96,7 +96,6 @@ struct Feed {
     next_address: usize,
     conn: Option<u64>,
     link: Option<LinkKey>,
-    phase: Phase,
     retry_at: Option<Instant>,
     status: ReplicaStatus,
     /// The last delivery applied could not be: the next attach says we hold
@@ -238,7 +237,6 @@ impl Replication {
                 next_address: 0,
                 conn: None,
                 link: None,
-                phase: Phase::Connecting,
                 retry_at: None,
                 status: ReplicaStatus {
                     remote: shown,
@@ -288,7 +286,7 @@ impl Replication {
         let address = feed.remote.addrs[feed.next_address % feed.remote.addrs.len()].to_string();
         feed.attempt = attempt;
         feed.retry_at = None;
-        feed.phase = Phase::Connecting;
+        feed.status.phase = Phase::Connecting;
         feed.status.attempts += 1;
         feed.status.address = Some(address.clone());
         // A remote that does not answer is reported within seconds, whatever
@@ -385,7 +383,7 @@ impl Replication {
                 if attach.source.is_none() {
                     return; // refused: the detach that follows says why
                 }
-                feed.phase = Phase::CatchUp;
+                feed.status.phase = Phase::CatchUp;
                 feed.status.error = None;
                 let link = feed.link;
                 let address = feed.status.address.clone().unwrap_or_default();
@@ -484,7 +482,7 @@ impl Replication {
         }
         feed.status.error = why;
         feed.link = None;
-        feed.phase = Phase::Connecting;
+        feed.status.phase = Phase::Connecting;
         feed.unapplied.clear();
         feed.catch_up_ends = None;
         feed.to_settle.clear();
@@ -599,7 +597,7 @@ impl Replication {
         feed.to_settle.push(delivery);
         if feed.catch_up_ends == Some(delivery) {
             feed.catch_up_ends = None;
-            feed.phase = Phase::Ready;
+            feed.status.phase = Phase::Ready;
             let address = feed.status.address.clone().unwrap_or_default();
             tracing::info!("HA: queue '{name}' replica of {address} is ready");
         }
@@ -630,13 +628,13 @@ impl Replication {
         if done {
             self.feeds.batches.remove(&batch);
         }
-        let current = self
+        if let Some(feed) = self
             .feeds
             .feeds
-            .get(&name)
-            .is_some_and(|f| f.attempt == attempt);
-        if current {
-            self.feed_stored(&name, stored as u64);
+            .get_mut(&name)
+            .filter(|f| f.attempt == attempt)
+        {
+            feed.status.lag = feed.status.lag.saturating_sub(stored as u64);
             if done {
                 self.feed_part_applied(&name, delivery);
             }
@@ -662,12 +660,6 @@ impl Replication {
         };
         let why = format!("a replicated message was not kept ({why}); catching up again");
         self.feed_lost(shard, &name, Some(why));
-    }
-
-    fn feed_stored(&mut self, name: &Arc<str>, stored: u64) {
-        if let Some(feed) = self.feeds.feeds.get_mut(name) {
-            feed.status.lag = feed.status.lag.saturating_sub(stored);
-        }
     }
 
     fn feed_top_up(&mut self, shard: &mut Shard, name: &Arc<str>) {
@@ -709,11 +701,7 @@ impl Replication {
         changed.sort();
         changed.dedup();
         for queue in changed {
-            let status = self.feeds.feeds.get(&queue).map(|f| {
-                let mut s = f.status.clone();
-                s.phase = f.phase;
-                s
-            });
+            let status = self.feeds.feeds.get(&queue).map(|f| f.status.clone());
             // Every shard answers management.
             for to in 0..shard.workers() {
                 let status = status.clone();
