@@ -109,6 +109,9 @@ pub struct Config {
     pub default_limit_policy: LimitPolicy,
     /// Whether attaching to a queue that does not exist creates it.
     pub auto_create_queues: bool,
+    /// `connection-placement`: move a connection to the shard owning the
+    /// queue of its first link.
+    pub connection_placement: bool,
     /// The `store*` options.
     pub store: StoreConfig,
     /// The `ha-*` and `link-*` options.
@@ -275,6 +278,7 @@ impl Config {
                 .value("default-max-queue-count", |r| value::number(r, 0, u64::MAX))?,
             default_limit_policy: src.value("default-limit-policy", value::choice)?,
             auto_create_queues: src.value("auto-create-queues", value::boolean)?,
+            connection_placement: src.value("connection-placement", value::boolean)?,
             store: StoreConfig {
                 enabled: src.value("store", value::boolean)?,
                 dir: match src.get("store-dir", value::text)? {

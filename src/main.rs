@@ -152,6 +152,7 @@ fn run(cfg: &Config) -> Result<(), String> {
             ..Default::default()
         },
         auto_create_queues: cfg.auto_create_queues,
+        connection_placement: cfg.connection_placement,
         replica_consumers: cfg.ha.replica_consumers,
         container_id: format!("tandemd-{}", std::process::id()),
         ..Default::default()

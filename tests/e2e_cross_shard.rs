@@ -1,5 +1,8 @@
 //! Messages crossing shards: a publisher whose connection lives on one shard
-//! feeds a queue owned by the other, through the cross-shard rings.
+//! feeds a queue owned by the other, through the cross-shard rings (with
+//! `connection-placement no`, which otherwise moves the connection to the
+//! queue's shard); and with placement on, connections accepted on the other
+//! shard are served on the queue's.
 
 mod common;
 
@@ -47,7 +50,7 @@ fn broker_reports_the_queue_shard_that_placement_computes() {
 fn messages_published_on_another_shard_arrive_complete_and_in_order() {
     let per_producer = messages_per_producer();
     let total = 2 * per_producer;
-    let broker = Broker::start(&["--worker-threads", "2"]);
+    let broker = Broker::start(&["--worker-threads", "2", "--connection-placement", "no"]);
     assert_eq!(broker.shards(), SHARDS);
     let queue = queue_on_shard("cross-shard", 0);
     let url = broker.url();
@@ -112,9 +115,10 @@ fn messages_published_on_another_shard_arrive_complete_and_in_order() {
         Some(0),
         "queue shard seen by p0: {p0}"
     );
-    assert_ne!(
-        p0["shard"], p0["queue_shard"],
-        "the publisher must be on another shard than the queue"
+    assert_eq!(
+        p0["link_shard"].as_u64(),
+        Some(1),
+        "without placement the link stays on its connection's shard: {p0}"
     );
     assert_eq!(p0["accepted"].as_u64(), Some(per_producer as u64), "{p0}");
     let p1 = p1.wait();
@@ -152,4 +156,59 @@ fn messages_published_on_another_shard_arrive_complete_and_in_order() {
         Some(2),
         "unexpected prefixes: {summary}"
     );
+}
+
+#[test]
+fn placement_serves_a_connection_on_the_shard_of_its_queue() {
+    let broker = Broker::start(&["--worker-threads", "2"]);
+    let url = broker.url();
+    for queue_shard in 0..SHARDS {
+        let queue = queue_on_shard("placed-conn", queue_shard);
+        let other = (queue_shard + 1) % SHARDS;
+        // Both clients are accepted on the other shard, and moved at attach.
+        let consumer = spawn_receiver(
+            Lang::Proton,
+            &broker,
+            &queue,
+            500,
+            &["--check-order", "--want-shard", &other.to_string()],
+        );
+        let sent = spawn_python(
+            "send.py",
+            &[
+                "--url",
+                &url,
+                "--address",
+                &queue,
+                "--count",
+                "500",
+                "--settle",
+                "unsettled",
+                "--want-shard",
+                &other.to_string(),
+                "--timeout",
+                "60",
+            ],
+        )
+        .wait();
+        sent.assert_success();
+        let sent = sent.summary();
+        assert_eq!(sent["shard"].as_u64(), Some(other as u64), "{sent}");
+        assert_eq!(
+            sent["link_shard"].as_u64(),
+            Some(queue_shard as u64),
+            "{sent}"
+        );
+        assert_eq!(sent["accepted"].as_u64(), Some(500), "{sent}");
+        let got = consumer.wait();
+        got.assert_success();
+        let got = got.summary();
+        assert_eq!(got["shard"].as_u64(), Some(other as u64), "{got}");
+        assert_eq!(
+            got["link_shard"].as_u64(),
+            Some(queue_shard as u64),
+            "{got}"
+        );
+        assert_eq!(got["received"].as_u64(), Some(500), "{got}");
+    }
 }

@@ -536,3 +536,40 @@ fn a_queue_replica_follows_its_remote_over_tls() {
     let log = original.stderr();
     assert!(log.contains("serving a replica of queue 'secure'"), "{log}");
 }
+
+#[test]
+fn a_tls_connection_moves_to_its_queues_shard_with_its_session() {
+    let certs = Certs::new("tls-placement");
+    let (_broker, tls_port) = tls_broker(
+        &certs,
+        (&certs.broker_cert, &certs.broker_key),
+        &["--worker-threads", "2"],
+    );
+    let url = format!("amqps://localhost:{tls_port}");
+    // Accepted on the shard that does not own "secure": the TLS session moves
+    // with the connection when it attaches, and goes on carrying the link.
+    let other = (tandem_shards::placement::shard_of("secure", 2) + 1) % 2;
+    let other = other.to_string();
+    let sent = proton(
+        "send.py",
+        &url,
+        &certs,
+        &["--count", "200", "--size", "1024", "--want-shard", &other],
+    );
+    sent.assert_success();
+    let sent = sent.summary();
+    assert_eq!(sent["accepted"].as_u64(), Some(200), "{sent}");
+    assert_eq!(sent["shard"].to_string(), other, "{sent}");
+    let owner = tandem_shards::placement::shard_of("secure", 2) as u64;
+    assert_eq!(sent["link_shard"].as_u64(), Some(owner), "{sent}");
+    let got = proton(
+        "recv.py",
+        &url,
+        &certs,
+        &["--count", "200", "--want-shard", &other],
+    );
+    got.assert_success();
+    assert_eq!(got.bodies().len(), 200);
+    let summary = got.summary();
+    assert_eq!(summary["link_shard"].as_u64(), Some(owner), "{summary}");
+}

@@ -18,6 +18,7 @@ use serde::Serialize;
 use crate::hgrm;
 use crate::limit::{self, Budget, LimitResult};
 use crate::load;
+use crate::proton_c;
 use crate::report::{thousands, RunResult};
 use crate::setup::{self, Shape};
 use crate::{Cli, Command, LoadArgs, Output};
@@ -50,6 +51,11 @@ pub struct CompareArgs {
     /// Leave out the loopback limit row.
     #[arg(long)]
     pub no_limit: bool,
+    /// Also run the Qpid Proton-C client at this path (`scripts/bench/proton-load
+    /// --build` prints it) against every broker, each round right after the
+    /// native run: a row `NAME proton-c` beside each broker's.
+    #[arg(long, value_name = "PATH")]
+    pub proton_c: Option<PathBuf>,
     /// Latency scenarios: write NAME.hgrm here for each broker (its median-p99
     /// round), ready for `tandem-perf plot`.
     #[arg(long)]
@@ -124,6 +130,9 @@ pub struct Medians {
     /// msg/s over the limit row's.
     pub of_limit: Option<f64>,
     pub broker_us_per_msg: Option<f64>,
+    /// The whole client process (the proton-c rows, which cannot tell their
+    /// senders' CPU from their receivers').
+    pub client_us_per_msg: Option<f64>,
     pub sender_us_per_msg: Option<f64>,
     pub receiver_us_per_msg: Option<f64>,
     pub p50_us: Option<f64>,
@@ -136,7 +145,7 @@ pub struct Medians {
 #[derive(Debug, Clone, Serialize)]
 pub struct Row {
     pub name: String,
-    /// `broker`, `null` or `limit`.
+    /// `broker`, `proton-c` (the real client against a broker), `null` or `limit`.
     pub kind: &'static str,
     pub url: Option<String>,
     pub address: Option<String>,
@@ -206,6 +215,13 @@ fn run_medians(runs: &[RunResult]) -> Medians {
         msg_per_s: rate,
         mb_per_s: m(&|r| Some(headline_rate(r) * r.size as f64 / 1e6)),
         broker_us_per_msg: m(&|r| r.cpu.broker_us_per_msg),
+        client_us_per_msg: m(&|r| {
+            r.cpu
+                .sender_us_per_msg
+                .is_none()
+                .then_some(r.cpu.harness_us_per_msg)
+                .flatten()
+        }),
         sender_us_per_msg: m(&|r| r.cpu.sender_us_per_msg),
         receiver_us_per_msg: m(&|r| r.cpu.receiver_us_per_msg),
         p50_us: m(&|r| r.latency.as_ref().map(|l| l.p50_us)),
@@ -216,10 +232,12 @@ fn run_medians(runs: &[RunResult]) -> Medians {
     }
 }
 
-/// One run of the scenario against `target` (`None`: --null).
+/// One run of the scenario against `target` (`None`: --null), by the native
+/// harness or (`proton_c`) by the Proton-C client.
 fn run_once(
     scenario: &Command,
     target: Option<&Broker>,
+    proton_c: Option<&std::path::Path>,
 ) -> Result<(RunResult, Option<hdrhistogram::Histogram<u64>>), String> {
     let adjust = |load: &LoadArgs| {
         let mut load = load.clone();
@@ -261,12 +279,26 @@ fn run_once(
         }
         _ => return Err("not a throughput or latency scenario".into()),
     };
+    if let Some(bin) = proton_c {
+        let (mut r, h) = proton_c::run(bin, &plan, blank_run(scenario))?;
+        r.url = plan.url.redacted();
+        r.address = plan.address.clone();
+        r.notes = notes;
+        return Ok((r, h));
+    }
     let run = load::run(&plan, command, notes)?;
     Ok((run.result, run.latency))
 }
 
 /// A failed set-up still makes a row entry, so the table shows the failure.
 fn failed_run(scenario: &Command, why: String) -> RunResult {
+    let mut r = blank_run(scenario);
+    r.errors.push(why);
+    r
+}
+
+/// A run of the scenario's shape that moved nothing (yet).
+fn blank_run(scenario: &Command) -> RunResult {
     let (load, command) = match scenario {
         Command::Throughput(t) => (&t.load, "throughput"),
         Command::Latency(l) => (&l.load, "latency"),
@@ -281,7 +313,10 @@ fn failed_run(scenario: &Command, why: String) -> RunResult {
         receivers: load.receivers,
         size: load.size,
         window: load.window,
-        settle: "",
+        settle: match load.settle {
+            crate::Settle::PreSettled => "pre-settled",
+            crate::Settle::AtLeastOnce => "at-least-once",
+        },
         durable: load.durable,
         messages: None,
         duration_s: None,
@@ -306,7 +341,7 @@ fn failed_run(scenario: &Command, why: String) -> RunResult {
         cpu: Default::default(),
         latency: None,
         settle_latency: None,
-        errors: vec![why],
+        errors: Vec::new(),
         notes: Vec::new(),
         started: false,
         ok: false,
@@ -347,6 +382,7 @@ pub fn run(args: &CompareArgs) -> Result<Output, String> {
 
     let mut runs: Vec<Vec<(RunResult, Option<hdrhistogram::Histogram<u64>>)>> =
         vec![Vec::new(); brokers.len()];
+    let mut proton_runs = runs.clone();
     let mut null_runs = Vec::new();
     let mut limit_runs = Vec::new();
     for round in 0..args.rounds.max(1) {
@@ -357,13 +393,25 @@ pub fn run(args: &CompareArgs) -> Result<Output, String> {
                 args.rounds,
                 b.name
             );
-            let r =
-                run_once(&scenario, Some(b)).unwrap_or_else(|e| (failed_run(&scenario, e), None));
+            let r = run_once(&scenario, Some(b), None)
+                .unwrap_or_else(|e| (failed_run(&scenario, e), None));
             runs[i].push(r);
+            if let Some(bin) = &args.proton_c {
+                eprintln!(
+                    "compare: round {} of {}: {} proton-c",
+                    round + 1,
+                    args.rounds,
+                    b.name
+                );
+                let r = run_once(&scenario, Some(b), Some(bin))
+                    .unwrap_or_else(|e| (failed_run(&scenario, e), None));
+                proton_runs[i].push(r);
+            }
         }
         if !args.no_null {
             eprintln!("compare: round {} of {}: null", round + 1, args.rounds);
-            let r = run_once(&scenario, None).unwrap_or_else(|e| (failed_run(&scenario, e), None));
+            let r = run_once(&scenario, None, None)
+                .unwrap_or_else(|e| (failed_run(&scenario, e), None));
             null_runs.push(r.0);
         }
         if !args.no_limit {
@@ -374,18 +422,24 @@ pub fn run(args: &CompareArgs) -> Result<Output, String> {
 
     let limit_rate = median(limit_runs.iter().map(|l| l.msg_per_s).collect());
     let mut rows = Vec::new();
-    for (b, rs) in brokers.iter().zip(&runs) {
-        if let Some(dir) = &args.hgrm_dir {
-            write_median_hgrm(dir, &b.name, rs)?;
+    for (b, (rs, prs)) in brokers.iter().zip(runs.iter().zip(&proton_runs)) {
+        let proton_name = format!("{} proton-c", b.name);
+        for (name, kind, rs) in [(&b.name, "broker", rs), (&proton_name, "proton-c", prs)] {
+            if rs.is_empty() {
+                continue;
+            }
+            if let Some(dir) = &args.hgrm_dir {
+                write_median_hgrm(dir, &name.replace(' ', "-"), rs)?;
+            }
+            let results: Vec<RunResult> = rs.iter().map(|(r, _)| r.clone()).collect();
+            rows.push(Row::of_runs(
+                name.clone(),
+                kind,
+                Some(b.url.clone()),
+                b.address.clone(),
+                results,
+            ));
         }
-        let results: Vec<RunResult> = rs.iter().map(|(r, _)| r.clone()).collect();
-        rows.push(Row::of_runs(
-            b.name.clone(),
-            "broker",
-            Some(b.url.clone()),
-            b.address.clone(),
-            results,
-        ));
     }
     if !args.no_null {
         rows.push(Row::of_runs("null".into(), "null", None, None, null_runs));
@@ -484,7 +538,7 @@ fn table(c: &Comparison, latency: bool) -> String {
             cell(m.of_limit, |v| format!("{:.1}%", v * 100.0)),
             cell(m.broker_us_per_msg, |v| format!("{v:.2}")),
             match (m.sender_us_per_msg, m.receiver_us_per_msg) {
-                (None, None) => "-".into(),
+                (None, None) => cell(m.client_us_per_msg, |v| format!("{v:.2} (one process)")),
                 (s, r) => format!(
                     "{} / {}",
                     cell(s, |v| format!("{v:.2}")),

@@ -493,7 +493,7 @@ fn merged<'a>(all: impl Iterator<Item = &'a Histogram<u64>>) -> Option<Histogram
 }
 
 /// A histogram's figures in microseconds (`None` if it is empty).
-fn figures(h: &Histogram<u64>, max_lag: Duration) -> Option<LatencyFigures> {
+pub(crate) fn figures(h: &Histogram<u64>, max_lag: Duration) -> Option<LatencyFigures> {
     if h.is_empty() {
         return None;
     }

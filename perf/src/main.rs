@@ -16,7 +16,8 @@
 //!   engine; [`producer`] and [`consumer`] are what a connection does.
 //! - [`message`]: the template and its stamp (run, producer, sequence, send time);
 //!   [`sequence`] counts what arrived.
-//! - [`null_sink`]: `--null`, in-process peers; [`limit`]: the loopback row.
+//! - [`null_sink`]: `--null`, in-process peers; [`limit`]: the loopback row;
+//!   [`proton_c`]: the real-client row (the Proton-C load client).
 //! - [`cpu`]: CPU per message; [`setup`]: arguments to a plan, `--create`.
 //! - [`throughput`], [`latency`], [`compare`], [`hgrm`], [`plot`]: the commands.
 
@@ -33,6 +34,7 @@ mod null_sink;
 mod plot;
 mod producer;
 mod progress;
+mod proton_c;
 mod report;
 mod sequence;
 mod setup;

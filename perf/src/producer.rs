@@ -251,15 +251,20 @@ impl Producer {
             {
                 return None;
             }
+            // Paced, a message carries the time it was due, not the time it
+            // went out: a sender held back (by its window, or the broker)
+            // shows as latency instead of hiding it (coordinated omission).
+            let mut stamp_ns = now_ns;
             if let Some(rate) = self.plan.rate {
                 let due = start + Duration::from_secs_f64(self.stats.sent as f64 / rate);
                 if due > now {
                     return Some(due);
                 }
                 self.stats.max_lag = self.stats.max_lag.max(now - due);
+                stamp_ns = ns_since_epoch(due);
             }
             let seq = self.stats.sent;
-            let message = self.template.stamp(seq, now_ns);
+            let message = self.template.stamp(seq, stamp_ns);
             // `None` without credit: stop here; the peer's flow wakes us.
             let id = conn.send(link, &seq.to_be_bytes(), message, self.plan.presettled)?;
             self.stats.sent += 1;

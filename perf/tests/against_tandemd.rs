@@ -404,3 +404,73 @@ fn senders_0_drains_what_an_earlier_run_left_and_fails_when_short() {
     assert!(!status.success(), "{j:#}");
     assert_eq!(j["ok"], false, "{j:#}");
 }
+
+/// The Proton-C load client, built by `scripts/bench/proton-load --build`
+/// (which installs gcc and libqpid-proton11-dev when missing).
+fn proton_load_client() -> PathBuf {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/bench/proton-load");
+    let out = Command::new(script)
+        .arg("--build")
+        .output()
+        .unwrap_or_else(|e| panic!("running {script}: {e}"));
+    assert!(
+        out.status.success(),
+        "{script} --build: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
+#[test]
+fn compare_puts_a_proton_c_row_beside_each_broker_for_throughput_and_latency() {
+    let client = proton_load_client();
+    let broker = Broker::start();
+    let target = format!("tandem={}/perf-compare", broker.url());
+    for scenario in [
+        "throughput --messages 4000 --size 256 --window 100 --senders 2 --receivers 2 --queues 2",
+        "latency --rate 2000 --duration 1s --size 128",
+    ] {
+        let (status, j, err) = run_perf(&[
+            "compare",
+            "--rounds",
+            "1",
+            "--no-null",
+            "--no-limit",
+            "--scenario",
+            scenario,
+            "--broker",
+            &target,
+            "--proton-c",
+            client.to_str().expect("utf-8 path"),
+            "--json",
+        ]);
+        assert!(status.success(), "{scenario}: exit {status}: {j:#}\n{err}");
+        let rows = j["rows"].as_array().expect("rows");
+        let names: Vec<&str> = rows.iter().filter_map(|r| r["name"].as_str()).collect();
+        assert_eq!(names, ["tandem", "tandem proton-c"], "{scenario}");
+        let row = &rows[1];
+        assert_eq!(row["kind"], "proton-c", "{row:#}");
+        assert_eq!(num(row, "failed_rounds"), 0, "{row:#}");
+        let run = &row["runs"][0];
+        let sent = num(run, "sent");
+        assert!(sent > 0, "{run:#}");
+        assert_eq!(num(run, "accepted"), sent, "{run:#}");
+        assert_eq!(num(run, "received"), sent, "{run:#}");
+        assert!(
+            run["cpu"]["broker_us_per_msg"]
+                .as_f64()
+                .is_some_and(|v| v > 0.0),
+            "broker CPU measured: {run:#}"
+        );
+        assert!(
+            row["median"]["client_us_per_msg"].as_f64().is_some(),
+            "{row:#}"
+        );
+        if scenario.starts_with("latency") {
+            let l = &run["latency"];
+            assert_eq!(num(l, "count"), sent, "one latency per message: {l:#}");
+            let p = |k: &str| l[k].as_f64().unwrap_or(f64::NAN);
+            assert!(p("p50_us") > 0.0 && p("p50_us") <= p("p99_us"), "{l:#}");
+        }
+    }
+}

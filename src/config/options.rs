@@ -80,6 +80,8 @@ pub(super) const OPTIONS: &[OptionSpec] = &[
         "Number of shards, each a thread pinned to a core [default: number of available cores]"),
     opt(GENERAL, "data-dir", "PATH", Some("./tandem-data"), Plain,
         "Directory for the broker's durable state"),
+    opt(GENERAL, "connection-placement", "yes|no", Some("yes"), Bool,
+        "Move a connection, at its first link to a queue, to the shard that owns that queue (its messages then stay on one shard)"),
     opt(STORE, "store", "yes|no", Some("yes"), Bool,
         "Write persistent messages (durable, on durable queues) and durable configuration to disk"),
     opt(STORE, "store-dir", "PATH", None, Plain,

@@ -465,6 +465,10 @@ impl Shard {
                 }
             }
             let (name, owner) = (name.clone(), entry.owner);
+            if self.moves_to(id, owner) {
+                self.hand_over(id, owner, vec![Event::Attached { link, attach }]);
+                return;
+            }
             return self.start_queue_link(id, link, &attach, name, owner);
         }
         if address.starts_with('$') && address != crate::management::NODE {
@@ -486,6 +490,13 @@ impl Shard {
             Ok(s) => s,
             Err(e) => return self.refuse(id, link, &attach, e),
         };
+        // The queue will be declared on the shard its name hashes to: go
+        // there first, and declare it from there.
+        let owner = crate::placement::shard_of(&address, self.workers());
+        if self.moves_to(id, owner) {
+            self.hand_over(id, owner, vec![Event::Attached { link, attach }]);
+            return;
+        }
         let op = ConfigOp::DeclareQueue {
             name: Some(address),
             settings,
@@ -493,6 +504,17 @@ impl Shard {
             strict: false,
         };
         self.request_for_attach(id, link, attach, op)
+    }
+
+    /// Connection placement: whether connection `id`, attaching a link to a
+    /// queue that shard `owner` owns, should move there first. It moves when
+    /// this is its only link (a connection with links stays: their state
+    /// names this shard), so a client with one queue per connection has its
+    /// messages read, queued and delivered on one shard, with no ring
+    /// between. A connection's later links to other queues work across
+    /// shards, as every link does without placement.
+    fn moves_to(&self, id: u64, owner: usize) -> bool {
+        self.settings.connection_placement && self.can_hand_over(id, owner)
     }
 
     /// On a backup, admin connections are read-only: management requests, their
@@ -605,10 +627,18 @@ impl Shard {
         name: Arc<str>,
         owner: usize,
     ) {
-        let props = Some(Value::Map(vec![(
-            Value::symbol("tandem.queue-shard"),
-            Value::Uint(owner as u32),
-        )]));
+        // Where the queue lives, and which shard serves this link (they are
+        // the same when connection placement moved the connection there).
+        let props = Some(Value::Map(vec![
+            (
+                Value::symbol("tandem.queue-shard"),
+                Value::Uint(owner as u32),
+            ),
+            (
+                Value::symbol("tandem.link-shard"),
+                Value::Uint(self.id as u32),
+            ),
+        ]));
         if attach.role == Role::Sender {
             return self.start_publisher(id, link, attach, Dest::Queue { name, owner }, props);
         }

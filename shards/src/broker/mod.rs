@@ -65,6 +65,9 @@ pub struct BrokerSettings {
     pub link_credit: u32,
     pub default_queue: QueueSettings,
     pub auto_create_queues: bool,
+    /// `connection-placement`: a connection whose first link uses a queue
+    /// another shard owns moves to that shard (`broker/handover.rs`).
+    pub connection_placement: bool,
     /// `ha-replica-consumers`: local consumers may take messages from a
     /// queue replica (qpidd's behaviour); sends to one are always refused.
     pub replica_consumers: bool,
@@ -140,6 +143,7 @@ impl Default for BrokerSettings {
                 ..Default::default()
             },
             auto_create_queues: true,
+            connection_placement: true,
             replica_consumers: false,
             container_id: "tandem".into(),
             max_message_size: 100 * 1024 * 1024,

@@ -128,6 +128,8 @@ class Client(MessagingHandler):
         self.connection = None
         self.shard = None
         self.queue_shard = None
+        # The shard serving the link: the queue's, once placement moved us.
+        self.link_shard = None
         self.attempts = 0
         self.finishing = False
         self.deadline_task = None
@@ -151,10 +153,12 @@ class Client(MessagingHandler):
         raise NotImplementedError
 
     def note_link_properties(self, link):
-        """Records the shard the broker reports for the link's queue, if any."""
+        """Records the shards the broker reports for the link's queue and the link, if any."""
         props = link.remote_properties or {}
         if "tandem.queue-shard" in props:
             self.queue_shard = int(props["tandem.queue-shard"])
+        if "tandem.link-shard" in props:
+            self.link_shard = int(props["tandem.link-shard"])
 
     # --- connection and shard choice ---------------------------------------
 

@@ -2,10 +2,11 @@
 """Receives messages from a queue or exchange and prints them as JSON lines.
 
 Output, one JSON object per line:
-  {"ready": true, "shard": K, "queue_shard": Q}   once the broker has attached the link
+  {"ready": true, "shard": K, "queue_shard": Q, "link_shard": L}   once the broker has attached the link
   {"body": .., "delivery_count": .., "first_acquirer": .., "subject": .., "properties": ..}
                                                   per message (not with --check-order)
-  {"received": N, "shard": K, "queue_shard": Q, ...}   summary, last
+  {"received": N, "shard": K, "queue_shard": Q, "link_shard": L, ...}   summary, last
+(shard: where the connection was accepted; link_shard: the shard serving the link)
 
 The client grants credit only up to --count, so it never takes (and never
 accepts) more than --count messages. It stops after --count messages, after
@@ -144,7 +145,7 @@ class Receiver(Client):
         if event.link != self.receiver:
             return
         self.note_link_properties(event.link)
-        emit({"ready": True, "shard": self.shard, "queue_shard": self.queue_shard})
+        emit({"ready": True, "shard": self.shard, "queue_shard": self.queue_shard, "link_shard": self.link_shard})
         self.last_activity = time.monotonic()
         if self.args.idle_exit is not None:
             self.schedule(self.args.idle_exit, self.check_idle)
@@ -192,7 +193,7 @@ class Receiver(Client):
         self.finish()
 
     def summary(self):
-        summary = {"received": self.received, "shard": self.shard, "queue_shard": self.queue_shard}
+        summary = {"received": self.received, "shard": self.shard, "queue_shard": self.queue_shard, "link_shard": self.link_shard}
         if self.order is not None:
             summary.update(self.order.report())
         return summary

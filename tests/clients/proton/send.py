@@ -3,10 +3,12 @@
 
     {"sent": N, "accepted": A, "rejected": R, "released": L, "settled": S,
      "first_rejection": {"condition": C, "description": D} or null,
-     "shard": K, "queue_shard": Q}
+     "shard": K, "queue_shard": Q, "link_shard": L}
 
-(shard: the broker shard serving the connection; queue_shard: the shard the
-broker reports for the target queue, null for exchanges). Unsettled mode ends
+(shard: the broker shard that accepted the connection; queue_shard: the shard
+the broker reports for the target queue, null for exchanges; link_shard: the
+shard serving the link, the queue's when connection placement moved the
+connection there). Unsettled mode ends
 when the broker has settled every message; presettled mode when all are sent and
 the connection is closed cleanly. With --report-progress, prints
 {"settled": n, "sent": m} whenever the number of settled messages changes.
@@ -105,7 +107,7 @@ class Sender(Client):
             "released": self.released,
             "settled": self.settled,
             "shard": self.shard,
-            "queue_shard": self.queue_shard,
+            "queue_shard": self.queue_shard, "link_shard": self.link_shard,
             "first_rejection": self.first_rejection,
         }
 
