@@ -109,6 +109,8 @@ pub struct Config {
     pub default_limit_policy: LimitPolicy,
     /// Whether attaching to a queue that does not exist creates it.
     pub auto_create_queues: bool,
+    /// `stall-threshold`: polls over this much CPU are stalls; `None`: off.
+    pub stall_threshold: Option<Duration>,
     /// `connection-placement`: move a connection to the shard owning the
     /// queue of its first link.
     pub connection_placement: bool,
@@ -279,6 +281,8 @@ impl Config {
             default_limit_policy: src.value("default-limit-policy", value::choice)?,
             auto_create_queues: src.value("auto-create-queues", value::boolean)?,
             connection_placement: src.value("connection-placement", value::boolean)?,
+            stall_threshold: Some(src.value("stall-threshold", value::duration)?)
+                .filter(|d| !d.is_zero()),
             store: StoreConfig {
                 enabled: src.value("store", value::boolean)?,
                 dir: match src.get("store-dir", value::text)? {

@@ -153,6 +153,7 @@ fn run(cfg: &Config) -> Result<(), String> {
         },
         auto_create_queues: cfg.auto_create_queues,
         connection_placement: cfg.connection_placement,
+        stall_threshold: cfg.stall_threshold,
         replica_consumers: cfg.ha.replica_consumers,
         container_id: format!("tandemd-{}", std::process::id()),
         ..Default::default()

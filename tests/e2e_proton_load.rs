@@ -20,22 +20,9 @@ fn proton_load(args: &[&str]) -> std::process::Output {
         .unwrap_or_else(|e| panic!("running {script}: {e}"))
 }
 
-#[test]
-fn the_proton_c_load_tool_moves_every_message_and_reports_failures() {
-    let broker = Broker::start(&["--worker-threads", "2"]);
-    let url = format!("127.0.0.1:{}", broker.port());
-    let out = proton_load(&[
-        "--url",
-        &url,
-        "--address",
-        "load",
-        "--count",
-        "5000",
-        "--size",
-        "1024",
-        "--window",
-        "200",
-    ]);
+/// Runs the tool, which must succeed and move `count` messages; its report.
+fn proton_load_moves(args: &[&str], count: u64) -> Json {
+    let out = proton_load(args);
     let said = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
@@ -44,8 +31,31 @@ fn the_proton_c_load_tool_moves_every_message_and_reports_failures() {
     );
     let line = Json::parse(said.trim()).unwrap_or_else(|e| panic!("{e}: {said}"));
     for key in ["sent", "accepted", "received"] {
-        assert_eq!(line[key].as_u64(), Some(5000), "{key}: {said}");
+        assert_eq!(line[key].as_u64(), Some(count), "{key}: {said}");
     }
+    line
+}
+
+#[test]
+fn the_proton_c_load_tool_moves_every_message_and_reports_failures() {
+    let broker = Broker::start(&["--worker-threads", "2"]);
+    let url = format!("127.0.0.1:{}", broker.port());
+    let line = proton_load_moves(
+        &[
+            "--url",
+            &url,
+            "--address",
+            "load",
+            "--count",
+            "5000",
+            "--size",
+            "1024",
+            "--window",
+            "200",
+        ],
+        5000,
+    );
+    let said = line.to_string();
     assert!(line["msg_per_s"].as_u64().is_some_and(|r| r > 0), "{said}");
 
     let nobody = format!("127.0.0.1:{}", free_port());
@@ -72,34 +82,28 @@ fn messages_an_earlier_run_left_count_as_foreign_and_pairs_spread_over_queues() 
         ],
     )
     .assert_success();
-    let out = proton_load(&[
-        "--url",
-        &url,
-        "--address",
-        "load",
-        "--count",
-        "4000",
-        "--size",
-        "256",
-        "--window",
-        "100",
-        "--pairs",
-        "4",
-        "--queues",
-        "2",
-        "--threads",
-        "2",
-    ]);
-    let said = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{said}{}",
-        String::from_utf8_lossy(&out.stderr)
+    let line = proton_load_moves(
+        &[
+            "--url",
+            &url,
+            "--address",
+            "load",
+            "--count",
+            "4000",
+            "--size",
+            "256",
+            "--window",
+            "100",
+            "--pairs",
+            "4",
+            "--queues",
+            "2",
+            "--threads",
+            "2",
+        ],
+        4000,
     );
-    let line = Json::parse(said.trim()).unwrap_or_else(|e| panic!("{e}: {said}"));
-    for key in ["sent", "accepted", "received"] {
-        assert_eq!(line[key].as_u64(), Some(4000), "{key}: {said}");
-    }
+    let said = line.to_string();
     assert_eq!(line["foreign"].as_u64(), Some(10), "{said}");
 
     // Paced, with one latency per message written down.

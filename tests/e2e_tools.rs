@@ -916,3 +916,52 @@ fn one_management_connection_answers_many_requests() {
             .unwrap_or_else(|e| panic!("request {i} got no answer: {e}"));
     }
 }
+
+#[test]
+fn the_stall_detector_counts_polls_over_its_threshold_and_stat_shows_the_longest() {
+    // 1 µs: every poll that does anything is a stall (and the log says so).
+    let broker = Broker::start(&["--stall-threshold", "1us", "--worker-threads", "2"]);
+    let sent = common::clients::run_python(
+        "send.py",
+        &[
+            "--url",
+            &broker.url(),
+            "--address",
+            "stalled",
+            "--count",
+            "50",
+        ],
+    );
+    sent.assert_success();
+    let mut summary = Json::Null;
+    let counted = wait_until(Duration::from_secs(10), || {
+        summary = rows(&stat(&broker, &["--json"]).json())
+            .into_iter()
+            .next()
+            .unwrap_or(Json::Null);
+        summary["executor-stalls"].as_u64().is_some_and(|n| n > 0)
+    });
+    assert!(counted, "no stall counted with a 1 µs threshold: {summary}");
+    assert!(
+        summary["longest-poll-us"].as_u64().is_some_and(|us| us > 0),
+        "{summary}"
+    );
+    let at = summary["longest-poll-at"].as_str().unwrap_or("");
+    assert!(at.starts_with("shard "), "{summary}");
+    let table = stat(&broker, &[]).ok().to_owned();
+    assert!(table.contains("longestPoll(us)"), "{table}");
+    assert!(
+        broker.stderr().contains("executor stall: one poll used"),
+        "no stall in the log"
+    );
+
+    // Off by default: nothing measured, no stalls table.
+    let quiet = Broker::start(&[]);
+    let row = rows(&stat(&quiet, &["--json"]).json())
+        .into_iter()
+        .next()
+        .unwrap_or(Json::Null);
+    assert_eq!(row["executor-stalls"].as_u64(), Some(0), "{row}");
+    assert_eq!(row["longest-poll-us"].as_u64(), Some(0), "{row}");
+    assert!(!stat(&quiet, &[]).ok().contains("longestPoll"));
+}

@@ -139,6 +139,11 @@ pub struct Medians {
     pub p99_us: Option<f64>,
     pub p999_us: Option<f64>,
     pub max_us: Option<f64>,
+    /// The broker's stall detector: polls over its threshold, summed over
+    /// the rounds, and the longest poll seen by the last round, with its task.
+    pub stalls: Option<u64>,
+    pub longest_poll_us: Option<u64>,
+    pub longest_poll_at: Option<String>,
 }
 
 /// One row of the table.
@@ -228,6 +233,19 @@ fn run_medians(runs: &[RunResult]) -> Medians {
         p99_us: m(&|r| r.latency.as_ref().map(|l| l.p99_us)),
         p999_us: m(&|r| r.latency.as_ref().map(|l| l.p999_us)),
         max_us: m(&|r| r.latency.as_ref().map(|l| l.max_us)),
+        stalls: runs
+            .iter()
+            .filter_map(|r| r.broker_stalls.as_ref().map(|s| s.stalls))
+            .reduce(|a, b| a + b),
+        longest_poll_us: runs
+            .iter()
+            .filter_map(|r| r.broker_stalls.as_ref().map(|s| s.longest_us))
+            .max(),
+        longest_poll_at: runs
+            .iter()
+            .filter_map(|r| r.broker_stalls.as_ref())
+            .max_by_key(|s| s.longest_us)
+            .map(|s| s.longest_at.clone()),
         ..Default::default()
     }
 }
@@ -279,15 +297,27 @@ fn run_once(
         }
         _ => return Err("not a throughput or latency scenario".into()),
     };
-    if let Some(bin) = proton_c {
-        let (mut r, h) = proton_c::run(bin, &plan, blank_run(scenario))?;
-        r.url = plan.url.redacted();
-        r.address = plan.address.clone();
-        r.notes = notes;
-        return Ok((r, h));
+    let stalls_before = target.and_then(|_| setup::broker_stalls(&plan.url));
+    let (mut r, h) = match proton_c {
+        Some(bin) => {
+            let (mut r, h) = proton_c::run(bin, &plan, blank_run(scenario))?;
+            r.url = plan.url.redacted();
+            r.address = plan.address.clone();
+            r.notes = notes;
+            (r, h)
+        }
+        None => {
+            let run = load::run(&plan, command, notes)?;
+            (run.result, run.latency)
+        }
+    };
+    if let Some(before) = stalls_before {
+        r.broker_stalls = setup::broker_stalls(&plan.url).map(|mut after| {
+            after.stalls = after.stalls.saturating_sub(before.stalls);
+            after
+        });
     }
-    let run = load::run(&plan, command, notes)?;
-    Ok((run.result, run.latency))
+    Ok((r, h))
 }
 
 /// A failed set-up still makes a row entry, so the table shows the failure.
@@ -341,6 +371,7 @@ fn blank_run(scenario: &Command) -> RunResult {
         cpu: Default::default(),
         latency: None,
         settle_latency: None,
+        broker_stalls: None,
         errors: Vec::new(),
         notes: Vec::new(),
         started: false,
@@ -525,6 +556,10 @@ fn table(c: &Comparison, latency: bool) -> String {
     if latency {
         head.extend(["p50 µs", "p99 µs", "p99.9 µs", "max µs"].map(String::from));
     }
+    let stalls = c.rows.iter().any(|r| r.median.stalls.is_some());
+    if stalls {
+        head.push("broker stalls (longest poll µs)".into());
+    }
     head.push("failed rounds".into());
     let _ = writeln!(t, "| {} |", head.join(" | "));
     let _ = writeln!(t, "|{}", "---|".repeat(head.len()));
@@ -551,6 +586,12 @@ fn table(c: &Comparison, latency: bool) -> String {
                 cells.push(cell(v, |v| format!("{v:.0}")));
             }
         }
+        if stalls {
+            cells.push(match (m.stalls, m.longest_poll_us) {
+                (Some(n), Some(us)) => format!("{n} ({us})"),
+                _ => "-".into(),
+            });
+        }
         cells.push(r.failed_rounds.to_string());
         let _ = writeln!(t, "| {} |", cells.join(" | "));
     }
@@ -568,6 +609,9 @@ fn table(c: &Comparison, latency: bool) -> String {
                     run.missing
                 );
             }
+        }
+        if let (Some(us), Some(at)) = (r.median.longest_poll_us, &r.median.longest_poll_at) {
+            let _ = writeln!(t, "{}: longest broker poll {us} µs of CPU, in {at}", r.name);
         }
         let notes: std::collections::BTreeSet<&String> =
             r.runs.iter().flat_map(|run| run.notes.iter()).collect();

@@ -467,6 +467,7 @@ fn summarize(plan: &LoadPlan, command: &'static str, o: Outcome, notes: Vec<Stri
         cpu,
         latency,
         settle_latency,
+        broker_stalls: None,
         errors,
         notes,
         started: o.start.is_some(),

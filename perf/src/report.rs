@@ -51,6 +51,9 @@ pub struct RunResult {
     pub latency: Option<LatencyFigures>,
     /// At-least-once: from handing a message to the engine to its settlement.
     pub settle_latency: Option<LatencyFigures>,
+    /// The broker's stall detector: stalls during this run, longest poll so
+    /// far (`None`: not Tandem, or its detector is off).
+    pub broker_stalls: Option<StallReading>,
     pub errors: Vec<String>,
     pub notes: Vec<String>,
     /// Every client connected and the run began (false: the errors say why not).
@@ -74,6 +77,17 @@ pub struct CpuFigures {
     /// `--null`: the sinks per message sent, the sources per message received.
     pub null_sink_us_per_msg: Option<f64>,
     pub null_source_us_per_msg: Option<f64>,
+}
+
+/// A Tandem broker's stall detector (`stall-threshold`), around one run.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StallReading {
+    /// Polls over the threshold (during the run, once taken as a difference).
+    pub stalls: u64,
+    /// The broker's longest poll since it started, in µs of CPU.
+    pub longest_us: u64,
+    /// Which task took it.
+    pub longest_at: String,
 }
 
 /// End-to-end latency in microseconds.

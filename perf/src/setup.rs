@@ -109,21 +109,19 @@ fn local_listener(url: &BrokerUrl) -> Option<u32> {
     cpu::listener_pid(addr.port).filter(|pid| *pid != std::process::id())
 }
 
-/// Declares queue `name` on a Tandem broker; on another broker, says that it
-/// skipped (their AMQP 1.0 plugins cannot declare queues: use their own tools).
-fn declare_queue(
+/// A management session with the broker at `url`, or the name of the product
+/// when it is not Tandem (whose management this harness does not speak).
+fn tandem_management(
     url: &BrokerUrl,
-    name: &str,
-    durable: bool,
-    replicate: Option<&str>,
-) -> Result<String, String> {
+    purpose: &str,
+) -> Result<Result<ManagementClient, String>, String> {
     let opts = ClientOptions {
         timeout: Some(MANAGEMENT_TIMEOUT),
-        container_id: Some(format!("tandem-perf-create-{}", std::process::id())),
+        container_id: Some(format!("tandem-perf-{purpose}-{}", std::process::id())),
         tls: crate::wire::tls(),
         ..Default::default()
     };
-    let client = Client::connect(url, &opts).map_err(|e| format!("--create: {e}"))?;
+    let client = Client::connect(url, &opts).map_err(|e| format!("--{purpose}: {e}"))?;
     let product = client
         .remote_properties
         .as_ref()
@@ -133,13 +131,55 @@ fn declare_queue(
         .to_owned();
     if product != "tandem" {
         let _ = client.close();
-        return Ok(format!(
-            "--create skipped: {} is {product}, not Tandem; declare '{name}' with that broker's own tools",
-            url.redacted()
-        ));
+        return Ok(Err(product));
     }
-    let mut mgmt = ManagementClient::new(client, MANAGEMENT_TIMEOUT)
-        .map_err(|e| format!("--create: cannot reach $management: {e}"))?;
+    ManagementClient::new(client, MANAGEMENT_TIMEOUT)
+        .map(Ok)
+        .map_err(|e| format!("--{purpose}: cannot reach $management: {e}"))
+}
+
+/// What a Tandem broker's stall detector has counted (`stall-threshold`):
+/// `None` from another broker, or with the detector off.
+pub fn broker_stalls(url: &BrokerUrl) -> Option<crate::report::StallReading> {
+    let mut mgmt = tandem_management(url, "stalls").ok()?.ok()?;
+    let reply = mgmt.call(&Request::new(
+        "READ",
+        "broker",
+        None,
+        Value::Map(Vec::new()),
+    ));
+    mgmt.close();
+    let body = reply.ok()?.body;
+    let get = |k: &str| body.map_get(k);
+    let longest_us = get("longest-poll-us")?.as_u64()?;
+    // Nothing measured at all: the detector is off.
+    (longest_us > 0).then(|| crate::report::StallReading {
+        stalls: get("executor-stalls").and_then(Value::as_u64).unwrap_or(0),
+        longest_us,
+        longest_at: get("longest-poll-at")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned(),
+    })
+}
+
+/// Declares queue `name` on a Tandem broker; on another broker, says that it
+/// skipped (their AMQP 1.0 plugins cannot declare queues: use their own tools).
+fn declare_queue(
+    url: &BrokerUrl,
+    name: &str,
+    durable: bool,
+    replicate: Option<&str>,
+) -> Result<String, String> {
+    let mut mgmt = match tandem_management(url, "create")? {
+        Ok(m) => m,
+        Err(product) => {
+            return Ok(format!(
+                "--create skipped: {} is {product}, not Tandem; declare '{name}' with that broker's own tools",
+                url.redacted()
+            ))
+        }
+    };
     let mut attributes = vec![("durable", Value::Bool(durable))];
     if let Some(r) = replicate {
         attributes.push(("replicate", Value::string(r)));

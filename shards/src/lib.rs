@@ -30,6 +30,7 @@ pub mod ranges;
 pub mod reload;
 pub mod runtime;
 pub mod shown;
+pub mod stall;
 pub mod stats;
 pub mod swapped;
 pub mod tls;

@@ -25,6 +25,7 @@ use crate::amqp::performative::{condition, ErrorCondition};
 use crate::broker::ext::Extension;
 use crate::broker::handover::Arrival;
 use crate::broker::{BrokerSettings, Shard, ShardMsg};
+use crate::stall::{watched, StallWatch};
 use crate::stats::{StatsHandle, PUBLISH_EVERY};
 use crate::transport::Transport;
 
@@ -38,6 +39,14 @@ const RELEASE_MEMORY_TICKS: u32 = 10;
 const PREDECESSOR_GRACE: Duration = Duration::from_secs(3);
 /// How long a closing connection waits for the peer's close.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// A connection's task yields to the shard's other tasks after moving this
+/// many bytes in a row: a socket that always has data ready never makes its
+/// reads wait, so without a yield one poll would serve it for as long as the
+/// peer keeps up (polls of several ms under load, found by the stall
+/// detector), while every other connection of the shard waits.
+const YIELD_AFTER_BYTES: usize = 128 * 1024;
+/// The same for a ring's task: messages handled before it yields.
+const RING_BATCH: usize = 1024;
 
 /// Why the broker could not start.
 #[derive(Debug, thiserror::Error)]
@@ -262,10 +271,22 @@ pub fn start(
         let handle = LocalExecutorBuilder::new(placement)
             .name(&name)
             .spawn(move || async move {
-                shard_main(
-                    id, settings, fd, tls_fd, out, inc, stop, conn_count, ready, ext, stats,
-                )
-                .await;
+                let stalls = StallWatch::new(id, settings.stall_threshold);
+                let main = shard_main(
+                    id,
+                    settings,
+                    fd,
+                    tls_fd,
+                    out,
+                    inc,
+                    stop,
+                    conn_count,
+                    ready,
+                    ext,
+                    stats,
+                    stalls.clone(),
+                );
+                watched(stalls, "housekeeping".into(), main).await;
             })
             .map_err(|e| StartError::Shard {
                 shard: id,
@@ -326,6 +347,8 @@ struct Runtime {
     conn_count: Arc<AtomicUsize>,
     /// Files the shard's disk operations write, kept open.
     files: RefCell<HashMap<std::path::PathBuf, Rc<OpenFile>>>,
+    /// The CPU of every poll of the shard's tasks (`stall-threshold`).
+    stalls: Rc<StallWatch>,
 }
 
 impl Runtime {
@@ -370,7 +393,13 @@ impl Runtime {
         drop(producers);
         drop(shard);
         for (token, op) in disk_ops {
-            glommio::spawn_local(perform(self.clone(), token, op)).detach();
+            let what = format!("disk operation {token}");
+            glommio::spawn_local(watched(
+                self.stalls.clone(),
+                what,
+                perform(self.clone(), token, op),
+            ))
+            .detach();
         }
         for a in arrivals {
             // SAFETY: the descriptor was duplicated for this arrival by the
@@ -491,6 +520,7 @@ async fn shard_main(
     ready: mpsc::Sender<Result<usize, (usize, String)>>,
     extension: Option<ExtensionFactory>,
     stats: StatsHandle,
+    stalls: Rc<StallWatch>,
 ) {
     // SAFETY: the fd is a listening socket we created and handed over.
     // (The service shard has none: its connections come by handover.)
@@ -508,7 +538,8 @@ async fn shard_main(
         };
         let rt_slot = rt_slot.clone();
         let rt_ready = rt_ready_rx.clone();
-        glommio::spawn_local(async move {
+        let what = format!("ring from shard {from}");
+        glommio::spawn_local(watched(stalls.clone(), what, async move {
             let bell = bell.connect().await;
             let rt = loop {
                 if let Some(rt) = rt_slot.borrow().clone() {
@@ -523,17 +554,28 @@ async fn shard_main(
                 }
             };
             while bell.recv().await.is_some() {
-                {
-                    let mut shard = rt.shard.borrow_mut();
-                    shard.set_now(Instant::now());
-                    while let Ok(msg) = ring.pop() {
-                        shard.on_shard_msg(msg);
+                // Drain the ring, yielding to the shard's other tasks after
+                // every RING_BATCH messages.
+                loop {
+                    let mut taken = 0;
+                    {
+                        let mut shard = rt.shard.borrow_mut();
+                        shard.set_now(Instant::now());
+                        while taken < RING_BATCH {
+                            let Ok(msg) = ring.pop() else { break };
+                            shard.on_shard_msg(msg);
+                            taken += 1;
+                        }
                     }
+                    rt.after_step();
+                    if taken < RING_BATCH {
+                        break;
+                    }
+                    futures_lite::future::yield_now().await;
                 }
-                rt.after_step();
             }
             tracing::debug!(shard = rt.id, from, "ring closed");
-        })
+        }))
         .detach();
     }
     let mut producers = Vec::new();
@@ -565,6 +607,7 @@ async fn shard_main(
         dirty: RefCell::new(Vec::new()),
         conn_count: conn_count.clone(),
         files: RefCell::new(HashMap::new()),
+        stalls: stalls.clone(),
     });
     *rt_slot.borrow_mut() = Some(rt.clone());
     drop(rt_ready_tx);
@@ -573,11 +616,13 @@ async fn shard_main(
 
     let housekeeping_count = conn_count.clone();
     if let Some(listener) = listener {
-        glommio::spawn_local(accept_loop(rt.clone(), listener, None, stop.clone())).detach();
+        let accept = accept_loop(rt.clone(), listener, None, stop.clone());
+        glommio::spawn_local(watched(stalls.clone(), "accept".into(), accept)).detach();
     }
     if let (Some(listener), Some(tls)) = (tls_listener, settings.tls.clone()) {
         let config = Some(tls.server);
-        glommio::spawn_local(accept_loop(rt.clone(), listener, config, stop.clone())).detach();
+        let accept = accept_loop(rt.clone(), listener, config, stop.clone());
+        glommio::spawn_local(watched(stalls.clone(), "accept (TLS)".into(), accept)).detach();
     }
 
     // Housekeeping: ring overflow retries, the HA role's timers, memory
@@ -604,6 +649,7 @@ async fn shard_main(
             published = now;
             let mut shard = rt.shard.borrow_mut();
             shard.set_now(now);
+            shard.set_stalls(rt.stalls.figures());
             stats.publish(shard.snapshot());
         }
         if has_ext {
@@ -611,12 +657,17 @@ async fn shard_main(
             rt.after_step();
             let connects = rt.shard.borrow_mut().take_connection_requests();
             for (token, address, timeout) in connects {
-                glommio::spawn_local(connect_owned(
-                    rt.clone(),
-                    token,
-                    address,
-                    timeout,
-                    housekeeping_count.clone(),
+                let what = format!("outgoing connection to {address}");
+                glommio::spawn_local(watched(
+                    rt.stalls.clone(),
+                    what,
+                    connect_owned(
+                        rt.clone(),
+                        token,
+                        address,
+                        timeout,
+                        housekeeping_count.clone(),
+                    ),
                 ))
                 .detach();
             }
@@ -710,7 +761,11 @@ fn run_connection(
 ) {
     let (wake_tx, wake_rx) = local_channel::new_bounded(1);
     rt.writers.borrow_mut().insert(id, wake_tx);
-    glommio::spawn_local(connection_task(
+    let what = match rt.shard.borrow().conn_peer(id) {
+        Some(peer) => format!("connection {id} ({peer})"),
+        None => format!("connection {id}"),
+    };
+    let task = connection_task(
         rt.clone(),
         id,
         stream,
@@ -718,8 +773,8 @@ fn run_connection(
         wake_rx,
         conn_count,
         unread,
-    ))
-    .detach();
+    );
+    glommio::spawn_local(watched(rt.stalls.clone(), what, task)).detach();
 }
 
 /// A connection the extension asked for (a backup's replication link):
@@ -867,7 +922,12 @@ async fn connection_task(
     let mut at_eof = false;
     // Output being written, and how much of it is written.
     let mut sending: Option<(Bytes, usize)> = None;
+    let mut moved_since_yield = 0usize;
     loop {
+        if moved_since_yield >= YIELD_AFTER_BYTES {
+            moved_since_yield = 0;
+            futures_lite::future::yield_now().await;
+        }
         if sending.is_none() {
             let out = rt.shard.borrow_mut().conn_output(id);
             sending = out
@@ -941,6 +1001,7 @@ async fn connection_task(
             }
             Woke::Wrote(Ok(0)) | Woke::Wrote(Err(_)) => break,
             Woke::Wrote(Ok(n)) => {
+                moved_since_yield += n;
                 raw.truncate(start);
                 if let Some((bytes, off)) = sending.as_mut() {
                     *off += n;
@@ -957,6 +1018,7 @@ async fn connection_task(
             }
         };
         raw.truncate(start + n);
+        moved_since_yield += n;
         if n == 0 {
             at_eof = true;
             rt.shard.borrow_mut().conn_eof(id);

@@ -40,6 +40,8 @@ pub struct ShardReport {
     /// The extension's counters (e.g. the store's journal writes), summed
     /// over the shards into the broker's attributes.
     pub counters: Vec<(&'static str, u64)>,
+    /// Polls over `stall-threshold`, and the longest poll ([`crate::stall`]).
+    pub stalls: crate::stall::StallFigures,
 }
 
 impl ShardReport {

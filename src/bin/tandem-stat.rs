@@ -154,6 +154,22 @@ fn broker_summary(mc: &mut ManagementClient, as_json: bool) -> ToolResult<String
     let headers: Vec<&str> = keys.iter().map(|(h, _)| *h).collect();
     let row: Vec<String> = keys.iter().map(|(_, k)| cell(get(&b, k))).collect();
     let mut out = table::render(&headers, &[row]);
+    // The stall detector, when it is on (stall-threshold): polls over the
+    // threshold, and the longest poll with the task that took it.
+    if get(&b, "longest-poll-us")
+        .and_then(Value::as_u64)
+        .is_some_and(|us| us > 0)
+    {
+        let stalls = [
+            ("stalls", "executor-stalls"),
+            ("longestPoll(us)", "longest-poll-us"),
+            ("in", "longest-poll-at"),
+        ];
+        let headers: Vec<&str> = stalls.iter().map(|(h, _)| *h).collect();
+        let row: Vec<String> = stalls.iter().map(|(_, k)| cell(get(&b, k))).collect();
+        out.push('\n');
+        out.push_str(&table::render(&headers, &[row]));
+    }
     // A broker of a cluster: what its snapshots sent backups catching up,
     // and what the backups already held (an incremental catch-up).
     let catch_up = [

@@ -116,6 +116,8 @@ pub(super) const OPTIONS: &[OptionSpec] = &[
         "Log this level and above: trace+, debug+, info+, notice+, warning+, error+ or critical+"),
     opt(LOGGING, "log-to-stderr", "yes|no", Some("yes"), Bool,
         "Write the log to standard error"),
+    opt(LOGGING, "stall-threshold", "DURATION", Some("0"), Plain,
+        "Log and count every poll of a shard's task that uses more CPU than this, e.g. 500us (0: off; on, each poll costs two clock reads)"),
     opt(LIMITS, "max-connections", "N", Some("500"), Plain,
         "Most client connections open at once"),
     opt(LIMITS, "max-frame-size", "BYTES", Some("65536"), Plain,

@@ -140,7 +140,7 @@ impl Encoded {
     /// the binary's length; the message itself follows as the tail, shared with
     /// the queue (and with every other backup's copy of the event).
     pub fn enqueue(queue: &str, position: u64, message: Bytes) -> Encoded {
-        let mut items = BytesMut::new();
+        let mut items = BytesMut::with_capacity(queue.len() + 24);
         Value::string("enq").encode(&mut items);
         Value::string(queue).encode(&mut items);
         Value::Ulong(position).encode(&mut items);
@@ -157,6 +157,35 @@ impl Encoded {
         Encoded {
             head: head.freeze(),
             tail: message,
+        }
+    }
+
+    /// The `deq` event for `positions` of `queue`, written straight into
+    /// bytes (one is sent per batch of consumed messages, so its encoding is
+    /// on the message path): an amqp-sequence section holding a list32 of
+    /// `["deq", queue, list32 of ulongs]`, which the general decoder reads
+    /// too.
+    pub fn dequeue(queue: &str, positions: &[u64]) -> Encoded {
+        let list_bytes = 4 + 9 * positions.len();
+        let queue_bytes = if queue.len() < 256 { 2 } else { 5 } + queue.len();
+        let size = 4 + 5 + queue_bytes + 5 + list_bytes;
+        let mut head = BytesMut::with_capacity(SECTION.len() + 5 + size);
+        head.put_slice(&SECTION);
+        head.put_u8(0xd0);
+        head.put_u32(u32::try_from(size).unwrap_or(u32::MAX));
+        head.put_u32(3);
+        put_str(&mut head, "deq");
+        put_str(&mut head, queue);
+        head.put_u8(0xd0);
+        head.put_u32(u32::try_from(list_bytes).unwrap_or(u32::MAX));
+        head.put_u32(u32::try_from(positions.len()).unwrap_or(u32::MAX));
+        for p in positions {
+            head.put_u8(0x80);
+            head.put_u64(*p);
+        }
+        Encoded {
+            head: head.freeze(),
+            tail: Bytes::new(),
         }
     }
 
@@ -193,6 +222,9 @@ impl Event {
         {
             return Encoded::enqueue(queue, *position, message.clone());
         }
+        if let Event::Dequeue { queue, positions } = self {
+            return Encoded::dequeue(queue, positions);
+        }
         let list = match self {
             Event::Config(op) => config_items(op),
             Event::QueueReset { name, settings } => {
@@ -211,11 +243,7 @@ impl Event {
                 ranges_value(keep),
             ],
             Event::Enqueue { .. } => unreachable!("encoded above"),
-            Event::Dequeue { queue, positions } => vec![
-                s("deq"),
-                s(queue),
-                Value::List(positions.iter().map(|p| Value::Ulong(*p)).collect()),
-            ],
+            Event::Dequeue { .. } => unreachable!("encoded above"),
             Event::Inventory { queues, exchanges } => vec![
                 s("inventory"),
                 Value::List(queues.iter().map(|q| s(q)).collect()),
@@ -260,6 +288,11 @@ impl Event {
             // Nearly every event is an `enq` as `Encoded::enqueue` lays it out:
             // read it in place, without a tree of values.
             if let Some((event, end)) = enqueue_in_place(payload, at) {
+                events.push(event);
+                at = end;
+                continue;
+            }
+            if let Some((event, end)) = dequeue_in_place(payload, at) {
                 events.push(event);
                 at = end;
                 continue;
@@ -444,28 +477,8 @@ pub(crate) fn ranges_from_value(value: &Value) -> Option<Vec<(u64, u64)>> {
 /// past it; `None` for any other layout, which the general decoder reads (and
 /// judges). The message is a slice of `payload`, not a copy.
 fn enqueue_in_place(payload: &Bytes, at: usize) -> Option<(Event, usize)> {
-    let mut r = Reader {
-        bytes: payload.get(at..)?,
-        at,
-    };
-    if r.take(3)? != SECTION || r.byte()? != 0xd0 {
-        return None;
-    }
-    let size = r.u32()? as usize;
-    let end = r.at.checked_add(size)?;
-    if r.u32()? != 4 || r.string()? != "enq" {
-        return None;
-    }
-    let queue = r.string()?;
-    if queue.is_empty() {
-        return None;
-    }
-    let position = match r.byte()? {
-        0x80 => u64::from_be_bytes(r.take(8)?.try_into().ok()?),
-        0x53 => u64::from(r.byte()?),
-        0x44 => 0,
-        _ => return None,
-    };
+    let (mut r, queue, end) = event_head(payload, at, 4, "enq")?;
+    let position = r.ulong()?;
     if r.byte()? != 0xb0 {
         return None;
     }
@@ -481,6 +494,85 @@ fn enqueue_in_place(payload: &Bytes, at: usize) -> Option<(Event, usize)> {
         message: payload.slice(start..start + len),
     };
     Some((event, end))
+}
+
+/// The `deq` event at `at` if it has the layout [`Encoded::dequeue`] writes
+/// (the positions may also be a list8 or list0, and each a ulong, smallulong
+/// or ulong0), with the offset just past it; `None` for anything else.
+fn dequeue_in_place(payload: &Bytes, at: usize) -> Option<(Event, usize)> {
+    let (mut r, queue, end) = event_head(payload, at, 3, "deq")?;
+    let count = match r.byte()? {
+        0x45 => 0,
+        0xc0 => {
+            r.byte()?;
+            usize::from(r.byte()?)
+        }
+        0xd0 => {
+            r.u32()?;
+            r.u32()? as usize
+        }
+        _ => return None,
+    };
+    // Each position takes at least one byte: a count beyond what is left
+    // is a malformed event, not a reason to allocate.
+    if count > r.bytes.len() {
+        return None;
+    }
+    let mut positions = Vec::with_capacity(count);
+    for _ in 0..count {
+        positions.push(r.ulong()?);
+    }
+    if r.at != end {
+        return None;
+    }
+    let event = Event::Dequeue {
+        queue: queue.to_owned(),
+        positions,
+    };
+    Some((event, end))
+}
+
+/// The start every event read in place shares: an amqp-sequence section of
+/// a list32 of `items` whose first is the string `name` and second a queue's
+/// name; the reader after them, the queue, and the offset past the event.
+fn event_head<'a>(
+    payload: &'a Bytes,
+    at: usize,
+    items: u32,
+    name: &str,
+) -> Option<(Reader<'a>, &'a str, usize)> {
+    let mut r = Reader {
+        bytes: payload.get(at..)?,
+        at,
+    };
+    if r.take(3)? != SECTION || r.byte()? != 0xd0 {
+        return None;
+    }
+    let size = r.u32()? as usize;
+    let end = r.at.checked_add(size)?;
+    if r.u32()? != items || r.string()? != name {
+        return None;
+    }
+    let queue = r.string()?;
+    if queue.is_empty() {
+        return None;
+    }
+    Some((r, queue, end))
+}
+
+/// A str8 or str32, as the general encoder writes strings.
+fn put_str(out: &mut BytesMut, s: &str) {
+    match u8::try_from(s.len()) {
+        Ok(n) => {
+            out.put_u8(0xa1);
+            out.put_u8(n);
+        }
+        Err(_) => {
+            out.put_u8(0xb1);
+            out.put_u32(u32::try_from(s.len()).unwrap_or(u32::MAX));
+        }
+    }
+    out.put_slice(s.as_bytes());
 }
 
 /// Reads bytes front to back, knowing its offset in the whole payload.
@@ -506,6 +598,16 @@ impl<'a> Reader<'a> {
 
     fn u32(&mut self) -> Option<u32> {
         Some(u32::from_be_bytes(self.take(4)?.try_into().ok()?))
+    }
+
+    /// A ulong, smallulong or ulong0.
+    fn ulong(&mut self) -> Option<u64> {
+        match self.byte()? {
+            0x80 => Some(u64::from_be_bytes(self.take(8)?.try_into().ok()?)),
+            0x53 => Some(u64::from(self.byte()?)),
+            0x44 => Some(0),
+            _ => None,
+        }
     }
 
     /// A str8 or str32.
@@ -703,5 +805,59 @@ mod tests {
                 whole.len()
             );
         }
+    }
+
+    #[test]
+    fn dequeues_read_in_place_match_the_general_decoder_either_way() {
+        let positions = vec![0, 7, 255, 256, u64::MAX];
+        let long_name = "q".repeat(300);
+        for queue in ["orders", long_name.as_str()] {
+            // What Encoded::dequeue writes, read by the fast path ...
+            let fast = Encoded::dequeue(queue, &positions).head;
+            let want = Event::Dequeue {
+                queue: queue.to_owned(),
+                positions: positions.clone(),
+            };
+            assert_eq!(
+                dequeue_in_place(&fast, 0).map(|(e, _)| e),
+                Some(want.clone())
+            );
+            // ... and by the general one.
+            let mut d = Decoder::new(fast.clone());
+            let items = match d.value().expect("decodes") {
+                Value::Described(_, body) => match *body {
+                    Value::List(items) => items,
+                    other => panic!("{other:?}"),
+                },
+                other => panic!("{other:?}"),
+            };
+            assert_eq!(Event::from_items(items).expect("an event"), want);
+            // What the general encoder writes (list8, smallulongs, ulong0)
+            // is read in place too.
+            let mut general = BytesMut::new();
+            general.put_slice(&SECTION);
+            let mut list = BytesMut::new();
+            Value::List(vec![
+                Value::string("deq"),
+                Value::string(queue),
+                Value::List(positions.iter().map(|p| Value::Ulong(*p)).collect()),
+            ])
+            .encode(&mut list);
+            // Always as a list32 outside: the in-place reader wants that.
+            if list[0] == 0xd0 {
+                general.put_slice(&list);
+                let general = general.freeze();
+                assert_eq!(
+                    dequeue_in_place(&general, 0).map(|(e, _)| e),
+                    Some(want.clone())
+                );
+            }
+            assert_eq!(Event::decode_all(&fast).expect("decodes"), vec![want]);
+        }
+        // A count larger than the bytes left is refused, not allocated.
+        let mut bad = Encoded::dequeue("q", &[1]).head.to_vec();
+        let count_at = bad.len() - 9 - 4;
+        bad[count_at..count_at + 4].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert!(dequeue_in_place(&Bytes::from(bad), 0).is_none());
     }
 }

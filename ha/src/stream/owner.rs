@@ -89,11 +89,7 @@ impl Replication {
     /// Sends what left `queue` to its backups.
     pub(super) fn stream_dequeues(&mut self, queue: &Arc<str>, gone: Vec<u64>) {
         if self.owner.sinks.contains_key(queue) {
-            let event = Event::Dequeue {
-                queue: queue.to_string(),
-                positions: gone,
-            };
-            self.stream_to_backups(queue, event.encode_parts(), None);
+            self.stream_to_backups(queue, Encoded::dequeue(queue, &gone), None);
         }
     }
 

@@ -430,6 +430,7 @@ impl Shard {
                 .collect(),
             connections: self.connection_infos(),
             counters: self.ext.as_ref().map(|e| e.counters()).unwrap_or_default(),
+            stalls: self.stalls.clone(),
         }
     }
 
@@ -441,6 +442,7 @@ impl Shard {
         g.report.exchanges.extend(part.exchanges);
         g.report.connections.extend(part.connections);
         g.report.add_counters(&part.counters);
+        g.report.stalls.merge(&part.stalls);
         g.waiting -= 1;
         if g.waiting > 0 {
             return;
@@ -699,6 +701,9 @@ impl Shard {
             ),
             ("queue-depth", Value::Ulong(depth)),
             ("queue-bytes", Value::Ulong(bytes)),
+            ("executor-stalls", Value::Ulong(report.stalls.stalls)),
+            ("longest-poll-us", Value::Ulong(report.stalls.longest_us)),
+            ("longest-poll-at", Value::string(&report.stalls.longest_at)),
         ]
         .into_iter()
         .chain(report.counters.iter().map(|(k, n)| (*k, Value::Ulong(*n))))

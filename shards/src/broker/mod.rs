@@ -65,6 +65,9 @@ pub struct BrokerSettings {
     pub link_credit: u32,
     pub default_queue: QueueSettings,
     pub auto_create_queues: bool,
+    /// `stall-threshold`: a poll of a shard's task using more CPU than this is
+    /// logged and counted ([`crate::stall`]); `None`: not measured.
+    pub stall_threshold: Option<Duration>,
     /// `connection-placement`: a connection whose first link uses a queue
     /// another shard owns moves to that shard (`broker/handover.rs`).
     pub connection_placement: bool,
@@ -144,6 +147,7 @@ impl Default for BrokerSettings {
             },
             auto_create_queues: true,
             connection_placement: true,
+            stall_threshold: None,
             replica_consumers: false,
             container_id: "tandem".into(),
             max_message_size: 100 * 1024 * 1024,
@@ -339,6 +343,8 @@ pub struct Shard {
     leaving: Vec<(u64, usize, handover::Handover)>,
     /// Connections adopted from another shard, until the runtime serves them.
     arrivals: Vec<handover::Adopted>,
+    /// What the runtime's stall detector has seen, as of its last report.
+    stalls: crate::stall::StallFigures,
     /// Most message bytes this shard's queues held since memory was last
     /// handed back to the system.
     queued_high: u64,
@@ -395,6 +401,7 @@ impl Shard {
             leaving: Vec::new(),
             position_floor: 0,
             arrivals: Vec::new(),
+            stalls: Default::default(),
             queued_high: 0,
         };
         shard.apply_initial_config();
@@ -438,6 +445,11 @@ impl Shard {
     /// Every shard of the broker: the workers and the service shard, if any.
     pub fn shards(&self) -> usize {
         self.settings.total_shards()
+    }
+
+    /// The runtime: the stall detector's figures, for the shard's reports.
+    pub fn set_stalls(&mut self, stalls: crate::stall::StallFigures) {
+        self.stalls = stalls;
     }
 
     /// The worker shards (they own the queues and accept connections).
