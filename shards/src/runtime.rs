@@ -641,8 +641,17 @@ async fn shard_main(
             rt.after_step();
         }
         ticks = ticks.wrapping_add(1);
-        if ticks.is_multiple_of(RELEASE_MEMORY_TICKS) {
-            rt.shard.borrow_mut().release_memory();
+        if ticks.is_multiple_of(RELEASE_MEMORY_TICKS) && rt.shard.borrow_mut().memory_to_release() {
+            // On glommio's blocking thread: the shard goes on meanwhile.
+            let trim = glommio::executor().spawn_blocking(|| {
+                #[cfg(target_env = "gnu")]
+                // SAFETY: malloc_trim only walks the allocator's own free
+                // lists, under its own locks; any thread may call it.
+                unsafe {
+                    libc::malloc_trim(0);
+                }
+            });
+            glommio::spawn_local(trim).detach();
         }
         let now = Instant::now();
         if now.duration_since(published) >= PUBLISH_EVERY {
