@@ -493,9 +493,7 @@ impl Queue {
         drain: bool,
         out: &mut Vec<Delivery>,
     ) -> Option<u32> {
-        if let Some(c) = self.consumers.iter_mut().find(|c| c.who == who) {
-            c.credit = c.credit.saturating_add(credit);
-        }
+        self.grant(who, credit);
         self.dispatch(out);
         if drain {
             let c = self.consumers.iter_mut().find(|c| c.who == who)?;
@@ -506,16 +504,29 @@ impl Queue {
         None
     }
 
+    /// Adds `credit` to consumer `who`, dispatching nothing yet.
+    pub fn grant(&mut self, who: ConsumerRef, credit: u32) {
+        if let Some(c) = self.consumers.iter_mut().find(|c| c.who == who) {
+            c.credit = c.credit.saturating_add(credit);
+        }
+    }
+
     /// Hands available messages to consumers with credit (round robin), and lets
     /// browsers see what they have not seen.
     pub fn dispatch(&mut self, out: &mut Vec<Delivery>) {
+        self.dispatch_up_to(out, usize::MAX);
+    }
+
+    /// [`Queue::dispatch`], stopping once `out` holds `limit` deliveries;
+    /// [`Queue::could_dispatch`] then says whether more are waiting.
+    pub fn dispatch_up_to(&mut self, out: &mut Vec<Delivery>, limit: usize) {
         for c in self
             .consumers
             .iter_mut()
             .filter(|c| c.browse && c.credit > 0)
         {
             for (pos, e) in self.available.range(c.cursor..) {
-                if c.credit == 0 {
+                if c.credit == 0 || out.len() >= limit {
                     break;
                 }
                 c.credit -= 1;
@@ -530,7 +541,7 @@ impl Queue {
             }
         }
         let n = self.consumers.len();
-        while !self.available.is_empty() {
+        while !self.available.is_empty() && out.len() < limit {
             let pick = (0..n)
                 .map(|i| (self.next_consumer + i) % n)
                 .find(|&i| !self.consumers[i].browse && self.consumers[i].credit > 0);
@@ -560,6 +571,19 @@ impl Queue {
                 self.acquired.insert(position, (entry, c.who));
             }
         }
+    }
+
+    /// Whether a dispatch would hand out anything: a consumer with credit and
+    /// a message for it.
+    pub fn could_dispatch(&self) -> bool {
+        self.consumers.iter().any(|c| {
+            c.credit > 0
+                && if c.browse {
+                    self.available.range(c.cursor..).next().is_some()
+                } else {
+                    !self.available.is_empty()
+                }
+        })
     }
 
     /// A consumer settled (or gave back) a delivery.
@@ -666,6 +690,40 @@ mod tests {
         q.dispatch(&mut out);
         let owners: Vec<u32> = out.iter().map(|d| d.consumer.link.handle).collect();
         assert!(owners.contains(&1) && owners.contains(&2), "{owners:?}");
+    }
+
+    #[test]
+    fn a_bounded_dispatch_stops_at_its_limit_and_says_more_is_waiting() {
+        let mut q = Queue::new("q".into(), QueueSettings::default());
+        for i in 0..10 {
+            q.enqueue(msg(&i.to_string()), None);
+        }
+        q.subscribe(who(1), false, false);
+        q.subscribe(who(2), true, false); // a browser
+        assert!(!q.could_dispatch(), "no credit yet");
+        q.grant(who(1), 100);
+        q.grant(who(2), 100);
+        assert!(q.could_dispatch());
+        let mut out = Vec::new();
+        let mut batches = 0;
+        while q.could_dispatch() {
+            let before = out.len();
+            q.dispatch_up_to(&mut out, before + 4);
+            assert!(out.len() - before <= 4, "a batch is at most the limit");
+            batches += 1;
+            assert!(batches < 20, "dispatch makes no progress");
+        }
+        // The browser saw all ten, the consumer took all ten, each once and
+        // in order.
+        let seen = |h: u32| -> Vec<u64> {
+            out.iter()
+                .filter(|d| d.consumer.link.handle == h)
+                .map(|d| d.position)
+                .collect()
+        };
+        assert_eq!(seen(2), (1..=10).collect::<Vec<_>>());
+        assert_eq!(seen(1), (1..=10).collect::<Vec<_>>());
+        assert_eq!(batches, 5);
     }
 
     #[test]

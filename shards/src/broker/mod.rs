@@ -314,6 +314,10 @@ pub struct Shard {
     /// Routing scratch space, reused per message.
     route_buf: Vec<Arc<str>>,
     deliveries_buf: Vec<Delivery>,
+    /// Deliveries one dispatch hands out at most (`set_dispatch_batch`).
+    dispatch_batch: usize,
+    /// Queues with more to dispatch than the last batch took.
+    dispatch_later: Vec<Arc<str>>,
     admitted_buf: Vec<(Option<AckTo>, u64, Bytes)>,
     /// Statistics gathers in progress (management), by request id.
     gathers: HashMap<u64, mgmt::Gather>,
@@ -384,6 +388,8 @@ impl Shard {
             now,
             route_buf: Vec::new(),
             deliveries_buf: Vec::new(),
+            dispatch_batch: usize::MAX,
+            dispatch_later: Vec::new(),
             admitted_buf: Vec::new(),
             gathers: HashMap::new(),
             exchange_stats: HashMap::new(),
@@ -582,10 +588,19 @@ impl Shard {
                 drain,
             } => {
                 let mut out = std::mem::take(&mut self.deliveries_buf);
+                // Draining hands out everything it can now (what is left is
+                // returned), so only plain credit dispatches in batches.
                 let left = match self.queues.get_mut(&queue) {
-                    Some(q) => q.add_credit(consumer, credit, drain, &mut out),
+                    Some(q) if drain => q.add_credit(consumer, credit, drain, &mut out),
+                    Some(q) => {
+                        q.grant(consumer, credit);
+                        None
+                    }
                     None => drain.then_some(credit),
                 };
+                if !drain {
+                    self.dispatch(&queue, &mut out);
+                }
                 self.send_deliveries(&queue, &mut out);
                 self.deliveries_buf = out;
                 if let Some(unused) = left {
@@ -688,12 +703,45 @@ impl Shard {
         // A ring or last-value queue may have dropped something to make room.
         self.messages_left(queue);
         let mut out = std::mem::take(&mut self.deliveries_buf);
-        if let Some(q) = self.queues.get_mut(queue) {
-            q.dispatch(&mut out);
-        }
+        self.dispatch(queue, &mut out);
         self.send_deliveries(queue, &mut out);
         self.deliveries_buf = out;
         self.messages_left(queue);
+    }
+
+    /// Dispatches one batch of `queue`'s messages into `out`; when more are
+    /// waiting, the queue waits for [`Shard::dispatch_more`].
+    fn dispatch(&mut self, queue: &Arc<str>, out: &mut Vec<Delivery>) {
+        let Some(q) = self.queues.get_mut(queue) else {
+            return;
+        };
+        q.dispatch_up_to(out, self.dispatch_batch);
+        if q.could_dispatch() && !self.dispatch_later.contains(queue) {
+            self.dispatch_later.push(queue.clone());
+        }
+    }
+
+    /// The runtime: hand out at most `n` deliveries per dispatch, so that a
+    /// consumer's credit of thousands over a deep queue does not make one
+    /// step encode thousands of messages while the shard's other connections
+    /// wait; the rest follows in later steps ([`Shard::dispatch_more`]). The
+    /// default is unlimited (a caller that never runs deferred dispatches
+    /// loses nothing).
+    pub fn set_dispatch_batch(&mut self, n: usize) {
+        self.dispatch_batch = n.max(1);
+    }
+
+    /// Whether a dispatch stopped at its batch with more to hand out.
+    pub fn wants_to_dispatch(&self) -> bool {
+        !self.dispatch_later.is_empty()
+    }
+
+    /// The runtime, in a later step: the next batch of every queue that
+    /// stopped at its batch.
+    pub fn dispatch_more(&mut self) {
+        for queue in std::mem::take(&mut self.dispatch_later) {
+            self.after_dequeue(&queue);
+        }
     }
 
     /// A message is stored at `position`: the tap reports it, and its publisher
@@ -729,9 +777,7 @@ impl Shard {
         for (ack, position, message) in admitted.drain(..) {
             self.stored(queue, position, message, ack);
         }
-        if let Some(q) = self.queues.get_mut(queue) {
-            q.dispatch(&mut out);
-        }
+        self.dispatch(queue, &mut out);
         self.send_deliveries(queue, &mut out);
         self.messages_left(queue);
         self.admitted_buf = admitted;
