@@ -2,7 +2,8 @@
 //! replicate`, `tandem-config add queue --start-replica`), with real
 //! `tandemd` processes and Qpid Proton clients: a stand-alone replica
 //! follows messages and dequeues, catches up after a restart, refuses local
-//! sends and consumes, and becomes an ordinary queue on `stop-replicate`;
+//! sends (on a link, one attached before it became a replica, and through the
+//! anonymous relay) and consumes, and becomes an ordinary queue on `stop-replicate`;
 //! bad commands say what is wrong and change nothing. A replica of a
 //! cluster follows its primary through fail-over, and a replica on a
 //! cluster is re-established by its new primary.
@@ -141,6 +142,60 @@ fn refused(script: &str, url: &str, queue: &str, extra: &[&str]) -> String {
     format!("{}{}", out.stdout(), out.stderr())
 }
 
+/// A Rust-client publisher on `url`: to `address`, or (`None`) on the
+/// anonymous relay.
+fn publisher(
+    url: &str,
+    address: Option<&str>,
+) -> (
+    tandem_shards::client::Client,
+    tandem_shards::amqp::connection::LinkKey,
+) {
+    use tandem_shards::amqp::performative::Target;
+    use tandem_shards::client::{Client, ClientOptions};
+    let opts = ClientOptions {
+        timeout: Some(Duration::from_secs(10)),
+        ..Default::default()
+    };
+    let url = url.parse().expect("broker url");
+    let mut client = Client::connect(&url, &opts).expect("connect");
+    let link = client
+        .sender_to(Target {
+            address: address.map(str::to_owned),
+            ..Default::default()
+        })
+        .expect("sender attached");
+    (client, link)
+}
+
+/// A message to `orders` on `link` is rejected with `amqp:not-allowed`,
+/// naming the replica.
+fn assert_publish_refused(
+    client: &mut tandem_shards::client::Client,
+    link: tandem_shards::amqp::connection::LinkKey,
+    route: &str,
+) {
+    use tandem_shards::amqp::message::MessageBuilder;
+    use tandem_shards::amqp::performative::DeliveryState;
+    let payload = MessageBuilder {
+        to: Some("orders".into()),
+        body: Some(tandem_shards::amqp::codec::Value::string("local")),
+        ..Default::default()
+    }
+    .encode();
+    let id = client.send(link, &payload, false).expect("sent");
+    match client.outcome(id) {
+        Ok(DeliveryState::Rejected(Some(e))) => assert!(
+            e.condition == "amqp:not-allowed"
+                && e.description
+                    .as_deref()
+                    .is_some_and(|d| d.contains("is a replica of")),
+            "{route}: {e:?}"
+        ),
+        other => panic!("{route}: a send to a replica was not refused: {other:?}"),
+    }
+}
+
 #[test]
 fn a_stand_alone_replica_follows_its_queue_and_catches_up_after_a_restart() {
     let original = replicating(&[]);
@@ -184,6 +239,9 @@ fn a_stand_alone_replica_follows_its_queue_and_catches_up_after_a_restart() {
     ];
     let mut early = common::spawn_python("recv.py", &args);
     early.wait_ready();
+    // So is a publisher attached before (the queue's owner refuses what it
+    // sends afterwards, whatever link it came on).
+    let (mut early_sender, early_link) = publisher(&r, Some("orders"));
     // 003's spelling: REMOTE first.
     let said = ok("tandem-ha", &["-b", &r, "replicate", &o, "orders"]);
     assert!(said.contains("replicates"), "{said}");
@@ -212,6 +270,9 @@ fn a_stand_alone_replica_follows_its_queue_and_catches_up_after_a_restart() {
         send_said.contains("amqp:not-allowed") && send_said.contains("is a replica of"),
         "{send_said}"
     );
+    assert_publish_refused(&mut early_sender, early_link, "a publisher attached before");
+    let (mut relay, relay_link) = publisher(&r, None);
+    assert_publish_refused(&mut relay, relay_link, "the anonymous relay");
     let consume_said = refused("recv.py", &r, "orders", &[]);
     assert!(consume_said.contains("amqp:not-allowed"), "{consume_said}");
     // Nor may an exchange route others to it.
