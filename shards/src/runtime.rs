@@ -290,7 +290,8 @@ pub fn start(
                     stats,
                     stalls.clone(),
                 );
-                watched(stalls, "housekeeping".into(), main).await;
+                let what = stalls.label(|| "housekeeping".into());
+                watched(stalls, what, main).await;
             })
             .map_err(|e| StartError::Shard {
                 shard: id,
@@ -403,10 +404,9 @@ impl Runtime {
         drop(producers);
         drop(shard);
         for (token, op) in disk_ops {
-            let what = format!("disk operation {token}");
             glommio::spawn_local(watched(
                 self.stalls.clone(),
-                what,
+                self.stalls.label(|| format!("disk operation {token}")),
                 perform(self.clone(), token, op),
             ))
             .detach();
@@ -548,7 +548,7 @@ async fn shard_main(
         };
         let rt_slot = rt_slot.clone();
         let rt_ready = rt_ready_rx.clone();
-        let what = format!("ring from shard {from}");
+        let what = stalls.label(|| format!("ring from shard {from}"));
         glommio::spawn_local(watched(stalls.clone(), what, async move {
             let bell = bell.connect().await;
             let rt = loop {
@@ -625,7 +625,8 @@ async fn shard_main(
     // The next batch of a queue's deliveries, once the shard's other tasks
     // had a turn.
     let more = rt.clone();
-    glommio::spawn_local(watched(stalls.clone(), "dispatch".into(), async move {
+    let what = stalls.label(|| "dispatch".into());
+    glommio::spawn_local(watched(stalls.clone(), what, async move {
         while more_to_dispatch.recv().await.is_some() {
             futures_lite::future::yield_now().await;
             {
@@ -645,12 +646,14 @@ async fn shard_main(
     let housekeeping_count = conn_count.clone();
     if let Some(listener) = listener {
         let accept = accept_loop(rt.clone(), listener, None, stop.clone());
-        glommio::spawn_local(watched(stalls.clone(), "accept".into(), accept)).detach();
+        let what = stalls.label(|| "accept".into());
+        glommio::spawn_local(watched(stalls.clone(), what, accept)).detach();
     }
     if let (Some(listener), Some(tls)) = (tls_listener, settings.tls.clone()) {
         let config = Some(tls.server);
         let accept = accept_loop(rt.clone(), listener, config, stop.clone());
-        glommio::spawn_local(watched(stalls.clone(), "accept (TLS)".into(), accept)).detach();
+        let what = stalls.label(|| "accept (TLS)".into());
+        glommio::spawn_local(watched(stalls.clone(), what, accept)).detach();
     }
 
     // Housekeeping: ring overflow retries, the HA role's timers, memory
@@ -694,7 +697,9 @@ async fn shard_main(
             rt.after_step();
             let connects = rt.shard.borrow_mut().take_connection_requests();
             for (token, address, timeout) in connects {
-                let what = format!("outgoing connection to {address}");
+                let what = rt
+                    .stalls
+                    .label(|| format!("outgoing connection to {address}"));
                 glommio::spawn_local(watched(
                     rt.stalls.clone(),
                     what,
@@ -798,10 +803,10 @@ fn run_connection(
 ) {
     let (wake_tx, wake_rx) = local_channel::new_bounded(1);
     rt.writers.borrow_mut().insert(id, wake_tx);
-    let what = match rt.shard.borrow().conn_peer(id) {
+    let what = rt.stalls.label(|| match rt.shard.borrow().conn_peer(id) {
         Some(peer) => format!("connection {id} ({peer})"),
         None => format!("connection {id}"),
-    };
+    });
     let task = connection_task(
         rt.clone(),
         id,

@@ -68,6 +68,16 @@ impl StallWatch {
         self.threshold.is_some()
     }
 
+    /// A task's name for [`watched`], made only when the detector is on (an
+    /// unwatched task costs no label).
+    pub fn label(&self, name: impl FnOnce() -> String) -> String {
+        if self.enabled() {
+            name()
+        } else {
+            String::new()
+        }
+    }
+
     /// Notes one poll of task `what` that used `cpu`.
     pub fn record(&self, what: &str, cpu: Duration) {
         let Some(threshold) = self.threshold else {
@@ -123,7 +133,8 @@ pub fn thread_cpu() -> Duration {
     )
 }
 
-/// `fut`, with the CPU of each of its polls recorded as task `what`.
+/// `fut`, with the CPU of each of its polls recorded as task `what` (see
+/// [`StallWatch::label`]).
 pub fn watched<F: Future>(
     watch: Rc<StallWatch>,
     what: String,
@@ -178,7 +189,7 @@ mod tests {
         // A poll that computes for a while: its CPU is seen, and a threshold
         // of 1 µs calls it a stall.
         let watch = StallWatch::new(0, Some(Duration::from_micros(1)));
-        let busy = watched(watch.clone(), "busy".into(), async {
+        let busy = watched(watch.clone(), watch.label(|| "busy".into()), async {
             let start = thread_cpu();
             let mut x = 0u64;
             while thread_cpu().saturating_sub(start) < Duration::from_millis(2) {

@@ -715,8 +715,12 @@ impl Shard {
         let Some(q) = self.queues.get_mut(queue) else {
             return;
         };
-        q.dispatch_up_to(out, self.dispatch_batch);
-        if q.could_dispatch() && !self.dispatch_later.contains(queue) {
+        let before = out.len();
+        q.dispatch_up_to(out, before.saturating_add(self.dispatch_batch));
+        // Only a batch that filled up can have left something (most
+        // dispatches, one per publish, do not get there).
+        let filled = out.len() - before >= self.dispatch_batch;
+        if filled && q.could_dispatch() && !self.dispatch_later.contains(queue) {
             self.dispatch_later.push(queue.clone());
         }
     }
