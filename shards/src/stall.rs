@@ -83,18 +83,22 @@ impl StallWatch {
         let Some(threshold) = self.threshold else {
             return;
         };
-        {
+        let longest = {
             let mut longest = self.longest.borrow_mut();
-            if cpu > longest.0 {
+            let beaten = cpu > longest.0;
+            if beaten {
                 *longest = (cpu, format!("shard {} {what}", self.shard));
             }
-        }
+            beaten
+        };
         if cpu <= threshold {
             return;
         }
         let n = self.stalls.get() + 1;
         self.stalls.set(n);
-        if n <= LOG_FIRST || n.is_multiple_of(LOG_EVERY) {
+        // The longest poll so far is always logged, so that the one
+        // management reports can be found in the log with its time.
+        if n <= LOG_FIRST || n.is_multiple_of(LOG_EVERY) || longest {
             tracing::warn!(
                 shard = self.shard,
                 task = what,

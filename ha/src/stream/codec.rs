@@ -140,18 +140,18 @@ impl Encoded {
     /// the binary's length; the message itself follows as the tail, shared with
     /// the queue (and with every other backup's copy of the event).
     pub fn enqueue(queue: &str, position: u64, message: Bytes) -> Encoded {
-        let mut items = BytesMut::with_capacity(queue.len() + 24);
-        Value::string("enq").encode(&mut items);
-        Value::string(queue).encode(&mut items);
-        Value::Ulong(position).encode(&mut items);
         let message_len = u32::try_from(message.len()).unwrap_or(u32::MAX);
-        let mut head = BytesMut::with_capacity(items.len() + 20);
+        // count, "enq", queue, ulong, vbin32 constructor and length, message
+        let size = 4 + 5 + str_bytes(queue) + 9 + 5 + message.len();
+        let mut head = BytesMut::with_capacity(SECTION.len() + 5 + size - message.len());
         head.put_slice(&SECTION);
         head.put_u8(0xd0); // list32: size, count, items
-        let size = 4 + items.len() + 5 + message.len();
         head.put_u32(u32::try_from(size).unwrap_or(u32::MAX));
         head.put_u32(4);
-        head.put_slice(&items);
+        put_str(&mut head, "enq");
+        put_str(&mut head, queue);
+        head.put_u8(0x80);
+        head.put_u64(position);
         head.put_u8(0xb0); // vbin32
         head.put_u32(message_len);
         Encoded {
@@ -167,8 +167,7 @@ impl Encoded {
     /// too.
     pub fn dequeue(queue: &str, positions: &[u64]) -> Encoded {
         let list_bytes = 4 + 9 * positions.len();
-        let queue_bytes = if queue.len() < 256 { 2 } else { 5 } + queue.len();
-        let size = 4 + 5 + queue_bytes + 5 + list_bytes;
+        let size = 4 + 5 + str_bytes(queue) + 5 + list_bytes;
         let mut head = BytesMut::with_capacity(SECTION.len() + 5 + size);
         head.put_slice(&SECTION);
         head.put_u8(0xd0);
@@ -558,6 +557,12 @@ fn event_head<'a>(
         return None;
     }
     Some((r, queue, end))
+}
+
+/// The bytes [`put_str`] writes for `s`.
+fn str_bytes(s: &str) -> usize {
+    let constructor = if s.len() < 256 { 2 } else { 5 };
+    constructor + s.len()
 }
 
 /// A str8 or str32, as the general encoder writes strings.
