@@ -109,6 +109,10 @@ pub struct Config {
     pub default_limit_policy: LimitPolicy,
     /// Whether attaching to a queue that does not exist creates it.
     pub auto_create_queues: bool,
+    /// `http-port`: the HTTP listener's port (`None`: off; 0: any free one).
+    pub http_port: Option<u16>,
+    /// `http-interface`: the address it listens on.
+    pub http_interface: String,
     /// `stall-threshold`: polls over this much CPU are stalls; `None`: off.
     pub stall_threshold: Option<Duration>,
     /// `connection-placement`: move a connection to the shard owning the
@@ -281,6 +285,10 @@ impl Config {
             default_limit_policy: src.value("default-limit-policy", value::choice)?,
             auto_create_queues: src.value("auto-create-queues", value::boolean)?,
             connection_placement: src.value("connection-placement", value::boolean)?,
+            http_port: src
+                .get("http-port", |r| value::number(r, 0, u16::MAX.into()))?
+                .map(|s| s.value),
+            http_interface: src.value("http-interface", value::interface)?,
             stall_threshold: Some(src.value("stall-threshold", value::duration)?)
                 .filter(|d| !d.is_zero()),
             store: StoreConfig {

@@ -3,11 +3,15 @@
 //!
 //! - [`config`]: tandemd's TOML file and qpidd-style flags.
 //! - [`data_dir`]: the data directory's lock and the broker's identity.
+//! - [`http`], [`metrics`]: the HTTP listener (`http-port`): Prometheus
+//!   metrics and health probes, from the shards' published counters.
 //! - [`store`]: opening the persistent store at start (recovery).
 //! - [`tools`]: what the admin tools share: connecting (`-b`, `--ha-admin`),
 //!   management calls, aligned tables.
 
 pub mod config;
 pub mod data_dir;
+pub mod http;
+pub mod metrics;
 pub mod store;
 pub mod tools;

@@ -198,7 +198,34 @@ fn run(cfg: &Config) -> Result<(), String> {
 
     let workers = settings.shards;
     let replication = settings.service_shard.is_some();
+    // Bound before the shards start, so that a bad address stops the start.
+    let http = match cfg.http_port {
+        None => None,
+        Some(port) => {
+            let at = (cfg.http_interface.as_str(), port);
+            let listener = std::net::TcpListener::bind(at).map_err(|e| {
+                format!(
+                    "http-port: cannot listen on {}:{port}: {e}",
+                    cfg.http_interface
+                )
+            })?;
+            let addr = listener
+                .local_addr()
+                .map_err(|e| format!("http-port: {e}"))?;
+            Some((listener, addr))
+        }
+    };
     let running = runtime::start(settings, bind, extension).map_err(|e| e.to_string())?;
+    if let Some((listener, addr)) = http {
+        let who = tandem::metrics::BrokerIdentity {
+            broker_id: data_dir.broker_id.clone(),
+            version: env!("CARGO_PKG_VERSION"),
+        };
+        tandem::http::start(listener, who, running.stats())?;
+        tracing::info!("HTTP on {addr}: /metrics, /health, /ready");
+        // Before the AMQP line scripts and tests wait for, so it is there by then.
+        println!("tandemd http on http://{addr}");
+    }
     tracing::info!(
         "listening on {} with {} shards{}, data-dir {}, auth {}",
         running.addr,

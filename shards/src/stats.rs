@@ -25,10 +25,31 @@ pub struct ConnectionInfo {
     pub address: String,
     pub user: Option<String>,
     pub container: String,
+    /// What it moved so far.
+    pub moved: ConnectionTotals,
+}
+
+/// What a shard's connections moved, summed: those that closed (kept so that
+/// a shard's totals only grow), or all of them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConnectionTotals {
     pub frames_in: u64,
     pub frames_out: u64,
     pub messages_in: u64,
     pub messages_out: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
+impl ConnectionTotals {
+    pub fn add(&mut self, more: &ConnectionTotals) {
+        self.frames_in += more.frames_in;
+        self.frames_out += more.frames_out;
+        self.messages_in += more.messages_in;
+        self.messages_out += more.messages_out;
+        self.bytes_in += more.bytes_in;
+        self.bytes_out += more.bytes_out;
+    }
 }
 
 /// What one shard reports to a statistics gather.
@@ -42,6 +63,23 @@ pub struct ShardReport {
     pub counters: Vec<(&'static str, u64)>,
     /// Polls over `stall-threshold`, and the longest poll ([`crate::stall`]).
     pub stalls: crate::stall::StallFigures,
+    /// What connections that closed on this shard had moved.
+    pub closed: ConnectionTotals,
+    /// The extension's facts about the broker (e.g. its HA status and
+    /// epoch, on the shard that knows them).
+    pub facts: Vec<(&'static str, String)>,
+}
+
+impl ShardReport {
+    /// Everything this shard's connections moved: the closed ones and the
+    /// live ones.
+    pub fn connection_totals(&self) -> ConnectionTotals {
+        let mut all = self.closed;
+        for c in &self.connections {
+            all.add(&c.moved);
+        }
+        all
+    }
 }
 
 impl ShardReport {

@@ -42,6 +42,7 @@ pub(super) enum Kind {
 const GENERAL: &str = "General";
 const SECURITY: &str = "Security";
 const LOGGING: &str = "Logging";
+const MONITORING: &str = "Monitoring (HTTP)";
 const LIMITS: &str = "Limits";
 const QUEUES: &str = "Queue defaults";
 const STORE: &str = "Persistent store";
@@ -118,6 +119,10 @@ pub(super) const OPTIONS: &[OptionSpec] = &[
         "Write the log to standard error"),
     opt(LOGGING, "stall-threshold", "DURATION", Some("0"), Plain,
         "Log and count every poll of a shard's task that uses more CPU than this, e.g. 500us (0: off; on, each poll costs two clock reads)"),
+    opt(MONITORING, "http-port", "PORT", None, Plain,
+        "Serve /metrics (Prometheus), /health and /ready over HTTP on this port (0 picks a free one) [default: off]"),
+    opt(MONITORING, "http-interface", "ADDR", Some("127.0.0.1"), Plain,
+        "Address the HTTP port listens on; it has no authentication yet, so keep it on loopback or a management network"),
     opt(LIMITS, "max-connections", "N", Some("500"), Plain,
         "Most client connections open at once"),
     opt(LIMITS, "max-frame-size", "BYTES", Some("65536"), Plain,

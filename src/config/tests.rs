@@ -773,3 +773,23 @@ fn the_example_config_file_loads() {
     assert!(c.ha.cluster);
     assert_eq!(c.ha.min_backups, 1);
 }
+
+#[test]
+fn the_http_port_is_off_unless_given_and_listens_on_loopback() {
+    let c = loaded(&[]);
+    assert_eq!(c.http_port, None);
+    assert_eq!(c.http_interface, "127.0.0.1");
+    let c = loaded(&["--http-port", "0", "--http-interface", "::1"]);
+    assert_eq!(c.http_port, Some(0));
+    assert_eq!(c.http_interface, "::1");
+    assert_eq!(loaded(&["--http-port", "8672"]).http_port, Some(8672));
+    for bad in ["65536", "web", "-1"] {
+        assert!(
+            matches!(
+                error(&["--http-port", bad]),
+                ConfigError::InvalidValue { .. }
+            ),
+            "{bad}"
+        );
+    }
+}

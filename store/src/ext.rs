@@ -446,6 +446,10 @@ impl Extension for Store {
 
     // Everything else is the inner extension's.
 
+    fn facts(&self) -> Vec<(&'static str, String)> {
+        self.inner.as_ref().map(|i| i.facts()).unwrap_or_default()
+    }
+
     fn manages(&self, entity_type: &str) -> bool {
         self.inner.as_ref().is_some_and(|i| i.manages(entity_type))
     }

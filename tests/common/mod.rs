@@ -18,6 +18,7 @@
 
 pub mod certs;
 pub mod clients;
+pub mod http;
 pub mod idle;
 pub mod json;
 pub mod tools;

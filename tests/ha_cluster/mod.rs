@@ -169,6 +169,11 @@ impl HaCluster {
         self.brokers[i] = Some(Broker::start(&args));
     }
 
+    /// Member `i`'s process (panics if it is not running).
+    pub fn broker(&self, i: Member) -> &Broker {
+        self.brokers[i].as_ref().expect("member running")
+    }
+
     pub fn url(&self, i: Member) -> String {
         format!("127.0.0.1:{}", self.ports[i])
     }

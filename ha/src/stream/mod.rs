@@ -776,6 +776,19 @@ impl Extension for Replication {
         );
     }
 
+    fn facts(&self) -> Vec<(&'static str, String)> {
+        let Some(role) = &self.role else {
+            return Vec::new();
+        };
+        let mut facts = vec![
+            ("ha-status", role.status().as_str().to_owned()),
+            ("ha-epoch", role.epoch().to_string()),
+            ("ha-ready-backups", role.ready_members().len().to_string()),
+        ];
+        facts.extend(role.cluster_id().map(|id| ("ha-cluster-id", id)));
+        facts
+    }
+
     fn counters(&self) -> Vec<(&'static str, u64)> {
         let c = self.owner.catch_up_sent;
         vec![

@@ -101,6 +101,9 @@ pub(super) struct Conn {
     pub(super) claimed: HashSet<LinkKey>,
     pub(super) messages_in: u64,
     pub(super) messages_out: u64,
+    /// AMQP bytes (after TLS) the engine consumed and produced.
+    pub(super) bytes_in: u64,
+    pub(super) bytes_out: u64,
     pub(super) links: HashMap<LinkKey, LinkRole>,
     /// Unsettled deliveries we sent, by (channel, delivery id).
     pub(super) out: HashMap<(u16, u32), OutDelivery>,
@@ -113,6 +116,19 @@ pub(super) struct Conn {
 }
 
 impl Conn {
+    /// What the connection moved so far.
+    pub(super) fn moved(&self) -> crate::stats::ConnectionTotals {
+        let (frames_in, frames_out) = self.engine.frame_counts();
+        crate::stats::ConnectionTotals {
+            frames_in,
+            frames_out,
+            messages_in: self.messages_in,
+            messages_out: self.messages_out,
+            bytes_in: self.bytes_in,
+            bytes_out: self.bytes_out,
+        }
+    }
+
     pub(super) fn new(engine: Connection, peer: String, since: std::time::Instant) -> Conn {
         Conn {
             engine,
@@ -125,6 +141,8 @@ impl Conn {
             claimed: HashSet::new(),
             messages_in: 0,
             messages_out: 0,
+            bytes_in: 0,
+            bytes_out: 0,
             links: HashMap::new(),
             out: HashMap::new(),
             accepted: Vec::new(),

@@ -180,6 +180,12 @@ pub trait Extension {
         Vec::new()
     }
 
+    /// Facts about the broker for the stats handle (its HA status and
+    /// epoch, say), from the shard that knows them; metrics read them.
+    fn facts(&self) -> Vec<(&'static str, String)> {
+        Vec::new()
+    }
+
     /// Once, when installed on its shard (before any input): recover state,
     /// tap queues, hold settlements.
     fn start(&mut self, shard: &mut Shard) {}

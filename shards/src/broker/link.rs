@@ -64,7 +64,9 @@ impl Shard {
         self.set_now(now);
         let extension_listens = match self.conns.get_mut(&id) {
             Some(c) => {
+                let before = buf.len();
                 c.engine.input(buf, now);
+                c.bytes_in += (before - buf.len()) as u64;
                 c.owned || !c.claimed.is_empty()
             }
             None => false,
@@ -110,6 +112,7 @@ impl Shard {
         if c.engine.has_output() {
             let out = c.engine.output();
             let bytes = out.split().freeze();
+            c.bytes_out += bytes.len() as u64;
             // The written bytes keep the old allocation; start the next batch in
             // one the size of this one, rather than growing from nothing by
             // doubling (each step a realloc that copies every frame so far).
@@ -156,19 +159,13 @@ impl Shard {
         let mut v: Vec<_> = self
             .conns
             .iter()
-            .map(|(id, c)| {
-                let (frames_in, frames_out) = c.engine.frame_counts();
-                super::ConnectionInfo {
-                    shard: self.id,
-                    id: *id,
-                    address: c.peer.clone(),
-                    user: c.user.clone(),
-                    container: c.container.clone(),
-                    frames_in,
-                    frames_out,
-                    messages_in: c.messages_in,
-                    messages_out: c.messages_out,
-                }
+            .map(|(id, c)| super::ConnectionInfo {
+                shard: self.id,
+                id: *id,
+                address: c.peer.clone(),
+                user: c.user.clone(),
+                container: c.container.clone(),
+                moved: c.moved(),
             })
             .collect();
         v.sort_by_key(|c| c.id);
@@ -187,7 +184,9 @@ impl Shard {
             }
         }
         self.conn_events(id);
-        self.conns.remove(&id);
+        if let Some(c) = self.conns.remove(&id) {
+            self.closed_totals.add(&c.moved());
+        }
         self.dirty.retain(|c| *c != id);
     }
 

@@ -431,6 +431,8 @@ impl Shard {
             connections: self.connection_infos(),
             counters: self.ext.as_ref().map(|e| e.counters()).unwrap_or_default(),
             stalls: self.stalls.clone(),
+            closed: self.closed_totals,
+            facts: self.ext.as_ref().map(|e| e.facts()).unwrap_or_default(),
         }
     }
 
@@ -760,9 +762,9 @@ fn connection_row(c: &ConnectionInfo) -> Vec<(&'static str, Value)> {
         ),
         ("container-id", Value::string(&c.container)),
         ("shard", Value::Uint(c.shard as u32)),
-        ("frames-in", Value::Ulong(c.frames_in)),
-        ("frames-out", Value::Ulong(c.frames_out)),
-        ("messages-in", Value::Ulong(c.messages_in)),
-        ("messages-out", Value::Ulong(c.messages_out)),
+        ("frames-in", Value::Ulong(c.moved.frames_in)),
+        ("frames-out", Value::Ulong(c.moved.frames_out)),
+        ("messages-in", Value::Ulong(c.moved.messages_in)),
+        ("messages-out", Value::Ulong(c.moved.messages_out)),
     ]
 }

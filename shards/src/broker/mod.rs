@@ -44,7 +44,7 @@ use crate::queue::{
     AckTo, ConsumerRef, Delivery, EnqueueOutcome, Queue, QueueSettings, Settlement,
 };
 
-pub use crate::stats::{ConnectionInfo, ExchangeStats, ShardReport};
+pub use crate::stats::{ConnectionInfo, ConnectionTotals, ExchangeStats, ShardReport};
 pub use catalogue::{Catalogue, QueueEntry};
 pub use config::{ConfigEvent, ConfigOp};
 pub use conn::ReplyTo;
@@ -349,6 +349,8 @@ pub struct Shard {
     arrivals: Vec<handover::Adopted>,
     /// What the runtime's stall detector has seen, as of its last report.
     stalls: crate::stall::StallFigures,
+    /// What the connections that closed here had moved.
+    closed_totals: ConnectionTotals,
     /// Most message bytes this shard's queues held since memory was last
     /// handed back to the system.
     queued_high: u64,
@@ -408,6 +410,7 @@ impl Shard {
             position_floor: 0,
             arrivals: Vec::new(),
             stalls: Default::default(),
+            closed_totals: Default::default(),
             queued_high: 0,
         };
         shard.apply_initial_config();

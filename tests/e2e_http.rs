@@ -1,0 +1,258 @@
+//! The HTTP listener (`http-port`) of real brokers: `/metrics` in the
+//! Prometheus format (checked by `promtool` when it is installed; `scripts/test`
+//! installs it), `/health` and `/ready` for probes. Messages come from real
+//! Qpid Proton clients; the metrics must move with them, and `/ready` must
+//! follow the HA roles through a kill -9 and a promotion.
+
+mod common;
+mod ha_cluster;
+
+use std::time::Duration;
+
+use common::clients::{receive, send, spawn_ha_send, Lang};
+use common::http::{get, http_address, request, Answer};
+use common::{run_tandemd, wait_until, Broker};
+use ha_cluster::{serial, HaCluster};
+
+const DEADLINE: Duration = Duration::from_secs(20);
+
+/// Waits until a scrape of `addr` satisfies `ok`; panics with the last one.
+fn wait_for_metrics(addr: &str, what: &str, ok: impl Fn(&Answer) -> bool) -> Answer {
+    let mut last = None;
+    let met = wait_until(DEADLINE, || {
+        let answer = get(addr, "/metrics");
+        let good = answer.status == 200 && ok(&answer);
+        last = Some(answer);
+        good
+    });
+    let last = last.expect("scraped at least once");
+    assert!(
+        met,
+        "{what}: not seen within {DEADLINE:?}; last scrape:\n{}",
+        last.body
+    );
+    last
+}
+
+/// The sum of every series of metric `name` (over its labels).
+fn total(answer: &Answer, name: &str) -> f64 {
+    answer
+        .body
+        .lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn promtool_accepts(body: &str) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let Ok(mut child) = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    else {
+        eprintln!("promtool is not installed (scripts/test installs it): format not checked");
+        return;
+    };
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(body.as_bytes())
+        .expect("written to promtool");
+    let out = child.wait_with_output().expect("promtool ran");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "promtool check metrics: {said}"
+    );
+}
+
+#[test]
+fn a_stand_alone_broker_serves_metrics_that_move_with_its_messages() {
+    let broker = Broker::start(&["--http-port", "0", "--worker-threads", "2"]);
+    let addr = http_address(&broker);
+
+    let health = get(&addr, "/health");
+    assert_eq!((health.status, health.body.as_str()), (200, "ok\n"));
+    let ready = get(&addr, "/ready");
+    assert_eq!((ready.status, ready.body.as_str()), (200, "standalone\n"));
+
+    send(Lang::Proton, &broker, "metered", 25, &[]);
+    let stored = wait_for_metrics(&addr, "25 messages on 'metered'", |a| {
+        a.sample(r#"tandem_queue_messages{queue="metered"}"#) == Some(25.0)
+    });
+    assert!(
+        stored
+            .header("content-type")
+            .is_some_and(|t| t.starts_with("text/plain; version=0.0.4")),
+        "{:?}",
+        stored.headers
+    );
+    assert_eq!(
+        stored.sample(r#"tandem_queue_enqueued_total{queue="metered"}"#),
+        Some(25.0)
+    );
+    assert_eq!(
+        stored.sample(r#"tandem_ha_status{status="standalone"}"#),
+        Some(1.0)
+    );
+    assert!(stored.sample("tandem_uptime_seconds").is_some());
+    promtool_accepts(&stored.body);
+
+    receive(Lang::Proton, &broker, "metered", 25, &[]);
+    let drained = wait_for_metrics(&addr, "'metered' drained", |a| {
+        a.sample(r#"tandem_queue_messages{queue="metered"}"#) == Some(0.0)
+            && a.sample(r#"tandem_queue_dequeued_total{queue="metered"}"#) == Some(25.0)
+    });
+    // The clients closed: their shard totals stay (counters never go down).
+    assert!(total(&drained, "tandem_shard_messages_in_total") >= 25.0);
+    assert!(total(&drained, "tandem_shard_messages_out_total") >= 25.0);
+    assert!(total(&drained, "tandem_shard_bytes_in_total") >= 25.0 * 10.0);
+    assert_eq!(total(&drained, "tandem_shard_connections"), 0.0);
+    promtool_accepts(&drained.body);
+
+    let missing = get(&addr, "/nope");
+    assert_eq!(missing.status, 404, "{}", missing.body);
+    let post = request(&addr, "POST", "/metrics");
+    assert_eq!(post.status, 405);
+    assert_eq!(post.header("allow"), Some("GET, HEAD"));
+    let head = request(&addr, "HEAD", "/health");
+    assert_eq!((head.status, head.body.as_str()), (200, ""));
+}
+
+#[test]
+fn bad_http_settings_stop_the_start_and_say_which() {
+    let out = run_tandemd(&["--http-port", "70000"], DEADLINE);
+    assert!(!out.success());
+    assert!(out.stderr().contains("http-port"), "{}", out.stderr());
+
+    let out = run_tandemd(&["--http-interface", "no such host!"], DEADLINE);
+    assert!(!out.success());
+    assert!(out.stderr().contains("http-interface"), "{}", out.stderr());
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port().to_string();
+    let dir = common::TempDir::new("http-taken");
+    let data = dir.join("data");
+    let data = data.to_str().expect("utf-8");
+    let out = run_tandemd(
+        &["--port", "0", "--data-dir", data, "--http-port", &port],
+        DEADLINE,
+    );
+    assert!(!out.success(), "started on a taken HTTP port");
+    let expected = format!("http-port: cannot listen on 127.0.0.1:{port}");
+    assert!(out.stderr().contains(&expected), "{}", out.stderr());
+}
+
+#[test]
+fn ready_and_the_ha_metrics_follow_the_roles_through_a_fail_over() {
+    let _serial = serial();
+    let mut cluster = HaCluster::start_with_args(Some("all"), &["--http-port", "0"]);
+    let addrs: Vec<String> = (0..3).map(|i| http_address(cluster.broker(i))).collect();
+
+    // Not promoted yet: alive, not ready.
+    for addr in &addrs {
+        assert_eq!(get(addr, "/health").status, 200);
+        let ready = get(addr, "/ready");
+        assert_eq!((ready.status, ready.body.as_str()), (503, "joining\n"));
+    }
+
+    cluster.promote_ok(0);
+    for i in [1, 2] {
+        cluster.wait_status(i, "ready");
+    }
+    for (addr, status) in addrs.iter().zip(["active", "ready", "ready"]) {
+        let shown = wait_until(DEADLINE, || {
+            get(addr, "/ready").body == format!("{status}\n")
+        });
+        assert!(shown, "{addr}: /ready never said {status}");
+        assert_eq!(get(addr, "/ready").status, 200);
+    }
+    let primary = wait_for_metrics(&addrs[0], "two ready backups", |a| {
+        a.sample("tandem_ha_ready_backups") == Some(2.0)
+    });
+    assert_eq!(
+        primary.sample(r#"tandem_ha_status{status="active"}"#),
+        Some(1.0)
+    );
+    let epoch = primary.sample("tandem_ha_epoch").expect("an epoch");
+    promtool_accepts(&primary.body);
+
+    // Under a publisher, the primary's and the backups' depths move.
+    cluster.config(0, &["add", "queue", "watched"]);
+    let mut sender = spawn_ha_send(&cluster.urls, "watched", 400, "60");
+    sender.wait_for_settlements(100, DEADLINE);
+    for addr in &addrs {
+        wait_for_metrics(addr, "messages on 'watched' while sending", |a| {
+            a.sample(r#"tandem_queue_messages{queue="watched"}"#)
+                .is_some_and(|n| n >= 100.0)
+        });
+    }
+    sender.wait().assert_success();
+    for addr in &addrs {
+        wait_for_metrics(addr, "all 400 on 'watched'", |a| {
+            a.sample(r#"tandem_queue_messages{queue="watched"}"#) == Some(400.0)
+                && a.sample(r#"tandem_queue_awaiting_settlement_messages{queue="watched"}"#)
+                    == Some(0.0)
+        });
+    }
+
+    cluster.kill(0);
+    cluster.promote_ok(1);
+    let shown = wait_until(DEADLINE, || get(&addrs[1], "/ready").body == "active\n");
+    assert!(shown, "the new primary's /ready never said active");
+    let new_primary = wait_for_metrics(&addrs[1], "the new primary's epoch", |a| {
+        a.sample(r#"tandem_ha_status{status="active"}"#) == Some(1.0)
+            && a.sample("tandem_ha_epoch").is_some_and(|e| e > epoch)
+    });
+    assert_eq!(
+        new_primary.sample(r#"tandem_queue_messages{queue="watched"}"#),
+        Some(400.0)
+    );
+}
+
+/// The scrape configuration and alert rules `docs/monitoring.md` shows are
+/// ones Prometheus accepts.
+#[test]
+fn the_monitoring_docs_config_and_rules_pass_promtool() {
+    if std::process::Command::new("promtool")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("promtool is not installed (scripts/test installs it): not checked");
+        return;
+    }
+    let docs = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/monitoring.md"))
+        .expect("docs/monitoring.md");
+    let blocks: Vec<&str> = docs
+        .split("```yaml\n")
+        .skip(1)
+        .filter_map(|b| b.split("```").next())
+        .collect();
+    assert_eq!(blocks.len(), 2, "a scrape config and a rules file");
+    let dir = common::TempDir::new("monitoring-docs");
+    for (block, check) in blocks.iter().zip(["config", "rules"]) {
+        let path = dir.join(&format!("{check}.yml"));
+        std::fs::write(&path, block).expect("written");
+        let out = std::process::Command::new("promtool")
+            .args(["check", check])
+            .arg(&path)
+            .output()
+            .expect("promtool ran");
+        assert!(
+            out.status.success(),
+            "promtool check {check}: {}{}\n{block}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
