@@ -146,7 +146,7 @@ fn unhealthy(scrape: &Scrape) -> Option<String> {
     (!stale.is_empty()).then(|| {
         let list: Vec<String> = stale.iter().map(|s| s.to_string()).collect();
         format!(
-            "shard {} has not reported for over {}s",
+            "shard {} has not reported its counters for over {}s (stuck, or not started)",
             list.join(", "),
             STALE_AFTER.as_secs()
         )

@@ -8,9 +8,10 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use prometheus::{CounterVec, Encoder, GaugeVec, Opts, Registry, TextEncoder};
+use prometheus::proto::{self, LabelPair, Metric, MetricFamily, MetricType};
+use prometheus::TextEncoder;
 use tandem_ha::status::BrokerStatus;
-use tandem_shards::stats::{ShardSnapshot, StatsHandle};
+use tandem_shards::stats::{Histogram, ShardSnapshot, StatsHandle, HOLD_BOUNDS};
 
 /// Who the broker is, for `tandem_broker_info`.
 #[derive(Debug, Clone)]
@@ -114,8 +115,24 @@ pub fn render(who: &BrokerIdentity, scrape: &Scrape) -> Result<String, String> {
         let Some(s) = snapshot else { continue };
         shard_metrics(&mut m, &shard, s, scrape.at);
     }
+    let mut holds = Histogram::default();
+    for s in scrape.shards.iter().flatten() {
+        holds.add(&s.report.hold_times);
+    }
+    m.histogram(
+        "tandem_settlement_hold_seconds",
+        "How long stored publishes waited for their settlement holders (the backups, the journal) before the publisher was settled",
+        holds,
+    );
     exchange_metrics(&mut m, scrape);
     extension_metrics(&mut m, scrape);
+    for s in scrape.shards.iter().flatten() {
+        for series in &s.report.series {
+            let (labels, values): (Vec<&'static str>, Vec<&str>) =
+                series.labels.iter().map(|(k, v)| (*k, v.as_str())).unzip();
+            m.float_gauge(series.name, series.help, &labels, &values, series.value);
+        }
+    }
     m.encode()
 }
 
@@ -145,20 +162,43 @@ fn shard_metrics(m: &mut Metrics, shard: &str, s: &ShardSnapshot, at: Instant) {
     ] {
         m.counter(name, help, l, &[shard], v);
     }
-    m.seconds(
+    m.float_gauge(
         "tandem_executor_longest_poll_seconds",
         "The CPU time of the longest poll of the shard's tasks (0 with the stall detector off)",
         l,
         &[shard],
         r.stalls.longest_us as f64 / 1e6,
     );
-    m.seconds(
+    m.float_gauge(
         "tandem_shard_snapshot_age_seconds",
         "How old the shard's last published counters are (they are published every 250 ms)",
         l,
         &[shard],
         at.saturating_duration_since(s.taken).as_secs_f64(),
     );
+    for &(to, waiting, capacity) in &s.rings {
+        let to = to.to_string();
+        for (name, help, v) in [
+            (
+                "tandem_shard_ring_messages",
+                "Messages waiting on the ring from the shard to another",
+                waiting,
+            ),
+            (
+                "tandem_shard_ring_capacity_messages",
+                "How many messages the ring holds (a full ring makes the shard retry)",
+                capacity,
+            ),
+        ] {
+            m.gauge(
+                name,
+                help,
+                &["shard", "to"],
+                &[shard, &to],
+                saturating(v as u64),
+            );
+        }
+    }
     let q = &["queue"];
     for (name, stats) in &r.queues {
         let name: &str = name;
@@ -297,6 +337,14 @@ fn extension_counter(name: &str) -> (String, String) {
             "tandem_ha_consumed_not_sent_messages_total",
             "Messages consumed before they were sent to a lagging backup, so never sent",
         )),
+        "ha-promotions" => Some((
+            "tandem_ha_promotions_total",
+            "Times this broker became primary (a promotion or fail-over to it)",
+        )),
+        "ha-step-downs" => Some((
+            "tandem_ha_step_downs_total",
+            "Times this broker stepped down as primary on finding a newer one",
+        )),
         "ha-consumed-not-sent-bytes" => Some((
             "tandem_ha_consumed_not_sent_bytes_total",
             "Bytes of messages consumed before they were sent to a lagging backup",
@@ -325,17 +373,22 @@ struct Metrics {
 struct Family {
     name: String,
     help: String,
-    counter: bool,
+    kind: MetricType,
     labels: Vec<&'static str>,
-    samples: Vec<(Vec<String>, f64)>,
+    samples: Vec<(Vec<String>, Sample)>,
+}
+
+enum Sample {
+    Number(f64),
+    Histogram(Histogram),
 }
 
 impl Metrics {
     fn gauge(&mut self, name: &str, help: &str, labels: &[&'static str], values: &[&str], v: i64) {
-        self.add(false, name, help, labels, values, v as f64);
+        self.float_gauge(name, help, labels, values, v as f64);
     }
 
-    fn seconds(
+    fn float_gauge(
         &mut self,
         name: &str,
         help: &str,
@@ -343,7 +396,14 @@ impl Metrics {
         values: &[&str],
         v: f64,
     ) {
-        self.add(false, name, help, labels, values, v);
+        self.add(
+            MetricType::GAUGE,
+            name,
+            help,
+            labels,
+            values,
+            Sample::Number(v),
+        );
     }
 
     fn counter(
@@ -354,17 +414,35 @@ impl Metrics {
         values: &[&str],
         v: u64,
     ) {
-        self.add(true, name, help, labels, values, v as f64);
+        self.add(
+            MetricType::COUNTER,
+            name,
+            help,
+            labels,
+            values,
+            Sample::Number(v as f64),
+        );
+    }
+
+    fn histogram(&mut self, name: &str, help: &str, h: Histogram) {
+        self.add(
+            MetricType::HISTOGRAM,
+            name,
+            help,
+            &[],
+            &[],
+            Sample::Histogram(h),
+        );
     }
 
     fn add(
         &mut self,
-        counter: bool,
+        kind: MetricType,
         name: &str,
         help: &str,
         labels: &[&'static str],
         values: &[&str],
-        v: f64,
+        sample: Sample,
     ) {
         let at = match self.families.iter().position(|f| f.name == name) {
             Some(at) => at,
@@ -372,7 +450,7 @@ impl Metrics {
                 self.families.push(Family {
                     name: name.to_owned(),
                     help: help.to_owned(),
-                    counter,
+                    kind,
                     labels: labels.to_vec(),
                     samples: Vec::new(),
                 });
@@ -380,41 +458,75 @@ impl Metrics {
             }
         };
         let values = values.iter().map(|v| v.to_string()).collect();
-        self.families[at].samples.push((values, v));
+        self.families[at].samples.push((values, sample));
     }
 
     /// The text format, through the `prometheus` crate's encoder (which
-    /// escapes label values and writes HELP and TYPE lines).
+    /// checks the families, escapes label values and writes HELP and TYPE).
     fn encode(self) -> Result<String, String> {
-        let registry = Registry::new();
-        for f in self.families {
-            register(&registry, &f).map_err(|e| format!("metric {}: {e}", f.name))?;
-        }
-        let mut out = Vec::new();
+        let families: Vec<MetricFamily> = self.families.into_iter().map(family).collect();
         TextEncoder::new()
-            .encode(&registry.gather(), &mut out)
-            .map_err(|e| format!("encoding metrics: {e}"))?;
-        String::from_utf8(out).map_err(|e| format!("encoding metrics: {e}"))
+            .encode_to_string(&families)
+            .map_err(|e| format!("encoding metrics: {e}"))
     }
 }
 
-fn register(registry: &Registry, f: &Family) -> prometheus::Result<()> {
-    let opts = Opts::new(f.name.as_str(), f.help.as_str());
-    if f.counter {
-        let family = CounterVec::new(opts, &f.labels)?;
-        for (values, v) in &f.samples {
-            let values: Vec<&str> = values.iter().map(String::as_str).collect();
-            family.get_metric_with_label_values(&values)?.inc_by(*v);
+fn family(f: Family) -> MetricFamily {
+    let mut mf = MetricFamily::default();
+    mf.set_name(f.name);
+    mf.set_help(f.help);
+    mf.set_field_type(f.kind);
+    for (values, sample) in f.samples {
+        let labels = f
+            .labels
+            .iter()
+            .zip(values)
+            .map(|(name, value)| {
+                let mut pair = LabelPair::default();
+                pair.set_name(name.to_string());
+                pair.set_value(value);
+                pair
+            })
+            .collect();
+        let mut m = Metric::from_label(labels);
+        match (f.kind, sample) {
+            (MetricType::COUNTER, Sample::Number(v)) => {
+                let mut c = proto::Counter::default();
+                c.set_value(v);
+                m.set_counter(c);
+            }
+            (_, Sample::Number(v)) => {
+                let mut g = proto::Gauge::default();
+                g.set_value(v);
+                m.set_gauge(g);
+            }
+            (_, Sample::Histogram(h)) => m.set_histogram(histogram(&h)),
         }
-        registry.register(Box::new(family))
-    } else {
-        let family = GaugeVec::new(opts, &f.labels)?;
-        for (values, v) in &f.samples {
-            let values: Vec<&str> = values.iter().map(String::as_str).collect();
-            family.get_metric_with_label_values(&values)?.set(*v);
-        }
-        registry.register(Box::new(family))
+        mf.mut_metric().push(m);
     }
+    mf
+}
+
+/// Cumulative buckets of a shard-side histogram (the `+Inf` one is implied
+/// by the count).
+fn histogram(h: &Histogram) -> proto::Histogram {
+    let mut out = proto::Histogram::default();
+    let mut cumulative = 0;
+    let buckets = HOLD_BOUNDS
+        .iter()
+        .zip(h.counts.iter())
+        .map(|(bound, n)| {
+            cumulative += n;
+            let mut b = proto::Bucket::default();
+            b.set_upper_bound(*bound);
+            b.set_cumulative_count(cumulative);
+            b
+        })
+        .collect();
+    out.set_bucket(buckets);
+    out.set_sample_count(h.count);
+    out.set_sample_sum(h.sum_seconds);
+    out
 }
 
 #[cfg(test)]

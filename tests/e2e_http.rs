@@ -12,7 +12,7 @@ use std::time::Duration;
 use common::clients::{receive, send, spawn_ha_send, Lang};
 use common::http::{get, http_address, request, Answer};
 use common::{run_tandemd, wait_until, Broker};
-use ha_cluster::{serial, HaCluster};
+use ha_cluster::{serial, signal, HaCluster};
 
 const DEADLINE: Duration = Duration::from_secs(20);
 
@@ -105,6 +105,13 @@ fn a_stand_alone_broker_serves_metrics_that_move_with_its_messages() {
         Some(1.0)
     );
     assert!(stored.sample("tandem_uptime_seconds").is_some());
+    assert!(
+        stored
+            .sample(r#"tandem_shard_ring_capacity_messages{shard="0",to="1"}"#)
+            .is_some_and(|n| n > 0.0),
+        "{}",
+        stored.body
+    );
     promtool_accepts(&stored.body);
 
     receive(Lang::Proton, &broker, "metered", 25, &[]);
@@ -155,7 +162,11 @@ fn bad_http_settings_stop_the_start_and_say_which() {
 #[test]
 fn ready_and_the_ha_metrics_follow_the_roles_through_a_fail_over() {
     let _serial = serial();
-    let mut cluster = HaCluster::start_with_args(Some("all"), &["--http-port", "0"]);
+    // Heartbeats long enough that a backup stopped for a moment is not dropped.
+    let mut cluster = HaCluster::start_with_args(
+        Some("all"),
+        &["--http-port", "0", "--link-heartbeat-interval", "5"],
+    );
     let addrs: Vec<String> = (0..3).map(|i| http_address(cluster.broker(i))).collect();
 
     // Not promoted yet: alive, not ready.
@@ -190,6 +201,15 @@ fn ready_and_the_ha_metrics_follow_the_roles_through_a_fail_over() {
     cluster.config(0, &["add", "queue", "watched"]);
     let mut sender = spawn_ha_send(&cluster.urls, "watched", 400, "60");
     sender.wait_for_settlements(100, DEADLINE);
+    // A stopped backup acknowledges nothing: the primary shows its lag grow.
+    signal(cluster.pid(2), libc::SIGSTOP);
+    let lagging = wait_for_metrics(&addrs[0], "a stopped backup's lag", |a| {
+        total(a, "tandem_ha_backup_lag_messages") > 0.0
+            && total(a, "tandem_ha_backup_lag_seconds") > 0.0
+            && total(a, "tandem_ha_queue_lag_messages") > 0.0
+    });
+    signal(cluster.pid(2), libc::SIGCONT);
+    assert!(total(&lagging, "tandem_ha_backup_lag_bytes") > 0.0);
     for addr in &addrs {
         wait_for_metrics(addr, "messages on 'watched' while sending", |a| {
             a.sample(r#"tandem_queue_messages{queue="watched"}"#)
@@ -204,6 +224,37 @@ fn ready_and_the_ha_metrics_follow_the_roles_through_a_fail_over() {
                     == Some(0.0)
         });
     }
+    // The primary timed every settlement its backups held, and sees each
+    // backup caught up (lag back to 0), by broker id, and the members' status.
+    let settled = wait_for_metrics(&addrs[0], "hold times and caught-up backups", |a| {
+        a.sample("tandem_settlement_hold_seconds_count")
+            .is_some_and(|n| n >= 400.0)
+            && a.body
+                .lines()
+                .filter(|l| l.starts_with("tandem_ha_backup_lag_messages{"))
+                .count()
+                == 2
+            && total(a, "tandem_ha_backup_lag_messages") == 0.0
+    });
+    assert!(
+        settled.sample(r#"tandem_settlement_hold_seconds_bucket{le="+Inf"}"#) >= Some(400.0),
+        "{}",
+        settled.body
+    );
+    assert_eq!(
+        settled
+            .body
+            .lines()
+            .filter(
+                |l| l.starts_with("tandem_ha_member_status{") && l.contains(r#"status="ready"} 1"#)
+            )
+            .count(),
+        2,
+        "{}",
+        settled.body
+    );
+    assert_eq!(settled.sample("tandem_ha_promotions_total"), Some(1.0));
+    promtool_accepts(&settled.body);
 
     cluster.kill(0);
     cluster.promote_ok(1);
@@ -217,6 +268,7 @@ fn ready_and_the_ha_metrics_follow_the_roles_through_a_fail_over() {
         new_primary.sample(r#"tandem_queue_messages{queue="watched"}"#),
         Some(400.0)
     );
+    assert_eq!(new_primary.sample("tandem_ha_promotions_total"), Some(1.0));
 }
 
 /// The scrape configuration and alert rules `docs/monitoring.md` shows are

@@ -37,6 +37,9 @@ pub struct HaBroker {
     accepted: Option<MemberId>,
     /// The foreign cluster we last refused to join (logged once).
     foreign_logged: Option<String>,
+    /// Times this broker became primary, and stepped down.
+    promotions: u64,
+    step_downs: u64,
 }
 
 impl HaBroker {
@@ -53,6 +56,8 @@ impl HaBroker {
             commands: Vec::new(),
             accepted: None,
             foreign_logged: None,
+            promotions: 0,
+            step_downs: 0,
         }
     }
 
@@ -65,6 +70,7 @@ impl HaBroker {
                         self.node.epoch()
                     );
                     if to.is_primary() && !from.is_primary() {
+                        self.promotions += 1;
                         let epoch = self.node.epoch();
                         self.commands.push(HaCommand::Promoted { epoch });
                     }
@@ -73,6 +79,7 @@ impl HaBroker {
                     tracing::error!(
                         "HA: a newer primary exists (epoch {newer_epoch} > ours): stepping down, dropping clients; publishes not yet settled stay unsettled"
                     );
+                    self.step_downs += 1;
                     self.commands.push(HaCommand::StepDown);
                 }
                 Action::Withhold { ready, needed } => {
@@ -147,6 +154,17 @@ impl HaBroker {
 }
 
 impl HaHandler for HaBroker {
+    fn members(&self) -> Vec<crate::node::MemberInfo> {
+        self.node.members()
+    }
+
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        vec![
+            ("ha-promotions", self.promotions),
+            ("ha-step-downs", self.step_downs),
+        ]
+    }
+
     fn attributes(&self) -> Vec<(&'static str, Value)> {
         let members: Vec<Value> = self
             .node

@@ -144,6 +144,15 @@ pub trait HaHandler {
     fn epoch(&self) -> u64;
     /// The cluster this broker belongs to, once it knows.
     fn cluster_id(&self) -> Option<String>;
+    /// The cluster's members as this broker knows them.
+    fn members(&self) -> Vec<crate::node::MemberInfo> {
+        Vec::new()
+    }
+    /// Counters for metrics: how often this broker became primary, and
+    /// stepped down.
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
 }
 
 /// Whether a connection's open frame marks it as an admin tool's

@@ -362,6 +362,23 @@ struct Runtime {
 }
 
 impl Runtime {
+    /// The shard's counters for the stats handle, with its rings' fill.
+    fn snapshot(&self) -> crate::stats::ShardSnapshot {
+        let mut snapshot = self.shard.borrow().snapshot();
+        snapshot.rings = self
+            .producers
+            .borrow()
+            .iter()
+            .enumerate()
+            .filter_map(|(to, p)| {
+                let p = p.as_ref()?;
+                let capacity = p.buffer().capacity();
+                Some((to, capacity - p.slots(), capacity))
+            })
+            .collect();
+        snapshot
+    }
+
     /// After any change to shard state: process local messages, move outboxes onto
     /// rings (ringing each doorbell once), wake writers with output.
     fn after_step(self: &Rc<Self>) {
@@ -642,6 +659,9 @@ async fn shard_main(
     .detach();
     *rt_slot.borrow_mut() = Some(rt.clone());
     drop(rt_ready_tx);
+    // Published before the shard says it runs, so that a reader (the HTTP
+    // listener's /health) finds every shard from the start.
+    stats.publish(rt.snapshot());
     let _ = ready.send(Ok(id));
     tracing::debug!(shard = id, "shard running");
 
@@ -662,7 +682,6 @@ async fn shard_main(
     // release, the stop flag.
     let mut ticks: u32 = 0;
     let mut published = Instant::now();
-    stats.publish(rt.shard.borrow().snapshot());
     loop {
         let wait = if rt.overflow.get() {
             Duration::from_millis(1)
@@ -692,7 +711,8 @@ async fn shard_main(
             let mut shard = rt.shard.borrow_mut();
             shard.set_now(now);
             shard.set_stalls(rt.stalls.figures());
-            stats.publish(shard.snapshot());
+            drop(shard);
+            stats.publish(rt.snapshot());
         }
         if has_ext {
             rt.shard.borrow_mut().poll_extension(Instant::now());

@@ -52,6 +52,52 @@ impl ConnectionTotals {
     }
 }
 
+/// Upper bounds (seconds) of [`Histogram`]'s buckets: 100 µs to 10 s.
+pub const HOLD_BOUNDS: [f64; 16] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+/// Durations counted into the buckets of [`HOLD_BOUNDS`] (the last count is
+/// for longer ones), with their sum.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Histogram {
+    /// Per bucket, not cumulative; one more than the bounds.
+    pub counts: [u64; HOLD_BOUNDS.len() + 1],
+    pub sum_seconds: f64,
+    pub count: u64,
+}
+
+impl Histogram {
+    pub fn observe(&mut self, d: Duration) {
+        let s = d.as_secs_f64();
+        let at = HOLD_BOUNDS
+            .iter()
+            .position(|b| s <= *b)
+            .unwrap_or(HOLD_BOUNDS.len());
+        self.counts[at] += 1;
+        self.sum_seconds += s;
+        self.count += 1;
+    }
+
+    pub fn add(&mut self, other: &Histogram) {
+        for (a, b) in self.counts.iter_mut().zip(other.counts.iter()) {
+            *a += b;
+        }
+        self.sum_seconds += other.sum_seconds;
+        self.count += other.count;
+    }
+}
+
+/// A labelled gauge an extension reports for metrics (a backup's lag, say).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Series {
+    pub name: &'static str,
+    pub help: &'static str,
+    pub labels: Vec<(&'static str, String)>,
+    pub value: f64,
+}
+
 /// What one shard reports to a statistics gather.
 #[derive(Debug, Clone, Default)]
 pub struct ShardReport {
@@ -65,9 +111,15 @@ pub struct ShardReport {
     pub stalls: crate::stall::StallFigures,
     /// What connections that closed on this shard had moved.
     pub closed: ConnectionTotals,
+    /// How long publishes to this shard's queues waited for their
+    /// settlement holders (the backups, the journal): from stored to
+    /// released.
+    pub hold_times: Histogram,
     /// The extension's facts about the broker (e.g. its HA status and
     /// epoch, on the shard that knows them).
     pub facts: Vec<(&'static str, String)>,
+    /// The extension's labelled gauges (HA: each backup's lag and status).
+    pub series: Vec<Series>,
 }
 
 impl ShardReport {
@@ -107,6 +159,9 @@ pub struct ShardSnapshot {
     pub uptime: Duration,
     /// Queues it owns, exchanges routed through it, connections it serves.
     pub report: ShardReport,
+    /// Its rings to the other shards: (to, messages waiting, capacity).
+    /// Filled by the runtime, which owns the rings.
+    pub rings: Vec<(usize, usize, usize)>,
 }
 
 /// The counters of every shard, as last published. Cheap to clone; hand it
@@ -174,6 +229,7 @@ mod tests {
             shard,
             taken: Instant::now(),
             uptime: Duration::ZERO,
+            rings: Vec::new(),
             report: ShardReport {
                 queues: vec![(
                     "q".into(),

@@ -35,6 +35,7 @@ fn snapshot(shard: usize, taken: Instant, report: ShardReport) -> Option<Arc<Sha
         taken,
         uptime: Duration::from_secs(42),
         report,
+        rings: vec![(1 - shard.min(1), 3, 1024)],
     }))
 }
 
@@ -98,6 +99,8 @@ fn a_scrape_names_queues_shards_and_the_ha_status_in_base_units() {
         r#"tandem_queue_flow_held_messages{queue="orders"} 1"#,
         r#"tandem_queue_awaiting_settlement_messages{queue="orders"} 2"#,
         r#"tandem_shard_connections{shard="0"} 1"#,
+        r#"tandem_shard_ring_messages{shard="0",to="1"} 3"#,
+        r#"tandem_shard_ring_capacity_messages{shard="1",to="0"} 1024"#,
         // Closed connections' counts stay in the shard's totals.
         r#"tandem_shard_messages_in_total{shard="0"} 15"#,
         r#"tandem_shard_bytes_in_total{shard="0"} 1500"#,
@@ -165,6 +168,8 @@ fn every_extension_counter_has_a_counter_name() {
         "ha-catch-up-kept",
         "ha-consumed-not-sent",
         "ha-consumed-not-sent-bytes",
+        "ha-promotions",
+        "ha-step-downs",
         "something-new",
     ] {
         let (metric, _) = extension_counter(name);
@@ -173,5 +178,38 @@ fn every_extension_counter_has_a_counter_name() {
             "{metric}"
         );
         assert!(!metric.contains('-'), "{metric}");
+    }
+}
+
+#[test]
+fn hold_times_are_one_histogram_over_the_shards_and_series_keep_their_labels() {
+    let now = Instant::now();
+    let mut a = ShardReport::default();
+    a.hold_times.observe(Duration::from_micros(50));
+    a.hold_times.observe(Duration::from_millis(3));
+    let mut b = ShardReport::default();
+    b.hold_times.observe(Duration::from_secs(60));
+    b.series.push(tandem_shards::stats::Series {
+        name: "tandem_ha_backup_lag_messages",
+        help: "lag",
+        labels: vec![("broker_id", "b-2".into()), ("address", "h:1".into())],
+        value: 12.0,
+    });
+    let scrape = Scrape {
+        shards: vec![snapshot(0, now, a), snapshot(1, now, b)],
+        at: now,
+    };
+    let text = render(&who(), &scrape).expect("renders");
+    for line in [
+        "# TYPE tandem_settlement_hold_seconds histogram",
+        r#"tandem_settlement_hold_seconds_bucket{le="0.0001"} 1"#,
+        r#"tandem_settlement_hold_seconds_bucket{le="0.0025"} 1"#,
+        r#"tandem_settlement_hold_seconds_bucket{le="0.005"} 2"#,
+        r#"tandem_settlement_hold_seconds_bucket{le="10"} 2"#,
+        r#"tandem_settlement_hold_seconds_bucket{le="+Inf"} 3"#,
+        "tandem_settlement_hold_seconds_count 3",
+        r#"tandem_ha_backup_lag_messages{broker_id="b-2",address="h:1"} 12"#,
+    ] {
+        assert!(has(&text, line), "missing {line:?} in\n{text}");
     }
 }

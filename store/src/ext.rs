@@ -450,6 +450,13 @@ impl Extension for Store {
         self.inner.as_ref().map(|i| i.facts()).unwrap_or_default()
     }
 
+    fn series(&self, now: Instant) -> Vec<tandem_shards::stats::Series> {
+        self.inner
+            .as_ref()
+            .map(|i| i.series(now))
+            .unwrap_or_default()
+    }
+
     fn manages(&self, entity_type: &str) -> bool {
         self.inner.as_ref().is_some_and(|i| i.manages(entity_type))
     }

@@ -16,11 +16,12 @@ use tandem_shards::broker::Shard;
 
 use super::codec::{ranges_from_value, Event};
 use super::{
-    msg, push_for, Acks, Backlog, EnqueueMeta, Holdings, Msg, Refusal, ReplicaSink, Replication,
-    Unsettled,
+    msg, push_for, Acks, Backlog, Delivered, EnqueueMeta, Holdings, Msg, Refusal, ReplicaSink,
+    Replication, Unsettled,
 };
 use crate::guard::MemberId;
 use crate::role::BackupIdentity;
+use tandem_shards::stats::Series;
 
 /// Most events, and bytes of events (unless one event is larger), in one
 /// replication delivery.
@@ -35,6 +36,9 @@ const WINDOW_BYTES: usize = 8 * 1024 * 1024;
 /// One backup's link hosted here.
 struct HostedLink {
     member: Option<MemberId>,
+    /// The backup's broker id and address, as its attach said (metrics
+    /// label its lag with them).
+    backup: Option<(String, String)>,
     /// A queue replica's link: the queue it copies (never a member).
     replica: Option<Arc<str>>,
     /// The backup's attach, answered when the HA role accepts it.
@@ -77,6 +81,7 @@ impl HostedLink {
     fn new(member: Option<MemberId>, replica: Option<Arc<str>>) -> HostedLink {
         HostedLink {
             member,
+            backup: None,
             replica,
             pending_attach: None,
             backlog: Backlog::new(),
@@ -137,6 +142,7 @@ impl Replication {
         };
         let holdings = holdings_from(attach.properties.as_ref());
         let mut hosted = HostedLink::new(None, None);
+        hosted.backup = Some((who.broker_id.clone(), who.address.clone()));
         hosted.pending_attach = Some(Box::new(attach));
         self.host.links.insert((conn, link), hosted);
         let sink = ReplicaSink {
@@ -272,6 +278,7 @@ impl Replication {
         let Some(hl) = self.host.links.get_mut(&(conn, link)) else {
             return;
         };
+        let now = shard.now();
         let Some(engine) = shard.engine(conn) else {
             return;
         };
@@ -316,17 +323,24 @@ impl Replication {
             let indexed = hl.indexed.min(taken);
             for (i, (event, meta)) in hl.backlog.drain(..taken).enumerate() {
                 let Some(at) = meta else { continue };
+                let mut bytes = event.len();
                 if i < indexed {
                     hl.pending.remove(&at);
                     if hl.cancelled.remove(&at) {
                         skipped.0 += 1;
                         skipped.1 += event.tail.len() as u64;
+                        bytes = 0;
                     }
                 }
-                acks.push(at);
+                acks.push((at.0, at.1, bytes));
             }
             hl.indexed -= indexed;
-            hl.unsettled.insert(id, (acks, size));
+            let delivered = Delivered {
+                acks,
+                size,
+                sent: now,
+            };
+            hl.unsettled.insert(id, delivered);
             hl.unsettled_bytes += size;
             sent = true;
         }
@@ -341,6 +355,105 @@ impl Replication {
         if sent {
             shard.wrote_to(conn);
         }
+    }
+
+    /// Each backup's lag, for metrics: what was sent or waits to be sent and
+    /// is not acknowledged yet, in messages (`enq` events), bytes and age
+    /// (of the oldest unsettled delivery), for the backup and for each of
+    /// its queues; and how long ago it was last heard.
+    pub(super) fn backup_series(&self, now: Instant) -> Vec<Series> {
+        let mut out = Vec::new();
+        for hl in self.host.links.values() {
+            let Some((broker_id, address)) = &hl.backup else {
+                continue;
+            };
+            let oldest = hl.unsettled.values().map(|d| d.sent).min();
+            let age = |at: Option<Instant>| {
+                at.map_or(0.0, |t| now.saturating_duration_since(t).as_secs_f64())
+            };
+            let mut queues: Vec<QueueLag> = Vec::new();
+            for d in hl.unsettled.values() {
+                for (queue, _, bytes) in &d.acks {
+                    QueueLag::of(&mut queues, queue).add(*bytes, Some(d.sent));
+                }
+            }
+            let mut waiting_bytes = 0;
+            for (event, meta) in &hl.backlog {
+                waiting_bytes += event.len();
+                if let Some((queue, _)) = meta {
+                    QueueLag::of(&mut queues, queue).add(event.len(), None);
+                }
+            }
+            let messages: u64 = queues.iter().map(|q| q.messages).sum();
+            let backup = || {
+                vec![
+                    ("broker_id", broker_id.clone()),
+                    ("address", address.clone()),
+                ]
+            };
+            for (name, help, value) in [
+                (
+                    "tandem_ha_backup_lag_messages",
+                    "Messages sent or waiting to be sent to the backup and not acknowledged by it",
+                    messages as f64,
+                ),
+                (
+                    "tandem_ha_backup_lag_bytes",
+                    "Bytes of replication events sent or waiting and not acknowledged",
+                    (hl.unsettled_bytes + waiting_bytes) as f64,
+                ),
+                (
+                    "tandem_ha_backup_lag_seconds",
+                    "Age of the backup's oldest unacknowledged replication delivery (0: none)",
+                    age(oldest),
+                ),
+                (
+                    "tandem_ha_backup_last_heard_seconds",
+                    "Time since the backup's link last showed signs of life",
+                    age(hl.last_heard),
+                ),
+            ] {
+                out.push(Series {
+                    name,
+                    help,
+                    labels: backup(),
+                    value,
+                });
+            }
+            for q in queues {
+                let labels = || {
+                    vec![
+                        ("queue", q.queue.to_string()),
+                        ("broker_id", broker_id.clone()),
+                    ]
+                };
+                for (name, help, value) in [
+                    (
+                        "tandem_ha_queue_lag_messages",
+                        "The queue's messages not yet acknowledged by the backup",
+                        q.messages as f64,
+                    ),
+                    (
+                        "tandem_ha_queue_lag_bytes",
+                        "Bytes of the queue's messages not yet acknowledged by the backup",
+                        q.bytes as f64,
+                    ),
+                    (
+                        "tandem_ha_queue_lag_seconds",
+                        "Age of the queue's oldest message not acknowledged by the backup (sent or waiting)",
+                        age(q.oldest.or(oldest)),
+                    ),
+                ] {
+                    out.push(Series {
+                        name,
+                        help,
+                        labels: labels(),
+                        value,
+                    });
+                }
+            }
+        }
+        out
     }
 
     /// The backup settled replication deliveries: acknowledge positions to owners.
@@ -368,11 +481,11 @@ impl Replication {
                 (0..span as u32).map(|i| first.wrapping_add(i)).collect()
             };
             for id in ids {
-                let Some((positions, size)) = hl.unsettled.remove(&id) else {
+                let Some(delivered) = hl.unsettled.remove(&id) else {
                     continue;
                 };
-                hl.unsettled_bytes -= size;
-                for (queue, position) in positions {
+                hl.unsettled_bytes -= delivered.size;
+                for (queue, position, _) in delivered.acks {
                     let highest = acks.entry((queue, member)).or_default();
                     *highest = (*highest).max(position);
                 }
@@ -546,4 +659,40 @@ fn holdings_from(properties: Option<&Value>) -> Holdings {
         }
     }
     Arc::new(out)
+}
+
+/// One queue's part of a backup's lag.
+struct QueueLag<'a> {
+    queue: &'a Arc<str>,
+    messages: u64,
+    bytes: u64,
+    /// When its oldest unacknowledged message was sent (`None`: all wait).
+    oldest: Option<Instant>,
+}
+
+impl<'a> QueueLag<'a> {
+    fn of<'l>(all: &'l mut Vec<QueueLag<'a>>, queue: &'a Arc<str>) -> &'l mut QueueLag<'a> {
+        let at = match all.iter().position(|q| q.queue == queue) {
+            Some(at) => at,
+            None => {
+                all.push(QueueLag {
+                    queue,
+                    messages: 0,
+                    bytes: 0,
+                    oldest: None,
+                });
+                all.len() - 1
+            }
+        };
+        &mut all[at]
+    }
+
+    fn add(&mut self, bytes: usize, sent: Option<Instant>) {
+        self.messages += 1;
+        self.bytes += bytes as u64;
+        self.oldest = match (self.oldest, sent) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+    }
 }

@@ -789,15 +789,40 @@ impl Extension for Replication {
         facts
     }
 
+    fn series(&self, now: Instant) -> Vec<tandem_shards::stats::Series> {
+        let mut all = self.backup_series(now);
+        if let Some(role) = &self.role {
+            for m in role.members() {
+                for s in crate::status::BrokerStatus::ALL {
+                    all.push(tandem_shards::stats::Series {
+                        name: "tandem_ha_member_status",
+                        help: "1 for each cluster member's status as this broker knows it, 0 for the others",
+                        labels: vec![
+                            ("broker_id", m.broker_id.clone()),
+                            ("address", m.address.clone()),
+                            ("status", s.as_str().to_owned()),
+                        ],
+                        value: f64::from(u8::from(s == m.status)),
+                    });
+                }
+            }
+        }
+        all
+    }
+
     fn counters(&self) -> Vec<(&'static str, u64)> {
         let c = self.owner.catch_up_sent;
-        vec![
+        let mut all = vec![
             ("ha-catch-up-messages", c.messages),
             ("ha-catch-up-bytes", c.bytes),
             ("ha-catch-up-kept", c.kept),
             ("ha-consumed-not-sent", self.host.skipped.0),
             ("ha-consumed-not-sent-bytes", self.host.skipped.1),
-        ]
+        ];
+        if let Some(role) = &self.role {
+            all.extend(role.counters());
+        }
+        all
     }
 
     fn tap(&mut self, shard: &mut Shard, tap: Tap) {
@@ -863,10 +888,19 @@ fn retain(shard: &mut Shard, queue: &str, next: u64, keep: &[(u64, u64)]) {
 /// Backlog entries of a link: an event and what its delivery acknowledges.
 type Backlog = VecDeque<(Encoded, EnqueueMeta)>;
 
-/// Ids of the unsettled deliveries of a link and the positions they ack.
-/// Unsettled replication deliveries: delivery id -> the queue positions
-/// their `enq` events acknowledge, and their bytes.
-type Unsettled = HashMap<u32, (Vec<(Arc<str>, u64)>, usize)>;
+/// Unsettled replication deliveries of a link, by delivery id.
+type Unsettled = HashMap<u32, Delivered>;
+
+/// One unsettled replication delivery.
+struct Delivered {
+    /// The queue positions its `enq` events acknowledge, with the bytes each
+    /// event took (0 for one cancelled, not sent).
+    acks: Vec<(Arc<str>, u64, usize)>,
+    /// Its bytes.
+    size: usize,
+    /// When it was written.
+    sent: Instant,
+}
 
 /// Queue names.
 type Names = HashSet<Arc<str>>;

@@ -186,6 +186,11 @@ pub trait Extension {
         Vec::new()
     }
 
+    /// Labelled gauges for the stats handle, as of `now` (the shard's clock).
+    fn series(&self, now: Instant) -> Vec<crate::stats::Series> {
+        Vec::new()
+    }
+
     /// Once, when installed on its shard (before any input): recover state,
     /// tap queues, hold settlements.
     fn start(&mut self, shard: &mut Shard) {}
@@ -437,12 +442,12 @@ impl Shard {
         if !q.is_available(position) {
             return false;
         }
-        let Some(ack) = self.holds.dequeued(&name, position) else {
+        let Some(held) = self.holds.dequeued(&name, position) else {
             return false;
         };
         q.remove_available(position);
         self.messages_left(&name);
-        self.refuse_publish(Some(ack), error);
+        self.refuse_publish(Some(held.ack), error);
         true
     }
 
@@ -488,7 +493,9 @@ impl Shard {
                 message,
             });
         }
-        Some(self.holds.enqueued(&name, position, ack).is_some())
+        let since = self.now;
+        let held = super::Held { ack, since };
+        Some(self.holds.enqueued(&name, position, held).is_some())
     }
 
     /// Removes a replica's messages the other broker dequeued, as
@@ -546,8 +553,8 @@ impl Shard {
     pub fn release(&mut self, queue: &str, holder: u64, upto: u64) {
         let mut released = Vec::new();
         self.holds.release(queue, holder, upto, &mut released);
-        for ack in released {
-            self.ack(ack);
+        for held in released {
+            self.settle_held(held);
         }
     }
 
@@ -555,8 +562,8 @@ impl Shard {
     pub fn drop_holder(&mut self, holder: u64) {
         let mut released = Vec::new();
         self.holds.drop_holder(holder, &mut released);
-        for ack in released {
-            self.ack(ack);
+        for held in released {
+            self.settle_held(held);
         }
     }
 

@@ -432,7 +432,13 @@ impl Shard {
             counters: self.ext.as_ref().map(|e| e.counters()).unwrap_or_default(),
             stalls: self.stalls.clone(),
             closed: self.closed_totals,
+            hold_times: self.hold_times.clone(),
             facts: self.ext.as_ref().map(|e| e.facts()).unwrap_or_default(),
+            series: self
+                .ext
+                .as_ref()
+                .map(|e| e.series(self.now))
+                .unwrap_or_default(),
         }
     }
 

@@ -276,6 +276,12 @@ pub enum ShardMsg {
     },
 }
 
+/// A publish whose settlement its queue's holders hold, since it was stored.
+struct Held {
+    ack: AckTo,
+    since: Instant,
+}
+
 /// What a successful configuration request produced.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ConfigDone {
@@ -337,7 +343,9 @@ pub struct Shard {
     /// The access policy asks about every message (asked once, not per message).
     checks_messages: bool,
     /// Publishers' settlements held by the extension's holders.
-    holds: crate::holders::Holds<AckTo>,
+    holds: crate::holders::Holds<Held>,
+    /// How long held settlements waited (stored to released).
+    hold_times: crate::stats::Histogram,
     /// Connections the extension asked the runtime to open.
     connects: Vec<(u64, String, Duration)>,
     /// Disk operations the runtime should perform, with their tokens.
@@ -403,6 +411,7 @@ impl Shard {
             tapped: HashSet::new(),
             checks_messages,
             holds: crate::holders::Holds::new(),
+            hold_times: Default::default(),
             connects: Vec::new(),
             disk_ops: Vec::new(),
             next_disk: 1,
@@ -484,6 +493,7 @@ impl Shard {
             taken: self.now,
             uptime: self.uptime(),
             report: self.report(),
+            rings: Vec::new(),
         }
     }
 
@@ -762,14 +772,9 @@ impl Shard {
             });
         }
         let Some(ack) = ack else { return };
-        if let Some(ack) = self.holds.enqueued(queue, position, ack) {
-            self.send(
-                ack.shard,
-                ShardMsg::Ack {
-                    token: ack.token,
-                    rejected: None,
-                },
-            );
+        let since = self.now;
+        if let Some(Held { ack, .. }) = self.holds.enqueued(queue, position, Held { ack, since }) {
+            self.ack(ack);
         }
     }
 
@@ -811,8 +816,8 @@ impl Shard {
             return;
         }
         for &p in &gone {
-            if let Some(ack) = self.holds.dequeued(queue, p) {
-                self.ack(ack);
+            if let Some(held) = self.holds.dequeued(queue, p) {
+                self.settle_held(held);
             }
         }
         if !self.tapped.is_empty() && self.tapped.contains(queue) {
@@ -835,6 +840,13 @@ impl Shard {
                 },
             );
         }
+    }
+
+    /// Settles a publish its holders released, timing how long it waited.
+    fn settle_held(&mut self, held: Held) {
+        self.hold_times
+            .observe(self.now.saturating_duration_since(held.since));
+        self.ack(held.ack);
     }
 
     fn ack(&mut self, ack: AckTo) {
@@ -897,8 +909,8 @@ impl Shard {
                 // Nothing waits for a deleted queue.
                 let mut released = Vec::new();
                 self.holds.remove_queue(name, &mut released);
-                for ack in released {
-                    self.ack(ack);
+                for held in released {
+                    self.settle_held(held);
                 }
                 self.tapped.remove(name);
                 if let Some(mut q) = self.queues.remove(name) {
