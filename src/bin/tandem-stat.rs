@@ -45,6 +45,14 @@ struct Cli {
     /// Seconds to wait for the broker.
     #[arg(long, default_value_t = 10.0, value_name = "SECONDS")]
     timeout: f64,
+    /// Redraw the view every SECONDS (default 2) until interrupted, like
+    /// `watch qpid-stat -q`; without a view flag: the summary, queues (with
+    /// rates), connections and each backup's replication lag.
+    #[arg(short = 'w', long = "watch", value_name = "SECONDS", num_args = 0..=1, default_missing_value = "2")]
+    watch: Option<f64>,
+    /// With --watch: stop after this many frames.
+    #[arg(long, value_name = "N")]
+    frames: Option<u64>,
     #[command(flatten)]
     tls: tools::TlsArgs,
 }
@@ -102,6 +110,12 @@ const CONNECTIONS: View = View {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if cli.watch.is_some() || cli.frames.is_some() {
+        return match watch::run(&cli) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => tools::fail("tandem-stat", &e),
+        };
+    }
     match run(&cli) {
         Ok(out) => {
             print!("{out}");
@@ -113,12 +127,25 @@ fn main() -> ExitCode {
 
 fn run(cli: &Cli) -> ToolResult<String> {
     tools::use_tls(&cli.tls)?;
-    let url = match cli.broker.as_deref() {
+    let mut mc = tools::connect(url(cli), cli.ha_admin, cli.timeout)?;
+    let out = match view(cli) {
+        Some(v) => show(&mut mc, v, cli),
+        None => broker_summary(&mut mc, cli.json),
+    };
+    mc.close();
+    out
+}
+
+fn url(cli: &Cli) -> &str {
+    match cli.broker.as_deref() {
         None | Some("") => "localhost:5672",
         Some(u) => u,
-    };
-    let mut mc = tools::connect(url, cli.ha_admin, cli.timeout)?;
-    let view = if cli.queues {
+    }
+}
+
+/// The view a flag chose (`None`: the broker summary).
+fn view(cli: &Cli) -> Option<&'static View> {
+    if cli.queues {
         Some(&QUEUES)
     } else if cli.exchanges {
         Some(&EXCHANGES)
@@ -126,14 +153,11 @@ fn run(cli: &Cli) -> ToolResult<String> {
         Some(&CONNECTIONS)
     } else {
         None
-    };
-    let out = match view {
-        Some(v) => show(&mut mc, v, cli),
-        None => broker_summary(&mut mc, cli.json),
-    };
-    mc.close();
-    out
+    }
 }
+
+#[path = "tandem-stat/watch.rs"]
+mod watch;
 
 fn broker_summary(mc: &mut ManagementClient, as_json: bool) -> ToolResult<String> {
     let b = tools::read(mc, "broker", None)?;

@@ -451,6 +451,7 @@ impl Shard {
         g.report.connections.extend(part.connections);
         g.report.add_counters(&part.counters);
         g.report.stalls.merge(&part.stalls);
+        g.report.series.extend(part.series);
         g.waiting -= 1;
         if g.waiting > 0 {
             return;
@@ -712,6 +713,7 @@ impl Shard {
             ("executor-stalls", Value::Ulong(report.stalls.stalls)),
             ("longest-poll-us", Value::Ulong(report.stalls.longest_us)),
             ("longest-poll-at", Value::string(&report.stalls.longest_at)),
+            ("series", series_value(&report.series)),
         ]
         .into_iter()
         .chain(report.counters.iter().map(|(k, n)| (*k, Value::Ulong(*n))))
@@ -773,4 +775,26 @@ fn connection_row(c: &ConnectionInfo) -> Vec<(&'static str, Value)> {
         ("messages-in", Value::Ulong(c.moved.messages_in)),
         ("messages-out", Value::Ulong(c.moved.messages_out)),
     ]
+}
+
+/// The extension's labelled gauges (an HA primary's backup lag, say) as
+/// management shows them: a list of `{name, labels: {k: v}, value}`.
+fn series_value(series: &[crate::stats::Series]) -> Value {
+    Value::List(
+        series
+            .iter()
+            .map(|s| {
+                let labels = s
+                    .labels
+                    .iter()
+                    .map(|(k, v)| (Value::string(k), Value::string(v)))
+                    .collect();
+                Value::Map(vec![
+                    (Value::string("name"), Value::string(s.name)),
+                    (Value::string("labels"), Value::Map(labels)),
+                    (Value::string("value"), Value::Double(s.value)),
+                ])
+            })
+            .collect(),
+    )
 }
