@@ -1,6 +1,7 @@
 //! The HTTP listener (`http-port`, off by default; `http-interface`,
 //! loopback by default): `/metrics` (Prometheus text), `/health` and
-//! `/ready` for probes.
+//! `/ready` for probes, and the cluster status page `/` with the
+//! `/status.json` it reads ([`crate::status`]).
 //!
 //! It runs on a thread of its own with a current-thread tokio runtime, so it
 //! never shares a CPU slot with a shard's executor, and it reads only what
@@ -36,11 +37,21 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 struct State {
     who: BrokerIdentity,
     stats: StatsHandle,
+    /// The cluster as the status thread last gathered it.
+    cluster: crate::status::Shared,
 }
+
+/// The status page: one static file, no build step, no framework.
+const STATUS_PAGE: &str = include_str!("status.html");
 
 /// Serves `listener` (already bound, so that a bad address fails the start)
 /// on a thread named `http`.
-pub fn start(listener: TcpListener, who: BrokerIdentity, stats: StatsHandle) -> Result<(), String> {
+pub fn start(
+    listener: TcpListener,
+    who: BrokerIdentity,
+    stats: StatsHandle,
+    gathering: crate::status::Gathering,
+) -> Result<(), String> {
     listener
         .set_nonblocking(true)
         .map_err(|e| format!("http-port: {e}"))?;
@@ -48,7 +59,12 @@ pub fn start(listener: TcpListener, who: BrokerIdentity, stats: StatsHandle) -> 
         .enable_all()
         .build()
         .map_err(|e| format!("http-port: cannot start the HTTP runtime: {e}"))?;
-    let state = Arc::new(State { who, stats });
+    let cluster = crate::status::start(gathering)?;
+    let state = Arc::new(State {
+        who,
+        stats,
+        cluster,
+    });
     std::thread::Builder::new()
         .name("http".into())
         .spawn(move || runtime.block_on(serve(listener, state)))
@@ -121,6 +137,30 @@ fn answer(state: &State, req: &Request<Incoming>) -> Response<Full<Bytes>> {
                 text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n"))
             }
         },
+        "/" => {
+            let mut r = text(StatusCode::OK, STATUS_PAGE.to_owned());
+            r.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("text/html; charset=utf-8"),
+            );
+            r
+        }
+        "/status.json" => {
+            let status = state
+                .cluster
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            match serde_json::to_string(&status) {
+                Ok(body) => {
+                    let mut r = text(StatusCode::OK, body);
+                    r.headers_mut()
+                        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                    r
+                }
+                Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+            }
+        }
         "/health" => match unhealthy(&scrape) {
             None => text(StatusCode::OK, "ok\n".into()),
             Some(why) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
@@ -135,7 +175,7 @@ fn answer(state: &State, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         }
         path => text(
             StatusCode::NOT_FOUND,
-            format!("no {path} here: /metrics, /health and /ready are\n"),
+            format!("no {path} here: /, /status.json, /metrics, /health and /ready are\n"),
         ),
     }
 }

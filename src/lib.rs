@@ -13,5 +13,6 @@ pub mod config;
 pub mod data_dir;
 pub mod http;
 pub mod metrics;
+pub mod status;
 pub mod store;
 pub mod tools;

@@ -221,7 +221,8 @@ fn run(cfg: &Config) -> Result<(), String> {
             broker_id: data_dir.broker_id.clone(),
             version: env!("CARGO_PKG_VERSION"),
         };
-        tandem::http::start(listener, who, running.stats())?;
+        let gathering = status_gathering(cfg, running.addr, &data_dir.broker_id, tls_client);
+        tandem::http::start(listener, who, running.stats(), gathering)?;
         tracing::info!("HTTP on {addr}: /metrics, /health, /ready");
         // Before the AMQP line scripts and tests wait for, so it is there by then.
         println!("tandemd http on http://{addr}");
@@ -272,6 +273,44 @@ fn run(cfg: &Config) -> Result<(), String> {
     running.shutdown();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Whom the status page asks: every broker of the cluster, over the
+/// cluster's own credentials and TLS, or this stand-alone broker itself.
+fn status_gathering(
+    cfg: &Config,
+    listening: SocketAddr,
+    broker_id: &str,
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+) -> tandem::status::Gathering {
+    let brokers = match (&cfg.ha.brokers_url, cfg.ha.cluster) {
+        (Some(url), true) => url
+            .addrs
+            .iter()
+            .map(|a| tandem_shards::url::BrokerUrl {
+                user: cfg.ha.username.clone(),
+                password: cfg.ha.password.clone(),
+                addrs: vec![a.clone()],
+            })
+            .collect(),
+        _ => {
+            let ip = if listening.ip().is_unspecified() {
+                IpAddr::from([127, 0, 0, 1])
+            } else {
+                listening.ip()
+            };
+            let own = SocketAddr::new(ip, listening.port()).to_string();
+            match own.parse() {
+                Ok(url) => vec![url],
+                Err(_) => Vec::new(),
+            }
+        }
+    };
+    tandem::status::Gathering {
+        brokers,
+        broker_id: broker_id.to_owned(),
+        tls,
+    }
 }
 
 /// The epoch and cluster id this broker knew when it stopped (nothing on its

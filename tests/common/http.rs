@@ -45,18 +45,29 @@ pub fn http_address(broker: &Broker) -> String {
 
 /// `METHOD path` on `addr`; panics if the exchange fails (bounded by 10 s).
 pub fn request(addr: &str, method: &str, path: &str) -> Answer {
+    request_with(addr, method, path, None, Duration::from_secs(10))
+}
+
+/// `METHOD path` with a JSON `body`, waiting up to `wait` for the answer
+/// (a WebDriver command can take a while).
+pub fn request_with(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    wait: Duration,
+) -> Answer {
     let mut stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("read timeout");
+    stream.set_read_timeout(Some(wait)).expect("read timeout");
+    let body = body.unwrap_or("");
     write!(
         stream,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
     )
     .expect("request written");
-    let mut raw = Vec::new();
-    stream
-        .read_to_end(&mut raw)
+    let raw = read_answer(&mut stream)
         .unwrap_or_else(|e| panic!("reading the answer to {method} {path}: {e}"));
     let text = String::from_utf8_lossy(&raw).into_owned();
     let (head, body) = text
@@ -84,6 +95,40 @@ pub fn request(addr: &str, method: &str, path: &str) -> Answer {
         status,
         headers,
         body,
+    }
+}
+
+/// Reads one answer: up to its `Content-Length` when it has one (some
+/// servers keep the connection open whatever the request said), else to
+/// the end of the stream.
+fn read_answer(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+    let mut raw = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        if let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+            let length = head.lines().find_map(|l| {
+                l.strip_prefix("content-length:")
+                    .and_then(|v| v.trim().parse::<usize>().ok())
+            });
+            if let Some(length) = length {
+                while raw.len() < end + 4 + length {
+                    let n = stream.read(&mut chunk)?;
+                    if n == 0 {
+                        break;
+                    }
+                    raw.extend_from_slice(&chunk[..n]);
+                }
+                return Ok(raw);
+            }
+            stream.read_to_end(&mut raw)?;
+            return Ok(raw);
+        }
+        let n = stream.read(&mut chunk)?;
+        if n == 0 {
+            return Ok(raw);
+        }
+        raw.extend_from_slice(&chunk[..n]);
     }
 }
 
