@@ -89,6 +89,8 @@ pub struct Config {
     pub log_enable: String,
     /// Whether the log goes to standard error.
     pub log_to_stderr: bool,
+    /// `log-format`: text (prefixed with broker id and status) or json.
+    pub log_format: crate::log::LogFormat,
     /// Most client connections open at once; at least 1.
     pub max_connections: usize,
     /// Largest AMQP frame accepted or sent; at least 512, the spec's minimum.
@@ -271,6 +273,7 @@ impl Config {
             data_dir: src.value("data-dir", value::text)?.into(),
             log_enable: src.value("log-enable", value::log_level)?,
             log_to_stderr: src.value("log-to-stderr", value::boolean)?,
+            log_format: src.value("log-format", value::choice)?,
             max_connections: src.value("max-connections", |r| value::number(r, 1, u64::MAX))?,
             max_frame_size: src
                 .value("max-frame-size", |r| value::number(r, 512, u32::MAX.into()))?,

@@ -12,6 +12,7 @@
 pub mod config;
 pub mod data_dir;
 pub mod http;
+pub mod log;
 pub mod metrics;
 pub mod status;
 pub mod store;

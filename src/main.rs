@@ -39,10 +39,15 @@ fn main() -> ExitCode {
 fn init_logging(cfg: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.log_enable));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && cfg.log_format == tandem::log::LogFormat::Text;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+        .with_ansi(ansi)
+        .event_format(tandem::log::Lines {
+            format: cfg.log_format,
+            ansi,
+        });
     if cfg.log_to_stderr {
         builder.with_writer(std::io::stderr).init();
     } else {
@@ -53,6 +58,7 @@ fn init_logging(cfg: &Config) {
 fn run(cfg: &Config) -> Result<(), String> {
     // Held until the broker exits: one broker per data-dir.
     let data_dir = tandem::data_dir::DataDir::open(&cfg.data_dir)?;
+    tandem_shards::log_context::set_broker_id(&data_dir.broker_id);
     let users = std::sync::Arc::new(match &cfg.users_file {
         Some(path) => tandem_shards::users::UserDb::load(path)?,
         None if cfg.auth && !cfg.auth_given => {

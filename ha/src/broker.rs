@@ -44,6 +44,7 @@ pub struct HaBroker {
 
 impl HaBroker {
     pub fn new(settings: HaSettings, info: ClusterInfo, now: Instant) -> HaBroker {
+        tandem_shards::log_context::set_status(BrokerStatus::Joining.as_str());
         tracing::info!(
             "HA: broker {} joining cluster {} (status {})",
             settings.broker_id,
@@ -65,6 +66,7 @@ impl HaBroker {
         for a in actions {
             match a {
                 Action::Status { from, to } => {
+                    tandem_shards::log_context::set_status(to.as_str());
                     tracing::info!(
                         "HA: status changed from {from} to {to} (epoch {})",
                         self.node.epoch()

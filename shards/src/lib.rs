@@ -23,6 +23,7 @@ pub mod disk;
 pub mod duration;
 pub mod exchange;
 pub mod holders;
+pub mod log_context;
 pub mod management;
 pub mod placement;
 pub mod queue;

@@ -117,6 +117,8 @@ pub(super) const OPTIONS: &[OptionSpec] = &[
         "Log this level and above: trace+, debug+, info+, notice+, warning+, error+ or critical+"),
     opt(LOGGING, "log-to-stderr", "yes|no", Some("yes"), Bool,
         "Write the log to standard error"),
+    opt(LOGGING, "log-format", "text|json", Some("text"), Plain,
+        "text: lines prefixed with the broker's id and HA status; json: one JSON object per line (timestamp, level, broker_id, status, thread, shard, message, fields)"),
     opt(LOGGING, "stall-threshold", "DURATION", Some("0"), Plain,
         "Log and count every poll of a shard's task that uses more CPU than this, e.g. 500us (0: off; on, each poll costs two clock reads)"),
     opt(MONITORING, "http-port", "PORT", None, Plain,
