@@ -798,8 +798,14 @@ fn the_http_port_is_off_unless_given_and_listens_on_loopback() {
 fn the_log_format_is_text_unless_json_is_asked_for() {
     use crate::log::LogFormat;
     assert_eq!(loaded(&[]).log_format, LogFormat::Text);
-    assert_eq!(loaded(&["--log-format", "json"]).log_format, LogFormat::Json);
-    assert_eq!(loaded(&["--log-format", "JSON"]).log_format, LogFormat::Json);
+    assert_eq!(
+        loaded(&["--log-format", "json"]).log_format,
+        LogFormat::Json
+    );
+    assert_eq!(
+        loaded(&["--log-format", "JSON"]).log_format,
+        LogFormat::Json
+    );
     assert!(matches!(
         error(&["--log-format", "xml"]),
         ConfigError::InvalidValue { .. }
