@@ -110,8 +110,8 @@ fn level_colour(level: tracing::Level) -> &'static str {
     }
 }
 
-/// Now, as RFC 3339 UTC with microseconds.
-fn timestamp() -> String {
+/// Now, as RFC 3339 UTC with microseconds (`2026-12-03T13:13:13.110305Z`).
+pub fn timestamp() -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();

@@ -34,21 +34,11 @@ fn lag(c: &Cluster, b: usize, name: &str, backup: &str) -> Option<f64> {
         .map(|s| s.value)
 }
 
-fn counter(c: &Cluster, b: usize, name: &str) -> u64 {
-    c.brokers[b]
-        .shards
-        .iter()
-        .flat_map(|s| s.report().counters)
-        .filter(|(n, _)| *n == name)
-        .map(|(_, v)| v)
-        .sum()
-}
-
 #[test]
 fn held_settlements_are_timed_and_a_stalled_backups_lag_grows_then_clears() {
     let mut c = running_cluster(2, SEED);
-    assert_eq!(counter(&c, 0, "ha-promotions"), 1);
-    assert_eq!(counter(&c, 1, "ha-promotions"), 0);
+    assert_eq!(c.counter(0, "ha-promotions"), 1);
+    assert_eq!(c.counter(1, "ha-promotions"), 0);
 
     let p = c.add_client(Kind::Publisher, "q", 50);
     assert!(c.run_until(Duration::from_secs(2), |c| c.clients[p].all_settled()));

@@ -56,7 +56,7 @@ pub fn cpu_used(pids: &[u32], window: Duration) -> Duration {
     let before = activity(pids).map_or(0, |a| a.cpu_ns);
     let end = Instant::now() + window;
     while Instant::now() < end {
-        thread::sleep(POLL_INTERVAL); // measuring over a window of time
+        thread::sleep(POLL_INTERVAL); // poll: the loop ends at the window's deadline
     }
     let after = activity(pids).map_or(0, |a| a.cpu_ns);
     Duration::from_nanos(after.saturating_sub(before))

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use tandem::tools::{self, cell, get, table, ToolResult};
 use tandem_shards::amqp::codec::Value;
@@ -54,7 +54,7 @@ pub fn run(cli: &Cli) -> ToolResult<()> {
             "tandem-stat {}   every {}s   {}\n\n",
             url(cli),
             every.as_secs_f64(),
-            utc_now()
+            clock()
         );
         let mut out = std::io::stdout().lock();
         let clear = if terminal { "\x1b[H\x1b[2J" } else { "" };
@@ -224,15 +224,7 @@ fn backup_lag(mc: &mut ManagementClient) -> ToolResult<String> {
 }
 
 /// The wall clock as `HH:MM:SS UTC` (a frame's time, for the operator).
-fn utc_now() -> String {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let day = secs % 86_400;
-    format!(
-        "{:02}:{:02}:{:02} UTC",
-        day / 3600,
-        day % 3600 / 60,
-        day % 60
-    )
+fn clock() -> String {
+    let now = tandem::log::timestamp();
+    format!("{} UTC", now.get(11..19).unwrap_or(&now))
 }
