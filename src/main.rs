@@ -221,17 +221,38 @@ fn run(cfg: &Config) -> Result<(), String> {
             Some((listener, addr))
         }
     };
+    // The HTTP port takes the AMQP ports' checks: the same certificate, the
+    // same users (when auth = yes) and the same ACL.
+    let guard = tandem::http::Guard {
+        tls: tls_server.as_ref().map(|(server, _)| server.clone()),
+        users: cfg.auth.then(|| users.clone()),
+        realm: cfg.realm.clone(),
+        access: settings.access.clone(),
+    };
     let running = runtime::start(settings, bind, extension).map_err(|e| e.to_string())?;
     if let Some((listener, addr)) = http {
         let who = tandem::metrics::BrokerIdentity {
             broker_id: data_dir.broker_id.clone(),
             version: env!("CARGO_PKG_VERSION"),
         };
+        if cfg.auth && cfg.ha.username.is_none() {
+            tracing::warn!(
+                "http-port with auth = yes and no ha-username: the status page cannot log in to read the brokers (set ha-username and ha-password to a user of the users file)"
+            );
+        }
         let gathering = status_gathering(cfg, running.addr, &data_dir.broker_id, tls_client);
-        tandem::http::start(listener, who, running.stats(), gathering)?;
-        tracing::info!("HTTP on {addr}: /metrics, /health, /ready");
+        let scheme = if guard.tls.is_some() { "https" } else { "http" };
+        let login = if guard.users.is_some() {
+            " (Basic credentials from the users file or a client certificate, but for /health and /ready)"
+        } else {
+            ""
+        };
+        tandem::http::start(listener, who, running.stats(), gathering, guard)?;
+        tracing::info!(
+            "HTTP on {scheme}://{addr}: /, /status.json, /metrics, /health, /ready{login}"
+        );
         // Before the AMQP line scripts and tests wait for, so it is there by then.
-        println!("tandemd http on http://{addr}");
+        println!("tandemd http on {scheme}://{addr}");
     }
     tracing::info!(
         "listening on {} with {} shards{}, data-dir {}, auth {}",
@@ -306,8 +327,14 @@ fn status_gathering(
                 listening.ip()
             };
             let own = SocketAddr::new(ip, listening.port()).to_string();
-            match own.parse() {
-                Ok(url) => vec![url],
+            match own.parse::<tandem_shards::url::BrokerUrl>() {
+                // With auth = yes the page logs in as ha-username, as a
+                // cluster's pages do.
+                Ok(url) => vec![tandem_shards::url::BrokerUrl {
+                    user: cfg.ha.username.clone(),
+                    password: cfg.ha.password.clone(),
+                    ..url
+                }],
                 Err(_) => Vec::new(),
             }
         }

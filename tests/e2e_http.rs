@@ -301,10 +301,14 @@ fn the_monitoring_docs_config_and_rules_pass_promtool() {
         .skip(1)
         .filter_map(|b| b.split("```").next())
         .collect();
-    assert_eq!(blocks.len(), 2, "a scrape config and a rules file");
+    assert_eq!(
+        blocks.len(),
+        3,
+        "two scrape configs (plain, HTTPS with credentials) and a rules file"
+    );
     let dir = common::TempDir::new("monitoring-docs");
-    for (block, check) in blocks.iter().zip(["config", "rules"]) {
-        let path = dir.join(&format!("{check}.yml"));
+    for (i, (block, check)) in blocks.iter().zip(["config", "config", "rules"]).enumerate() {
+        let path = dir.join(&format!("{check}-{i}.yml"));
         std::fs::write(&path, block).expect("written");
         let out = std::process::Command::new("promtool")
             .args(["check", check])

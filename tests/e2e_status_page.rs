@@ -3,7 +3,9 @@
 //! installs both). A backup's page shows the whole cluster: one primary and two
 //! ready backups; after kill -9 of the primary and a promotion it shows the new
 //! primary within seconds. The test saves screenshots under the target
-//! directory (`docs/monitoring-status.png` is one of them).
+//! directory (`docs/monitoring-status.png` is one of them). A stand-alone
+//! broker with TLS and auth = yes serves the page over HTTPS to a browser
+//! that logs in with Basic credentials.
 //!
 //! Without chromium and chromedriver the test says so and passes, unless
 //! `TANDEM_REQUIRE_TOOLS` is set (as `scripts/test` does), when it fails.
@@ -14,8 +16,8 @@ mod ha_cluster;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::http::{get, http_address, request_with};
-use common::{free_port, wait_until, Json};
+use common::http::{get, http_address, http_url, request_with};
+use common::{free_port, wait_until, Broker, Json, TempDir};
 use ha_cluster::{serial, HaCluster};
 
 const PAGE_DEADLINE: Duration = Duration::from_secs(20);
@@ -55,8 +57,9 @@ impl Browser {
             session: String::new(),
         };
         assert!(up, "chromedriver did not listen on {}", browser.addr);
+        // acceptInsecureCerts: the test CA is not one Chromium trusts.
         let capabilities = r#"{"capabilities":{"alwaysMatch":{"browserName":"chrome",
-            "goog:chromeOptions":{"binary":"/usr/bin/chromium",
+            "acceptInsecureCerts":true,"goog:chromeOptions":{"binary":"/usr/bin/chromium",
             "args":["--headless=new","--no-sandbox","--disable-gpu","--disable-dev-shm-usage",
                     "--window-size=1400,800"]}}}}"#;
         let created = browser.command("POST", "/session", Some(capabilities));
@@ -227,4 +230,45 @@ fn a_backups_page_shows_the_cluster_and_follows_a_fail_over() {
     });
     eprintln!("after the fail-over the page shows {shown:?}");
     browser.screenshot("status-page-after-fail-over.png");
+}
+
+#[test]
+fn the_page_works_over_https_with_basic_credentials() {
+    let Some(browser) = Browser::start() else {
+        return;
+    };
+    let dir = TempDir::new("status-page-https");
+    let certs = common::certs::Certs::new("status-page-https");
+    let users = dir.join("users");
+    std::fs::write(&users, "admin:secret\n").expect("users file");
+    let ssl_port = free_port().to_string();
+    let broker = Broker::start(&[
+        "--ssl-port",
+        &ssl_port,
+        "--ssl-cert-file",
+        certs.broker_cert.to_str().expect("path"),
+        "--ssl-key-file",
+        certs.broker_key.to_str().expect("path"),
+        "--auth",
+        "yes",
+        "--users-file",
+        users.to_str().expect("path"),
+        "--ha-username",
+        "admin",
+        "--ha-password",
+        "secret",
+        "--http-port",
+        "0",
+    ]);
+    assert!(http_url(&broker).starts_with("https://"));
+    let port = http_address(&broker)
+        .rsplit(':')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    browser.open(&format!("https://admin:secret@localhost:{port}/"));
+    let own = format!("127.0.0.1:{}", broker.port());
+    wait_for_page(&browser, "the stand-alone broker", |s| {
+        s.len() == 1 && s[0].starts_with(&format!("{own}=standalone"))
+    });
 }

@@ -1,8 +1,10 @@
 //! A plain HTTP/1.1 GET for tests of tandemd's HTTP listener (`http-port`):
-//! one request per connection, `Connection: close`, the whole answer read.
+//! one request per connection, `Connection: close`, the whole answer read;
+//! over TCP, or over TLS with a rustls client.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::Broker;
@@ -34,12 +36,21 @@ impl Answer {
     }
 }
 
-/// The broker's HTTP address, from its `tandemd http on http://ADDR` line.
+/// The broker's HTTP address, from its `tandemd http on http://ADDR` line
+/// (or `https://ADDR`).
 pub fn http_address(broker: &Broker) -> String {
+    http_url(broker)
+        .split_once("://")
+        .map(|(_, addr)| addr.to_owned())
+        .unwrap_or_default()
+}
+
+/// The broker's HTTP URL as its `tandemd http on URL` line gives it.
+pub fn http_url(broker: &Broker) -> String {
     broker
         .stdout_lines()
         .iter()
-        .find_map(|l| l.strip_prefix("tandemd http on http://").map(str::to_owned))
+        .find_map(|l| l.strip_prefix("tandemd http on ").map(str::to_owned))
         .unwrap_or_else(|| panic!("no http line in {:?}", broker.stdout_lines()))
 }
 
@@ -59,26 +70,85 @@ pub fn request_with(
 ) -> Answer {
     let mut stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
     stream.set_read_timeout(Some(wait)).expect("read timeout");
+    exchange(&mut stream, addr, method, path, &[], body)
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+}
+
+/// `GET path` over TLS to `addr` (the certificate checked against `host`),
+/// with extra `headers`; what went wrong if the exchange failed (a refused
+/// handshake, say).
+pub fn get_tls(
+    addr: &str,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    config: Arc<rustls::ClientConfig>,
+) -> Result<Answer, String> {
+    let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+        .map_err(|e| format!("server name {host}: {e}"))?;
+    let tls = rustls::ClientConnection::new(config, name).map_err(|e| e.to_string())?;
+    let tcp = TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    let mut stream = rustls::StreamOwned::new(tls, tcp);
+    exchange(&mut stream, host, "GET", path, headers, None)
+}
+
+/// `GET path` with extra `headers` (an `Authorization`, say) on `addr`.
+pub fn get_with(addr: &str, path: &str, headers: &[(&str, &str)]) -> Answer {
+    let mut stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("read timeout");
+    exchange(&mut stream, addr, "GET", path, headers, None)
+        .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+}
+
+/// An `Authorization` header value for HTTP Basic credentials.
+pub fn basic(user: &str, password: &str) -> String {
+    use base64::Engine as _;
+    let pair = format!("{user}:{password}");
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(pair)
+    )
+}
+
+/// One request and its answer on an open `stream`.
+fn exchange(
+    stream: &mut (impl Read + Write),
+    host: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> Result<Answer, String> {
     let body = body.unwrap_or("");
+    let extra: String = headers
+        .iter()
+        .map(|(name, value)| format!("{name}: {value}\r\n"))
+        .collect();
     write!(
         stream,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n{extra}\
          Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )
-    .expect("request written");
-    let raw = read_answer(&mut stream)
-        .unwrap_or_else(|e| panic!("reading the answer to {method} {path}: {e}"));
+    .map_err(|e| format!("writing the request: {e}"))?;
+    stream
+        .flush()
+        .map_err(|e| format!("writing the request: {e}"))?;
+    let raw = read_answer(stream).map_err(|e| format!("reading the answer: {e}"))?;
     let text = String::from_utf8_lossy(&raw).into_owned();
     let (head, body) = text
         .split_once("\r\n\r\n")
-        .unwrap_or_else(|| panic!("no header end in {text:?}"));
+        .ok_or_else(|| format!("no header end in {text:?}"))?;
     let mut lines = head.lines();
     let status = lines
         .next()
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status line in {text:?}"));
+        .ok_or_else(|| format!("no status line in {text:?}"))?;
     let headers = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
@@ -91,17 +161,17 @@ pub fn request_with(
     } else {
         body.to_owned()
     };
-    Answer {
+    Ok(Answer {
         status,
         headers,
         body,
-    }
+    })
 }
 
 /// Reads one answer: up to its `Content-Length` when it has one (some
 /// servers keep the connection open whatever the request said), else to
 /// the end of the stream.
-fn read_answer(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
+fn read_answer(stream: &mut impl Read) -> std::io::Result<Vec<u8>> {
     let mut raw = Vec::new();
     let mut chunk = [0u8; 16 * 1024];
     loop {
