@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use common::certs::Certs;
 use common::http::{basic, get_tls, get_with, http_address, http_url, Answer};
-use common::{free_port, wait_until, Broker, TempDir};
+use common::{wait_until, Broker, TempDir};
 
 /// A rustls client trusting the test CA, with a client certificate if given.
 fn client(
@@ -46,34 +46,33 @@ fn https(
     .unwrap_or_else(|e| panic!("GET {path} over TLS: {e}"))
 }
 
-/// A broker with TLS, auth = yes and the users in `users`, HTTP on a free port.
-fn secured_broker(dir: &TempDir, certs: &Certs, users: &str) -> Broker {
+/// A broker with TLS, auth = yes and the users in `users`, HTTP on a free
+/// port, and `extra` arguments.
+fn secured_broker(dir: &TempDir, certs: &Certs, users: &str, extra: &[&str]) -> Broker {
     let users_file = dir.join("users");
     std::fs::write(&users_file, users).expect("users file");
-    let ssl_port = free_port().to_string();
-    Broker::start(&[
-        "--ssl-port",
-        &ssl_port,
-        "--ssl-cert-file",
-        certs.broker_cert.to_str().expect("path"),
-        "--ssl-key-file",
-        certs.broker_key.to_str().expect("path"),
-        "--ssl-ca-file",
-        certs.ca.to_str().expect("path"),
-        "--auth",
-        "yes",
-        "--users-file",
-        users_file.to_str().expect("path"),
-        "--http-port",
-        "0",
-    ])
+    let mut args = certs.broker_args();
+    let users_file = users_file.to_str().expect("path").to_owned();
+    args.extend(
+        [
+            "--auth",
+            "yes",
+            "--users-file",
+            &users_file,
+            "--http-port",
+            "0",
+        ]
+        .map(String::from),
+    );
+    args.extend(extra.iter().map(|a| a.to_string()));
+    Broker::start(&args.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
 #[test]
 fn with_tls_and_auth_the_http_port_is_https_and_asks_for_the_users_credentials() {
     let dir = TempDir::new("http-tls-auth");
     let certs = Certs::new("http-tls-auth");
-    let broker = secured_broker(&dir, &certs, "admin:secret\n");
+    let broker = secured_broker(&dir, &certs, "admin:secret\n", &[]);
     assert!(
         http_url(&broker).starts_with("https://"),
         "the HTTP line should say https: {:?}",
@@ -135,7 +134,7 @@ fn with_tls_and_auth_the_http_port_is_https_and_asks_for_the_users_credentials()
 fn the_https_port_refuses_plain_http_and_clients_that_do_not_trust_it() {
     let dir = TempDir::new("http-tls-refusals");
     let certs = Certs::new("http-tls-refusals");
-    let broker = secured_broker(&dir, &certs, "admin:secret\n");
+    let broker = secured_broker(&dir, &certs, "admin:secret\n", &[]);
     let addr = http_address(&broker);
     // Plain HTTP on the HTTPS port gets no HTTP answer.
     let mut plain = TcpStream::connect(&addr).expect("connect");
@@ -176,8 +175,6 @@ fn the_https_port_refuses_plain_http_and_clients_that_do_not_trust_it() {
 fn a_verified_client_certificate_logs_in_as_cn_at_realm_like_sasl_external() {
     let dir = TempDir::new("http-tls-cert");
     let certs = Certs::new("http-tls-cert");
-    let users = dir.join("users");
-    std::fs::write(&users, "admin:secret\n").expect("users file");
     // The ACL lets the certificate's identity read the broker, no one else.
     let acl = dir.join("acl");
     std::fs::write(
@@ -185,25 +182,8 @@ fn a_verified_client_certificate_logs_in_as_cn_at_realm_like_sasl_external() {
         "acl allow monitor@QPID access connection\nacl allow monitor@QPID access broker\nacl deny all all\n",
     )
     .expect("acl file");
-    let ssl_port = free_port().to_string();
-    let broker = Broker::start(&[
-        "--ssl-port",
-        &ssl_port,
-        "--ssl-cert-file",
-        certs.broker_cert.to_str().expect("path"),
-        "--ssl-key-file",
-        certs.broker_key.to_str().expect("path"),
-        "--ssl-ca-file",
-        certs.ca.to_str().expect("path"),
-        "--auth",
-        "yes",
-        "--users-file",
-        users.to_str().expect("path"),
-        "--acl-file",
-        acl.to_str().expect("path"),
-        "--http-port",
-        "0",
-    ]);
+    let acl = acl.to_str().expect("path");
+    let broker = secured_broker(&dir, &certs, "admin:secret\n", &["--acl-file", acl]);
     let (cert, key) = certs.client("monitor");
     let monitor = client(&certs, Some((&cert, &key)));
     let metrics = https(&broker, &monitor, "/metrics", &[]);
@@ -284,7 +264,7 @@ fn curl_scrapes_the_https_port_with_the_ca_and_basic_credentials() {
     }
     let dir = TempDir::new("http-curl");
     let certs = Certs::new("http-curl");
-    let broker = secured_broker(&dir, &certs, "prometheus:scrape\n");
+    let broker = secured_broker(&dir, &certs, "prometheus:scrape\n", &[]);
     let url = format!("https://localhost:{}/metrics", http_port(&broker));
     let curl = |credentials: &str| {
         Command::new("curl")

@@ -241,25 +241,24 @@ fn the_page_works_over_https_with_basic_credentials() {
     let certs = common::certs::Certs::new("status-page-https");
     let users = dir.join("users");
     std::fs::write(&users, "admin:secret\n").expect("users file");
-    let ssl_port = free_port().to_string();
-    let broker = Broker::start(&[
-        "--ssl-port",
-        &ssl_port,
-        "--ssl-cert-file",
-        certs.broker_cert.to_str().expect("path"),
-        "--ssl-key-file",
-        certs.broker_key.to_str().expect("path"),
-        "--auth",
-        "yes",
-        "--users-file",
-        users.to_str().expect("path"),
-        "--ha-username",
-        "admin",
-        "--ha-password",
-        "secret",
-        "--http-port",
-        "0",
-    ]);
+    let mut args = certs.broker_args();
+    let users = users.to_str().expect("path").to_owned();
+    args.extend(
+        [
+            "--auth",
+            "yes",
+            "--users-file",
+            &users,
+            "--ha-username",
+            "admin",
+            "--ha-password",
+            "secret",
+            "--http-port",
+            "0",
+        ]
+        .map(String::from),
+    );
+    let broker = Broker::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(http_url(&broker).starts_with("https://"));
     let port = http_address(&broker)
         .rsplit(':')

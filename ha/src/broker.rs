@@ -216,6 +216,9 @@ impl HaHandler for HaBroker {
             "PROMOTE" => {
                 let cluster_manager =
                     matches!(body.map_get("cluster-manager"), Some(Value::Bool(true)));
+                // A broker that was stopped learns so before it answers.
+                let noticed = self.node.notice_stop(now);
+                self.carry_out(noticed);
                 match self.node.promote(cluster_manager, now) {
                     Ok(actions) => {
                         self.carry_out(actions);

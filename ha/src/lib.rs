@@ -13,11 +13,14 @@
 //!   link hosts, the backup's apply; and its wire codec ([`stream::codec`]).
 //! - [`guard`]: delayed settlement: each backup link is a settlement holder.
 //! - [`epoch_file`]: the epoch a broker last knew, kept in its data-dir.
+//! - [`planted`]: bugs planted on purpose (feature `planted-bugs`, tests
+//!   only) to prove that the reliability checkers find them.
 
 pub mod broker;
 pub mod epoch_file;
 pub mod guard;
 pub mod node;
+pub mod planted;
 pub mod role;
 pub mod status;
 pub mod stream;

@@ -161,6 +161,11 @@ pub enum PromoteError {
     JoiningActiveCluster(String),
     #[error("still checking the other brokers' status before a joining broker may become primary; retry shortly")]
     Probing,
+    #[error("a backup of a live primary ({0}, heard from {1} ms ago): promote a backup only once its primary has failed (stop the primary first to move it)")]
+    PrimaryAlive(String, u128),
+    #[error("joining, and only {answered} of the {others} other brokers answered: most of the cluster must say it is joining too before a joining broker becomes the first primary")]
+    NoQuorum { answered: usize, others: usize },
+
     #[error("not in a cluster (ha-cluster = no)")]
     Standalone,
     #[error(
@@ -197,6 +202,10 @@ pub struct HaNode {
     next_index: usize,
     next_attempt: Instant,
     primary_heard: Instant,
+    /// When the last input was handled: a backup linked to its primary
+    /// handles one at least every heartbeat, so a longer gap means this
+    /// process was stopped (SIGSTOP, a hung host).
+    last_input: Instant,
     /// The membership last heard from the primary.
     known: Vec<MemberInfo>,
     /// Joining: statuses peers reported to probes.
@@ -241,6 +250,7 @@ impl HaNode {
             next_index: 0,
             next_attempt: now,
             primary_heard: now,
+            last_input: now,
             known: Vec::new(),
             peers: HashMap::new(),
             probed: std::collections::HashSet::new(),
@@ -267,6 +277,16 @@ impl HaNode {
 
     /// Every other broker was tried at least once since we started, so a
     /// joining broker knows whether a primary or a ready backup exists.
+    /// How many brokers of `ha-brokers-url` are not this one.
+    fn others(&self) -> usize {
+        let own = self.settings.own_address.as_deref();
+        self.settings
+            .brokers
+            .iter()
+            .filter(|b| Some(b.as_str()) != own)
+            .count()
+    }
+
     pub fn probed_all(&self) -> bool {
         self.settings.brokers.iter().enumerate().all(|(i, b)| {
             self.probed.contains(&i) || self.settings.own_address.as_deref() == Some(b.as_str())
@@ -368,6 +388,30 @@ impl HaNode {
         self.status = to;
     }
 
+    /// Stopped for over twice the heartbeat while following a primary (no
+    /// input since: a linked backup hears its primary every heartbeat): the
+    /// primary has dropped us and settled without us since, whatever old
+    /// bytes we read now say. Not ready; find the primary again.
+    /// Every input calls it; so must whoever asks the node anything else
+    /// first (a promotion), carrying out what it returns.
+    pub fn notice_stop(&mut self, now: Instant) -> Vec<Action> {
+        let mut out = Vec::new();
+        let stopped = now.duration_since(self.last_input) > self.settings.heartbeat * 2;
+        self.last_input = now;
+        if !(stopped && self.link.is_some() && self.status.is_backup()) {
+            return out;
+        }
+        if self.status == BrokerStatus::Ready {
+            tracing::warn!(
+                "HA: this broker did not run for {} ms (stopped?): the primary has dropped it; not ready until caught up again",
+                now.duration_since(self.primary_heard).as_millis()
+            );
+            self.become_(BrokerStatus::CatchUp, &mut out);
+        }
+        self.lose_primary(now, &mut out);
+        out
+    }
+
     /// Promotion, as `tandem-ha --cluster-manager promote` asks.
     pub fn promote(
         &mut self,
@@ -395,8 +439,37 @@ impl HaNode {
                 if !self.probed_all() {
                     return Err(PromoteError::Probing);
                 }
+                // Unreachable peers say nothing: a broker of a cluster that
+                // had a primary (it knows an epoch), cut off from the others
+                // or not yet probing again after a partition, would take
+                // itself for the first. Most of the cluster must have
+                // answered that it is joining too. (A new cluster, epoch 0,
+                // may start from one broker.)
+                let others = self.others();
+                if self.epoch > 0 && (self.peers.len() + 1) * 2 <= others + 1 {
+                    return Err(PromoteError::NoQuorum {
+                        answered: self.peers.len(),
+                        others,
+                    });
+                }
             }
-            BrokerStatus::Ready => {}
+            BrokerStatus::Ready => {
+                // Two primaries would each settle on their own: the one we
+                // follow is alive as long as it is heard within twice the
+                // heartbeat (after that it drops us anyway).
+                let heard = now.duration_since(self.primary_heard);
+                if let Some(index) = self.link {
+                    if heard <= self.settings.heartbeat * 2 {
+                        let address = self
+                            .settings
+                            .brokers
+                            .get(index)
+                            .cloned()
+                            .unwrap_or_default();
+                        return Err(PromoteError::PrimaryAlive(address, heard.as_millis()));
+                    }
+                }
+            }
         }
         let expected: Vec<MemberInfo> = self
             .known
@@ -438,7 +511,7 @@ impl HaNode {
 
     /// Handles one input at `now`.
     pub fn handle(&mut self, input: Input, now: Instant) -> Vec<Action> {
-        let mut out = Vec::new();
+        let mut out = self.notice_stop(now);
         match input {
             Input::Promote { cluster_manager } => {
                 if let Ok(actions) = self.promote(cluster_manager, now) {
@@ -591,10 +664,22 @@ impl HaNode {
             out.push(Action::Disconnect);
         }
         // A ready backup stays ready: it holds everything the dead primary had
-        // settled, which is what makes it promotable. One still catching up has
-        // nothing trustworthy and looks for a primary again.
+        // settled, which is what makes it promotable. But not if the primary
+        // had been silent for over twice the heartbeat (we were stopped, or
+        // cut off): the primary drops a backup it has not heard from for that
+        // long and goes on settling without it, so we may lack what it
+        // settled since. One still catching up has nothing trustworthy; both
+        // look for a primary again.
+        let silence = self.settings.heartbeat * 2;
+        if self.status == BrokerStatus::Ready && now.duration_since(self.primary_heard) > silence {
+            self.become_(BrokerStatus::CatchUp, out);
+        }
         if self.status == BrokerStatus::CatchUp {
             self.become_(BrokerStatus::Joining, out);
+            // What the peers said when we last joined is stale: ask again
+            // before a promotion counts on it.
+            self.peers.clear();
+            self.probed.clear();
         }
         self.next_attempt = now;
     }
@@ -968,6 +1053,21 @@ mod tests {
         )
     }
 
+    /// A backup linked to its primary (epoch 1), which said it is ready.
+    fn ready_backup(now: Instant) -> HaNode {
+        let mut n = node(now);
+        n.handle(
+            Input::LinkUp {
+                index: 0,
+                epoch: 1,
+                cluster_id: None,
+            },
+            now,
+        );
+        n.handle(Input::Members(vec![ready(BrokerStatus::Ready)]), now);
+        n
+    }
+
     fn ready(status: BrokerStatus) -> MemberInfo {
         MemberInfo {
             broker_id: "b1".into(),
@@ -1023,6 +1123,33 @@ mod tests {
     }
 
     #[test]
+    fn a_backup_of_a_live_primary_refuses_promotion() {
+        let now = Instant::now();
+        let mut n = ready_backup(now);
+        let refused = n.promote(true, now + Duration::from_millis(100)).err();
+        assert!(
+            matches!(refused, Some(PromoteError::PrimaryAlive(_, 100))),
+            "{refused:?}"
+        );
+        assert_eq!(n.status(), BrokerStatus::Ready, "nothing changed");
+        // Once the primary is lost (a kill: the link ends at once) it may.
+        n.handle(Input::LinkLost, now + Duration::from_millis(200));
+        assert!(n.promote(true, now + Duration::from_millis(300)).is_ok());
+    }
+
+    #[test]
+    fn a_ready_backup_that_lost_a_silent_primary_is_ready_no_more() {
+        let now = Instant::now();
+        let mut n = ready_backup(now);
+        assert_eq!(n.status(), BrokerStatus::Ready);
+        // No input for longer than twice the heartbeat, the link up: it was
+        // stopped, and the primary has dropped it and settled without it.
+        let later = now + Duration::from_millis(2010); // heartbeat 1 s
+        n.handle(Input::LinkLost, later);
+        assert_eq!(n.status(), BrokerStatus::Joining);
+    }
+
+    #[test]
     fn promotion_refuses_to_wrap_the_epoch() {
         let now = Instant::now();
         let mut n = node(now);
@@ -1036,6 +1163,7 @@ mod tests {
         );
         n.handle(Input::Members(vec![ready(BrokerStatus::Ready)]), now);
         assert_eq!(n.status(), BrokerStatus::Ready);
+        n.handle(Input::LinkLost, now);
         assert_eq!(
             n.promote(true, now).err(),
             Some(PromoteError::EpochExhausted)
@@ -1080,6 +1208,7 @@ mod tests {
             status: BrokerStatus::Ready,
         };
         n.handle(Input::Members(vec![ready(BrokerStatus::Ready), other]), now);
+        n.handle(Input::LinkLost, now);
         let out = n.promote(true, now).expect("ready");
         let placeholder = out
             .iter()

@@ -1,6 +1,7 @@
 //! Settlement holders: a publisher's message is settled only when every holder
 //! of its queue has released its position, or it was already consumed (and
-//! accepted), or the holder is gone. The replication guard of `tandem-ha`
+//! accepted) and no holder that keeps consumed messages waits for it, or the
+//! holder is gone. The replication guard of `tandem-ha`
 //! registers one holder per backup; the store will be another.
 //!
 //! A holder holds a queue from a first position on (the queue's next position
@@ -22,6 +23,15 @@ struct Guard {
     first: u64,
     /// The backup has every position up to and including this one.
     acked: u64,
+    /// Consumption does not release what this holder waits for (a primary
+    /// short of backups settles nothing, not even what its consumers took).
+    keeps_consumed: bool,
+}
+
+impl Guard {
+    fn waits(&self, position: u64) -> bool {
+        position >= self.first && self.acked < position
+    }
 }
 
 struct QueueGuard<T> {
@@ -39,9 +49,7 @@ impl<T> QueueGuard<T> {
     }
 
     fn waits(&self, position: u64) -> bool {
-        self.guards
-            .values()
-            .any(|g| position >= g.first && g.acked < position)
+        self.guards.values().any(|g| g.waits(position))
     }
 
     fn release(&mut self, out: &mut Vec<T>) {
@@ -84,6 +92,21 @@ impl<T> Holds<T> {
         q.guards.entry(holder).or_insert(Guard {
             first,
             acked: first.saturating_sub(1),
+            keeps_consumed: false,
+        });
+    }
+
+    /// `holder` guards every position of `queue`, those held now included,
+    /// and consuming a message does not release it (see [`Holds::dequeued`]).
+    pub fn hold_all(&mut self, queue: &Arc<str>, holder: HolderId) {
+        let q = self
+            .queues
+            .entry(queue.clone())
+            .or_insert_with(QueueGuard::new);
+        q.guards.entry(holder).or_insert(Guard {
+            first: 0,
+            acked: 0,
+            keeps_consumed: true,
         });
     }
 
@@ -111,8 +134,22 @@ impl<T> Holds<T> {
     }
 
     /// The message at `position` was consumed and accepted on the primary: its
-    /// settlement no longer waits for replication.
+    /// settlement no longer waits for replication, unless a holder that
+    /// keeps consumed messages waits for it (it stays held).
     pub fn dequeued(&mut self, queue: &str, position: u64) -> Option<T> {
+        let q = self.queues.get_mut(queue)?;
+        if q.guards
+            .values()
+            .any(|g| g.keeps_consumed && g.waits(position))
+        {
+            return None;
+        }
+        q.held.remove(&position)
+    }
+
+    /// Takes the held settlement at `position` out, whoever waits for it
+    /// (to refuse it instead).
+    pub fn take(&mut self, queue: &str, position: u64) -> Option<T> {
         self.queues.get_mut(queue)?.held.remove(&position)
     }
 

@@ -61,6 +61,22 @@ impl Certs {
         Authority { cert, key }
     }
 
+    /// The arguments that give a broker TLS with these files, on a free
+    /// `ssl-port`.
+    pub fn broker_args(&self) -> Vec<String> {
+        let path = |p: &PathBuf| p.to_str().expect("path").to_owned();
+        vec![
+            "--ssl-port".into(),
+            super::free_port().to_string(),
+            "--ssl-cert-file".into(),
+            path(&self.broker_cert),
+            "--ssl-key-file".into(),
+            path(&self.broker_key),
+            "--ssl-ca-file".into(),
+            path(&self.ca),
+        ]
+    }
+
     /// A client certificate with common name `cn`, signed by the CA.
     pub fn client(&self, cn: &str) -> (PathBuf, PathBuf) {
         issue(&self.dir, &self.ca(), cn, &[], false)

@@ -131,7 +131,7 @@ impl Replication {
         let mut snapshot = q.snapshot();
         shard.tap_queue(&queue);
         if !replica {
-            shard.hold(&queue, sink.member);
+            hold_for_backup(shard, &queue, sink.member);
         }
         let mut kept_now = 0;
         let start = match held {
@@ -238,7 +238,7 @@ impl Replication {
                 .queue(&name)
                 .is_some_and(|q| self.queue_level(&q.settings) == Level::All);
             if all {
-                shard.hold(&name, member);
+                hold_for_backup(shard, &name, member);
             }
         }
     }
@@ -346,7 +346,11 @@ impl Replication {
                 && self.queue_level(settings) == Level::All =>
             {
                 for &member in &self.owner.guarded {
-                    shard.hold(name, member);
+                    if member == MIN_BACKUPS {
+                        shard.hold_held(name, member);
+                    } else {
+                        hold_for_backup(shard, name, member);
+                    }
                 }
                 if self.owner.withheld.is_some() {
                     shard.tap_queue(name);
@@ -367,4 +371,13 @@ impl Replication {
             _ => {}
         }
     }
+}
+
+/// Publishes to owned queue `name` from now on settle only once backup
+/// `member` has them (unless the test-only planted bug says otherwise).
+fn hold_for_backup(shard: &mut Shard, name: &Arc<str>, member: MemberId) {
+    if crate::planted::settle_before_backup_ack() {
+        return;
+    }
+    shard.hold(name, member);
 }

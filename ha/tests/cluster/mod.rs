@@ -17,7 +17,9 @@
 // Each test binary uses a different part of this module.
 #![allow(dead_code)]
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+pub mod schedule;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -105,16 +107,20 @@ enum End {
     Peer(usize),
 }
 
-/// A socket pair: bytes written by side `i` wait in `held[i]` until side
-/// `1 - i` runs and reads them into `rx[1 - i]`.
+/// A socket pair: bytes written by side `i` wait in `held[i]` (with when
+/// they were written) until side `1 - i` runs and reads them into
+/// `rx[1 - i]`.
 struct Pipe {
     ends: [End; 2],
-    held: [Vec<Bytes>; 2],
+    held: [Vec<(Instant, Bytes)>; 2],
     rx: [BytesMut; 2],
     /// Bytes side `i` may still send this step.
     budget: [usize; 2],
     /// Since when side `i` waits for the peer's close.
     closing_since: [Option<Instant>; 2],
+    /// Side `i` left all of `rx[i]` unread last time: it is fed again only
+    /// when more bytes arrive (as a socket wakes its reader).
+    unread: [bool; 2],
 }
 
 /// What a client does.
@@ -162,7 +168,24 @@ pub struct Client {
     pub connects: usize,
     /// Steps to wait before the next connection attempt.
     backoff: u32,
+    /// The virtual time, as of the input being handled.
+    now: Option<Instant>,
+    /// Publisher: how many times it sent each number again (after a lost
+    /// connection, a rejection or a release).
+    pub resent: BTreeMap<u64, u32>,
+    /// Publisher: when each settlement arrived, and from which broker.
+    pub settlements: Vec<(Instant, usize)>,
+    /// Consumer: where in `received` the current connection began.
+    connection_start: usize,
+    /// Consumer: the last [`CONSUMER_CREDIT`] numbers received on each
+    /// connection that was lost (how many such connections each was in):
+    /// what it may have accepted without the broker hearing so, so may get
+    /// again.
+    pub unacknowledged_at_loss: BTreeMap<u64, u32>,
 }
+
+/// The credit a consumer keeps granting (its in-flight window).
+pub const CONSUMER_CREDIT: u32 = 100;
 
 impl Client {
     fn new(kind: Kind, queue: &str, limit: u64) -> Client {
@@ -187,6 +210,11 @@ impl Client {
             received: Vec::new(),
             connects: 0,
             backoff: 0,
+            now: None,
+            resent: BTreeMap::new(),
+            settlements: Vec::new(),
+            connection_start: 0,
+            unacknowledged_at_loss: BTreeMap::new(),
         }
     }
 
@@ -228,7 +256,16 @@ impl Client {
         self.engine = None;
         self.broker += 1;
         self.link = None;
+        let window = self.received.len().saturating_sub(CONSUMER_CREDIT as usize);
+        let start = self.connection_start.max(window);
+        for &n in &self.received[start.min(self.received.len())..] {
+            *self.unacknowledged_at_loss.entry(n).or_default() += 1;
+        }
+        self.connection_start = self.received.len();
         let mut again: Vec<u64> = self.unsettled.drain().map(|(_, s)| s).collect();
+        for &n in &again {
+            *self.resent.entry(n).or_default() += 1;
+        }
         again.sort_unstable();
         for s in again.into_iter().rev() {
             self.unsent.push_front(s);
@@ -271,7 +308,7 @@ impl Client {
                 if refused {
                     engine.close(None);
                 } else if self.kind == Kind::Consumer && wants_more(self.limit, &self.received) {
-                    engine.grant_credit(link, 100, false);
+                    engine.grant_credit(link, CONSUMER_CREDIT, false);
                 }
             }
             Event::Transfer {
@@ -298,8 +335,10 @@ impl Client {
                         Some(&DeliveryState::Accepted),
                     );
                 }
-                if engine.credit(link) < 50 && wants_more(self.limit, &self.received) {
-                    engine.grant_credit(link, 100, false);
+                if engine.credit(link) < CONSUMER_CREDIT / 2
+                    && wants_more(self.limit, &self.received)
+                {
+                    engine.grant_credit(link, CONSUMER_CREDIT, false);
                 }
             }
             Event::Disposition { disposition, .. } if disposition.settled => {
@@ -310,6 +349,9 @@ impl Client {
                         match disposition.state {
                             Some(DeliveryState::Accepted) => {
                                 self.settled.insert(n);
+                                if let Some(now) = self.now {
+                                    self.settlements.push((now, self.broker));
+                                }
                             }
                             Some(DeliveryState::Rejected(ref error)) => {
                                 self.rejected.push(
@@ -319,8 +361,12 @@ impl Client {
                                         .unwrap_or_default(),
                                 );
                                 self.unsent.push_back(n);
+                                *self.resent.entry(n).or_default() += 1;
                             }
-                            _ => self.unsent.push_back(n),
+                            _ => {
+                                self.unsent.push_back(n);
+                                *self.resent.entry(n).or_default() += 1;
+                            }
                         }
                     }
                     if id == last {
@@ -439,7 +485,9 @@ pub struct Cluster {
     min_backups: usize,
     min_backups_timeout: Duration,
     /// Brokers cut off from the others by a network partition ([`Cluster::cut_off`]).
-    cut: BTreeSet<usize>,
+    pub cut: BTreeSet<usize>,
+    /// Brokers whose links to the others are slow ([`Cluster::delay`]).
+    delays: HashMap<usize, Duration>,
     /// Addresses of the stand-alone brokers after the members
     /// ([`Cluster::add_standalone`]), in order.
     standalone: Vec<String>,
@@ -467,6 +515,28 @@ impl Cluster {
         Cluster::build(n, shards, seed, true)
     }
 
+    /// `n` brokers (with a store if `store`), every one with
+    /// `ha-min-backups = min` and `ha-min-backups-timeout = timeout`.
+    pub fn with_store_and_min_backups(
+        n: usize,
+        shards: usize,
+        seed: u64,
+        store: bool,
+        min: usize,
+        timeout: Duration,
+    ) -> Cluster {
+        let mut c = Cluster::build(0, shards, seed, store);
+        c.addresses = (0..n).map(address).collect();
+        c.disks = store.then(|| (0..n).map(|_| MemDisk::new()).collect());
+        c.min_backups = min;
+        c.min_backups_timeout = timeout;
+        for i in 0..n {
+            let b = c.start_broker(i);
+            c.brokers.push(b);
+        }
+        c
+    }
+
     fn build(n: usize, shards: usize, seed: u64, store: bool) -> Cluster {
         let mut c = Cluster {
             now: Instant::now(),
@@ -486,6 +556,7 @@ impl Cluster {
             min_backups: 0,
             min_backups_timeout: Duration::from_secs(30),
             cut: BTreeSet::new(),
+            delays: HashMap::new(),
             standalone: Vec::new(),
         };
         for i in 0..n {
@@ -768,6 +839,28 @@ impl Cluster {
     /// The partition heals: what waited between the brokers moves again.
     pub fn heal(&mut self) {
         self.cut.clear();
+    }
+
+    /// Links between broker `b` and the other brokers deliver what is
+    /// written on them `delay` later (nothing else changes: a slow network,
+    /// as netem would make one). `Duration::ZERO` ends it.
+    pub fn delay(&mut self, b: usize, delay: Duration) {
+        if delay.is_zero() {
+            self.delays.remove(&b);
+        } else {
+            self.delays.insert(b, delay);
+        }
+    }
+
+    /// How long bytes between the two ends wait (only between brokers).
+    fn delay_between(&self, a: End, b: End) -> Duration {
+        match (a, b) {
+            (End::Shard { broker: x, .. }, End::Shard { broker: y, .. }) if x != y => {
+                let of = |b| self.delays.get(&b).copied().unwrap_or_default();
+                of(x).max(of(y))
+            }
+            _ => Duration::ZERO,
+        }
     }
 
     /// Whether a partition separates the two ends.
@@ -1256,6 +1349,7 @@ impl Cluster {
             }
             End::Client(c) => {
                 let client = &mut self.clients[c];
+                client.now = Some(now);
                 if let Some(e) = client.engine.as_mut() {
                     e.input(buf, now);
                     let mut events = Vec::new();
@@ -1320,22 +1414,28 @@ impl Cluster {
                     // Written, never delivered (until the partition heals).
                     if self.runs(from) {
                         if let Some(bytes) = self.output(from) {
-                            self.pipes[i].held[side].push(bytes);
+                            self.pipes[i].held[side].push((self.now, bytes));
                         }
                     }
                     continue;
                 }
                 if self.runs(from) {
                     if let Some(bytes) = self.output(from) {
-                        self.pipes[i].held[side].push(bytes);
+                        self.pipes[i].held[side].push((self.now, bytes));
                     }
                 }
+                let delay = self.delay_between(from, to);
                 if self.runs(to) && self.pipes[i].budget[side] > 0 {
                     let mut rx = std::mem::take(&mut self.pipes[i].rx[1 - side]);
+                    let now = self.now;
                     let p = &mut self.pipes[i];
                     let mut taken = 0;
-                    while taken < p.held[side].len() && p.budget[side] > 0 {
-                        let chunk = &mut p.held[side][taken];
+                    let leftover = rx.len();
+                    while taken < p.held[side].len()
+                        && p.budget[side] > 0
+                        && p.held[side][taken].0 + delay <= now
+                    {
+                        let chunk = &mut p.held[side][taken].1;
                         let n = chunk.len().min(p.budget[side]);
                         rx.extend_from_slice(&chunk.split_to(n));
                         p.budget[side] -= n;
@@ -1344,11 +1444,21 @@ impl Cluster {
                         }
                     }
                     p.held[side].drain(..taken);
-                    if !rx.is_empty() {
-                        if let Some(moved_to) = self.input(to, &mut rx) {
-                            self.pipes[i].ends[1 - side] = moved_to;
-                        }
-                        moved = true;
+                    let arrived = rx.len() > leftover;
+                    if !rx.is_empty() && (arrived || !self.pipes[i].unread[1 - side]) {
+                        let fed = rx.len();
+                        let handed_over = match self.input(to, &mut rx) {
+                            Some(moved_to) => {
+                                self.pipes[i].ends[1 - side] = moved_to;
+                                true
+                            }
+                            None => false,
+                        };
+                        // An end that leaves what it was given (closing, say)
+                        // waits for more bytes, and does not keep the
+                        // cluster busy meanwhile.
+                        self.pipes[i].unread[1 - side] = rx.len() == fed && !handed_over;
+                        moved |= arrived || rx.len() < fed || handed_over;
                     }
                     self.pipes[i].rx[1 - side] = rx;
                 }
@@ -1453,7 +1563,7 @@ impl Cluster {
                     let held = std::mem::take(&mut self.pipes[i].held[side]);
                     if !held.is_empty() {
                         let mut rx = std::mem::take(&mut self.pipes[i].rx[1 - side]);
-                        for b in held {
+                        for (_, b) in held {
                             rx.extend_from_slice(&b);
                         }
                         let _ = self.input(other, &mut rx);
@@ -1568,6 +1678,7 @@ fn pipe(a: End, b: End) -> Pipe {
         rx: [BytesMut::new(), BytesMut::new()],
         budget: [BANDWIDTH, BANDWIDTH],
         closing_since: [None, None],
+        unread: [false, false],
     }
 }
 

@@ -409,13 +409,15 @@ impl Shard {
 
     /// Every publish to owned queue `name` whose settlement is held now, and
     /// every one from now on, waits for `holder` too (a hold that keeps what
-    /// other holders held when they go). Whether the queue is owned here.
+    /// other holders held when they go), even once consumed: nothing of the
+    /// queue settles until `holder` releases or goes. Whether the queue is
+    /// owned here.
     pub fn hold_held(&mut self, name: &Arc<str>, holder: u64) -> bool {
         let Some(q) = self.queues.get_mut(&**name) else {
             return false;
         };
         q.track_dequeues(true);
-        self.holds.hold(name, holder, 0);
+        self.holds.hold_all(name, holder);
         true
     }
 
@@ -429,24 +431,24 @@ impl Shard {
         self.holds.holds(holder, queue)
     }
 
-    /// Refuses the held publish at `position` of `queue` with `error`: the
-    /// message leaves the queue (the tap is told) and its publisher hears
-    /// the rejection. Only a message still waiting on the queue: one with a
-    /// consumer stays, and settles as consumption decides. Whether it was
-    /// refused.
+    /// Refuses the held publish at `position` of `queue` with `error`: its
+    /// publisher hears the rejection, and a message still waiting on the
+    /// queue leaves it (the tap is told). One a consumer took stays with the
+    /// consumer (the publisher, told it was not settled, may send it again).
+    /// Whether it was refused.
     pub fn reject_held(&mut self, queue: &str, position: u64, error: ErrorCondition) -> bool {
         let Some((name, q)) = self.queues.get_key_value_mut(queue) else {
             return false;
         };
         let name = name.clone();
-        if !q.is_available(position) {
-            return false;
-        }
-        let Some(held) = self.holds.dequeued(&name, position) else {
+        let waiting = q.is_available(position);
+        let Some(held) = self.holds.take(&name, position) else {
             return false;
         };
-        q.remove_available(position);
-        self.messages_left(&name);
+        if waiting {
+            q.remove_available(position);
+            self.messages_left(&name);
+        }
         self.refuse_publish(Some(held.ack), error);
         true
     }
