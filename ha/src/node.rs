@@ -664,16 +664,12 @@ impl HaNode {
             out.push(Action::Disconnect);
         }
         // A ready backup stays ready: it holds everything the dead primary had
-        // settled, which is what makes it promotable. But not if the primary
-        // had been silent for over twice the heartbeat (we were stopped, or
-        // cut off): the primary drops a backup it has not heard from for that
-        // long and goes on settling without it, so we may lack what it
-        // settled since. One still catching up has nothing trustworthy; both
-        // look for a primary again.
-        let silence = self.settings.heartbeat * 2;
-        if self.status == BrokerStatus::Ready && now.duration_since(self.primary_heard) > silence {
-            self.become_(BrokerStatus::CatchUp, out);
-        }
+        // settled, which is what makes it promotable, even when the primary
+        // went silent rather than closing (a hung or powered-off host: every
+        // backup times out alike, and one must stay promotable). One that was
+        // stopped itself is not ready any more ([`HaNode::notice_stop`]). One
+        // still catching up has nothing trustworthy and looks for a primary
+        // again.
         if self.status == BrokerStatus::CatchUp {
             self.become_(BrokerStatus::Joining, out);
             // What the peers said when we last joined is stale: ask again
@@ -1138,7 +1134,7 @@ mod tests {
     }
 
     #[test]
-    fn a_ready_backup_that_lost_a_silent_primary_is_ready_no_more() {
+    fn a_backup_that_did_not_run_for_twice_the_heartbeat_is_ready_no_more() {
         let now = Instant::now();
         let mut n = ready_backup(now);
         assert_eq!(n.status(), BrokerStatus::Ready);
@@ -1147,6 +1143,13 @@ mod tests {
         let later = now + Duration::from_millis(2010); // heartbeat 1 s
         n.handle(Input::LinkLost, later);
         assert_eq!(n.status(), BrokerStatus::Joining);
+        // One that ran and only stopped hearing its primary stays ready.
+        let mut n = ready_backup(now);
+        for ms in (100..2000).step_by(100) {
+            n.handle(Input::Tick, now + Duration::from_millis(ms));
+        }
+        n.handle(Input::Tick, later);
+        assert_eq!(n.status(), BrokerStatus::Ready);
     }
 
     #[test]

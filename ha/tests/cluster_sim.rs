@@ -99,7 +99,7 @@ fn joining_broker_refuses_promotion_while_a_ready_backup_exists() {
     assert_eq!(c.status(2), "joining");
     let refused = c.promote(2).expect_err("a ready backup exists");
     assert!(refused.contains("ready"), "{refused}");
-    c.promote(1).expect("the ready backup may be promoted");
+    c.promote_soon(1).expect("the ready backup may be promoted");
 }
 
 #[test]
@@ -116,7 +116,7 @@ fn failover_waits_for_the_expected_backup_and_survives_n_minus_one_failures() {
         ["ready", "ready"],
         "ready backups stay ready without a primary"
     );
-    c.promote(1).expect("1 was ready");
+    c.promote_soon(1).expect("1 was ready");
     assert_eq!(c.status(1), "recovering", "waits for expected backup 2");
     // Publishes during recovery wait for broker 2 until it is back and ready.
     c.clients[p].limit = 11;
@@ -129,7 +129,7 @@ fn failover_waits_for_the_expected_backup_and_survives_n_minus_one_failures() {
     // Second failure in succession: kill 1, promote 2, which has no backups.
     c.kill(1);
     c.step();
-    c.promote(2).expect("2 was ready");
+    c.promote_soon(2).expect("2 was ready");
     assert!(c.run_until(BACKUP_TIMEOUT * 2, |c| c.status(2) == "active"));
     c.clients[p].limit = 12;
     assert!(
@@ -145,7 +145,7 @@ fn an_expected_backup_that_never_returns_is_dropped_after_backup_timeout() {
     c.kill(0);
     c.kill(2);
     c.step();
-    c.promote(1).expect("promote");
+    c.promote_soon(1).expect("promote");
     let promoted_at = c.now;
     let p = c.add_client(Kind::Publisher, "q", 1);
     c.clients[p].broker = 1;
@@ -188,7 +188,7 @@ fn a_stale_primary_steps_down_when_it_learns_of_a_newer_primary() {
     // 0 stops (SIGSTOP); the backups lose it; 1 is promoted (a newer epoch).
     c.stall(0);
     c.run_for(HEARTBEAT * 3);
-    c.promote(1).expect("promote");
+    c.promote_soon(1).expect("promote");
     assert!(
         c.run_until(Duration::from_secs(5), |c| c.status(1) == "active"
             && c.status(2) == "ready")
@@ -227,7 +227,7 @@ fn a_backup_that_reconnects_catches_up_and_loses_nothing() {
     // Only broker 2 is left: it must hold every settled message.
     c.kill(0);
     c.kill(1);
-    c.promote(2).expect("2 is ready");
+    c.promote_soon(2).expect("2 is ready");
     assert_eq!(c.drain("q", 2), Vec::<u64>::new(), "settled and lost");
 }
 
@@ -310,7 +310,7 @@ fn a_reconnecting_backup_is_sent_only_what_it_missed() {
     // Only broker 2 is left: it holds every settled message, each once.
     c.kill(0);
     c.kill(1);
-    c.promote(2).expect("2 is ready");
+    c.promote_soon(2).expect("2 is ready");
     assert_eq!(c.drain("q", 2), Vec::<u64>::new(), "settled and lost");
     c.run_for(Duration::from_secs(1));
     // The two publishers both count from 1: 1..=100 twice, 101..=300 once.
@@ -341,7 +341,7 @@ fn a_consumed_queue_is_caught_up_by_dropping_what_the_backup_held() {
     assert_eq!(c.counter(0, "ha-catch-up-messages"), 0, "nothing to send");
     c.kill(0);
     c.kill(1);
-    c.promote(2).expect("2 is ready");
+    c.promote_soon(2).expect("2 is ready");
     let late = c.add_client(Kind::Consumer, "q", 0);
     c.clients[late].broker = 2;
     c.run_for(Duration::from_secs(2));
@@ -390,7 +390,7 @@ fn a_backup_ahead_of_a_new_primary_is_cut_back_to_its_history() {
     // Broker 2 now holds broker 1's history: 1..=100 and 1001..=1020, not
     // the 101..=150 broker 1 never had (nor those in their place).
     c.kill(1);
-    c.promote(2).expect("2 is ready");
+    c.promote_soon(2).expect("2 is ready");
     let consumer = c.add_client(Kind::Consumer, "q", 0);
     c.clients[consumer].broker = 2;
     c.run_until(Duration::from_secs(5), |c| {

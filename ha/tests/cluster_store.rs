@@ -118,7 +118,7 @@ fn a_backup_restarted_with_its_store_is_sent_only_what_it_missed() {
     // And it has all 360, each once.
     c.kill(0);
     c.kill(1);
-    c.promote(2).expect("2 is ready");
+    c.promote_soon(2).expect("2 is ready");
     let consumer = c.add_client(Kind::Consumer, "orders", 0);
     c.clients[consumer].broker = 2;
     c.run_until(Duration::from_secs(5), |c| {
@@ -161,7 +161,7 @@ fn a_backup_whose_disk_fails_drops_out_and_the_primary_carries_on() {
     );
     c.kill(0);
     c.kill(1);
-    c.promote(2).expect("2 is ready");
+    c.promote_soon(2).expect("2 is ready");
     assert_eq!(c.drain("orders", 2), Vec::<u64>::new(), "settled and lost");
 }
 

@@ -228,7 +228,7 @@ fn a_second_link_with_a_backups_id_leaves_the_real_backup_guarded() {
     assert!(c.run_until(Duration::from_secs(3), |c| c.clients[p].settled.len() == 50));
     c.kill(0);
     c.kill(2);
-    c.promote(1).expect("1 is ready");
+    c.promote_soon(1).expect("1 is ready");
     assert_eq!(c.drain("q", 1), Vec::<u64>::new(), "settled and lost");
 }
 
@@ -249,7 +249,7 @@ fn a_backup_the_primary_dropped_is_not_ready_until_it_caught_up_again() {
     assert!(c.run_until(Duration::from_secs(3), |c| c.status(2) == "ready"));
     c.kill(0);
     c.kill(1);
-    c.promote(2).expect("2 is ready again");
+    c.promote_soon(2).expect("2 is ready again");
     assert_eq!(c.drain("q", 2), Vec::<u64>::new(), "settled and lost");
 }
 

@@ -1017,6 +1017,18 @@ impl Cluster {
         self.promote_as(b, true)
     }
 
+    /// Promotion once the broker allows it, within 1 s of virtual time (a
+    /// backup refuses while it has not yet seen its killed primary's link
+    /// end); the last refusal if it never does.
+    pub fn promote_soon(&mut self, b: usize) -> Result<(), String> {
+        let mut last = Err(String::new());
+        self.run_until(Duration::from_secs(1), |c| {
+            last = c.promote(b);
+            last.is_ok()
+        });
+        last
+    }
+
     pub fn promote_as(&mut self, b: usize, cluster_manager: bool) -> Result<(), String> {
         let body = Value::Map(vec![(
             Value::string("cluster-manager"),
