@@ -46,6 +46,15 @@ fn https(
     .unwrap_or_else(|e| panic!("GET {path} over TLS: {e}"))
 }
 
+/// Waits (10 s at most) for the broker to log `text`.
+fn logged(broker: &Broker, text: &str) {
+    assert!(
+        wait_until(Duration::from_secs(10), || broker.stderr().contains(text)),
+        "no log line with {text:?}: {}",
+        broker.stderr()
+    );
+}
+
 /// A broker with TLS, auth = yes and the users in `users`, HTTP on a free
 /// port, and `extra` arguments.
 fn secured_broker(dir: &TempDir, certs: &Certs, users: &str, extra: &[&str]) -> Broker {
@@ -95,13 +104,7 @@ fn with_tls_and_auth_the_http_port_is_https_and_asks_for_the_users_credentials()
         &[("Authorization", &wrong)],
     );
     assert_eq!(refused.status, 401, "{refused:?}");
-    assert!(
-        wait_until(Duration::from_secs(10), || broker
-            .stderr()
-            .contains("authentication failed for user 'admin'")),
-        "no log line for the failed login: {}",
-        broker.stderr()
-    );
+    logged(&broker, "authentication failed for user 'admin'");
     // Something that is not Basic credentials: 401 saying so.
     let bearer = https(
         &broker,
@@ -159,13 +162,7 @@ fn the_https_port_refuses_plain_http_and_clients_that_do_not_trust_it() {
         refused.is_err(),
         "an untrusted certificate was accepted: {refused:?}"
     );
-    assert!(
-        wait_until(Duration::from_secs(10), || broker
-            .stderr()
-            .contains("TLS handshake failed")),
-        "no log line for the failed handshake: {}",
-        broker.stderr()
-    );
+    logged(&broker, "TLS handshake failed");
     // The broker goes on serving.
     let ok = https(&broker, &client(&certs, None), "/health", &[]);
     assert_eq!(ok.status, 200);

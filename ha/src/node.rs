@@ -165,7 +165,6 @@ pub enum PromoteError {
     PrimaryAlive(String, u128),
     #[error("joining, and only {answered} of the {others} other brokers answered: most of the cluster must say it is joining too before a joining broker becomes the first primary")]
     NoQuorum { answered: usize, others: usize },
-
     #[error("not in a cluster (ha-cluster = no)")]
     Standalone,
     #[error(
@@ -275,8 +274,6 @@ impl HaNode {
         self.cluster_id.as_deref()
     }
 
-    /// Every other broker was tried at least once since we started, so a
-    /// joining broker knows whether a primary or a ready backup exists.
     /// How many brokers of `ha-brokers-url` are not this one.
     fn others(&self) -> usize {
         let own = self.settings.own_address.as_deref();
@@ -287,6 +284,8 @@ impl HaNode {
             .count()
     }
 
+    /// Every other broker was tried at least once since we started, so a
+    /// joining broker knows whether a primary or a ready backup exists.
     pub fn probed_all(&self) -> bool {
         self.settings.brokers.iter().enumerate().all(|(i, b)| {
             self.probed.contains(&i) || self.settings.own_address.as_deref() == Some(b.as_str())
@@ -392,6 +391,7 @@ impl HaNode {
     /// input since: a linked backup hears its primary every heartbeat): the
     /// primary has dropped us and settled without us since, whatever old
     /// bytes we read now say. Not ready; find the primary again.
+    ///
     /// Every input calls it; so must whoever asks the node anything else
     /// first (a promotion), carrying out what it returns.
     pub fn notice_stop(&mut self, now: Instant) -> Vec<Action> {

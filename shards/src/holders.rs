@@ -85,6 +85,17 @@ impl<T> Holds<T> {
 
     /// `backup` guards `queue` from `first` on (positions before it do not wait).
     pub fn hold(&mut self, queue: &Arc<str>, holder: HolderId, first: u64) {
+        self.guard(queue, holder, first, false);
+    }
+
+    /// `holder` guards every position of `queue`, those held now included,
+    /// and consuming a message does not release it (see [`Holds::dequeued`]).
+    pub fn hold_all(&mut self, queue: &Arc<str>, holder: HolderId) {
+        self.guard(queue, holder, 0, true);
+    }
+
+    /// A holder that already guards `queue` keeps its first position.
+    fn guard(&mut self, queue: &Arc<str>, holder: HolderId, first: u64, keeps_consumed: bool) {
         let q = self
             .queues
             .entry(queue.clone())
@@ -92,21 +103,7 @@ impl<T> Holds<T> {
         q.guards.entry(holder).or_insert(Guard {
             first,
             acked: first.saturating_sub(1),
-            keeps_consumed: false,
-        });
-    }
-
-    /// `holder` guards every position of `queue`, those held now included,
-    /// and consuming a message does not release it (see [`Holds::dequeued`]).
-    pub fn hold_all(&mut self, queue: &Arc<str>, holder: HolderId) {
-        let q = self
-            .queues
-            .entry(queue.clone())
-            .or_insert_with(QueueGuard::new);
-        q.guards.entry(holder).or_insert(Guard {
-            first: 0,
-            acked: 0,
-            keeps_consumed: true,
+            keeps_consumed,
         });
     }
 

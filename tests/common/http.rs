@@ -68,8 +68,7 @@ pub fn request_with(
     body: Option<&str>,
     wait: Duration,
 ) -> Answer {
-    let mut stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-    stream.set_read_timeout(Some(wait)).expect("read timeout");
+    let mut stream = connect(addr, wait);
     exchange(&mut stream, addr, method, path, &[], body)
         .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
 }
@@ -96,12 +95,16 @@ pub fn get_tls(
 
 /// `GET path` with extra `headers` (an `Authorization`, say) on `addr`.
 pub fn get_with(addr: &str, path: &str, headers: &[(&str, &str)]) -> Answer {
-    let mut stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("read timeout");
+    let mut stream = connect(addr, Duration::from_secs(10));
     exchange(&mut stream, addr, "GET", path, headers, None)
         .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+}
+
+/// A TCP connection to `addr` whose reads give up after `wait`.
+fn connect(addr: &str, wait: Duration) -> TcpStream {
+    let stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    stream.set_read_timeout(Some(wait)).expect("read timeout");
+    stream
 }
 
 /// An `Authorization` header value for HTTP Basic credentials.
