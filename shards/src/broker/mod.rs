@@ -362,6 +362,8 @@ pub struct Shard {
     /// Most message bytes this shard's queues held since memory was last
     /// handed back to the system.
     queued_high: u64,
+    /// Most connections this shard held since memory was last handed back.
+    conns_high: usize,
     /// No queue of this shard gives a message a position below this: raised
     /// past a deleted queue's positions (so a queue declared again under its
     /// name never reuses one; temporary queues aside) and by
@@ -372,6 +374,11 @@ pub struct Shard {
 /// Freed message memory is handed back to the system once a shard's queues
 /// shrink by this much from their high-water mark.
 const RELEASE_AFTER: u64 = 64 * 1024 * 1024;
+
+/// The same for connections: once this many fewer are open than at the
+/// high-water mark (an idle connection holds some 20 KiB; 10,000 of them
+/// opened and closed left 240 MiB behind before this).
+const RELEASE_AFTER_CONNECTIONS: usize = 1000;
 
 impl Shard {
     pub fn new(id: usize, settings: Arc<BrokerSettings>, now: Instant) -> Shard {
@@ -421,6 +428,7 @@ impl Shard {
             stalls: Default::default(),
             closed_totals: Default::default(),
             queued_high: 0,
+            conns_high: 0,
         };
         shard.apply_initial_config();
         shard
@@ -444,16 +452,22 @@ impl Shard {
         }
     }
 
-    /// Called now and then: whether the queues have shrunk so much since the
-    /// last time that the allocator should return the freed pages (glibc keeps
-    /// them otherwise, and a broker that held a million messages would stay
-    /// that size for good). The runtime trims off the shard's thread: walking
-    /// the heap took 10 ms in one poll (found by the stall detector).
+    /// Called now and then: whether the queues, or the connections, have
+    /// shrunk so much since the last time that the allocator should return
+    /// the freed pages (glibc keeps them otherwise, and a broker that held a
+    /// million messages or 10,000 connections would stay that size for
+    /// good). The runtime trims off the shard's thread: walking the heap took
+    /// 10 ms in one poll (found by the stall detector).
     pub fn memory_to_release(&mut self) -> bool {
         let queued: u64 = self.queues.values().map(Queue::bytes).sum();
+        let conns = self.conns.len();
         self.queued_high = self.queued_high.max(queued);
-        if self.queued_high - queued >= RELEASE_AFTER {
+        self.conns_high = self.conns_high.max(conns);
+        if self.queued_high - queued >= RELEASE_AFTER
+            || self.conns_high - conns >= RELEASE_AFTER_CONNECTIONS
+        {
             self.queued_high = queued;
+            self.conns_high = conns;
             return true;
         }
         false
