@@ -14,6 +14,7 @@ mod ha_cluster;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::netns::{can_make_namespaces, ip, ip_ok, Hosts, Layout};
 use common::{assert_none_lost, ha_recv_missing, settled_seqs, spawn_ha_send, wait_until, Broker};
 use ha_cluster::{now, number, serial, stdout, tool, HEARTBEAT, STATUS_DEADLINE};
 
@@ -23,143 +24,41 @@ const VIP: &str = "10.77.1.100";
 /// `--link-maintenance-interval`.
 const MAINTENANCE: Duration = Duration::from_millis(200);
 
-/// Runs `ip ARGS`; the error names the command and what it said.
-fn ip(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|e| format!("ip {args:?}: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
+/// Three hosts, each with a client network (reached from the root
+/// namespace, where the clients and tools run) and a cluster network.
+const NET: Layout = Layout {
+    prefix: "tdm",
+    net: 77,
+    hosts: 3,
+    clients_ns: false,
+};
 
-fn ip_ok(args: &[&str]) {
-    if let Err(e) = ip(args) {
-        panic!("{e}");
-    }
-}
-
-/// Three hosts: namespace `tdm-h{i}` with `client` (10.77.1.i+1, bridged to
-/// the root namespace's 10.77.1.254) and `cluster` (10.77.2.i+1, on a bridge
-/// of their own). Everything is removed on drop.
-struct Hosts;
-
-impl Hosts {
-    fn ns(i: usize) -> String {
-        format!("tdm-h{i}")
-    }
-
-    fn client_address(i: usize) -> String {
-        format!("10.77.1.{}", i + 1)
-    }
-
-    fn cluster_address(i: usize) -> String {
-        format!("10.77.2.{}", i + 1)
-    }
-
-    fn make() -> Hosts {
-        Hosts::remove();
-        for bridge in ["tdm-bc", "tdm-bk"] {
-            ip_ok(&["link", "add", bridge, "type", "bridge"]);
-            ip_ok(&["link", "set", bridge, "up"]);
-        }
-        ip_ok(&["addr", "add", "10.77.1.254/24", "dev", "tdm-bc"]);
-        for i in 0..3 {
-            let ns = Hosts::ns(i);
-            ip_ok(&["netns", "add", &ns]);
-            ip_ok(&["-n", &ns, "link", "set", "lo", "up"]);
-            for (net, bridge, inside, address) in [
-                ("c", "tdm-bc", "client", Hosts::client_address(i)),
-                ("k", "tdm-bk", "cluster", Hosts::cluster_address(i)),
-            ] {
-                let outside = format!("tdm-{net}{i}");
-                ip_ok(&[
-                    "link", "add", &outside, "type", "veth", "peer", "name", inside, "netns", &ns,
-                ]);
-                ip_ok(&["link", "set", &outside, "master", bridge, "up"]);
-                ip_ok(&[
-                    "-n",
-                    &ns,
-                    "addr",
-                    "add",
-                    &format!("{address}/24"),
-                    "dev",
-                    inside,
-                ]);
-                ip_ok(&["-n", &ns, "link", "set", inside, "up"]);
-            }
-        }
-        Hosts
-    }
-
-    /// Host `i`'s cluster link goes down (up again with `heal`).
-    fn cut(&self, i: usize) {
-        ip_ok(&["-n", &Hosts::ns(i), "link", "set", "cluster", "down"]);
-    }
-
-    /// Host `i` is unreachable from everywhere: both its links go down.
-    fn isolate(&self, i: usize) {
-        self.cut(i);
-        ip_ok(&["-n", &Hosts::ns(i), "link", "set", "client", "down"]);
-    }
-
-    fn heal(&self, i: usize) {
-        ip_ok(&["-n", &Hosts::ns(i), "link", "set", "cluster", "up"]);
-    }
-
-    /// The clients' virtual IP moves to host `i`, announced with a
-    /// gratuitous ARP (as a resource manager's IP resource does).
-    fn take_vip(&self, i: usize) {
-        let ns = Hosts::ns(i);
-        ip_ok(&[
-            "-n",
-            &ns,
-            "addr",
-            "add",
-            &format!("{VIP}/24"),
-            "dev",
-            "client",
-        ]);
-        let announced = Command::new("ip")
-            .args(["netns", "exec", &ns, "arping", "-q", "-U", "-c", "1"])
-            .args(["-I", "client", "-s", VIP, VIP])
-            .status();
-        if !announced.is_ok_and(|s| s.success()) {
-            // Without arping the root namespace would keep the old address
-            // until its neighbour entry expires.
-            let _ = ip(&["neigh", "flush", "to", VIP]);
-        }
-    }
-
-    fn remove() {
-        for i in 0..3 {
-            let _ = ip(&["netns", "del", &Hosts::ns(i)]);
-            // The pairs go with their namespace only once nothing runs in it.
-            for net in ["c", "k"] {
-                let _ = ip(&["link", "del", &format!("tdm-{net}{i}")]);
-            }
-        }
-        for bridge in ["tdm-bc", "tdm-bk"] {
-            let _ = ip(&["link", "del", bridge]);
-        }
-    }
-}
-
-impl Drop for Hosts {
-    fn drop(&mut self) {
-        Hosts::remove();
+/// The clients' virtual IP moves to host `i`, announced with a gratuitous
+/// ARP (as a resource manager's IP resource does).
+fn take_vip(i: usize) {
+    let ns = NET.ns(i);
+    ip_ok(&[
+        "-n",
+        &ns,
+        "addr",
+        "add",
+        &format!("{VIP}/24"),
+        "dev",
+        "client",
+    ]);
+    let announced = Command::new("ip")
+        .args(["netns", "exec", &ns, "arping", "-q", "-U", "-c", "1"])
+        .args(["-I", "client", "-s", VIP, VIP])
+        .status();
+    if !announced.is_ok_and(|s| s.success()) {
+        // Without arping the root namespace would keep the old address
+        // until its neighbour entry expires.
+        let _ = ip(&["neigh", "flush", "to", VIP]);
     }
 }
 
 fn client_url(i: usize) -> String {
-    format!("{}:5672", Hosts::client_address(i))
+    format!("{}:5672", NET.client_address(i))
 }
 
 fn status(i: usize) -> String {
@@ -181,7 +80,7 @@ fn wait_status(i: usize, want: &str) {
 /// public URL.
 fn start_brokers(extra: &[&str]) -> (Vec<Broker>, String) {
     let brokers_url = (0..3)
-        .map(|i| format!("{}:5672", Hosts::cluster_address(i)))
+        .map(|i| format!("{}:5672", NET.cluster_address(i)))
         .collect::<Vec<_>>()
         .join(",");
     let public_url = (0..3).map(client_url).collect::<Vec<_>>().join(",");
@@ -210,7 +109,7 @@ fn start_brokers(extra: &[&str]) -> (Vec<Broker>, String) {
                 "1",
             ];
             args.extend_from_slice(extra);
-            Broker::start_in(&Hosts::ns(i), &args)
+            Broker::start_in(&NET.ns(i), &args)
         })
         .collect();
     (brokers, public_url)
@@ -220,7 +119,7 @@ fn start_brokers(extra: &[&str]) -> (Vec<Broker>, String) {
 /// and the others ready; the public URL. (Bound in this order, the brokers
 /// go before the hosts.)
 fn running_cluster(extra: &[&str]) -> (Hosts, Vec<Broker>, String) {
-    let hosts = Hosts::make();
+    let hosts = NET.make();
     let (brokers, public_url) = start_brokers(extra);
     assert!(
         wait_until(STATUS_DEADLINE, || promote(0)),
@@ -229,16 +128,6 @@ fn running_cluster(extra: &[&str]) -> (Hosts, Vec<Broker>, String) {
     wait_status(1, "ready");
     wait_status(2, "ready");
     (hosts, brokers, public_url)
-}
-
-/// Skips (with a note) where network namespaces cannot be made.
-fn can_make_namespaces() -> bool {
-    // SAFETY: geteuid(2) has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    if !root {
-        eprintln!("skipped: network namespaces need root");
-    }
-    root
 }
 
 fn promote(i: usize) -> bool {
@@ -413,7 +302,7 @@ fn a_client_of_the_virtual_ip_fails_over_from_an_unreachable_primary() {
         return;
     }
     let (hosts, _brokers, _) = running_cluster(&[]);
-    hosts.take_vip(0);
+    take_vip(0);
     let vip_url = format!("{VIP}:5672");
     let count = 4000;
     let mut sender = spawn_quick_sender(&vip_url, "vip", count);
@@ -433,7 +322,7 @@ fn a_client_of_the_virtual_ip_fails_over_from_an_unreachable_primary() {
         "host 1 never promotable"
     );
     let moved_at = now();
-    hosts.take_vip(1);
+    take_vip(1);
     let out = sender.wait();
     out.assert_success();
     let lines = out.json_lines();

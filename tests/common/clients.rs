@@ -108,8 +108,22 @@ pub fn run_client(lang: Lang, name: &str, args: &[&str]) -> ClientOutput {
 
 /// Starts client program `name` of `lang` in the background.
 pub fn spawn_client(lang: Lang, name: &str, args: &[&str]) -> ClientProcess {
+    spawn_client_in(None, lang, name, args)
+}
+
+/// [`spawn_client`] in network namespace `netns` (`None`: the test's own).
+pub fn spawn_client_in(
+    netns: Option<&str>,
+    lang: Lang,
+    name: &str,
+    args: &[&str],
+) -> ClientProcess {
     let label = format!("{lang:?} {name} {}", args.join(" "));
-    ClientProcess::spawn(label, lang.command(name, args), client_deadline(args))
+    let mut command = lang.command(name, args);
+    if let Some(ns) = netns {
+        super::netns::in_netns(&mut command, ns);
+    }
+    ClientProcess::spawn(label, command, client_deadline(args))
 }
 
 /// `--url URL --address ADDRESS --count N` followed by `extra`.

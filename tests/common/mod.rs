@@ -21,6 +21,7 @@ pub mod clients;
 pub mod http;
 pub mod idle;
 pub mod json;
+pub mod netns;
 pub mod tools;
 
 pub use clients::*;
@@ -88,6 +89,13 @@ pub fn wait_until(deadline: Duration, mut condition: impl FnMut() -> bool) -> bo
         }
         thread::sleep(POLL_INTERVAL); // poll: the loop above checks the deadline
     }
+}
+
+/// Waits `interval`: the pace of a loop that acts on a clock of its own (a
+/// resource manager's monitor, a sampler), never a wait for something to
+/// happen (that is [`wait_until`]).
+pub fn pace(interval: Duration) {
+    thread::sleep(interval); // pace, not synchronisation: the caller's own clock
 }
 
 /// A directory under the system temp dir, removed with everything in it on drop.
@@ -220,17 +228,12 @@ impl Broker {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(stderr));
-        let namespace = netns.as_ref().map(|ns| {
-            let path = format!("/run/netns/{ns}");
-            fs::File::open(&path).unwrap_or_else(|e| panic!("opening {path}: {e}"))
-        });
-        if let Some(file) = &namespace {
-            enter_netns(&mut command, file);
+        if let Some(ns) = &netns {
+            netns::in_netns(&mut command, ns);
         }
         let mut child = command
             .spawn()
             .unwrap_or_else(|e| panic!("starting {}: {e}", tandemd_path()));
-        drop(namespace);
         let (first_lines, stdout) = read_stdout_lines(child.stdout.take().expect("piped stdout"));
 
         let deadline = Instant::now() + STARTUP_DEADLINE;
@@ -396,22 +399,6 @@ fn send_signal(pid: u32, signal: libc::c_int) {
 /// so an aborted test run (Ctrl-C, a crashed test binary) leaves no process
 /// behind. Children are spawned from the test's own thread, which lives as long
 /// as the test.
-/// Makes `command` run in the network namespace `file` is open on.
-fn enter_netns(command: &mut Command, file: &fs::File) {
-    use std::os::fd::AsRawFd;
-    let fd = file.as_raw_fd();
-    // SAFETY: the closure runs between fork and exec and only calls setns(2)
-    // on a descriptor the parent keeps open until the child is spawned.
-    unsafe {
-        command.pre_exec(move || {
-            if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-}
-
 fn die_with_parent(command: &mut Command) {
     // SAFETY: the closure runs between fork and exec and only calls prctl(2),
     // which is async-signal-safe.

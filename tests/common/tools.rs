@@ -5,15 +5,25 @@ use std::process::{Command, Output};
 
 /// Runs an admin tool with `--timeout SECS` and returns what it did.
 pub fn run_tool(name: &str, args: &[&str], timeout_secs: u32) -> Output {
+    run_tool_in(None, name, args, timeout_secs)
+}
+
+/// [`run_tool`] in network namespace `netns` (`None`: the test's own).
+pub fn run_tool_in(netns: Option<&str>, name: &str, args: &[&str], timeout_secs: u32) -> Output {
     let path = match name {
         "tandem-ha" => env!("CARGO_BIN_EXE_tandem-ha"),
         "tandem-config" => env!("CARGO_BIN_EXE_tandem-config"),
         "tandem-stat" => env!("CARGO_BIN_EXE_tandem-stat"),
         other => panic!("no tool {other}"),
     };
-    Command::new(path)
+    let mut command = Command::new(path);
+    command
         .args(args)
-        .args(["--timeout", &timeout_secs.to_string()])
+        .args(["--timeout", &timeout_secs.to_string()]);
+    if let Some(ns) = netns {
+        super::netns::in_netns(&mut command, ns);
+    }
+    command
         .output()
         .unwrap_or_else(|e| panic!("running {name}: {e}"))
 }
