@@ -45,6 +45,30 @@ fn server_sasl(require: bool) -> Sasl {
     }
 }
 
+/// A client's attach of a link with `role` on `address`.
+fn attach_of(role: Role, address: &str) -> Attach {
+    Attach {
+        name: format!("link-{address}"),
+        handle: 0,
+        role,
+        snd_settle_mode: None,
+        rcv_settle_mode: None,
+        source: Some(Source {
+            address: Some(address.into()),
+            ..Default::default()
+        }),
+        target: Some(Target {
+            address: Some(address.into()),
+            ..Default::default()
+        }),
+        initial_delivery_count: None,
+        max_message_size: None,
+        offered_capabilities: None,
+        desired_capabilities: None,
+        properties: None,
+    }
+}
+
 impl Pair {
     fn new(
         credentials: Option<(&str, &str)>,
@@ -127,26 +151,7 @@ impl Pair {
     }
 
     fn attach(&mut self, ch: u16, role: Role, address: &str) -> (LinkKey, LinkKey) {
-        let attach = Attach {
-            name: format!("link-{address}"),
-            handle: 0,
-            role,
-            snd_settle_mode: None,
-            rcv_settle_mode: None,
-            source: Some(Source {
-                address: Some(address.into()),
-                ..Default::default()
-            }),
-            target: Some(Target {
-                address: Some(address.into()),
-                ..Default::default()
-            }),
-            initial_delivery_count: None,
-            max_message_size: None,
-            offered_capabilities: None,
-            desired_capabilities: None,
-            properties: None,
-        };
+        let attach = attach_of(role, address);
         let client_link = self.client.attach(ch, attach).expect("session exists");
         self.run();
         let (server_link, remote) = self
@@ -396,5 +401,70 @@ fn a_refused_protocol_header_says_what_the_peer_seems_to_have_meant() {
         assert!(text.contains(says), "{bytes:?}: {text}");
         // The answer is the header the broker does speak (spec 2.2).
         assert_eq!(&server.output()[..], b"AMQP\x03\x01\x00\x00", "{bytes:?}");
+    }
+}
+
+/// A client pipelines its open, begin and attach (as Proton and rhea do); the
+/// server closes (or aborts, as an HA backup refusing a client does) on the
+/// open, and the broker still answers the attach from the same batch. Nothing
+/// may follow the close: found by rhea, which saw an attach with no open
+/// before it from a backup that had aborted.
+#[test]
+fn nothing_goes_out_after_a_close_or_an_abort_not_even_answers_to_pipelined_frames() {
+    use tandem_shards::amqp::frame::{decode_amqp, split_frame, AMQP_HEADER};
+    use tandem_shards::amqp::performative::{condition, ErrorCondition};
+    for abort in [false, true] {
+        let now = Instant::now();
+        let client_sasl = Sasl::Client {
+            credentials: None,
+            skip: true,
+        };
+        let mut client = Connection::client(config(client_sasl, 65536, None), now);
+        let ch = client.begin();
+        client
+            .attach(ch, attach_of(Role::Receiver, "q"))
+            .expect("session exists");
+        let mut server = Connection::server(config(server_sasl(false), 65536, None), now);
+        let mut pipelined = client.output().split();
+        server.input(&mut pipelined, now);
+        let refused = || ErrorCondition::new(condition::CONNECTION_FORCED, "a backup");
+        let mut answered_attach = false;
+        while let Some(event) = server.poll_event() {
+            match event {
+                Event::Opened(_) if abort => server.abort(refused()),
+                Event::Opened(_) => server.close_with(refused()),
+                Event::Attached { link, attach } => {
+                    let error = ErrorCondition::new(condition::NOT_FOUND, "no queue");
+                    server.refuse_attach(link, &attach, error);
+                    answered_attach = true;
+                }
+                _ => {}
+            }
+        }
+        assert!(answered_attach, "the server saw the pipelined attach");
+        let mut out = server.output().split();
+        if abort {
+            assert!(out.is_empty(), "an abort sends nothing: {:02x?}", &out[..]);
+            continue;
+        }
+        assert!(out.starts_with(&AMQP_HEADER));
+        let _ = out.split_to(AMQP_HEADER.len());
+        let mut frames = Vec::new();
+        while let Some(raw) = split_frame(&mut out, 1 << 20).expect("frames") {
+            frames.push(decode_amqp(raw).expect("a frame").body);
+        }
+        // The engine answered the begin as it read it, before the close.
+        assert!(
+            matches!(
+                frames.as_slice(),
+                [
+                    Some(Performative::Open(_)),
+                    Some(Performative::Begin(_)),
+                    Some(Performative::Close(_))
+                ]
+            ),
+            "the frames up to the close, and none after: {frames:?}"
+        );
+        assert!(!server.has_output());
     }
 }

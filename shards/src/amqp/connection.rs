@@ -234,6 +234,11 @@ pub struct Connection {
     server: bool,
     phase: Phase,
     out: BytesMut,
+    /// Once we have closed (or aborted), how many bytes of `out` may still
+    /// go: nothing after our close. The broker may still answer events that
+    /// arrived in the same batch as what made it close (a refused client's
+    /// pipelined attach): those answers are dropped here, not sent.
+    sealed: Option<usize>,
     events: VecDeque<Event>,
     sessions: HashMap<u16, Session>,
     remote_channels: HashMap<u16, u16>,
@@ -284,6 +289,7 @@ impl Connection {
             server,
             phase: Phase::Header,
             out: BytesMut::with_capacity(16 * 1024),
+            sealed: None,
             events: VecDeque::new(),
             sessions: HashMap::new(),
             remote_channels: HashMap::new(),
@@ -324,12 +330,17 @@ impl Connection {
     }
 
     /// Bytes to write to the socket; the caller takes them (`split()`).
+    /// The bytes to write; the caller takes all of them (`split`).
     pub fn output(&mut self) -> &mut BytesMut {
+        if let Some(allowed) = self.sealed {
+            self.out.truncate(allowed);
+            self.sealed = Some(0);
+        }
         &mut self.out
     }
 
     pub fn has_output(&self) -> bool {
-        !self.out.is_empty()
+        self.out.len().min(self.sealed.unwrap_or(usize::MAX)) > 0
     }
 
     pub fn poll_event(&mut self) -> Option<Event> {
@@ -794,6 +805,7 @@ impl Connection {
                 0,
                 &Performative::Close(Close { error: None }),
             );
+            self.sealed = Some(self.out.len());
         }
         let by_peer = self.phase != Phase::Closing;
         self.phase = Phase::Closed;
@@ -1192,6 +1204,7 @@ impl Connection {
             return;
         }
         self.out.clear();
+        self.sealed = Some(0);
         self.phase = Phase::Closed;
         self.drop_all_links();
         self.events.push_back(Event::Closed {
@@ -1220,6 +1233,7 @@ impl Connection {
                 error: error.clone(),
             }),
         );
+        self.sealed = Some(self.out.len());
         self.phase = Phase::Closing;
         self.drop_all_links();
         self.events.push_back(Event::Closed {
