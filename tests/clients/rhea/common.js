@@ -3,6 +3,7 @@
 // JSON output, the connection (re-opened until the broker places it on
 // --want-shard), the overall deadline and clean exits with a summary line.
 // Same flags and output as the Qpid Proton clients in ../proton.
+// The HA clients (ha_send.js, ha_recv.js) build on this in ha_common.js.
 
 const { parseArgs } = require('node:util');
 const rhea = require('rhea');
@@ -40,8 +41,10 @@ function usage(name, options, text) {
 
 // Parses argv with the base flags plus `extra`; numbers are converted here so
 // the clients see plain values. Exits 2 with a usage line on bad flags.
-function parseFlags(name, extra, text) {
-    const options = Object.assign({}, BASE_OPTIONS, extra);
+// `base` replaces BASE_OPTIONS for clients with other common flags (HA_OPTIONS);
+// --count and --want-shard are converted only when `base` has them.
+function parseFlags(name, extra, text, base = BASE_OPTIONS) {
+    const options = Object.assign({}, base, extra);
     let values;
     try {
         values = parseArgs({ options, strict: true, allowPositionals: false }).values;
@@ -65,9 +68,11 @@ function parseFlags(name, extra, text) {
         }
         return value;
     };
-    values.count = number('count');
+    if ('count' in base) values.count = number('count');
     values.timeout = number('timeout');
-    values.want_shard = values['want-shard'] === undefined ? undefined : number('want-shard');
+    if ('want-shard' in base) {
+        values.want_shard = values['want-shard'] === undefined ? undefined : number('want-shard');
+    }
     return { values, number };
 }
 
@@ -200,5 +205,6 @@ function describe(error) {
 }
 
 module.exports = {
-    Client, EXIT_ERROR, EXIT_OK, EXIT_TIMEOUT, bodyText, emit, parseFlags, rhea,
+    Client, EXIT_ERROR, EXIT_OK, EXIT_TIMEOUT, EXIT_USAGE, bodyText, connectOptions, describe, emit,
+    parseFlags, rhea,
 };
