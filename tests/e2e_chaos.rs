@@ -23,13 +23,16 @@
 //!
 //! When the faults stop, the checker wants: one primary and two ready
 //! backups, every publisher finished, no settled message missing from its
-//! receiver (lost), nothing received that was never sent (unexpected); it
-//! reports duplicates (at-least-once allows them) and the fail-over times.
+//! receiver (lost), nothing received that was never sent (unexpected), and
+//! no more duplicates than the in-flight windows explain (what the publisher
+//! resent, a credit's worth per receiver connection and per promotion); it
+//! reports the fail-over times.
 //!
 //! `cargo test` runs two minutes (`TANDEM_CHAOS_MINUTES`, any number);
 //! `scripts/chaos --minutes M` runs longer ones. `TANDEM_CHAOS_SEED` replays
 //! a fault sequence (the timing is real, so only the choices repeat);
-//! `TANDEM_CHAOS_REPORT=FILE` writes the report there too.
+//! `TANDEM_CHAOS_REPORT=FILE` writes the report there too, and
+//! `TANDEM_CHAOS_LOGS=DIR` every broker's log (all its restarts).
 
 mod common;
 mod ha_cluster;
@@ -221,7 +224,7 @@ impl Chaos {
         Chaos {
             hosts,
             nodes,
-            rng: XorShift(seed),
+            rng: XorShift(seed.max(1)),
             events: Vec::new(),
             promotions: Vec::new(),
             looks_without_primary: 0,
@@ -428,9 +431,29 @@ struct Verdict {
     sender_ok: bool,
     received_unique: u64,
     duplicates: u64,
+    /// What the publisher sent again (unsettled when a connection dropped,
+    /// or released): each a possible duplicate.
+    resent: u64,
+    /// The receiver's connections: each may be given again up to its credit
+    /// of what it had accepted when the previous one dropped.
+    receiver_connections: u64,
     unexpected: u64,
     lost: Vec<u64>,
     settlement_times: Vec<f64>,
+}
+
+/// The receiver's link credit (`ha_recv`'s default): what it may have been
+/// given and not yet had its accept reach the broker.
+const RECEIVER_CREDIT: u64 = 100;
+
+impl Verdict {
+    /// The most duplicates at-least-once explains: each message the publisher
+    /// sent again, a credit's worth for each connection the receiver lost, and
+    /// a credit's worth at each promotion (accepts the old primary had not yet
+    /// replicated).
+    fn duplicate_bound(&self, promotions: usize) -> u64 {
+        self.resent + (self.receiver_connections + promotions as u64) * RECEIVER_CREDIT
+    }
 }
 
 impl Flow {
@@ -482,6 +505,7 @@ impl Flow {
 
     fn judge(self) -> Verdict {
         let sent: ClientOutput = self.sender.wait();
+        let resent = sent.summary()["resent"].as_u64().unwrap_or(0);
         let lines = sent.json_lines();
         let settled = common::settled_seqs(&lines);
         let settlement_times = lines
@@ -512,6 +536,8 @@ impl Flow {
             settled,
             received_unique: field("received_unique"),
             duplicates: field("duplicates"),
+            resent,
+            receiver_connections: field("connections"),
             unexpected: field("unparsed") + field("out_of_range"),
             settlement_times,
         }
@@ -561,14 +587,14 @@ fn jepsen_style_faults_lose_no_settled_message() {
         return;
     }
     let minutes = env_number("TANDEM_CHAOS_MINUTES").unwrap_or(2.0);
-    let seed = env_number("TANDEM_CHAOS_SEED").map_or_else(
-        || {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_nanos() as u64 | 1)
-        },
-        |s| s as u64,
-    );
+    let seed = match std::env::var("TANDEM_CHAOS_SEED") {
+        Ok(s) => s
+            .parse::<u64>()
+            .unwrap_or_else(|_| panic!("TANDEM_CHAOS_SEED={s:?}: not a whole number")),
+        Err(_) => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64 | 1),
+    };
     eprintln!(
         "chaos: {minutes} minutes, seed {seed} (TANDEM_CHAOS_SEED={seed} replays the choices)"
     );
@@ -641,6 +667,17 @@ fn jepsen_style_faults_lose_no_settled_message() {
     let verdicts: Vec<Verdict> = flows.into_iter().map(Flow::judge).collect();
     let report = report(&chaos, &verdicts, &run, whole_after);
     eprintln!("{report}");
+    if let Some(dir) = std::env::var_os("TANDEM_CHAOS_LOGS") {
+        let dir = std::path::PathBuf::from(dir);
+        std::fs::create_dir_all(&dir).expect("creating the logs directory");
+        for (i, node) in chaos.nodes.iter().enumerate() {
+            let log = node.broker.as_ref().map(Broker::stderr).unwrap_or_default();
+            let path = dir.join(format!("host{i}.log"));
+            if let Err(e) = std::fs::write(&path, log) {
+                panic!("writing {}: {e}", path.display());
+            }
+        }
+    }
     if let Some(path) = std::env::var_os("TANDEM_CHAOS_REPORT") {
         if let Err(e) = std::fs::write(&path, &report) {
             panic!("writing {}: {e}", std::path::Path::new(&path).display());
@@ -661,6 +698,13 @@ fn jepsen_style_faults_lose_no_settled_message() {
             &v.lost[..v.lost.len().min(20)]
         );
         assert_eq!(v.unexpected, 0, "{}: unexpected messages received", v.queue);
+        let bound = v.duplicate_bound(chaos.promotions.len());
+        assert!(
+            v.duplicates <= bound,
+            "{}: {} duplicates, more than the in-flight windows explain ({bound})",
+            v.queue,
+            v.duplicates
+        );
         assert!(
             v.sender_ok,
             "the {:?} publisher on {} settled {} of {}",
@@ -724,19 +768,23 @@ fn report(chaos: &Chaos, verdicts: &[Verdict], run: &Run, whole_after: Duration)
     let _ = writeln!(out);
     let _ = writeln!(
         out,
-        "| queue | publisher | settled | received | duplicates | unexpected | lost |"
+        "| queue | publisher | settled | received | duplicates (bound) | resent by the publisher | \
+         receiver's connections | unexpected | lost |"
     );
-    let _ = writeln!(out, "|---|---|---|---|---|---|---|");
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|");
     for v in verdicts {
         let _ = writeln!(
             out,
-            "| {} | {:?} | {} of {} | {} | {} | {} | {} |",
+            "| {} | {:?} | {} of {} | {} | {} ({}) | {} | {} | {} | {} |",
             v.queue,
             v.publisher,
             v.settled.len(),
             v.count,
             v.received_unique,
             v.duplicates,
+            v.duplicate_bound(chaos.promotions.len()),
+            v.resent,
+            v.receiver_connections,
             v.unexpected,
             v.lost.len()
         );
