@@ -248,6 +248,16 @@ impl Config {
         Self::resolve(&Sources { cli, file })
     }
 
+    /// The configuration a config file of `text` gives with no command-line
+    /// options, as if read from `path`: the `config_file` fuzz target's entry
+    /// (fuzz/), without the file system.
+    #[doc(hidden)]
+    pub fn from_file_text(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let cli = options::command().try_get_matches_from(["tandemd"])?;
+        let file = Some(ConfigFile::parse(path, text)?);
+        Self::resolve(&Sources { cli, file })
+    }
+
     fn resolve(src: &Sources) -> Result<Config, ConfigError> {
         Ok(Config {
             config_file: src.file.as_ref().map(|file| file.path.clone()),

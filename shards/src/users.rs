@@ -230,6 +230,20 @@ impl Users {
     pub fn check(&self, user: &str, password: &str) -> bool {
         self.users.get(user).is_some_and(|c| c.check(password))
     }
+
+    /// The iterations a SCRAM challenge for a user who does not exist gives:
+    /// those of the users who do (the most of them), so the challenge's `i=`
+    /// does not tell the two apart when the file uses another count.
+    fn unknown_user_iterations(&self) -> u32 {
+        self.users
+            .values()
+            .map(|c| match c {
+                Credential::Scram { iterations, .. } => *iterations,
+                Credential::Plain(_) => ITERATIONS,
+            })
+            .max()
+            .unwrap_or(ITERATIONS)
+    }
 }
 
 /// The users the broker checks logins against: a users file, read again by
@@ -383,9 +397,11 @@ impl Logins {
         // credential, so the exchange does not say which users exist.
         let credential = match self.users.get(&user) {
             Some(c) => c.scram_keys(),
-            None => {
-                Credential::scram_with("", sha256(user.as_bytes())[..SALT_LEN].to_vec(), ITERATIONS)
-            }
+            None => Credential::scram_with(
+                "",
+                sha256(user.as_bytes())[..SALT_LEN].to_vec(),
+                self.users.unknown_user_iterations(),
+            ),
         };
         let Credential::Scram {
             iterations, salt, ..
@@ -567,6 +583,28 @@ mod tests {
             &auth_message,
         );
         logins.respond(format!("{without_proof},p={proof}").as_bytes())
+    }
+
+    #[test]
+    fn an_unknown_user_is_challenged_with_the_iterations_of_the_known_ones() {
+        let iterations = |users: &str, who: &str| {
+            let users = Users::parse(users).expect("parses");
+            let mut logins = Logins::new(Arc::new(users), true);
+            let first = format!("n,,n={who},r=abc");
+            let SaslStep::Challenge(server_first) = logins.start(SCRAM_SHA_256, first.as_bytes())
+            else {
+                panic!("no challenge");
+            };
+            let text = String::from_utf8(server_first.to_vec()).expect("text");
+            text.rsplit_once(",i=").expect("i=").1.to_owned()
+        };
+        let one = "u:scram-sha-256:1:dGFuZGVtLWZ1enotc2FsdA==:\
+                   VGekg1fUKj72YoS981METOWOpQzLhiCIVuUHhTepsMA=:\
+                   i1ij3ihhX+WQ17wXPbvMMRf9Ymv0bw8bltS8rRVbQDU=\n";
+        assert_eq!(iterations(one, "u"), "1");
+        assert_eq!(iterations(one, "nobody"), "1");
+        assert_eq!(iterations("", "nobody"), ITERATIONS.to_string());
+        assert_eq!(iterations("clear:pw\n", "nobody"), ITERATIONS.to_string());
     }
 
     #[test]

@@ -51,7 +51,8 @@ impl ConfigFile {
         }
     }
 
-    fn parse(path: &Path, text: &str) -> Result<ConfigFile, ConfigError> {
+    /// Parses `text` as the file at `path` (named in errors).
+    pub fn parse(path: &Path, text: &str) -> Result<ConfigFile, ConfigError> {
         let table: toml::Table = toml::from_str(text).map_err(|e| ConfigError::FileSyntax {
             path: path.to_path_buf(),
             message: e.to_string().trim_end().to_string(),

@@ -626,35 +626,43 @@ pub struct Decoder {
     pos: usize,
     /// Offset of `buf[0]` in the enclosing frame, for error messages.
     base: usize,
-    /// What decoding may still build beyond what the input itself accounts for:
-    /// arrays of zero-width elements and descriptors shared by array elements
-    /// cost values without costing bytes, so a few bytes could otherwise claim
-    /// gigabytes. Charged in values (zero-width) and bytes (descriptor copies).
-    budget: usize,
+    /// Values read so far from bytes of their own (at least one each).
+    read: usize,
+    /// Values built so far without bytes of their own: the elements of arrays
+    /// of a zero-width type, and each element's copy of a descriptor the
+    /// elements share. A few bytes could otherwise claim gigabytes, so there
+    /// may be at most [`EXTRA_BASE`] of them plus [`EXTRA_PER_VALUE`] per value
+    /// read. Both count values, not bytes, so a decoded value re-encoded (in
+    /// wider or narrower forms) builds no more extra values per value read,
+    /// and decodes again.
+    extra: usize,
 }
 
-/// Extra values a decoder may build per input byte, plus a fixed allowance.
-const BUDGET_PER_BYTE: usize = 8;
-const BUDGET_BASE: usize = 16 * 1024;
+/// Values a decoder may build without bytes of their own per value read,
+/// plus a fixed allowance.
+const EXTRA_PER_VALUE: usize = 8;
+const EXTRA_BASE: usize = 16 * 1024;
 
 impl Decoder {
     pub fn new(buf: Bytes) -> Self {
-        let budget = buf
-            .len()
-            .saturating_mul(BUDGET_PER_BYTE)
-            .saturating_add(BUDGET_BASE);
         Decoder {
             buf,
             pos: 0,
             base: 0,
-            budget,
+            read: 0,
+            extra: 0,
         }
     }
 
-    fn charge(&mut self, units: usize, at: usize) -> Result<(), CodecError> {
-        match self.budget.checked_sub(units) {
-            Some(left) => {
-                self.budget = left;
+    /// Counts `values` built without bytes of their own (see `extra`).
+    fn charge(&mut self, values: usize, at: usize) -> Result<(), CodecError> {
+        let allowed = self
+            .read
+            .saturating_mul(EXTRA_PER_VALUE)
+            .saturating_add(EXTRA_BASE);
+        match self.extra.checked_add(values).filter(|n| *n <= allowed) {
+            Some(extra) => {
+                self.extra = extra;
                 Ok(())
             }
             None => Err(CodecError::Malformed {
@@ -739,6 +747,7 @@ impl Decoder {
         }
         let at = self.at();
         let code = self.u8()?;
+        self.read += 1;
         if code == 0x00 {
             let descriptor = self.value_at_depth(depth + 1)?;
             let value = self.value_at_depth(depth + 1)?;
@@ -913,11 +922,12 @@ impl Decoder {
     ) -> Result<Vec<Value>, CodecError> {
         let mut ctor = self.u8()?;
         let mut descriptor = None;
-        let mut descriptor_len = 0;
+        // The values in the descriptor: each element's copy builds as many.
+        let mut descriptor_values = 0;
         if ctor == 0x00 {
-            let start = self.pos;
+            let before = self.read + self.extra;
             descriptor = Some(self.value_at_depth(depth + 1)?);
-            descriptor_len = self.pos - start;
+            descriptor_values = self.read + self.extra - before;
             ctor = self.u8()?;
         }
         // Zero-width element types could claim billions of elements in a few bytes.
@@ -936,16 +946,19 @@ impl Decoder {
                 why: "more elements than bytes",
             });
         }
+        // Charged before the elements are allocated: they read nothing, so
+        // charging them one by one would allow no more.
         if zero_width {
             self.charge(count, at)?;
-        }
-        // Each element gets its own copy of a shared descriptor.
-        if descriptor.is_some() {
-            self.charge(count.saturating_mul(descriptor_len), at)?;
         }
         let mut items = Vec::with_capacity(count);
         for _ in 0..count {
             let item_at = self.at();
+            if !zero_width {
+                self.read += 1;
+            }
+            // Each element gets its own copy of a shared descriptor.
+            self.charge(descriptor_values, at)?;
             let v = self.body(ctor, item_at, depth + 1)?;
             items.push(match &descriptor {
                 Some(d) => Value::Described(Box::new(d.clone()), Box::new(v)),
@@ -1117,5 +1130,44 @@ mod tests {
         let mut d = Decoder::new(b.clone());
         d.skip().expect("skips");
         assert_eq!(d.position(), b.len());
+    }
+
+    /// An array32 of `count` zero-width `true`s whose elements share
+    /// `descriptor`.
+    fn described_trues(count: u32, descriptor: &[u8]) -> Bytes {
+        let mut out = BytesMut::new();
+        out.put_u8(0xf0);
+        out.put_u32(4 + 1 + descriptor.len() as u32 + 1);
+        out.put_u32(count);
+        out.put_u8(0x00);
+        out.put_slice(descriptor);
+        out.put_u8(0x41);
+        out.freeze()
+    }
+
+    /// Found by the `performative` fuzz target: the encoder writes arrays'
+    /// elements in their wide forms, so a value the decoder accepted could
+    /// re-encode (into a replication event, the store's configuration file)
+    /// as bytes the decoder refused, when descriptor copies were charged by
+    /// their encoded bytes.
+    #[test]
+    fn a_decoded_value_decodes_again_after_re_encoding() {
+        // The descriptor: an array8 of four ulong0 (4 bytes, 5 values; 42
+        // bytes re-encoded with wide ulongs).
+        let raw = described_trues(2500, &[0xe0, 0x02, 0x04, 0x44]);
+        let value = decode_exact(raw).expect("within the budget");
+        let again = decode_exact(value.to_bytes()).expect("re-encoded, still within it");
+        assert_eq!(again, value);
+    }
+
+    #[test]
+    fn descriptor_copies_are_charged_by_their_values_not_their_bytes() {
+        // 4 bytes of descriptor holding 127 values, copied 3000 times.
+        let raw = described_trues(3000, &[0xe0, 0x02, 0x7e, 0x44]);
+        let err = decode_exact(raw).expect_err("far more values than bytes");
+        assert!(
+            err.to_string().contains("decoding budget exceeded"),
+            "{err}"
+        );
     }
 }

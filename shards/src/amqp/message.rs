@@ -310,7 +310,11 @@ impl DecodedMessage {
 /// not durable), read from the first bytes without decoding the message (the
 /// store asks it of every message on a durable queue).
 pub fn durable(raw: &[u8]) -> bool {
-    let Some(rest) = raw.strip_prefix(&[0x00, 0x53, 0x70]) else {
+    // The descriptor as a smallulong or a ulong: the decoder reads either.
+    let Some(rest) = raw
+        .strip_prefix(&[0x00, 0x53, 0x70])
+        .or_else(|| raw.strip_prefix(&[0x00, 0x80, 0, 0, 0, 0, 0, 0, 0, 0x70]))
+    else {
         return false;
     };
     // list8: code, size, count, fields; list32: code, size u32, count u32.
@@ -327,7 +331,9 @@ pub fn durable(raw: &[u8]) -> bool {
     } else {
         rest.get(fields_at..)
     };
-    matches!(first, Some([0x41, ..] | [0x56, 0x01, ..]))
+    // `true`, or a boolean byte that is not 0 (as the decoder reads it, so the
+    // store keeps every message the broker's header says is durable).
+    matches!(first, Some([0x41, ..] | [0x56, 0x01..=0xff, ..]))
 }
 
 #[cfg(test)]
@@ -406,5 +412,21 @@ mod tests {
         assert!(durable(b"\x00\x53\x70\xc0\x03\x01\x56\x01"));
         assert!(!durable(b"\x00\x53\x70\xc0"), "cut short");
         assert!(!durable(b""));
+    }
+
+    /// Found by the `message_sections` fuzz target: the store's check said
+    /// "not durable" where the header the broker reads says durable.
+    #[test]
+    fn the_durable_check_reads_the_header_as_the_decoder_does() {
+        for raw in [
+            &b"\x00\x53\x70\xd0\x00\x00\x00\x06\x00\x00\x00\x01\x56\x5e\x00\x53\x77\x40"[..],
+            b"\x00\x80\x00\x00\x00\x00\x00\x00\x00\x70\xc0\x02\x01\x41",
+        ] {
+            let raw = Bytes::copy_from_slice(raw);
+            let header = Header::read(&raw, &scan(&raw).expect("scans")).expect("reads");
+            assert!(header.durable, "{raw:02x?}");
+            assert!(durable(&raw), "{raw:02x?}");
+        }
+        assert!(!durable(b"\x00\x53\x70\xc0\x03\x01\x56\x00"));
     }
 }
