@@ -46,8 +46,17 @@ const FD_SLACK: usize = 8;
 /// A publisher sends at most one new message per this many ms.
 const SEND_INTERVAL_MS: u64 = 5;
 
-/// After the last fail-over, how long the clients have to finish.
+/// After the window, how long the publishers have to finish, and on top of
+/// that, per fail-over of the run: each one holds a publisher up while it
+/// reconnects and resends (rhea's reconnect back-off costs it about 5 s).
 const CLIENTS_GRACE_S: u64 = 180;
+const GRACE_PER_FAILOVER_S: u64 = 10;
+
+/// How much longer than its publisher a receiver waits, so that what was
+/// settled just before the publisher gave up still has time to arrive (a
+/// receiver that stops with its publisher misses the last settlements and
+/// would report them lost).
+const RECEIVER_OUTLIVES_S: u64 = 60;
 
 /// One reading of one broker process.
 struct Sample {
@@ -102,6 +111,7 @@ impl Flow {
         let count_s = count.to_string();
         let interval = SEND_INTERVAL_MS.to_string();
         let timeout = timeout_s.to_string();
+        let recv_timeout = (timeout_s + RECEIVER_OUTLIVES_S).to_string();
         let send_args = [
             "--urls",
             urls,
@@ -122,7 +132,7 @@ impl Flow {
             "--expect",
             &count_s,
             "--timeout",
-            &timeout,
+            &recv_timeout,
         ];
         Flow {
             queue,
@@ -179,7 +189,8 @@ fn a_cluster_under_load_with_a_fail_over_every_two_minutes_keeps_its_memory_and_
 
     let mut cluster = HaCluster::start_with_primary(Some("all"), 0);
     let count = (window.as_millis() as u64 / SEND_INTERVAL_MS) as usize;
-    let timeout_s = window.as_secs() + CLIENTS_GRACE_S;
+    let expected_failovers = (window.as_secs_f64() / failover_every.as_secs_f64()) as u64;
+    let timeout_s = window.as_secs() + CLIENTS_GRACE_S + GRACE_PER_FAILOVER_S * expected_failovers;
     let flows = [
         Flow::start(&cluster.urls, "soak-proton", Lang::Proton, count, timeout_s),
         Flow::start(&cluster.urls, "soak-rhea", Lang::Rhea, count, timeout_s),
