@@ -30,8 +30,10 @@ use crate::guard::{MemberId, MIN_BACKUPS};
 pub(super) struct OwnerState {
     /// Backups streaming each owned queue.
     sinks: HashMap<Arc<str>, Vec<ReplicaSink>>,
-    /// Position a backup must acknowledge to have caught up a queue.
-    catch_up: HashMap<(MemberId, Arc<str>), u64>,
+    /// Position a backup must acknowledge to have caught up a queue, and
+    /// the position it then has everything up to (the queue's last when its
+    /// catch-up began: what it lacked was sent, the rest it held already).
+    catch_up: HashMap<(MemberId, Arc<str>), (u64, u64)>,
     /// Backups that settlements wait for, so that a queue created later waits
     /// for them too (an expected backup without a link yet has no stream to
     /// start the queue's hold).
@@ -196,12 +198,20 @@ impl Replication {
             self.out_to(sink, Event::Sync { id: 0 }.encode_parts(), None);
             return;
         }
+        // Once the backup has what it lacked, it has every message before
+        // `next`. What it held already, its acknowledgements may never have
+        // reached us (they were lost with its last link), so the release up
+        // to there comes from that, not from an acknowledgement.
+        let through = next.saturating_sub(1);
         match last {
             Some(target) => {
-                self.owner.catch_up.insert((sink.member, queue), target);
+                self.owner
+                    .catch_up
+                    .insert((sink.member, queue), (target, through));
             }
             None => {
                 let member = sink.member;
+                shard.release(&queue, member, through);
                 shard.send_ext(0, msg(Msg::QueueCaughtUp { member, queue }));
             }
         }
@@ -217,14 +227,13 @@ impl Replication {
     ) {
         shard.release(&queue, member, position);
         let key = (member, queue);
-        if self
-            .owner
-            .catch_up
-            .get(&key)
-            .is_some_and(|t| position >= *t)
-        {
+        let Some(&(target, through)) = self.owner.catch_up.get(&key) else {
+            return;
+        };
+        if position >= target {
             self.owner.catch_up.remove(&key);
             let (member, queue) = key;
+            shard.release(&queue, member, through);
             shard.send_ext(0, msg(Msg::QueueCaughtUp { member, queue }));
         }
     }
