@@ -623,7 +623,11 @@ impl HaNode {
                 epoch,
             } => self.backup_connected(broker_id, address, epoch, now, &mut out),
             Input::BackupReady { member } => {
-                if let Some(m) = self.members.get_mut(&member) {
+                // Only of a live link: the ready of a link already lost
+                // (heard after its loss, in the same step) would turn an
+                // expected backup's placeholder into a member no link owns,
+                // never dropped, and the backup's next link a second member.
+                if let Some(m) = self.members.get_mut(&member).filter(|m| m.connected) {
                     m.status = BrokerStatus::Ready;
                     m.expected_until = None;
                     m.last_heard = now;
@@ -1235,6 +1239,36 @@ mod tests {
             !out.iter().any(|a| matches!(a, Action::Guard { .. })),
             "already guarded: {out:?}"
         );
+    }
+
+    #[test]
+    fn the_ready_of_a_lost_link_leaves_no_member_behind() {
+        let now = Instant::now();
+        let mut n = node(now);
+        n.handle(
+            Input::LinkUp {
+                index: 0,
+                epoch: 1,
+                cluster_id: None,
+            },
+            now,
+        );
+        let other = MemberInfo {
+            broker_id: "b2".into(),
+            address: "c:1".into(),
+            status: BrokerStatus::Ready,
+        };
+        n.handle(Input::Members(vec![ready(BrokerStatus::Ready), other]), now);
+        n.handle(Input::LinkLost, now);
+        n.promote(true, now).expect("ready");
+        let first = backup_b2_connects(&mut n, now).0;
+        // The link is lost, and its ready, sent before, is heard after
+        // (found by the fault-schedule search, seed 250).
+        n.handle(Input::BackupLost { member: first }, now);
+        n.handle(Input::BackupReady { member: first }, now);
+        let again = backup_b2_connects(&mut n, now).0;
+        assert_eq!(again, first, "the placeholder is taken over again");
+        assert_eq!(n.members().len(), 1, "{:?}", n.members());
     }
 
     /// Backup b2 (at c:1, epoch 1) connects to primary `n`: its member id,
