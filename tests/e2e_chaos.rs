@@ -610,7 +610,7 @@ fn jepsen_style_faults_lose_no_settled_message() {
             chaos.describe()
         );
         chaos.look();
-        common::pace(LOOK_EVERY);
+        common::pace_until(Instant::now() + LOOK_EVERY);
     }
     let count = (window.as_millis() as u64 / SEND_INTERVAL_MS) as usize;
     let timeout_s = window.as_secs() + SETTLE_DEADLINE.as_secs() + CLIENTS_DEADLINE_S;
@@ -649,7 +649,7 @@ fn jepsen_style_faults_lose_no_settled_message() {
             None if at >= begin + window => break,
             _ => {}
         }
-        common::pace(LOOK_EVERY);
+        common::pace_until(Instant::now() + LOOK_EVERY);
     }
 
     // The faults have stopped: the cluster must be whole again.
@@ -661,7 +661,7 @@ fn jepsen_style_faults_lose_no_settled_message() {
             chaos.describe()
         );
         chaos.look();
-        common::pace(LOOK_EVERY);
+        common::pace_until(Instant::now() + LOOK_EVERY);
     }
     let whole_after = healed.elapsed();
     let verdicts: Vec<Verdict> = flows.into_iter().map(Flow::judge).collect();

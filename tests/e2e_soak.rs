@@ -240,10 +240,7 @@ fn a_cluster_under_load_with_a_fail_over_every_two_minutes_keeps_its_memory_and_
             next_failover += failover_every;
         }
         let wake = next_sample.min(next_failover);
-        common::pace(
-            wake.saturating_duration_since(Instant::now())
-                .min(SAMPLE_EVERY),
-        );
+        common::pace_until(wake.min(Instant::now() + SAMPLE_EVERY));
     }
     assert!(
         !failovers.is_empty(),

@@ -1200,23 +1200,7 @@ mod tests {
     #[test]
     fn an_expected_backups_first_link_takes_over_its_placeholder() {
         let now = Instant::now();
-        let mut n = node(now);
-        n.handle(
-            Input::LinkUp {
-                index: 0,
-                epoch: 1,
-                cluster_id: None,
-            },
-            now,
-        );
-        let other = MemberInfo {
-            broker_id: "b2".into(),
-            address: "c:1".into(),
-            status: BrokerStatus::Ready,
-        };
-        n.handle(Input::Members(vec![ready(BrokerStatus::Ready), other]), now);
-        n.handle(Input::LinkLost, now);
-        let out = n.promote(true, now).expect("ready");
+        let (mut n, out) = promoted_expecting_b2(now);
         let placeholder = out
             .iter()
             .find_map(|a| match a {
@@ -1244,23 +1228,7 @@ mod tests {
     #[test]
     fn the_ready_of_a_lost_link_leaves_no_member_behind() {
         let now = Instant::now();
-        let mut n = node(now);
-        n.handle(
-            Input::LinkUp {
-                index: 0,
-                epoch: 1,
-                cluster_id: None,
-            },
-            now,
-        );
-        let other = MemberInfo {
-            broker_id: "b2".into(),
-            address: "c:1".into(),
-            status: BrokerStatus::Ready,
-        };
-        n.handle(Input::Members(vec![ready(BrokerStatus::Ready), other]), now);
-        n.handle(Input::LinkLost, now);
-        n.promote(true, now).expect("ready");
+        let (mut n, _) = promoted_expecting_b2(now);
         let first = backup_b2_connects(&mut n, now).0;
         // The link is lost, and its ready, sent before, is heard after
         // (found by the fault-schedule search, seed 250).
@@ -1269,6 +1237,21 @@ mod tests {
         let again = backup_b2_connects(&mut n, now).0;
         assert_eq!(again, first, "the placeholder is taken over again");
         assert_eq!(n.members().len(), 1, "{:?}", n.members());
+    }
+
+    /// A backup of a primary with another ready backup, b2 (at c:1), that
+    /// lost its primary and was promoted: it expects b2. What promotion did.
+    fn promoted_expecting_b2(now: Instant) -> (HaNode, Vec<Action>) {
+        let mut n = ready_backup(now);
+        let other = MemberInfo {
+            broker_id: "b2".into(),
+            address: "c:1".into(),
+            status: BrokerStatus::Ready,
+        };
+        n.handle(Input::Members(vec![ready(BrokerStatus::Ready), other]), now);
+        n.handle(Input::LinkLost, now);
+        let out = n.promote(true, now).expect("ready");
+        (n, out)
     }
 
     /// Backup b2 (at c:1, epoch 1) connects to primary `n`: its member id,

@@ -91,11 +91,12 @@ pub fn wait_until(deadline: Duration, mut condition: impl FnMut() -> bool) -> bo
     }
 }
 
-/// Waits `interval`: the pace of a loop that acts on a clock of its own (a
+/// Waits until `wake`: the pace of a loop that acts on a clock of its own (a
 /// resource manager's monitor, a sampler), never a wait for something to
 /// happen (that is [`wait_until`]).
-pub fn pace(interval: Duration) {
-    thread::sleep(interval); // pace, not synchronisation: the caller's own clock
+pub fn pace_until(wake: Instant) {
+    let left = wake.saturating_duration_since(Instant::now());
+    thread::sleep(left); // pace: returns at the deadline `wake`, the caller's own clock
 }
 
 /// A directory under the system temp dir, removed with everything in it on drop.
